@@ -288,6 +288,31 @@ impl Gemma2Config {
         }
     }
 
+    /// One line: layers, widths, heads, vocabulary and parameter count.
+    pub fn summary(&self) -> String {
+        format!(
+            "gemma2, {} layers, hidden {}, intermediate {}, {} heads ({} kv) of {}, vocab {}, {:.2}M parameters",
+            self.num_hidden_layers,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_attention_heads,
+            self.num_key_value_heads,
+            self.head_dim,
+            self.vocab_size,
+            self.parameter_count() as f64 / 1e6
+        )
+    }
+
+    /// Parameters of the base model (tied embedding counted once).
+    pub fn parameter_count(&self) -> usize {
+        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let q = self.num_attention_heads * d;
+        let kv = self.num_key_value_heads * d;
+        let layer = h * q * 2 + h * kv * 2 + 3 * h * i + 4 * h;
+        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
+        self.vocab_size * h + self.num_hidden_layers * layer + h + head
+    }
+
     /// Query heads per key/value head.
     pub fn groups(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
