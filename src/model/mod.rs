@@ -1,12 +1,23 @@
 //! Gemma-2 with LoRA: config, loading (local folder or Hub), the training forward pass, the
 //! cached generation path, PEFT adapter IO and merging.
 
+pub mod adapter;
 pub mod config;
+pub mod device;
+pub mod gemma2;
+pub mod generate;
 pub mod hub;
+pub mod lora;
+pub mod loss;
+pub mod ops;
+pub mod weights;
 
 pub use config::{Activation, Gemma2Config};
+pub use gemma2::{Gemma2, KvCache};
 pub use hub::Source;
+pub use lora::{LoraConfig, Target};
 
+use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,3 +41,10 @@ impl ModelError {
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// Loads a base model (config + weights) from a folder or the Hub.
+pub fn load(src: &Source, dtype: DType, device: &Device) -> Result<Gemma2> {
+    let cfg = Gemma2Config::from_file(&src.file("config.json")?)?;
+    let weights = weights::Weights::open(src)?;
+    Gemma2::from_weights(&cfg, &weights, dtype, device)
+}

@@ -1,0 +1,553 @@
+//! Gemma-2 written for training: full-sequence forward with a padding mask, every Gemma-2
+//! detail (RMSNorm with `1 + w` in f32, scaled embeddings, `query_pre_attn_scalar`, attention
+//! and final soft-capping, alternating sliding-window layers, GeGLU, GQA), LoRA on any of the
+//! seven projections, and a KV-cached path for generation.
+
+use super::config::{Activation, Gemma2Config};
+use super::lora::{DropoutRng, LoraConfig, LoraLinear, Target};
+use super::ops;
+use super::weights::Weights;
+use super::{ModelError, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Cosine and sine tables for every position, `[max_positions, head_dim / 2]`, in the model dtype.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    neg_sin: Tensor,
+}
+
+impl Rope {
+    fn new(cfg: &Gemma2Config, dtype: DType, dev: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        // As transformers: inverse frequencies and angles in f32, then cast to the model dtype.
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / cfg.head_dim as f32))
+            .collect();
+        let n = cfg.max_position_embeddings;
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in 0..n {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (n, half), dev)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (n, half), dev)?.to_dtype(dtype)?;
+        let neg_sin = sin.neg()?;
+        Ok(Self { cos, sin, neg_sin })
+    }
+
+    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let t = x.dim(2)?;
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        let neg_sin = self.neg_sin.narrow(0, offset, t)?;
+        Ok(ops::rope(x, &cos, &sin, &neg_sin)?)
+    }
+}
+
+struct Attention {
+    q: LoraLinear,
+    k: LoraLinear,
+    v: LoraLinear,
+    o: LoraLinear,
+}
+
+struct Mlp {
+    gate: LoraLinear,
+    up: LoraLinear,
+    down: LoraLinear,
+}
+
+/// RMSNorm weights kept as `1 + w` in f32, as Gemma applies them.
+struct Norm(Tensor);
+
+impl Norm {
+    fn load(w: Tensor) -> Result<Self> {
+        Ok(Norm((w.to_dtype(DType::F32)? + 1.0)?))
+    }
+}
+
+struct Layer {
+    input_norm: Norm,
+    attn: Attention,
+    post_attn_norm: Norm,
+    pre_ff_norm: Norm,
+    mlp: Mlp,
+    post_ff_norm: Norm,
+    sliding: bool,
+}
+
+/// The keys and values a layer has seen, for generation.
+#[derive(Clone)]
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+    /// Absolute position of the first cached key (sliding layers drop old keys).
+    start: usize,
+}
+
+/// The KV cache of one sequence.
+#[derive(Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<LayerCache>>,
+    /// Tokens processed so far (the position of the next token).
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// What the layers need to know about the batch being processed.
+struct Pass<'a> {
+    b: usize,
+    t: usize,
+    /// Absolute position of the first query.
+    offset: usize,
+    /// Per sequence, whether each key position is real (None: all are).
+    key_mask: Option<&'a [Vec<bool>]>,
+}
+
+pub struct Gemma2 {
+    pub cfg: Gemma2Config,
+    embed: Tensor,
+    /// An untied output projection, when the checkpoint has one.
+    lm_head: Option<Tensor>,
+    layers: Vec<Layer>,
+    final_norm: Norm,
+    rope: Rope,
+    dtype: DType,
+    device: Device,
+}
+
+const MASKED: f32 = -1e30;
+
+impl Gemma2 {
+    /// Loads the base model from checked weights.
+    pub fn from_weights(cfg: &Gemma2Config, w: &Weights, dtype: DType, dev: &Device) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let q_dim = cfg.num_attention_heads * cfg.head_dim;
+        let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+        let get = |name: &str, shape: &[usize]| w.get(name, shape, dtype, dev);
+        let norm = |name: &str| -> Result<Norm> { Norm::load(w.get(name, &[h], DType::F32, dev)?) };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let lin = |name: &str, shape: &[usize]| -> Result<LoraLinear> {
+                Ok(LoraLinear::new(get(&format!("{p}.{name}.weight"), shape)?))
+            };
+            layers.push(Layer {
+                input_norm: norm(&format!("{p}.input_layernorm.weight"))?,
+                attn: Attention {
+                    q: lin("self_attn.q_proj", &[q_dim, h])?,
+                    k: lin("self_attn.k_proj", &[kv_dim, h])?,
+                    v: lin("self_attn.v_proj", &[kv_dim, h])?,
+                    o: lin("self_attn.o_proj", &[h, q_dim])?,
+                },
+                post_attn_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                pre_ff_norm: norm(&format!("{p}.pre_feedforward_layernorm.weight"))?,
+                mlp: Mlp {
+                    gate: lin("mlp.gate_proj", &[i, h])?,
+                    up: lin("mlp.up_proj", &[i, h])?,
+                    down: lin("mlp.down_proj", &[h, i])?,
+                },
+                post_ff_norm: norm(&format!("{p}.post_feedforward_layernorm.weight"))?,
+                sliding: cfg.sliding_layers[l],
+            });
+        }
+        let embed = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let lm_head = if !cfg.tie_word_embeddings && w.contains("lm_head.weight") {
+            Some(get("lm_head.weight", &[cfg.vocab_size, h])?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            lm_head,
+            layers,
+            final_norm: norm("model.norm.weight")?,
+            rope: Rope::new(cfg, dtype, dev)?,
+            dtype,
+            device: dev.clone(),
+        })
+    }
+
+    /// A randomly initialised model (weights N(0, 0.02), norms 0 as transformers does), seeded;
+    /// for benchmarks and the offline demo.
+    pub fn random(cfg: &Gemma2Config, seed: u64, dtype: DType, dev: &Device) -> Result<Self> {
+        let tensors = random_weights(cfg, seed, dev)?;
+        let w = Weights::from_tensors(tensors);
+        Self::from_weights(cfg, &w, dtype, dev)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The base weights by their Hugging Face names (for merged exports).
+    pub fn named_weights(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        if let Some(head) = &self.lm_head {
+            v.push(("lm_head.weight".into(), head.clone()));
+        }
+        let unnorm = |n: &Norm| (&n.0 - 1.0).and_then(|t| t.to_dtype(self.dtype));
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            for (t, lin) in layer.linears() {
+                v.push((format!("{p}.{}.{}.weight", t.block(), t.module()), lin.weight.clone()));
+            }
+            for (name, n) in [
+                ("input_layernorm", &layer.input_norm),
+                ("post_attention_layernorm", &layer.post_attn_norm),
+                ("pre_feedforward_layernorm", &layer.pre_ff_norm),
+                ("post_feedforward_layernorm", &layer.post_ff_norm),
+            ] {
+                if let Ok(t) = unnorm(n) {
+                    v.push((format!("{p}.{name}.weight"), t));
+                }
+            }
+        }
+        if let Ok(t) = unnorm(&self.final_norm) {
+            v.push(("model.norm.weight".into(), t));
+        }
+        v
+    }
+
+    /// Every adaptable projection: (layer, target, layer object).
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = (usize, Target, &mut LoraLinear)> {
+        self.layers.iter_mut().enumerate().flat_map(|(l, layer)| {
+            let Layer { attn, mlp, .. } = layer;
+            [
+                (Target::QProj, &mut attn.q),
+                (Target::KProj, &mut attn.k),
+                (Target::VProj, &mut attn.v),
+                (Target::OProj, &mut attn.o),
+                (Target::GateProj, &mut mlp.gate),
+                (Target::UpProj, &mut mlp.up),
+                (Target::DownProj, &mut mlp.down),
+            ]
+            .into_iter()
+            .map(move |(t, lin)| (l, t, lin))
+        })
+    }
+
+    /// Every adaptable projection, read-only.
+    pub fn linears(&self) -> impl Iterator<Item = (usize, Target, &LoraLinear)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .flat_map(|(l, layer)| layer.linears().into_iter().map(move |(t, lin)| (l, t, lin)))
+    }
+
+    /// Attaches fresh LoRA adapters (PEFT initialisation, seeded) to the configured targets.
+    pub fn attach_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
+        cfg.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for (_, t, lin) in self.linears_mut() {
+            if cfg.targets.contains(&t) {
+                lin.attach(cfg, &mut rng)?;
+            } else {
+                lin.lora = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The trainable tensors with their PEFT names (`base_model.model.model.layers.{i}…`).
+    pub fn lora_vars(&self) -> Vec<(String, Var)> {
+        let mut v = Vec::new();
+        for (l, t, lin) in self.linears() {
+            if let Some(lora) = &lin.lora {
+                let p = super::adapter::peft_prefix(l, t);
+                v.push((format!("{p}.lora_A.weight"), lora.a.clone()));
+                v.push((format!("{p}.lora_B.weight"), lora.b.clone()));
+            }
+        }
+        v
+    }
+
+    /// Folds every adapter into the base weights.
+    pub fn merge_lora(&mut self) -> Result<()> {
+        for (_, _, lin) in self.linears_mut() {
+            lin.merge()?;
+        }
+        Ok(())
+    }
+
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let flat = ids.flatten_all()?;
+        let x = self.embed.index_select(&flat, 0)?;
+        // transformers multiplies by sqrt(hidden) rounded to the model dtype.
+        let normalizer = Tensor::new((self.cfg.hidden_size as f32).sqrt(), &self.device)?
+            .to_dtype(self.dtype)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        Ok((x * normalizer)?)
+    }
+
+    /// Hidden states after the last layer, before the final norm: `[B·T, hidden]`.
+    /// `attention_mask` (per sequence, per position: a real token?) masks padded keys;
+    /// `dropout` is given only when training.
+    pub fn hidden_states(
+        &self,
+        ids: &Tensor,
+        attention_mask: Option<&[Vec<bool>]>,
+        mut dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if t > self.cfg.max_position_embeddings {
+            return Err(ModelError::Invalid(format!(
+                "sequence of {t} tokens exceeds max_position_embeddings {}",
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let pass = Pass { b, t, offset: 0, key_mask: attention_mask };
+        let mut h = self.embed(ids)?;
+        for layer in &self.layers {
+            h = layer.forward(self, &h, &pass, None, dropout.as_deref_mut())?;
+        }
+        Ok(h)
+    }
+
+    /// Applies the final norm.
+    pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(ops::rms_norm(h, &self.final_norm.0, self.cfg.rms_norm_eps)?)
+    }
+
+    /// The output projection (tied embedding unless the checkpoint has its own), `[vocab, hidden]`.
+    pub fn output_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Full logits `[B, T, vocab]` in f32 (soft-capped). For tests and short inputs; training
+    /// computes the loss at supervised positions only (see `loss`).
+    pub fn logits(&self, ids: &Tensor, attention_mask: Option<&[Vec<bool>]>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let h = self.final_norm(&self.hidden_states(ids, attention_mask, None)?)?;
+        let z = ops::linear_frozen(&h, self.output_weight())?.to_dtype(DType::F32)?;
+        Ok(ops::softcap(&z, self.cfg.final_logit_softcapping)?.reshape((b, t, self.cfg.vocab_size))?)
+    }
+
+    /// Feeds `ids` after what `cache` holds; returns the f32 logits of the last position.
+    pub fn forward_cached(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        if ids.is_empty() {
+            return Err(ModelError::Invalid("no tokens to feed".into()));
+        }
+        let t = ids.len();
+        if cache.len + t > self.cfg.max_position_embeddings {
+            return Err(ModelError::Invalid(format!(
+                "context of {} tokens exceeds max_position_embeddings {}",
+                cache.len + t,
+                self.cfg.max_position_embeddings
+            )));
+        }
+        if cache.layers.len() != self.layers.len() {
+            cache.layers = vec![None; self.layers.len()];
+        }
+        let x = Tensor::new(ids, &self.device)?.reshape((1, t))?;
+        let pass = Pass { b: 1, t, offset: cache.len, key_mask: None };
+        let mut h = self.embed(&x)?;
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            h = layer.forward(self, &h, &pass, Some(lc), None)?;
+        }
+        cache.len += t;
+        let last = self.final_norm(&h.narrow(0, t - 1, 1)?)?;
+        let z = ops::linear_frozen(&last, self.output_weight())?.to_dtype(DType::F32)?;
+        Ok(ops::softcap(&z, self.cfg.final_logit_softcapping)?.squeeze(0)?)
+    }
+
+    /// The additive attention bias `[B or 1, 1, groups·T, S]`: 0 where query i may see key j
+    /// (causal, within the window on sliding layers, key not padding), a large negative number
+    /// elsewhere. Rows repeat per query group to match the grouped-query layout.
+    fn attention_bias(&self, pass: &Pass, key_start: usize, s: usize, sliding: bool) -> Result<Tensor> {
+        let g = self.cfg.groups();
+        let window = if sliding { self.cfg.sliding_window } else { None };
+        let rows = match pass.key_mask {
+            Some(m) => m.len(),
+            None => 1,
+        };
+        let mut bias = Vec::with_capacity(rows * g * pass.t * s);
+        for r in 0..rows {
+            for _ in 0..g {
+                for qi in 0..pass.t {
+                    let i = pass.offset + qi;
+                    for kj in 0..s {
+                        let j = key_start + kj;
+                        let mut ok = j <= i && window.is_none_or(|w| j + w > i);
+                        if let Some(m) = pass.key_mask {
+                            ok &= m[r].get(kj).copied().unwrap_or(false);
+                        }
+                        bias.push(if ok { 0.0 } else { MASKED });
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(bias, (rows, 1, g * pass.t, s), &self.device)?)
+    }
+}
+
+impl Layer {
+    fn linears(&self) -> [(Target, &LoraLinear); 7] {
+        [
+            (Target::QProj, &self.attn.q),
+            (Target::KProj, &self.attn.k),
+            (Target::VProj, &self.attn.v),
+            (Target::OProj, &self.attn.o),
+            (Target::GateProj, &self.mlp.gate),
+            (Target::UpProj, &self.mlp.up),
+            (Target::DownProj, &self.mlp.down),
+        ]
+    }
+
+    fn forward(
+        &self,
+        m: &Gemma2,
+        h: &Tensor,
+        pass: &Pass,
+        cache: Option<&mut Option<LayerCache>>,
+        mut dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let eps = m.cfg.rms_norm_eps;
+        let x = ops::rms_norm(h, &self.input_norm.0, eps)?;
+        let x = self.attention(m, &x, pass, cache, dropout.as_deref_mut())?;
+        let x = ops::rms_norm(&x, &self.post_attn_norm.0, eps)?;
+        let h = (h + x)?;
+        let x = ops::rms_norm(&h, &self.pre_ff_norm.0, eps)?;
+        let gate = self.mlp.gate.forward(&x, dropout.as_deref_mut())?;
+        let up = self.mlp.up.forward(&x, dropout.as_deref_mut())?;
+        let act = match m.cfg.activation {
+            Activation::GeluTanh => gate.gelu()?,
+            Activation::GeluErf => gate.gelu_erf()?,
+        };
+        let x = self.mlp.down.forward(&(act * up)?, dropout)?;
+        let x = ops::rms_norm(&x, &self.post_ff_norm.0, eps)?;
+        Ok((h + x)?)
+    }
+
+    /// `x` `[B·T, hidden]` → `[B·T, hidden]`.
+    fn attention(
+        &self,
+        m: &Gemma2,
+        x: &Tensor,
+        pass: &Pass,
+        cache: Option<&mut Option<LayerCache>>,
+        mut dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let cfg = &m.cfg;
+        let (b, t, d) = (pass.b, pass.t, cfg.head_dim);
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = heads(self.attn.q.forward(x, dropout.as_deref_mut())?, nh)?;
+        let k = heads(self.attn.k.forward(x, dropout.as_deref_mut())?, nkv)?;
+        let v = heads(self.attn.v.forward(x, dropout.as_deref_mut())?, nkv)?;
+        let q = m.rope.apply(&q, pass.offset)?;
+        let k = m.rope.apply(&k, pass.offset)?;
+        let (k, v, key_start) = match cache {
+            None => (k, v, 0),
+            Some(slot) => {
+                let (k, v, start) = match slot.take() {
+                    Some(c) => (Tensor::cat(&[&c.k, &k], 2)?, Tensor::cat(&[&c.v, &v], 2)?, c.start),
+                    None => (k, v, pass.offset),
+                };
+                // A sliding layer never looks further back than the window: drop older keys.
+                let keep = match (self.sliding, cfg.sliding_window) {
+                    (true, Some(w)) => w.min(k.dim(2)?),
+                    _ => k.dim(2)?,
+                };
+                let drop = k.dim(2)? - keep;
+                *slot = Some(LayerCache {
+                    k: k.narrow(2, drop, keep)?,
+                    v: v.narrow(2, drop, keep)?,
+                    start: start + drop,
+                });
+                (k, v, start)
+            }
+        };
+        let s = k.dim(2)?;
+        let g = cfg.groups();
+        // Grouped-query attention without copying keys: the G query heads that share a key/value
+        // head are stacked along the time axis.
+        let qg = q.reshape((b, nkv, g * t, d))?;
+        let scores = (qg.matmul(&k.t()?)? * cfg.query_pre_attn_scalar.powf(-0.5))?;
+        let bias = m.attention_bias(pass, key_start, s, self.sliding)?;
+        let p = ops::capped_masked_softmax(&scores.to_dtype(DType::F32)?, cfg.attn_logit_softcapping, &bias)?;
+        let o = p.to_dtype(m.dtype)?.matmul(&v)?; // [B, nkv, G·T, D]
+        let o = o.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b * t, nh * d))?;
+        self.attn.o.forward(&o, dropout)
+    }
+}
+
+/// Random weights as transformers initialises Gemma-2 (normal 0.02; norms 0), generated with a
+/// seeded generator so that benchmarks and the demo are reproducible.
+fn random_weights(cfg: &Gemma2Config, seed: u64, dev: &Device) -> Result<Vec<(String, Tensor)>> {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let q_dim = cfg.num_attention_heads * cfg.head_dim;
+    let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h])];
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        for (name, shape) in [
+            ("self_attn.q_proj", vec![q_dim, h]),
+            ("self_attn.k_proj", vec![kv_dim, h]),
+            ("self_attn.v_proj", vec![kv_dim, h]),
+            ("self_attn.o_proj", vec![h, q_dim]),
+            ("mlp.gate_proj", vec![i, h]),
+            ("mlp.up_proj", vec![i, h]),
+            ("mlp.down_proj", vec![h, i]),
+        ] {
+            shapes.push((format!("{p}.{name}.weight"), shape));
+        }
+    }
+    let mut out = Vec::with_capacity(shapes.len());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for (name, shape) in shapes {
+        out.push((name, normal(&shape, 0.02, &mut rng, dev)?));
+    }
+    let zeros = Tensor::zeros(h, DType::F32, dev)?;
+    for l in 0..cfg.num_hidden_layers {
+        for n in ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"] {
+            out.push((format!("model.layers.{l}.{n}.weight"), zeros.clone()));
+        }
+    }
+    out.push(("model.norm.weight".into(), zeros));
+    Ok(out)
+}
+
+/// Normal samples; on an accelerator the device generator (seeded from `rng`) avoids a host
+/// round trip for billions of values.
+fn normal(shape: &[usize], std: f32, rng: &mut ChaCha8Rng, dev: &Device) -> Result<Tensor> {
+    use rand::Rng;
+    if !dev.is_cpu() {
+        dev.set_seed(rng.random())?;
+        return Ok(Tensor::randn(0f32, std, shape, dev)?);
+    }
+    let n: usize = shape.iter().product();
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        // Box–Muller: two normals from two uniforms.
+        let u1: f32 = rng.random_range(f32::MIN_POSITIVE..1.0);
+        let u2: f32 = rng.random();
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let a = std::f32::consts::TAU * u2;
+        v.push(r * a.cos());
+        if v.len() < n {
+            v.push(r * a.sin());
+        }
+    }
+    Ok(Tensor::from_vec(v, shape, dev)?)
+}

@@ -1,0 +1,181 @@
+//! Decoding with the KV cache: greedy or sampled (temperature, top-p, top-k, repetition
+//! penalty, seed), stopping at `<end_of_turn>` / EOS, streaming each token to a callback.
+
+use super::gemma2::{Gemma2, KvCache};
+use super::{ModelError, Result};
+use candle_core::{DType, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use std::ops::ControlFlow;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub top_k: Option<usize>,
+    /// 1.0 means none.
+    pub repetition_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    pub repeat_last_n: usize,
+    pub seed: u64,
+    pub max_new_tokens: usize,
+    /// Stop tokens are suppressed until this many tokens were generated (as transformers'
+    /// `min_new_tokens`).
+    pub min_new_tokens: usize,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.7,
+            top_p: Some(0.95),
+            top_k: Some(64),
+            repetition_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+            max_new_tokens: 256,
+            min_new_tokens: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self { temperature: 0.0, top_p: None, top_k: None, max_new_tokens, ..Default::default() }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Invalid(m));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(format!("temperature must be ≥ 0, got {}", self.temperature));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return bad(format!("top_p must be in (0, 1], got {p}"));
+            }
+        }
+        if self.top_k == Some(0) {
+            return bad("top_k must be at least 1".into());
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad(format!("repetition penalty must be > 0, got {}", self.repetition_penalty));
+        }
+        Ok(())
+    }
+
+    fn processor(&self) -> LogitsProcessor {
+        let temperature = self.temperature;
+        let sampling = if temperature <= 0.0 {
+            Sampling::ArgMax
+        } else {
+            match (self.top_k, self.top_p) {
+                (None, None) => Sampling::All { temperature },
+                (Some(k), None) => Sampling::TopK { k, temperature },
+                (None, Some(p)) => Sampling::TopP { p, temperature },
+                (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
+            }
+        };
+        LogitsProcessor::from_sampling(self.seed, sampling)
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// A stop token was produced (it is not part of the output).
+    StopToken(u32),
+    MaxTokens,
+    /// The callback asked to stop.
+    Callback,
+}
+
+/// Continues `prompt` (appended to whatever `cache` holds) and calls `on_token` with each new
+/// token. Returns the new tokens (without the stop token) and why it stopped. On return the
+/// cache holds the prompt and every generated token except the last one produced.
+pub fn generate(
+    model: &Gemma2,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    params: &SamplingParams,
+    stop_tokens: &[u32],
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<(Vec<u32>, Stop)> {
+    params.validate()?;
+    let mut processor = params.processor();
+    let mut history: Vec<u32> = prompt.to_vec();
+    let mut out = Vec::new();
+    let mut logits = model.forward_cached(prompt, cache)?;
+    loop {
+        if out.len() >= params.max_new_tokens {
+            return Ok((out, Stop::MaxTokens));
+        }
+        let mut l = logits.to_dtype(DType::F32)?;
+        if params.repetition_penalty != 1.0 {
+            let start = history.len().saturating_sub(params.repeat_last_n);
+            l = candle_transformers::utils::apply_repeat_penalty(&l, params.repetition_penalty, &history[start..])?;
+        }
+        if out.len() < params.min_new_tokens && !stop_tokens.is_empty() {
+            l = suppress(&l, stop_tokens)?;
+        }
+        let next = processor.sample(&l)?;
+        if stop_tokens.contains(&next) {
+            return Ok((out, Stop::StopToken(next)));
+        }
+        out.push(next);
+        history.push(next);
+        if on_token(next).is_break() {
+            return Ok((out, Stop::Callback));
+        }
+        if out.len() >= params.max_new_tokens {
+            return Ok((out, Stop::MaxTokens));
+        }
+        logits = model.forward_cached(&[next], cache)?;
+    }
+}
+
+fn suppress(logits: &Tensor, tokens: &[u32]) -> Result<Tensor> {
+    let mut v = logits.to_vec1::<f32>()?;
+    for &t in tokens {
+        if let Some(x) = v.get_mut(t as usize) {
+            *x = f32::NEG_INFINITY;
+        }
+    }
+    Ok(Tensor::from_vec(v, logits.shape(), logits.device())?)
+}
+
+/// Turns a token stream into text pieces, holding back incomplete UTF-8 (byte-fallback tokens)
+/// until a whole character is there.
+pub struct TextStream<'a> {
+    tokenizer: &'a tokenizers::Tokenizer,
+    tokens: Vec<u32>,
+    printed: usize,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(tokenizer: &'a tokenizers::Tokenizer) -> Self {
+        Self { tokenizer, tokens: Vec::new(), printed: 0 }
+    }
+
+    /// Adds a token; returns the newly completed text, if any.
+    pub fn push(&mut self, token: u32) -> Result<Option<String>> {
+        self.tokens.push(token);
+        let text = self.decode()?;
+        if text.len() > self.printed && !text.ends_with('\u{FFFD}') {
+            let piece = text[self.printed..].to_string();
+            self.printed = text.len();
+            return Ok(Some(piece));
+        }
+        Ok(None)
+    }
+
+    /// All text so far.
+    pub fn text(&self) -> Result<String> {
+        self.decode()
+    }
+
+    fn decode(&self) -> Result<String> {
+        self.tokenizer
+            .decode(&self.tokens, true)
+            .map_err(|e| ModelError::Invalid(format!("cannot decode tokens: {e}")))
+    }
+}

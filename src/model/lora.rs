@@ -1,0 +1,305 @@
+//! LoRA: low-rank adapters on frozen linear layers, initialised and scaled as PEFT does.
+
+use super::ops;
+use super::{ModelError, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// A projection LoRA can adapt, named as PEFT names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    QProj,
+    KProj,
+    VProj,
+    OProj,
+    GateProj,
+    UpProj,
+    DownProj,
+}
+
+impl Target {
+    pub const ALL: [Target; 7] = [
+        Target::QProj,
+        Target::KProj,
+        Target::VProj,
+        Target::OProj,
+        Target::GateProj,
+        Target::UpProj,
+        Target::DownProj,
+    ];
+
+    /// The module name in Hugging Face checkpoints (`q_proj`, …).
+    pub fn module(self) -> &'static str {
+        match self {
+            Target::QProj => "q_proj",
+            Target::KProj => "k_proj",
+            Target::VProj => "v_proj",
+            Target::OProj => "o_proj",
+            Target::GateProj => "gate_proj",
+            Target::UpProj => "up_proj",
+            Target::DownProj => "down_proj",
+        }
+    }
+
+    /// `self_attn` or `mlp`.
+    pub fn block(self) -> &'static str {
+        match self {
+            Target::QProj | Target::KProj | Target::VProj | Target::OProj => "self_attn",
+            _ => "mlp",
+        }
+    }
+
+    /// Accepts `q_proj` or the short `q`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let s = s.trim();
+        Target::ALL
+            .into_iter()
+            .find(|t| t.module() == s || t.module().trim_end_matches("_proj") == s)
+            .ok_or_else(|| {
+                ModelError::Invalid(format!(
+                    "unknown LoRA target `{s}`; expected any of q,k,v,o,gate,up,down (or q_proj, …)"
+                ))
+            })
+    }
+}
+
+/// LoRA hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f32,
+    pub targets: Vec<Target>,
+    pub use_rslora: bool,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self { r: 16, alpha: 32.0, dropout: 0.05, targets: Target::ALL.to_vec(), use_rslora: false }
+    }
+}
+
+impl LoraConfig {
+    /// `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.r == 0 {
+            return Err(ModelError::Invalid("LoRA rank r must be at least 1".into()));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(ModelError::Invalid(format!("LoRA dropout {} must be in [0, 1)", self.dropout)));
+        }
+        if self.targets.is_empty() {
+            return Err(ModelError::Invalid("LoRA needs at least one target module".into()));
+        }
+        Ok(())
+    }
+
+    /// Parses `q,k,v,o,gate,up,down` (or `all`).
+    pub fn parse_targets(s: &str) -> Result<Vec<Target>> {
+        if s.trim() == "all" {
+            return Ok(Target::ALL.to_vec());
+        }
+        let mut v = s.split(',').map(Target::parse).collect::<Result<Vec<_>>>()?;
+        v.sort();
+        v.dedup();
+        Ok(v)
+    }
+}
+
+/// The trainable pair: `A` `[r, in]` and `B` `[out, r]`, always f32.
+pub struct Lora {
+    pub a: Var,
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f32,
+}
+
+/// Seeded dropout masks, so that a resumed run draws the same masks as an uninterrupted one.
+pub struct DropoutRng {
+    seed: u64,
+    counter: u64,
+}
+
+impl DropoutRng {
+    /// A stream for one micro-step; `key` identifies it (e.g. from the run seed and step).
+    pub fn new(key: u64) -> Self {
+        Self { seed: key, counter: 0 }
+    }
+
+    fn next_seed(&mut self) -> u64 {
+        self.counter += 1;
+        // SplitMix64 of (seed, counter): independent seeds for successive masks.
+        let mut z = self.seed ^ self.counter.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A mask of `keep / (1 - p)` and zeros, f32.
+    pub fn mask(&mut self, dims: &[usize], p: f32, device: &Device) -> Result<Tensor> {
+        let seed = self.next_seed();
+        let n: usize = dims.iter().product();
+        let keep = 1.0 / (1.0 - p);
+        if device.is_cpu() {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let v: Vec<f32> = (0..n).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+            return Ok(Tensor::from_vec(v, dims, device)?);
+        }
+        // On accelerators the device generator, seeded per mask, avoids a host upload.
+        device.set_seed(seed)?;
+        let u = Tensor::rand(0f32, 1f32, dims, device)?;
+        Ok((u.ge(p as f64)?.to_dtype(DType::F32)? * keep as f64)?)
+    }
+}
+
+/// A frozen linear layer `y = x Wᵀ`, optionally with a LoRA adapter `+ scale · x Aᵀ Bᵀ`.
+pub struct LoraLinear {
+    pub weight: Tensor,
+    pub lora: Option<Lora>,
+}
+
+impl LoraLinear {
+    pub fn new(weight: Tensor) -> Self {
+        Self { weight, lora: None }
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Attaches a fresh adapter: `A` Kaiming-uniform (PEFT's `a = sqrt(5)`, i.e. bound
+    /// `1/sqrt(in)`), `B` zero.
+    pub fn attach(&mut self, cfg: &LoraConfig, rng: &mut ChaCha8Rng) -> Result<()> {
+        let (out_dim, in_dim) = (self.out_dim(), self.in_dim());
+        let bound = 1.0 / (in_dim as f32).sqrt();
+        let a: Vec<f32> = (0..cfg.r * in_dim).map(|_| rng.random_range(-bound..bound)).collect();
+        let dev = self.weight.device();
+        let a = Tensor::from_vec(a, (cfg.r, in_dim), dev)?;
+        let b = Tensor::zeros((out_dim, cfg.r), DType::F32, dev)?;
+        self.set_lora(a, b, cfg.scale(), cfg.dropout)
+    }
+
+    /// Installs given `A`/`B` (e.g. from an adapter file), checking their shapes.
+    pub fn set_lora(&mut self, a: Tensor, b: Tensor, scale: f64, dropout: f32) -> Result<()> {
+        let (out_dim, in_dim) = (self.out_dim(), self.in_dim());
+        let (r, a_in) = a.dims2()?;
+        let (b_out, b_r) = b.dims2()?;
+        if a_in != in_dim || b_out != out_dim || b_r != r {
+            return Err(ModelError::Invalid(format!(
+                "LoRA A {:?} / B {:?} do not fit a [{out_dim}, {in_dim}] weight (expected A [r, {in_dim}], B [{out_dim}, r])",
+                a.dims(),
+                b.dims()
+            )));
+        }
+        let dev = self.weight.device();
+        let a = Var::from_tensor(&a.to_dtype(DType::F32)?.to_device(dev)?)?;
+        let b = Var::from_tensor(&b.to_dtype(DType::F32)?.to_device(dev)?)?;
+        self.lora = Some(Lora { a, b, scale, dropout });
+        Ok(())
+    }
+
+    /// `x` `[…, in]` → `[…, out]`. Dropout applies only when `dropout` is given (training).
+    pub fn forward(&self, x: &Tensor, dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
+        let y = ops::linear_frozen(x, &self.weight)?;
+        let Some(l) = &self.lora else { return Ok(y) };
+        let in_dim = self.in_dim();
+        let n = x.elem_count() / in_dim;
+        let mut x32 = x.to_dtype(DType::F32)?.reshape((n, in_dim))?;
+        if let (Some(rng), true) = (dropout, l.dropout > 0.0) {
+            let mask = rng.mask(&[n, in_dim], l.dropout, x.device())?;
+            x32 = ops::mul_fixed(&x32, &mask)?;
+        }
+        let delta = (x32.matmul(&l.a.as_tensor().t()?)?.matmul(&l.b.as_tensor().t()?)? * l.scale)?;
+        let delta = delta.reshape(y.shape())?;
+        // As PEFT: the sum is formed in f32 and rounded once to the base dtype.
+        if y.dtype() == DType::F32 {
+            Ok((y + delta)?)
+        } else {
+            Ok((y.to_dtype(DType::F32)? + delta)?.to_dtype(y.dtype())?)
+        }
+    }
+
+    /// Folds the adapter into the weight (`W + scale · B A`, in f32) and removes it.
+    pub fn merge(&mut self) -> Result<()> {
+        if let Some(l) = self.lora.take() {
+            let dtype = self.weight.dtype();
+            let delta = (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?;
+            self.weight = (self.weight.to_dtype(DType::F32)? + delta)?.to_dtype(dtype)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_short_and_long_names() {
+        assert_eq!(LoraConfig::parse_targets("q,v_proj,q").unwrap(), vec![Target::QProj, Target::VProj]);
+        assert_eq!(LoraConfig::parse_targets("all").unwrap().len(), 7);
+        assert!(LoraConfig::parse_targets("q,lm_head").unwrap_err().to_string().contains("`lm_head`"));
+    }
+
+    #[test]
+    fn scale_follows_rslora() {
+        let mut c = LoraConfig { r: 16, alpha: 32.0, ..Default::default() };
+        assert_eq!(c.scale(), 2.0);
+        c.use_rslora = true;
+        assert_eq!(c.scale(), 8.0);
+    }
+
+    #[test]
+    fn init_is_peft_like_and_merge_equals_adapter() {
+        let dev = Device::Cpu;
+        let w = Tensor::arange(0f32, 12.0, &dev).unwrap().reshape((3, 4)).unwrap();
+        let mut l = LoraLinear::new(w);
+        let cfg = LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, ..Default::default() };
+        l.attach(&cfg, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+        let lora = l.lora.as_ref().unwrap();
+        let a = lora.a.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(a.iter().all(|v| v.abs() <= 0.5) && a.iter().any(|v| *v != 0.0));
+        assert_eq!(lora.b.as_tensor().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        lora.b.set(&Tensor::new(&[[1f32, 2.0], [0.5, -1.0], [3.0, 0.0]], &dev).unwrap()).unwrap();
+        let x = Tensor::new(&[[1f32, -2.0, 0.5, 3.0]], &dev).unwrap();
+        let with_adapter = l.forward(&x, None).unwrap();
+        l.merge().unwrap();
+        assert!(l.lora.is_none());
+        let merged = l.forward(&x, None).unwrap();
+        let d = (with_adapter - merged).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5, "{d}");
+    }
+
+    #[test]
+    fn dropout_masks_are_seeded() {
+        let m = |k| DropoutRng::new(k).mask(&[4, 8], 0.5, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(m(7), m(7));
+        assert_ne!(m(7), m(8));
+        assert!(m(7).iter().flatten().all(|v| *v == 0.0 || *v == 2.0));
+    }
+
+    #[test]
+    fn shapes_that_do_not_fit_are_refused() {
+        let dev = Device::Cpu;
+        let mut l = LoraLinear::new(Tensor::zeros((3, 4), DType::F32, &dev).unwrap());
+        let e = l
+            .set_lora(Tensor::zeros((2, 5), DType::F32, &dev).unwrap(), Tensor::zeros((3, 2), DType::F32, &dev).unwrap(), 1.0, 0.0)
+            .unwrap_err();
+        assert!(e.to_string().contains("do not fit a [3, 4] weight"), "{e}");
+    }
+}

@@ -1,0 +1,247 @@
+//! Differentiable building blocks with hand-written backward passes.
+//!
+//! candle's fast kernels for softmax, RMSNorm and RoPE have no backward, and its matmul
+//! backward always computes the right operand's gradient (a full weight gradient for every
+//! frozen weight). Each op here computes its forward with the fast no-grad kernels on detached
+//! inputs and attaches its own backward through [`with_grad`], so gradients flow only where
+//! they are needed.
+
+use candle_core::backend::{BackendDevice, BackendStorage};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+
+type Backward = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+
+/// The forward value is `arg1` copied; the backward sends `backward(grad)` to `arg2` only.
+struct Inject {
+    backward: Backward,
+}
+
+fn copy_storage<S>(s: &S, l: &Layout) -> Result<(S, Shape)>
+where
+    S: BackendStorage,
+    S::Device: BackendDevice<Storage = S>,
+{
+    // SAFETY: every element of the fresh buffer is written by copy_strided_src just below.
+    let mut dst = unsafe { s.device().alloc_uninit(l.shape(), s.dtype())? };
+    s.copy_strided_src(&mut dst, 0, l)?;
+    Ok((dst, l.shape().clone()))
+}
+
+impl CustomOp2 for Inject {
+    fn name(&self) -> &'static str {
+        "inject-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        copy_storage(s1, l1)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        copy_storage(s1, l1)
+    }
+
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        s1: &candle_core::MetalStorage,
+        l1: &Layout,
+        _: &candle_core::MetalStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        copy_storage(s1, l1)
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((None, Some((self.backward)(grad)?)))
+    }
+}
+
+/// Returns `value` (computed without a graph) wired into the graph of `input`: the gradient
+/// reaching the result is turned into `input`'s gradient by `backward`. When `input` is not
+/// part of a graph this is free.
+pub fn with_grad(
+    value: Tensor,
+    input: &Tensor,
+    backward: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    if !input.track_op() {
+        return Ok(value);
+    }
+    value.detach().apply_op2(input, Inject { backward: Box::new(backward) })
+}
+
+/// `x · wᵀ` for a frozen weight `w` `[out, in]`: the backward gives `x` its gradient and
+/// computes no weight gradient.
+pub fn linear_frozen(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (out_dim, in_dim) = w.dims2()?;
+    let dims = x.dims().to_vec();
+    let n = x.elem_count() / in_dim;
+    let y = x.detach().reshape((n, in_dim))?.matmul(&w.t()?)?;
+    let mut out_dims = dims.clone();
+    *out_dims.last_mut().expect("x has a last dim") = out_dim;
+    let y = y.reshape(out_dims)?;
+    let w = w.clone();
+    with_grad(y, x, move |g| g.reshape((n, out_dim))?.matmul(&w)?.reshape(dims.as_slice()))
+}
+
+/// Gemma's RMSNorm: `x / rms(x) * w1` computed in f32 (`w1` is `1 + weight`, f32), returned in
+/// `x`'s dtype.
+pub fn rms_norm(x: &Tensor, w1: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x32 = x.detach().to_dtype(DType::F32)?.contiguous()?;
+    let y = candle_nn::ops::rms_norm(&x32, w1, eps as f32)?.to_dtype(dtype)?;
+    let w1 = w1.clone();
+    with_grad(y, x, move |g| {
+        let rstd = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+        let xhat = x32.broadcast_mul(&rstd)?;
+        let gw = g.to_dtype(DType::F32)?.broadcast_mul(&w1)?;
+        let dot = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
+        let dx = (gw - xhat.broadcast_mul(&dot)?)?.broadcast_mul(&rstd)?;
+        dx.to_dtype(dtype)
+    })
+}
+
+/// Rotary embedding (rotate-half layout) of `x` `[B, H, T, D]` with `cos`/`sin` `[T, D/2]`;
+/// the backward rotates the gradient back (`sin` → `-sin`).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, neg_sin: &Tensor) -> Result<Tensor> {
+    let y = candle_nn::rotary_emb::rope(&x.detach().contiguous()?, cos, sin)?;
+    let (cos, neg_sin) = (cos.clone(), neg_sin.clone());
+    with_grad(y, x, move |g| candle_nn::rotary_emb::rope(&g.contiguous()?, &cos, &neg_sin))
+}
+
+/// Attention probabilities: `softmax(cap · tanh(s / cap) + bias)` over the last dim, in f32.
+/// `bias` holds 0 for allowed and a large negative number for masked positions; it takes no
+/// gradient.
+pub fn capped_masked_softmax(s: &Tensor, cap: Option<f64>, bias: &Tensor) -> Result<Tensor> {
+    let s_in = s.detach();
+    let capped = match cap {
+        Some(c) => ((&s_in / c)?.tanh()? * c)?,
+        None => s_in.clone(),
+    };
+    let y = candle_nn::ops::softmax_last_dim(&capped.broadcast_add(bias)?)?;
+    let y_saved = y.clone();
+    with_grad(y, s, move |g| {
+        let gy = (g * &y_saved)?;
+        let mut ds = (&gy - y_saved.broadcast_mul(&gy.sum_keepdim(D::Minus1)?)?)?;
+        if let Some(c) = cap {
+            let t = (&s_in / c)?.tanh()?;
+            ds = (ds * (1.0 - t.sqr()?)?)?;
+        }
+        Ok(ds)
+    })
+}
+
+/// Multiplies by a fixed mask (dropout); the gradient is masked the same way.
+pub fn mul_fixed(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let y = x.detach().mul(mask)?;
+    let mask = mask.clone();
+    with_grad(y, x, move |g| g.mul(&mask))
+}
+
+/// Soft-capping `cap · tanh(x / cap)` without a graph (used where no gradient is needed).
+pub fn softcap(x: &Tensor, cap: Option<f64>) -> Result<Tensor> {
+    match cap {
+        Some(c) => (x / c)?.tanh()? * c,
+        None => Ok(x.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Central finite differences of `f` (a scalar function of `x`) against autograd.
+    fn check_grad(x0: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) {
+        let x = Var::from_tensor(x0).unwrap();
+        let y = f(x.as_tensor()).unwrap();
+        let grads = y.backward().unwrap();
+        let g = grads.get(&x).expect("x has a gradient").flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let flat = x0.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+        let eps = 1e-3;
+        for i in 0..flat.len() {
+            let eval = |d: f64| {
+                let mut v = flat.clone();
+                v[i] += d;
+                let t = Tensor::from_vec(v, x0.shape(), x0.device()).unwrap().to_dtype(DType::F32).unwrap();
+                f(&t).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+            };
+            let num = (eval(eps) - eval(-eps)) / (2.0 * eps);
+            assert!((num - g[i] as f64).abs() < 2e-3 * (1.0 + num.abs()), "elem {i}: numeric {num} vs autograd {}", g[i]);
+        }
+    }
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// A fixed random projection so that every output element matters to the scalar.
+    fn weigh(y: &Tensor, seed: u64) -> Result<Tensor> {
+        y.mul(&randn(y.dims(), seed))?.sum_all()
+    }
+
+    #[test]
+    fn linear_frozen_gradient_matches_finite_differences() {
+        let w = randn(&[5, 3], 1);
+        check_grad(&randn(&[2, 4, 3], 2), |x| weigh(&linear_frozen(x, &w)?, 3));
+    }
+
+    #[test]
+    fn rms_norm_gradient_matches_finite_differences() {
+        let w1 = (randn(&[6], 4) + 1.0).unwrap();
+        check_grad(&randn(&[3, 6], 5), |x| weigh(&rms_norm(x, &w1, 1e-6)?, 6));
+    }
+
+    #[test]
+    fn rope_gradient_matches_finite_differences() {
+        let cos = randn(&[3, 2], 7).cos().unwrap();
+        let sin = randn(&[3, 2], 7).sin().unwrap();
+        let neg = sin.neg().unwrap();
+        check_grad(&randn(&[1, 2, 3, 4], 8), |x| weigh(&rope(x, &cos, &sin, &neg)?, 9));
+    }
+
+    #[test]
+    fn softmax_gradient_matches_finite_differences() {
+        let bias = Tensor::new(&[[0f32, -1e30, 0.0, 0.0]], &Device::Cpu).unwrap();
+        for cap in [None, Some(1.5)] {
+            check_grad(&(randn(&[2, 3, 4], 10) * 3.0).unwrap(), |x| {
+                weigh(&capped_masked_softmax(x, cap, &bias)?, 11)
+            });
+        }
+    }
+
+    #[test]
+    fn rope_matches_the_slow_reference() {
+        let cos = randn(&[3, 2], 7).cos().unwrap();
+        let sin = randn(&[3, 2], 7).sin().unwrap();
+        let x = randn(&[1, 2, 3, 4], 8);
+        let neg = sin.neg().unwrap();
+        let a = rope(&x, &cos, &sin, &neg).unwrap();
+        let b = candle_nn::rotary_emb::rope_slow(&x, &cos, &sin).unwrap();
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-6);
+    }
+
+    #[test]
+    fn frozen_linear_leaves_no_weight_gradient() {
+        let w = randn(&[5, 3], 1);
+        let x = Var::from_tensor(&randn(&[4, 3], 2)).unwrap();
+        let grads = weigh(&linear_frozen(x.as_tensor(), &w).unwrap(), 3).unwrap().backward().unwrap();
+        let shapes: Vec<Vec<usize>> = grads.get_ids().map(|id| grads.get_id(*id).unwrap().dims().to_vec()).collect();
+        assert!(!shapes.iter().any(|s| s == &[5, 3] || s == &[3, 5]), "{shapes:?}");
+        // The detector is real: plain autograd does store a weight-shaped gradient.
+        let plain = weigh(&x.as_tensor().matmul(&w.t().unwrap()).unwrap(), 3).unwrap().backward().unwrap();
+        assert!(plain.get_ids().any(|id| plain.get_id(*id).unwrap().dims() == [3, 5]));
+    }
+}

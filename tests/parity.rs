@@ -1,0 +1,199 @@
+//! Parity with Hugging Face transformers + PEFT on a Gemma-2 fixture (any fixture made by
+//! `make_gemma2_fixture.py`; folder from `GEMMA2_FIXTURE`, default
+//! `../shared/fixtures/gemma2-tiny`): base and adapter logits, the masked loss, every LoRA
+//! gradient, the greedy continuation, and no gradient for any frozen weight.
+
+use candle_core::{DType, Device, Tensor};
+use socratune::model::generate::{generate, SamplingParams};
+use socratune::model::loss::{loss_sum, Batch};
+use socratune::model::{adapter, load, Gemma2, KvCache, Source};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+fn fixture_dir() -> PathBuf {
+    match std::env::var("GEMMA2_FIXTURE") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gemma2-tiny"),
+    }
+}
+
+struct Fixture {
+    io: HashMap<String, Tensor>,
+    dir: PathBuf,
+}
+
+impl Fixture {
+    fn open() -> Self {
+        let dir = fixture_dir();
+        let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu)
+            .unwrap_or_else(|e| panic!("cannot read {}/io.safetensors: {e}", dir.display()));
+        Self { io, dir }
+    }
+
+    fn get(&self, k: &str) -> &Tensor {
+        self.io.get(k).unwrap_or_else(|| panic!("fixture has no `{k}`"))
+    }
+
+    fn model(&self, with_adapter: bool) -> Gemma2 {
+        let mut m = load(&Source::Local(self.dir.clone()), DType::F32, &Device::Cpu).unwrap();
+        if with_adapter {
+            adapter::load(&mut m, &self.dir.join("adapter")).unwrap();
+        }
+        m
+    }
+
+    fn ids(&self) -> Tensor {
+        self.get("input_ids").to_dtype(DType::U32).unwrap()
+    }
+
+    fn mask(&self) -> Vec<Vec<bool>> {
+        let m = self.get("attention_mask").to_vec2::<i64>().unwrap();
+        m.into_iter().map(|r| r.into_iter().map(|v| v == 1).collect()).collect()
+    }
+
+    fn batch(&self) -> Batch {
+        let ids = self.get("input_ids").to_vec2::<i64>().unwrap();
+        let labels = self.get("labels").to_vec2::<i64>().unwrap();
+        let mask = self.mask();
+        // Rows as the trainer sees them: the real tokens of each sequence, right-padded again.
+        let seqs: Vec<(Vec<u32>, Vec<i64>)> = ids
+            .iter()
+            .zip(&labels)
+            .zip(&mask)
+            .map(|((i, l), m)| {
+                let n = m.iter().filter(|x| **x).count();
+                (i[..n].iter().map(|&x| x as u32).collect(), l[..n].to_vec())
+            })
+            .collect();
+        let refs: Vec<(&[u32], &[i64])> = seqs.iter().map(|(i, l)| (i.as_slice(), l.as_slice())).collect();
+        let vocab = self.get("base_logits").dim(2).unwrap();
+        Batch::new(&refs, 0, vocab, &Device::Cpu).unwrap()
+    }
+}
+
+/// ‖a − b‖ / ‖b‖ over the rows where `mask` is set (`a`, `b`: `[B, T, V]`).
+fn rel_l2_masked(a: &Tensor, b: &Tensor, mask: &[Vec<bool>]) -> f64 {
+    let (a, b) = (a.to_vec3::<f32>().unwrap(), b.to_vec3::<f32>().unwrap());
+    let (mut num, mut den) = (0f64, 0f64);
+    for (bi, row) in mask.iter().enumerate() {
+        for (ti, keep) in row.iter().enumerate() {
+            if *keep {
+                for (x, y) in a[bi][ti].iter().zip(&b[bi][ti]) {
+                    num += (*x as f64 - *y as f64).powi(2);
+                    den += (*y as f64).powi(2);
+                }
+            }
+        }
+    }
+    (num / den).sqrt()
+}
+
+fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+#[test]
+fn base_logits_match() {
+    let f = Fixture::open();
+    let logits = f.model(false).logits(&f.ids(), Some(&f.mask())).unwrap();
+    let err = rel_l2_masked(&logits, f.get("base_logits"), &f.mask());
+    assert!(err <= 1e-4, "base logits: relative L2 error {err:.3e}");
+}
+
+#[test]
+fn adapter_logits_match() {
+    let f = Fixture::open();
+    let logits = f.model(true).logits(&f.ids(), Some(&f.mask())).unwrap();
+    let err = rel_l2_masked(&logits, f.get("lora_logits"), &f.mask());
+    assert!(err <= 1e-4, "adapter logits: relative L2 error {err:.3e}");
+}
+
+#[test]
+fn merged_logits_equal_adapter_logits() {
+    let f = Fixture::open();
+    let mut m = f.model(true);
+    let with_adapter = m.logits(&f.ids(), Some(&f.mask())).unwrap();
+    m.merge_lora().unwrap();
+    assert!(m.lora_vars().is_empty());
+    let merged = m.logits(&f.ids(), Some(&f.mask())).unwrap();
+    let err = rel_l2_masked(&merged, &with_adapter, &f.mask());
+    assert!(err <= 1e-5, "merged vs adapter logits: relative L2 error {err:.3e}");
+}
+
+#[test]
+fn loss_and_every_lora_gradient_match() {
+    let f = Fixture::open();
+    let m = f.model(true);
+    let batch = f.batch();
+    let loss = (loss_sum(&m, &batch, None, true).unwrap() / batch.supervised() as f64).unwrap();
+    let want = f.get("lora_loss").to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
+    let got = loss.to_scalar::<f32>().unwrap();
+    assert!((got - want).abs() <= 1e-5, "loss {got} vs reference {want}");
+
+    let grads = loss.backward().unwrap();
+    let vars = m.lora_vars();
+    let reference: Vec<&String> = f.io.keys().filter(|k| k.starts_with("grad.")).collect();
+    assert_eq!(vars.len(), reference.len(), "one reference gradient per LoRA tensor");
+    for (name, var) in &vars {
+        let want = f.get(&format!("grad.{name}"));
+        let got = grads.get(var).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let err = rel_l2(got, want);
+        assert!(err <= 1e-4, "{name}: relative L2 error {err:.3e}");
+    }
+
+    // No frozen weight received a gradient: nothing in the store has a base weight's shape or
+    // its transpose (candle would store a frozen weight's gradient under `w.t()`).
+    let mut frozen: Vec<Vec<usize>> = Vec::new();
+    for (_, w) in m.named_weights() {
+        if w.rank() == 2 {
+            frozen.push(w.dims().to_vec());
+            frozen.push(vec![w.dims()[1], w.dims()[0]]);
+        }
+    }
+    let lora_ids: Vec<_> = vars.iter().map(|(_, v)| v.as_tensor().id()).collect();
+    for id in grads.get_ids() {
+        if lora_ids.contains(id) {
+            continue;
+        }
+        let dims = grads.get_id(*id).unwrap().dims().to_vec();
+        assert!(!frozen.contains(&dims), "a gradient of shape {dims:?} (a frozen weight's) was computed");
+    }
+}
+
+#[test]
+fn greedy_continuation_matches() {
+    let f = Fixture::open();
+    let m = f.model(true);
+    let prompt: Vec<u32> = f.get("gen_prompt").to_vec1::<i64>().unwrap().iter().map(|&x| x as u32).collect();
+    let want: Vec<u32> = f.get("gen_greedy").to_vec1::<i64>().unwrap().iter().map(|&x| x as u32).collect();
+    // transformers generated with min_new_tokens = max_new_tokens: stop tokens never end it.
+    let params = SamplingParams { min_new_tokens: want.len(), ..SamplingParams::greedy(want.len()) };
+    let (got, _) = generate(&m, &mut KvCache::new(), &prompt, &params, &m.cfg.eos_token_ids, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn kv_cache_gives_the_same_logits_as_recomputing() {
+    let f = Fixture::open();
+    let m = f.model(true);
+    let ids: Vec<u32> = f.get("input_ids").to_vec2::<i64>().unwrap()[0].iter().map(|&x| x as u32).collect();
+    let full = m.logits(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), None).unwrap();
+    // Feed the sequence in pieces of 1, 3, and the rest, comparing each piece's last logits.
+    let mut cache = KvCache::new();
+    let mut pos = 0;
+    for len in [1, 3, ids.len() - 4] {
+        let last = m.forward_cached(&ids[pos..pos + len], &mut cache).unwrap();
+        pos += len;
+        let want = full.get(0).unwrap().get(pos - 1).unwrap();
+        let err = rel_l2(&last, &want);
+        assert!(err <= 1e-5, "cached logits at {pos}: relative L2 error {err:.3e}");
+    }
+}
