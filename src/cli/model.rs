@@ -19,6 +19,17 @@ pub struct ModelSourceArgs {
     pub revision: Option<String>,
 }
 
+/// Where to run and in which precision.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceArgs {
+    /// cpu, cuda, cuda:N, metal or auto (the best available).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// f32, bf16, f16 or auto (bf16 on GPUs, f32 on CPU).
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
     /// Print the resolved config of a base model (downloads only config.json).
@@ -28,5 +39,15 @@ pub enum ModelCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Load the weights (and optionally an adapter) to check that they fit together.
+    Check {
+        #[command(flatten)]
+        source: ModelSourceArgs,
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// A PEFT adapter folder to load on top.
+        #[arg(long)]
+        adapter: Option<std::path::PathBuf>,
     },
 }

@@ -1,0 +1,155 @@
+//! `socratune model …` end to end on files in a temporary directory: sharded checkpoints and
+//! every bad input the model side must explain in one line.
+
+use candle_core::{DType, Device, Tensor};
+use socratune::model::{load, Source};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture() -> PathBuf {
+    match std::env::var("GEMMA2_FIXTURE") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gemma2-tiny"),
+    }
+}
+
+fn socratune(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+    c.args(args).env_remove("HF_TOKEN").env("HF_HUB_OFFLINE", "1");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// A copy of the fixture's model folder whose tensors can be edited.
+fn copy_model(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> PathBuf {
+    let out = dir.join("model");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(fixture().join("config.json"), out.join("config.json")).unwrap();
+    let mut t = candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
+    edit(&mut t);
+    candle_core::safetensors::save(&t, out.join("model.safetensors")).unwrap();
+    out
+}
+
+#[test]
+fn sharded_checkpoint_loads_like_the_single_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
+        let shard: HashMap<String, Tensor> = part.iter().map(|n| ((*n).clone(), tensors[*n].clone())).collect();
+        candle_core::safetensors::save(&shard, dir.path().join(file)).unwrap();
+        for n in part {
+            weight_map.insert((*n).clone(), file.into());
+        }
+    }
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+    std::fs::copy(fixture().join("config.json"), dir.path().join("config.json")).unwrap();
+    let ids = Tensor::new(&[[2u32, 40, 41, 42]], &Device::Cpu).unwrap();
+    let sharded = load(&Source::Local(dir.path().into()), DType::F32, &Device::Cpu).unwrap();
+    let single = load(&Source::Local(fixture()), DType::F32, &Device::Cpu).unwrap();
+    let d = (sharded.logits(&ids, None).unwrap() - single.logits(&ids, None).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(d, 0.0);
+}
+
+#[test]
+fn model_check_loads_model_and_adapter() {
+    let f = fixture();
+    let (ok, out, err) = socratune(
+        &["model", "check", "--model", f.to_str().unwrap(), "--device", "cpu", "--adapter", f.join("adapter").to_str().unwrap()],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("gemma2") && out.contains("LoRA r="), "{out}");
+}
+
+#[test]
+fn bad_inputs_get_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let check = |model: &Path, adapter: Option<&Path>, want: &[&str]| {
+        let mut args = vec!["model", "check", "--device", "cpu", "--model", model.to_str().unwrap()];
+        if let Some(a) = adapter {
+            args.extend(["--adapter", a.to_str().unwrap()]);
+        }
+        let (ok, _, err) = socratune(&args, &[]);
+        assert!(!ok, "expected a failure for {want:?}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        for w in want {
+            assert!(err.contains(w), "wanted `{w}` in: {err}");
+        }
+    };
+
+    // config.json missing, then malformed.
+    let empty = d.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    check(&empty, None, &["config.json", "not found"]);
+    std::fs::write(empty.join("config.json"), "{\"model_type\": \"gemma2\",").unwrap();
+    check(&empty, None, &["config.json", "malformed config.json"]);
+
+    // A tensor missing, then one of the wrong shape.
+    let missing = copy_model(&d.join("a"), |t| {
+        t.remove("model.layers.1.mlp.up_proj.weight");
+    });
+    check(&missing, None, &["model.layers.1.mlp.up_proj.weight", "missing"]);
+    let wrong = copy_model(&d.join("b"), |t| {
+        let w = t["model.layers.0.self_attn.k_proj.weight"].clone();
+        let w = Tensor::cat(&[&w, &w], 0).unwrap();
+        t.insert("model.layers.0.self_attn.k_proj.weight".into(), w);
+    });
+    check(&wrong, None, &["model.safetensors", "model.layers.0.self_attn.k_proj.weight", "expected"]);
+
+    // Adapters that do not fit: another rank than the config says, an unsupported target.
+    let adapter = d.join("adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    std::fs::copy(fixture().join("adapter/adapter_model.safetensors"), adapter.join("adapter_model.safetensors")).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("adapter/adapter_config.json")).unwrap()).unwrap();
+    let r = cfg["r"].as_u64().unwrap();
+    cfg["r"] = (r + 1).into();
+    std::fs::write(adapter.join("adapter_config.json"), cfg.to_string()).unwrap();
+    check(&fixture(), Some(&adapter), &["adapter_model.safetensors", "do not fit rank"]);
+    cfg["r"] = r.into();
+    cfg["target_modules"] = serde_json::json!(["q_proj", "lm_head"]);
+    std::fs::write(adapter.join("adapter_config.json"), cfg.to_string()).unwrap();
+    check(&fixture(), Some(&adapter), &["adapter_config.json", "lm_head"]);
+}
+
+/// A fake Hub that answers 401 to everything, as huggingface.co does for a gated repo without
+/// a token.
+#[test]
+fn gated_repo_without_token_says_what_to_do() {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let handle = std::thread::spawn(move || {
+        for req in server.incoming_requests().take(4) {
+            let _ = req.respond(tiny_http::Response::from_string("{\"error\":\"gated\"}").with_status_code(401));
+        }
+    });
+    let home = tempfile::tempdir().unwrap();
+    let (ok, _, err) = socratune(
+        &["model", "info", "--model", "google/gemma-2-2b-it"],
+        &[("HF_ENDPOINT", &addr), ("HF_HOME", home.path().to_str().unwrap()), ("HF_HUB_OFFLINE", "0")],
+    );
+    assert!(!ok);
+    assert!(err.contains("google/gemma-2-2b-it") && err.contains("gated") && err.contains("HF_TOKEN"), "{err}");
+    drop(handle);
+}
