@@ -551,3 +551,35 @@ fn normal(shape: &[usize], std: f32, rng: &mut ChaCha8Rng, dev: &Device) -> Resu
     }
     Ok(Tensor::from_vec(v, shape, dev)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::loss::{loss_sum, Batch};
+
+    #[test]
+    fn bf16_forward_and_backward_track_f32() {
+        let cfg = Gemma2Config::preset("tiny").unwrap();
+        let dev = Device::Cpu;
+        let ids = Tensor::new(&[[2u32, 50, 60, 70, 80, 90], [2, 51, 61, 71, 0, 0]], &dev).unwrap();
+        let mask = vec![vec![true; 6], vec![true, true, true, true, false, false]];
+        let mut logits = Vec::new();
+        for dtype in [DType::F32, DType::BF16] {
+            let mut m = Gemma2::random(&cfg, 3, dtype, &dev).unwrap();
+            m.attach_lora(&LoraConfig { dropout: 0.1, ..Default::default() }, 5).unwrap();
+            logits.push(m.logits(&ids, Some(&mask)).unwrap().narrow(0, 0, 1).unwrap());
+            let seqs: [(&[u32], &[i64]); 2] = [(&[2, 50, 60, 70, 80, 90], &[-100, -100, 60, 70, 80, 90]), (&[2, 51, 61, 71], &[-100, 51, 61, 71])];
+            let batch = Batch::new(&seqs, 0, cfg.vocab_size, &dev).unwrap();
+            let loss = loss_sum(&m, &batch, Some(&mut DropoutRng::new(1)), true).unwrap();
+            let grads = loss.backward().unwrap();
+            for (name, v) in m.lora_vars() {
+                let g = grads.get(&v).unwrap_or_else(|| panic!("{name} has no gradient"));
+                assert_eq!(g.dtype(), DType::F32);
+            }
+        }
+        let diff = (&logits[0] - &logits[1]).unwrap().sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+        let norm = logits[0].sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+        let rel = (diff / norm).unwrap().to_scalar::<f32>().unwrap();
+        assert!(rel < 3e-2, "bf16 logits differ from f32 by {rel}");
+    }
+}

@@ -179,3 +179,63 @@ impl<'a> TextStream<'a> {
             .map_err(|e| ModelError::Invalid(format!("cannot decode tokens: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Gemma2Config;
+    use candle_core::Device;
+
+    fn model() -> Gemma2 {
+        let cfg = Gemma2Config::preset("tiny").unwrap();
+        Gemma2::random(&cfg, 1, DType::F32, &Device::Cpu).unwrap()
+    }
+
+    fn run(m: &Gemma2, p: &SamplingParams, stop: &[u32]) -> (Vec<u32>, Stop) {
+        generate(m, &mut KvCache::new(), &[2, 10, 11, 12], p, stop, |_| ControlFlow::Continue(())).unwrap()
+    }
+
+    #[test]
+    fn sampling_is_seeded_and_top_k_1_is_greedy() {
+        let m = model();
+        let sampled = SamplingParams { temperature: 1.5, top_p: None, top_k: None, max_new_tokens: 16, ..Default::default() };
+        assert_eq!(run(&m, &sampled, &[]), run(&m, &sampled, &[]));
+        let other = SamplingParams { seed: 99, ..sampled.clone() };
+        assert_ne!(run(&m, &sampled, &[]).0, run(&m, &other, &[]).0);
+        let greedy = run(&m, &SamplingParams::greedy(8), &[]);
+        let k1 = SamplingParams { temperature: 0.9, top_k: Some(1), top_p: Some(0.9), max_new_tokens: 8, ..Default::default() };
+        assert_eq!(run(&m, &k1, &[]), greedy);
+        assert_eq!(greedy.1, Stop::MaxTokens);
+    }
+
+    #[test]
+    fn stops_at_stop_tokens_unless_suppressed_and_when_the_callback_says() {
+        let m = model();
+        let greedy = run(&m, &SamplingParams::greedy(8), &[]).0;
+        // The first token that did not occur before it.
+        let k = (1..greedy.len()).find(|&k| !greedy[..k].contains(&greedy[k])).unwrap_or(0);
+        let stop = [greedy[k]];
+        let (out, why) = run(&m, &SamplingParams::greedy(8), &stop);
+        assert_eq!(why, Stop::StopToken(greedy[k]));
+        assert_eq!(out, greedy[..k]);
+        let forced = SamplingParams { min_new_tokens: 8, ..SamplingParams::greedy(8) };
+        assert!(!run(&m, &forced, &stop).0.contains(&greedy[k]));
+        let mut seen = Vec::new();
+        let (out, why) = generate(&m, &mut KvCache::new(), &[2, 10, 11, 12], &SamplingParams::greedy(8), &[], |t| {
+            seen.push(t);
+            if seen.len() == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })
+        .unwrap();
+        assert_eq!((out.len(), why, seen), (3, Stop::Callback, greedy[..3].to_vec()));
+    }
+
+    #[test]
+    fn repetition_penalty_changes_a_repetitive_greedy_output() {
+        let m = model();
+        let plain = run(&m, &SamplingParams::greedy(12), &[]).0;
+        let penalised = run(&m, &SamplingParams { repetition_penalty: 5.0, ..SamplingParams::greedy(12) }, &[]).0;
+        let distinct = |v: &[u32]| v.iter().collect::<std::collections::HashSet<_>>().len();
+        assert!(distinct(&penalised) >= distinct(&plain), "{plain:?} vs {penalised:?}");
+        assert!(SamplingParams { top_p: Some(1.5), ..Default::default() }.validate().is_err());
+    }
+}
