@@ -26,12 +26,20 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{src}: {}", cfg.summary());
                 }
             }
-            ModelCommand::Check { source, device, adapter } => {
+            ModelCommand::Check {
+                source,
+                device,
+                adapter,
+            } => {
                 let src = Source::parse(&source.model, source.revision.as_deref())?;
                 let dev = parse_device(&device.device)?;
                 let dtype = parse_dtype(&device.dtype, &dev)?;
                 let mut m = socratune::model::load(&src, dtype, &dev)?;
-                println!("{src}: {} ({dtype:?} on {})", m.cfg.summary(), device_name(&dev));
+                println!(
+                    "{src}: {} ({dtype:?} on {})",
+                    m.cfg.summary(),
+                    device_name(&dev)
+                );
                 if let Some(dir) = adapter {
                     let info = socratune::model::adapter::load(&mut m, &dir)?;
                     let params: usize = m.lora_vars().iter().map(|(_, v)| v.elem_count()).sum();

@@ -18,7 +18,10 @@ fn loads_a_cached_repo_offline_and_matches_the_local_folder() {
         home.path(),
         "socratune-test/gemma2-tiny",
         commit,
-        &[("config.json", &fixture.join("config.json")), ("model.safetensors", &fixture.join("model.safetensors"))],
+        &[
+            ("config.json", &fixture.join("config.json")),
+            ("model.safetensors", &fixture.join("model.safetensors")),
+        ],
     )
     .unwrap();
     std::env::set_var("HF_HOME", home.path());
@@ -26,11 +29,23 @@ fn loads_a_cached_repo_offline_and_matches_the_local_folder() {
     std::env::remove_var("HF_TOKEN");
 
     let ids = candle_core::Tensor::new(&[[2u32, 17, 33, 5, 9]], &Device::Cpu).unwrap();
-    let from_hub = load(&Source::parse("socratune-test/gemma2-tiny", None).unwrap(), DType::F32, &Device::Cpu).unwrap();
+    let from_hub = load(
+        &Source::parse("socratune-test/gemma2-tiny", None).unwrap(),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let local = load(&Source::Local(fixture.clone()), DType::F32, &Device::Cpu).unwrap();
     let a = from_hub.logits(&ids, None).unwrap();
     let b = local.logits(&ids, None).unwrap();
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(d, 0.0);
 
     // A commit hash as revision resolves through the snapshot folder.
@@ -38,6 +53,13 @@ fn loads_a_cached_repo_offline_and_matches_the_local_folder() {
     assert!(pinned.file("config.json").unwrap().ends_with("config.json"));
 
     // A repo the cache has never seen fails clearly, offline.
-    let e = Source::parse("socratune-test/absent", None).unwrap().file("config.json").unwrap_err().to_string();
-    assert!(e.contains("socratune-test/absent") && e.contains("HF_HUB_OFFLINE"), "{e}");
+    let e = Source::parse("socratune-test/absent", None)
+        .unwrap()
+        .file("config.json")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("socratune-test/absent") && e.contains("HF_HUB_OFFLINE"),
+        "{e}"
+    );
 }

@@ -16,12 +16,18 @@ fn fixture() -> PathBuf {
 
 fn socratune(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
-    c.args(args).env_remove("HF_TOKEN").env("HF_HUB_OFFLINE", "1");
+    c.args(args)
+        .env_remove("HF_TOKEN")
+        .env("HF_HUB_OFFLINE", "1");
     for (k, v) in envs {
         c.env(k, v);
     }
     let out = c.output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// A copy of the fixture's model folder whose tensors can be edited.
@@ -29,7 +35,8 @@ fn copy_model(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> Pa
     let out = dir.join("model");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::copy(fixture().join("config.json"), out.join("config.json")).unwrap();
-    let mut t = candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut t =
+        candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
     edit(&mut t);
     candle_core::safetensors::save(&t, out.join("model.safetensors")).unwrap();
     out
@@ -38,13 +45,20 @@ fn copy_model(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> Pa
 #[test]
 fn sharded_checkpoint_loads_like_the_single_file() {
     let dir = tempfile::tempdir().unwrap();
-    let tensors = candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
+    let tensors =
+        candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let (first, second) = names.split_at(names.len() / 2);
     let mut weight_map = serde_json::Map::new();
-    for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
-        let shard: HashMap<String, Tensor> = part.iter().map(|n| ((*n).clone(), tensors[*n].clone())).collect();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let shard: HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].clone()))
+            .collect();
         candle_core::safetensors::save(&shard, dir.path().join(file)).unwrap();
         for n in part {
             weight_map.insert((*n).clone(), file.into());
@@ -55,7 +69,11 @@ fn sharded_checkpoint_loads_like_the_single_file() {
         serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
     )
     .unwrap();
-    std::fs::copy(fixture().join("config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixture().join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     let ids = Tensor::new(&[[2u32, 40, 41, 42]], &Device::Cpu).unwrap();
     let sharded = load(&Source::Local(dir.path().into()), DType::F32, &Device::Cpu).unwrap();
     let single = load(&Source::Local(fixture()), DType::F32, &Device::Cpu).unwrap();
@@ -74,7 +92,16 @@ fn sharded_checkpoint_loads_like_the_single_file() {
 fn model_check_loads_model_and_adapter() {
     let f = fixture();
     let (ok, out, err) = socratune(
-        &["model", "check", "--model", f.to_str().unwrap(), "--device", "cpu", "--adapter", f.join("adapter").to_str().unwrap()],
+        &[
+            "model",
+            "check",
+            "--model",
+            f.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--adapter",
+            f.join("adapter").to_str().unwrap(),
+        ],
         &[],
     );
     assert!(ok, "{err}");
@@ -86,7 +113,14 @@ fn bad_inputs_get_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let check = |model: &Path, adapter: Option<&Path>, want: &[&str]| {
-        let mut args = vec!["model", "check", "--device", "cpu", "--model", model.to_str().unwrap()];
+        let mut args = vec![
+            "model",
+            "check",
+            "--device",
+            "cpu",
+            "--model",
+            model.to_str().unwrap(),
+        ];
         if let Some(a) = adapter {
             args.extend(["--adapter", a.to_str().unwrap()]);
         }
@@ -109,28 +143,54 @@ fn bad_inputs_get_one_clear_line() {
     let missing = copy_model(&d.join("a"), |t| {
         t.remove("model.layers.1.mlp.up_proj.weight");
     });
-    check(&missing, None, &["model.layers.1.mlp.up_proj.weight", "missing"]);
+    check(
+        &missing,
+        None,
+        &["model.layers.1.mlp.up_proj.weight", "missing"],
+    );
     let wrong = copy_model(&d.join("b"), |t| {
         let w = t["model.layers.0.self_attn.k_proj.weight"].clone();
         let w = Tensor::cat(&[&w, &w], 0).unwrap();
         t.insert("model.layers.0.self_attn.k_proj.weight".into(), w);
     });
-    check(&wrong, None, &["model.safetensors", "model.layers.0.self_attn.k_proj.weight", "expected"]);
+    check(
+        &wrong,
+        None,
+        &[
+            "model.safetensors",
+            "model.layers.0.self_attn.k_proj.weight",
+            "expected",
+        ],
+    );
 
     // Adapters that do not fit: another rank than the config says, an unsupported target.
     let adapter = d.join("adapter");
     std::fs::create_dir_all(&adapter).unwrap();
-    std::fs::copy(fixture().join("adapter/adapter_model.safetensors"), adapter.join("adapter_model.safetensors")).unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture().join("adapter/adapter_config.json")).unwrap()).unwrap();
+    std::fs::copy(
+        fixture().join("adapter/adapter_model.safetensors"),
+        adapter.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture().join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
     let r = cfg["r"].as_u64().unwrap();
     cfg["r"] = (r + 1).into();
     std::fs::write(adapter.join("adapter_config.json"), cfg.to_string()).unwrap();
-    check(&fixture(), Some(&adapter), &["adapter_model.safetensors", "do not fit rank"]);
+    check(
+        &fixture(),
+        Some(&adapter),
+        &["adapter_model.safetensors", "do not fit rank"],
+    );
     cfg["r"] = r.into();
     cfg["target_modules"] = serde_json::json!(["q_proj", "lm_head"]);
     std::fs::write(adapter.join("adapter_config.json"), cfg.to_string()).unwrap();
-    check(&fixture(), Some(&adapter), &["adapter_config.json", "lm_head"]);
+    check(
+        &fixture(),
+        Some(&adapter),
+        &["adapter_config.json", "lm_head"],
+    );
 }
 
 /// A fake Hub that answers 401 to everything, as huggingface.co does for a gated repo without
@@ -141,15 +201,24 @@ fn gated_repo_without_token_says_what_to_do() {
     let addr = format!("http://{}", server.server_addr().to_ip().unwrap());
     let handle = std::thread::spawn(move || {
         for req in server.incoming_requests().take(4) {
-            let _ = req.respond(tiny_http::Response::from_string("{\"error\":\"gated\"}").with_status_code(401));
+            let _ = req.respond(
+                tiny_http::Response::from_string("{\"error\":\"gated\"}").with_status_code(401),
+            );
         }
     });
     let home = tempfile::tempdir().unwrap();
     let (ok, _, err) = socratune(
         &["model", "info", "--model", "google/gemma-2-2b-it"],
-        &[("HF_ENDPOINT", &addr), ("HF_HOME", home.path().to_str().unwrap()), ("HF_HUB_OFFLINE", "0")],
+        &[
+            ("HF_ENDPOINT", &addr),
+            ("HF_HOME", home.path().to_str().unwrap()),
+            ("HF_HUB_OFFLINE", "0"),
+        ],
     );
     assert!(!ok);
-    assert!(err.contains("google/gemma-2-2b-it") && err.contains("gated") && err.contains("HF_TOKEN"), "{err}");
+    assert!(
+        err.contains("google/gemma-2-2b-it") && err.contains("gated") && err.contains("HF_TOKEN"),
+        "{err}"
+    );
     drop(handle);
 }

@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use socratune::model::generate::{generate, SamplingParams};
+use socratune::model::lora::Mode;
 use socratune::model::loss::{loss_sum, Batch};
 use socratune::model::{adapter, load, Gemma2, KvCache, Source};
 use std::collections::HashMap;
@@ -31,7 +32,9 @@ impl Fixture {
     }
 
     fn get(&self, k: &str) -> &Tensor {
-        self.io.get(k).unwrap_or_else(|| panic!("fixture has no `{k}`"))
+        self.io
+            .get(k)
+            .unwrap_or_else(|| panic!("fixture has no `{k}`"))
     }
 
     fn model(&self, with_adapter: bool) -> Gemma2 {
@@ -48,7 +51,9 @@ impl Fixture {
 
     fn mask(&self) -> Vec<Vec<bool>> {
         let m = self.get("attention_mask").to_vec2::<i64>().unwrap();
-        m.into_iter().map(|r| r.into_iter().map(|v| v == 1).collect()).collect()
+        m.into_iter()
+            .map(|r| r.into_iter().map(|v| v == 1).collect())
+            .collect()
     }
 
     fn batch(&self) -> Batch {
@@ -65,7 +70,10 @@ impl Fixture {
                 (i[..n].iter().map(|&x| x as u32).collect(), l[..n].to_vec())
             })
             .collect();
-        let refs: Vec<(&[u32], &[i64])> = seqs.iter().map(|(i, l)| (i.as_slice(), l.as_slice())).collect();
+        let refs: Vec<(&[u32], &[i64])> = seqs
+            .iter()
+            .map(|(i, l)| (i.as_slice(), l.as_slice()))
+            .collect();
         let vocab = self.get("base_logits").dim(2).unwrap();
         Batch::new(&refs, 0, vocab, &Device::Cpu).unwrap()
     }
@@ -92,7 +100,11 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
     let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let num: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den.max(1e-30)).sqrt()
 }
@@ -122,7 +134,10 @@ fn merged_logits_equal_adapter_logits() {
     assert!(m.lora_vars().is_empty());
     let merged = m.logits(&f.ids(), Some(&f.mask())).unwrap();
     let err = rel_l2_masked(&merged, &with_adapter, &f.mask());
-    assert!(err <= 1e-5, "merged vs adapter logits: relative L2 error {err:.3e}");
+    assert!(
+        err <= 1e-5,
+        "merged vs adapter logits: relative L2 error {err:.3e}"
+    );
 }
 
 #[test]
@@ -130,18 +145,30 @@ fn loss_and_every_lora_gradient_match() {
     let f = Fixture::open();
     let m = f.model(true);
     let batch = f.batch();
-    let loss = (loss_sum(&m, &batch, None, true).unwrap() / batch.supervised() as f64).unwrap();
-    let want = f.get("lora_loss").to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
+    let loss = (loss_sum(&m, &batch, &mut Mode::grad_only()).unwrap() / batch.supervised() as f64)
+        .unwrap();
+    let want = f
+        .get("lora_loss")
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let got = loss.to_scalar::<f32>().unwrap();
     assert!((got - want).abs() <= 1e-5, "loss {got} vs reference {want}");
 
     let grads = loss.backward().unwrap();
     let vars = m.lora_vars();
     let reference: Vec<&String> = f.io.keys().filter(|k| k.starts_with("grad.")).collect();
-    assert_eq!(vars.len(), reference.len(), "one reference gradient per LoRA tensor");
+    assert_eq!(
+        vars.len(),
+        reference.len(),
+        "one reference gradient per LoRA tensor"
+    );
     for (name, var) in &vars {
         let want = f.get(&format!("grad.{name}"));
-        let got = grads.get(var).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let got = grads
+            .get(var)
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
         let err = rel_l2(got, want);
         assert!(err <= 1e-4, "{name}: relative L2 error {err:.3e}");
     }
@@ -161,7 +188,10 @@ fn loss_and_every_lora_gradient_match() {
             continue;
         }
         let dims = grads.get_id(*id).unwrap().dims().to_vec();
-        assert!(!frozen.contains(&dims), "a gradient of shape {dims:?} (a frozen weight's) was computed");
+        assert!(
+            !frozen.contains(&dims),
+            "a gradient of shape {dims:?} (a frozen weight's) was computed"
+        );
     }
 }
 
@@ -169,13 +199,33 @@ fn loss_and_every_lora_gradient_match() {
 fn greedy_continuation_matches() {
     let f = Fixture::open();
     let m = f.model(true);
-    let prompt: Vec<u32> = f.get("gen_prompt").to_vec1::<i64>().unwrap().iter().map(|&x| x as u32).collect();
-    let want: Vec<u32> = f.get("gen_greedy").to_vec1::<i64>().unwrap().iter().map(|&x| x as u32).collect();
+    let prompt: Vec<u32> = f
+        .get("gen_prompt")
+        .to_vec1::<i64>()
+        .unwrap()
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
+    let want: Vec<u32> = f
+        .get("gen_greedy")
+        .to_vec1::<i64>()
+        .unwrap()
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
     // transformers generated with min_new_tokens = max_new_tokens: stop tokens never end it.
-    let params = SamplingParams { min_new_tokens: want.len(), ..SamplingParams::greedy(want.len()) };
-    let (got, _) = generate(&m, &mut KvCache::new(), &prompt, &params, &m.cfg.eos_token_ids, |_| {
-        std::ops::ControlFlow::Continue(())
-    })
+    let params = SamplingParams {
+        min_new_tokens: want.len(),
+        ..SamplingParams::greedy(want.len())
+    };
+    let (got, _) = generate(
+        &m,
+        &mut KvCache::new(),
+        &prompt,
+        &params,
+        &m.cfg.eos_token_ids,
+        |_| std::ops::ControlFlow::Continue(()),
+    )
     .unwrap();
     assert_eq!(got, want);
 }
@@ -184,8 +234,19 @@ fn greedy_continuation_matches() {
 fn kv_cache_gives_the_same_logits_as_recomputing() {
     let f = Fixture::open();
     let m = f.model(true);
-    let ids: Vec<u32> = f.get("input_ids").to_vec2::<i64>().unwrap()[0].iter().map(|&x| x as u32).collect();
-    let full = m.logits(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), None).unwrap();
+    let ids: Vec<u32> = f.get("input_ids").to_vec2::<i64>().unwrap()[0]
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
+    let full = m
+        .logits(
+            &Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+            None,
+        )
+        .unwrap();
     // Feed the sequence in pieces of 1, 3, and the rest, comparing each piece's last logits.
     let mut cache = KvCache::new();
     let mut pos = 0;
@@ -194,6 +255,9 @@ fn kv_cache_gives_the_same_logits_as_recomputing() {
         pos += len;
         let want = full.get(0).unwrap().get(pos - 1).unwrap();
         let err = rel_l2(&last, &want);
-        assert!(err <= 1e-5, "cached logits at {pos}: relative L2 error {err:.3e}");
+        assert!(
+            err <= 1e-5,
+            "cached logits at {pos}: relative L2 error {err:.3e}"
+        );
     }
 }

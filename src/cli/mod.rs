@@ -6,7 +6,11 @@ pub mod model;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "socratune", version, about = "Fine-tune Gemma-2 to speak as a persona, end to end, on candle")]
+#[command(
+    name = "socratune",
+    version,
+    about = "Fine-tune Gemma-2 to speak as a persona, end to end, on candle"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -78,7 +78,11 @@ impl Dialogue {
         for (i, t) in self.turns.iter().enumerate() {
             let want = if i % 2 == 0 { Role::User } else { Role::Model };
             if t.role != want {
-                let start = if i == 0 { " (a dialogue starts with `user`)" } else { "" };
+                let start = if i == 0 {
+                    " (a dialogue starts with `user`)"
+                } else {
+                    ""
+                };
                 return Err(format!(
                     "dialogue {}: turn {i} is `{}`, expected `{}`: turns must alternate user, model{start}",
                     self.id,
@@ -99,7 +103,10 @@ impl Dialogue {
         if let Some(j) = &self.judge {
             for (name, v) in [("socratic", j.socratic), ("coherence", j.coherence)] {
                 if v > 4 {
-                    return Err(format!("dialogue {}: judge.{name} = {v} is outside 0–4", self.id));
+                    return Err(format!(
+                        "dialogue {}: judge.{name} = {v} is outside 0–4",
+                        self.id
+                    ));
                 }
             }
         }
@@ -183,7 +190,10 @@ mod tests {
         assert!(d.check().unwrap_err().contains("turn 1 is `user`"));
         let mut d = dialogue(OK);
         d.judge.as_mut().unwrap().coherence = 5;
-        assert!(d.check().unwrap_err().contains("judge.coherence = 5 is outside 0–4"));
+        assert!(d
+            .check()
+            .unwrap_err()
+            .contains("judge.coherence = 5 is outside 0–4"));
     }
 
     #[test]
@@ -193,7 +203,11 @@ mod tests {
         d.judge.as_mut().unwrap().socratic = 2;
         assert!(!d.is_kept(false));
         assert!(d.drop_reason(false).unwrap().contains("socratic 2"));
-        d.review = Some(Review { decision: Decision::Keep, note: None, extra: Map::new() });
+        d.review = Some(Review {
+            decision: Decision::Keep,
+            note: None,
+            extra: Map::new(),
+        });
         assert!(d.is_kept(false));
         d.review.as_mut().unwrap().decision = Decision::Drop;
         assert!(!d.is_kept(true));

@@ -23,7 +23,11 @@ impl std::fmt::Display for BadLine {
 
 impl From<BadLine> for CorpusError {
     fn from(b: BadLine) -> Self {
-        CorpusError::Line { path: b.path, line: b.line, message: b.message }
+        CorpusError::Line {
+            path: b.path,
+            line: b.line,
+            message: b.message,
+        }
     }
 }
 
@@ -45,7 +49,11 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Loaded<T>, CorpusE
         let line = match line {
             Ok(l) => l,
             Err(e) => {
-                skipped.push(BadLine { path: path.into(), line: line_no, message: e.to_string() });
+                skipped.push(BadLine {
+                    path: path.into(),
+                    line: line_no,
+                    message: e.to_string(),
+                });
                 continue;
             }
         };
@@ -106,9 +114,17 @@ mod tests {
         assert_eq!(l.records, vec![(1, R { id: "a".into() })]);
         assert_eq!(l.skipped.len(), 2);
         assert_eq!(l.skipped[0].line, 3);
-        assert!(l.skipped[0].message.contains("malformed JSON"), "{}", l.skipped[0]);
+        assert!(
+            l.skipped[0].message.contains("malformed JSON"),
+            "{}",
+            l.skipped[0]
+        );
         assert_eq!(l.skipped[1].line, 4);
-        assert!(l.skipped[1].message.contains("missing field `id`"), "{}", l.skipped[1]);
+        assert!(
+            l.skipped[1].message.contains("missing field `id`"),
+            "{}",
+            l.skipped[1]
+        );
     }
 
     #[test]
@@ -118,6 +134,9 @@ mod tests {
         let rs = vec![R { id: "a".into() }, R { id: "b".into() }];
         write_jsonl(&p, &rs).unwrap();
         let l = read_jsonl::<R>(&p).unwrap();
-        assert_eq!(l.records.into_iter().map(|(_, r)| r).collect::<Vec<_>>(), rs);
+        assert_eq!(
+            l.records.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
+            rs
+        );
     }
 }

@@ -23,10 +23,18 @@ pub enum CorpusError {
     File(#[from] crate::fsutil::FileError),
     /// One bad line; the message says what is wrong with it.
     #[error("{}:{line}: {message}", path.display())]
-    Line { path: PathBuf, line: usize, message: String },
+    Line {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     /// Several bad lines were found (only the first few are in the message).
     #[error("{}: {count} bad line(s); first: {first}", path.display())]
-    BadLines { path: PathBuf, count: usize, first: String },
+    BadLines {
+        path: PathBuf,
+        count: usize,
+        first: String,
+    },
     #[error("{}: no records", path.display())]
     Empty { path: PathBuf },
 }

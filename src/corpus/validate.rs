@@ -44,13 +44,20 @@ fn load_checked<T: DeserializeOwned>(
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut records = Vec::with_capacity(loaded.records.len());
     for (line, r) in loaded.records {
-        let bad = |message: String| BadLine { path: path.into(), line, message };
+        let bad = |message: String| BadLine {
+            path: path.into(),
+            line,
+            message,
+        };
         if let Err(m) = check(&r) {
             skipped.push(bad(m));
             continue;
         }
         if let Some(first) = seen.get(id(&r)) {
-            skipped.push(bad(format!("duplicate id `{}` (first seen on line {first})", id(&r))));
+            skipped.push(bad(format!(
+                "duplicate id `{}` (first seen on line {first})",
+                id(&r)
+            )));
             continue;
         }
         seen.insert(id(&r).to_string(), line);
@@ -83,11 +90,17 @@ pub fn load_dialogues(path: &Path, opts: LoadOptions) -> Result<Loaded<Dialogue>
             d.check()?;
             if let Some(cat) = opts.catalog {
                 if cat.persona(&d.persona).is_none() {
-                    return Err(format!("dialogue {}: unknown persona `{}`", d.id, d.persona));
+                    return Err(format!(
+                        "dialogue {}: unknown persona `{}`",
+                        d.id, d.persona
+                    ));
                 }
                 match cat.question(&d.question) {
                     None => {
-                        return Err(format!("dialogue {}: unknown question `{}`", d.id, d.question))
+                        return Err(format!(
+                            "dialogue {}: unknown question `{}`",
+                            d.id, d.question
+                        ))
                     }
                     Some(q) if q.text.trim() != d.turns[0].text.trim() => {
                         return Err(format!(
@@ -117,9 +130,10 @@ pub fn load_personas(path: &Path) -> Result<Vec<Persona>, CorpusError> {
                 (PersonaKind::Inheritor, None) => {
                     Err(format!("persona {}: an inheritor needs `inherits`", p.id))
                 }
-                (PersonaKind::Ordinary | PersonaKind::Historical, Some(_)) => {
-                    Err(format!("persona {}: only an inheritor has `inherits`", p.id))
-                }
+                (PersonaKind::Ordinary | PersonaKind::Historical, Some(_)) => Err(format!(
+                    "persona {}: only an inheritor has `inherits`",
+                    p.id
+                )),
                 _ => Ok(()),
             }
         },
@@ -127,7 +141,9 @@ pub fn load_personas(path: &Path) -> Result<Vec<Persona>, CorpusError> {
     let personas: Vec<Persona> = loaded.records.iter().map(|(_, p)| p.clone()).collect();
     for (line, p) in &loaded.records {
         if let Some(target) = &p.inherits {
-            let ok = personas.iter().any(|h| &h.id == target && h.kind == PersonaKind::Historical);
+            let ok = personas
+                .iter()
+                .any(|h| &h.id == target && h.kind == PersonaKind::Historical);
             if !ok {
                 return Err(CorpusError::Line {
                     path: path.into(),
@@ -185,7 +201,10 @@ mod tests {
                 description: "b".into(),
                 inherits: None,
             }],
-            questions: vec![Question { id: "q01".into(), text: "正義とは？".into() }],
+            questions: vec![Question {
+                id: "q01".into(),
+                text: "正義とは？".into(),
+            }],
         }
     }
 
@@ -194,19 +213,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cat = catalog();
         let cases = [
-            (line("d1", "p999", "q01", "正義とは？"), "unknown persona `p999`"),
-            (line("d1", "p001", "q77", "正義とは？"), "unknown question `q77`"),
-            (line("d1", "p001", "q01", "勇気とは？"), "does not quote question `q01`"),
-            (line("d1", "p001", "q01", "正義とは？").replace("\"model\"", "\"user\""), "turn 1 is `user`"),
-            (line("d1", "p001", "q01", "正義とは？").replace("\"persona\":\"p001\",", ""), "missing field `persona`"),
+            (
+                line("d1", "p999", "q01", "正義とは？"),
+                "unknown persona `p999`",
+            ),
+            (
+                line("d1", "p001", "q77", "正義とは？"),
+                "unknown question `q77`",
+            ),
+            (
+                line("d1", "p001", "q01", "勇気とは？"),
+                "does not quote question `q01`",
+            ),
+            (
+                line("d1", "p001", "q01", "正義とは？").replace("\"model\"", "\"user\""),
+                "turn 1 is `user`",
+            ),
+            (
+                line("d1", "p001", "q01", "正義とは？").replace("\"persona\":\"p001\",", ""),
+                "missing field `persona`",
+            ),
             ("{\"id\": \"d1\",".to_string(), "malformed JSON"),
         ];
         for (text, want) in cases {
-            let p = write(dir.path(), "d.jsonl", &format!("{}\n{text}\n", line("d0", "p001", "q01", "正義とは？")));
-            let e = load_dialogues(&p, LoadOptions { skip_bad: false, catalog: Some(&cat) })
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("d.jsonl:2: ") && e.contains(want), "{e} (wanted {want})");
+            let p = write(
+                dir.path(),
+                "d.jsonl",
+                &format!("{}\n{text}\n", line("d0", "p001", "q01", "正義とは？")),
+            );
+            let e = load_dialogues(
+                &p,
+                LoadOptions {
+                    skip_bad: false,
+                    catalog: Some(&cat),
+                },
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("d.jsonl:2: ") && e.contains(want),
+                "{e} (wanted {want})"
+            );
         }
     }
 
@@ -214,12 +261,41 @@ mod tests {
     fn duplicates_are_reported_and_skip_bad_keeps_going() {
         let dir = tempfile::tempdir().unwrap();
         let ok = line("d1", "p001", "q01", "正義とは？");
-        let p = write(dir.path(), "d.jsonl", &format!("{ok}\n{ok}\nnot json\n{}\n", line("d2", "p001", "q01", "正義とは？")));
-        let e = load_dialogues(&p, LoadOptions::default()).unwrap_err().to_string();
-        assert!(e.contains("2 bad line(s)") && e.contains(":2: duplicate id `d1` (first seen on line 1)"), "{e}");
-        let l = load_dialogues(&p, LoadOptions { skip_bad: true, catalog: None }).unwrap();
-        assert_eq!(l.records.iter().map(|(n, d)| (*n, d.id.as_str())).collect::<Vec<_>>(), vec![(1, "d1"), (4, "d2")]);
-        assert_eq!(l.skipped.iter().map(|b| b.line).collect::<Vec<_>>(), vec![2, 3]);
+        let p = write(
+            dir.path(),
+            "d.jsonl",
+            &format!(
+                "{ok}\n{ok}\nnot json\n{}\n",
+                line("d2", "p001", "q01", "正義とは？")
+            ),
+        );
+        let e = load_dialogues(&p, LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("2 bad line(s)")
+                && e.contains(":2: duplicate id `d1` (first seen on line 1)"),
+            "{e}"
+        );
+        let l = load_dialogues(
+            &p,
+            LoadOptions {
+                skip_bad: true,
+                catalog: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            l.records
+                .iter()
+                .map(|(n, d)| (*n, d.id.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(1, "d1"), (4, "d2")]
+        );
+        assert_eq!(
+            l.skipped.iter().map(|b| b.line).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
     }
 
     #[test]
@@ -229,14 +305,27 @@ mod tests {
             dir.path(),
             "p.jsonl",
             concat!(
-                r#"{"id":"p1","kind":"historical","name":"孔子","description":"x"}"#, "\n",
-                r#"{"id":"p2","kind":"inheritor","name":"a","description":"x","inherits":"p1"}"#, "\n",
-                r#"{"id":"p3","kind":"inheritor","name":"b","description":"x","inherits":"p2"}"#, "\n",
+                r#"{"id":"p1","kind":"historical","name":"孔子","description":"x"}"#,
+                "\n",
+                r#"{"id":"p2","kind":"inheritor","name":"a","description":"x","inherits":"p1"}"#,
+                "\n",
+                r#"{"id":"p3","kind":"inheritor","name":"b","description":"x","inherits":"p2"}"#,
+                "\n",
             ),
         );
         let e = load_personas(&p).unwrap_err().to_string();
-        assert!(e.contains("p.jsonl:3: persona p3: inherits `p2`, which is not a historical persona"), "{e}");
-        let q = write(dir.path(), "q.jsonl", "{\"id\":\"q1\",\"text\":\"x\"}\n{\"id\":\"q1\",\"text\":\"y\"}\n");
-        assert!(load_questions(&q).unwrap_err().to_string().contains("q.jsonl:2: duplicate id `q1`"));
+        assert!(
+            e.contains("p.jsonl:3: persona p3: inherits `p2`, which is not a historical persona"),
+            "{e}"
+        );
+        let q = write(
+            dir.path(),
+            "q.jsonl",
+            "{\"id\":\"q1\",\"text\":\"x\"}\n{\"id\":\"q1\",\"text\":\"y\"}\n",
+        );
+        assert!(load_questions(&q)
+            .unwrap_err()
+            .to_string()
+            .contains("q.jsonl:2: duplicate id `q1`"));
     }
 }

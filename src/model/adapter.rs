@@ -16,7 +16,11 @@ pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
 /// The PEFT name of a projection's adapter, without the `.lora_A.weight` suffix.
 pub fn peft_prefix(layer: usize, t: Target) -> String {
-    format!("base_model.model.model.layers.{layer}.{}.{}", t.block(), t.module())
+    format!(
+        "base_model.model.model.layers.{layer}.{}.{}",
+        t.block(),
+        t.module()
+    )
 }
 
 /// What an adapter folder says about itself.
@@ -31,19 +35,31 @@ pub struct AdapterInfo {
 pub fn save(model: &Gemma2, lora: &LoraConfig, base_model: Option<&str>, dir: &Path) -> Result<()> {
     let vars = model.lora_vars();
     if vars.is_empty() {
-        return Err(ModelError::Invalid("the model has no LoRA adapter to save".into()));
+        return Err(ModelError::Invalid(
+            "the model has no LoRA adapter to save".into(),
+        ));
     }
     let tensors: BTreeMap<String, Tensor> = vars
         .into_iter()
-        .map(|(k, v)| Ok((k, v.as_tensor().to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?)))
+        .map(|(k, v)| {
+            Ok((
+                k,
+                v.as_tensor()
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?
+                    .contiguous()?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let bytes = safetensors::serialize(&tensors, Some(metadata))
         .map_err(|e| ModelError::file(&dir.join(WEIGHTS_FILE), e.to_string()))?;
-    write_atomic(&dir.join(WEIGHTS_FILE), &bytes).map_err(|e| ModelError::file(&e.path, e.source.to_string()))?;
+    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)
+        .map_err(|e| ModelError::file(&e.path, e.source.to_string()))?;
     let config = config_json(lora, base_model);
     let text = serde_json::to_string_pretty(&config).expect("json");
-    write_atomic(&dir.join(CONFIG_FILE), text.as_bytes()).map_err(|e| ModelError::file(&e.path, e.source.to_string()))?;
+    write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
+        .map_err(|e| ModelError::file(&e.path, e.source.to_string()))?;
     Ok(())
 }
 
@@ -75,7 +91,8 @@ pub fn config_json(lora: &LoraConfig, base_model: Option<&str>) -> Value {
 /// Reads `adapter_config.json` and checks that socratune can apply it.
 pub fn read_config(dir: &Path) -> Result<AdapterInfo> {
     let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::file(&path, e.to_string()))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| ModelError::file(&path, e.to_string()))?;
     parse_config(&text).map_err(|m| ModelError::file(&path, m))
 }
 
@@ -84,20 +101,41 @@ fn parse_config(text: &str) -> std::result::Result<AdapterInfo, String> {
     let field = |k: &str| v.get(k).filter(|x| !x.is_null());
     if let Some(t) = field("peft_type").and_then(Value::as_str) {
         if t != "LORA" {
-            return Err(format!("peft_type is `{t}`; only LORA adapters are supported"));
+            return Err(format!(
+                "peft_type is `{t}`; only LORA adapters are supported"
+            ));
         }
     }
-    let r = field("r").and_then(Value::as_u64).ok_or("`r` is missing or not a positive integer")? as usize;
+    let r = field("r")
+        .and_then(Value::as_u64)
+        .ok_or("`r` is missing or not a positive integer")? as usize;
     let alpha = field("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0);
     let dropout = field("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0) as f32;
-    let use_rslora = field("use_rslora").and_then(Value::as_bool).unwrap_or(false);
+    let use_rslora = field("use_rslora")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     for (k, ok) in [
-        ("use_dora", field("use_dora").is_none_or(|x| x == &json!(false))),
-        ("fan_in_fan_out", field("fan_in_fan_out").is_none_or(|x| x == &json!(false))),
+        (
+            "use_dora",
+            field("use_dora").is_none_or(|x| x == &json!(false)),
+        ),
+        (
+            "fan_in_fan_out",
+            field("fan_in_fan_out").is_none_or(|x| x == &json!(false)),
+        ),
         ("bias", field("bias").is_none_or(|x| x == "none")),
-        ("modules_to_save", field("modules_to_save").is_none_or(|x| x.as_array().is_some_and(|a| a.is_empty()))),
-        ("rank_pattern", field("rank_pattern").is_none_or(|x| x.as_object().is_some_and(|o| o.is_empty()))),
-        ("alpha_pattern", field("alpha_pattern").is_none_or(|x| x.as_object().is_some_and(|o| o.is_empty()))),
+        (
+            "modules_to_save",
+            field("modules_to_save").is_none_or(|x| x.as_array().is_some_and(|a| a.is_empty())),
+        ),
+        (
+            "rank_pattern",
+            field("rank_pattern").is_none_or(|x| x.as_object().is_some_and(|o| o.is_empty())),
+        ),
+        (
+            "alpha_pattern",
+            field("alpha_pattern").is_none_or(|x| x.as_object().is_some_and(|o| o.is_empty())),
+        ),
     ] {
         if !ok {
             return Err(format!("`{k}` = {} is not supported", v[k]));
@@ -126,11 +164,23 @@ fn parse_config(text: &str) -> std::result::Result<AdapterInfo, String> {
             t.dedup();
             t
         }
-        Some(other) => return Err(format!("target_modules = {other} is neither a list nor a string")),
+        Some(other) => {
+            return Err(format!(
+                "target_modules = {other} is neither a list nor a string"
+            ))
+        }
     };
-    let lora = LoraConfig { r, alpha, dropout, targets, use_rslora };
+    let lora = LoraConfig {
+        r,
+        alpha,
+        dropout,
+        targets,
+        use_rslora,
+    };
     lora.validate().map_err(|e| e.to_string())?;
-    let base_model = field("base_model_name_or_path").and_then(Value::as_str).map(String::from);
+    let base_model = field("base_model_name_or_path")
+        .and_then(Value::as_str)
+        .map(String::from);
     Ok(AdapterInfo { lora, base_model })
 }
 
@@ -141,7 +191,9 @@ fn parse_key(key: &str) -> Option<(usize, Target, bool)> {
     let layer: usize = layer.parse().ok()?;
     let (block, rest) = rest.split_once('.')?;
     let (module, rest) = rest.split_once('.')?;
-    let t = Target::parse(module).ok().filter(|t| t.block() == block && t.module() == module)?;
+    let t = Target::parse(module)
+        .ok()
+        .filter(|t| t.block() == block && t.module() == module)?;
     match rest {
         "lora_A.weight" => Some((layer, t, true)),
         "lora_B.weight" => Some((layer, t, false)),
@@ -163,7 +215,9 @@ pub fn load(model: &mut Gemma2, dir: &Path) -> Result<AdapterInfo> {
     let mut pairs: BTreeMap<(usize, Target), (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
     for (key, t) in tensors {
         let (layer, target, is_a) = parse_key(&key).ok_or_else(|| {
-            bad(format!("tensor `{key}` is not the LoRA weight of a Gemma-2 projection socratune supports"))
+            bad(format!(
+                "tensor `{key}` is not the LoRA weight of a Gemma-2 projection socratune supports"
+            ))
         })?;
         if layer >= layers {
             return Err(bad(format!(
@@ -171,7 +225,10 @@ pub fn load(model: &mut Gemma2, dir: &Path) -> Result<AdapterInfo> {
             )));
         }
         if !info.lora.targets.contains(&target) {
-            return Err(bad(format!("tensor `{key}` adapts `{}`, which target_modules does not list", target.module())));
+            return Err(bad(format!(
+                "tensor `{key}` adapts `{}`, which target_modules does not list",
+                target.module()
+            )));
         }
         let slot = pairs.entry((layer, target)).or_default();
         if is_a {
@@ -187,7 +244,9 @@ pub fn load(model: &mut Gemma2, dir: &Path) -> Result<AdapterInfo> {
     let r = info.lora.r;
     for (l, t, lin) in model.linears_mut() {
         lin.lora = None;
-        let Some((a, b)) = pairs.remove(&(l, t)) else { continue };
+        let Some((a, b)) = pairs.remove(&(l, t)) else {
+            continue;
+        };
         let prefix = peft_prefix(l, t);
         let a = a.ok_or_else(|| bad(format!("`{prefix}.lora_A.weight` is missing")))?;
         let b = b.ok_or_else(|| bad(format!("`{prefix}.lora_B.weight` is missing")))?;
@@ -218,21 +277,36 @@ mod tests {
             parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"),
             Some((0, Target::QProj, true))
         );
-        assert_eq!(parse_key("base_model.model.model.layers.0.mlp.q_proj.lora_A.weight"), None);
+        assert_eq!(
+            parse_key("base_model.model.model.layers.0.mlp.q_proj.lora_A.weight"),
+            None
+        );
         assert_eq!(parse_key("base_model.model.lm_head.lora_A.weight"), None);
-        assert_eq!(parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"), None);
+        assert_eq!(
+            parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"),
+            None
+        );
     }
 
     #[test]
     fn config_round_trips_and_refuses_what_it_cannot_apply() {
-        let lora = LoraConfig { r: 8, alpha: 16.0, dropout: 0.1, targets: vec![Target::QProj, Target::VProj], use_rslora: true };
+        let lora = LoraConfig {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.1,
+            targets: vec![Target::QProj, Target::VProj],
+            use_rslora: true,
+        };
         let text = config_json(&lora, Some("google/gemma-2-2b-it")).to_string();
         let info = parse_config(&text).unwrap();
         assert_eq!(info.lora, lora);
         assert_eq!(info.base_model.as_deref(), Some("google/gemma-2-2b-it"));
         for (edit, want) in [
             (("use_dora", json!(true)), "`use_dora`"),
-            (("target_modules", json!(["q_proj", "lm_head"])), "`lm_head`"),
+            (
+                ("target_modules", json!(["q_proj", "lm_head"])),
+                "`lm_head`",
+            ),
             (("target_modules", json!(".*proj")), "pattern"),
             (("peft_type", json!("IA3")), "only LORA"),
             (("r", json!(0)), "rank r"),

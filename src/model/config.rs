@@ -163,7 +163,9 @@ impl Gemma2Config {
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(format!("head_dim must be a positive even number, got {head_dim}"));
+            return Err(format!(
+                "head_dim must be a positive even number, got {head_dim}"
+            ));
         }
         for (name, v) in [
             ("vocab_size", raw.vocab_size),
@@ -216,14 +218,23 @@ impl Gemma2Config {
             max_position_embeddings: raw.max_position_embeddings,
             rms_norm_eps: raw.rms_norm_eps,
             rope_theta,
-            attn_logit_softcapping: positive_cap("attn_logit_softcapping", raw.attn_logit_softcapping)?,
-            final_logit_softcapping: positive_cap("final_logit_softcapping", raw.final_logit_softcapping)?,
+            attn_logit_softcapping: positive_cap(
+                "attn_logit_softcapping",
+                raw.attn_logit_softcapping,
+            )?,
+            final_logit_softcapping: positive_cap(
+                "final_logit_softcapping",
+                raw.final_logit_softcapping,
+            )?,
             query_pre_attn_scalar: raw.query_pre_attn_scalar.unwrap_or(head_dim as f64),
             sliding_window: raw.sliding_window,
             sliding_layers,
             tie_word_embeddings: raw.tie_word_embeddings,
             bos_token_id: raw.bos_token_id.and_then(|b| b.into_vec().first().copied()),
-            eos_token_ids: raw.eos_token_id.map(OneOrMany::into_vec).unwrap_or_default(),
+            eos_token_ids: raw
+                .eos_token_id
+                .map(OneOrMany::into_vec)
+                .unwrap_or_default(),
             pad_token_id: raw.pad_token_id,
         })
     }
@@ -309,7 +320,11 @@ impl Gemma2Config {
         let q = self.num_attention_heads * d;
         let kv = self.num_key_value_heads * d;
         let layer = h * q * 2 + h * kv * 2 + 3 * h * i + 4 * h;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * h
+        };
         self.vocab_size * h + self.num_hidden_layers * layer + h + head
     }
 
@@ -344,7 +359,10 @@ mod tests {
     #[test]
     fn reads_nested_rope_parameters_and_scalar_eos() {
         let t = HUB
-            .replace("\"rope_theta\":500.0", "\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":7.0}")
+            .replace(
+                "\"rope_theta\":500.0",
+                "\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":7.0}",
+            )
             .replace("[1,107]", "1")
             .replace("\"hidden_act\"", "\"hidden_activation\"");
         let c = Gemma2Config::from_json(&t).unwrap();
@@ -363,9 +381,18 @@ mod tests {
     fn rejects_what_it_cannot_run() {
         let cases = [
             (HUB.replace("gemma2", "llama"), "model_type is `llama`"),
-            (HUB.replace("\"num_key_value_heads\":1", "\"num_key_value_heads\":3"), "multiple of num_key_value_heads"),
-            (HUB.replace("gelu_pytorch_tanh", "silu"), "hidden_activation `silu`"),
-            (HUB.replace("\"vocab_size\":10,", ""), "missing field `vocab_size`"),
+            (
+                HUB.replace("\"num_key_value_heads\":1", "\"num_key_value_heads\":3"),
+                "multiple of num_key_value_heads",
+            ),
+            (
+                HUB.replace("gelu_pytorch_tanh", "silu"),
+                "hidden_activation `silu`",
+            ),
+            (
+                HUB.replace("\"vocab_size\":10,", ""),
+                "missing field `vocab_size`",
+            ),
             ("{".to_string(), "malformed config.json"),
         ];
         for (text, want) in cases {
@@ -376,7 +403,10 @@ mod tests {
 
     #[test]
     fn presets_exist() {
-        assert_eq!(Gemma2Config::preset("gemma-2-2b").unwrap().hidden_size, 2304);
+        assert_eq!(
+            Gemma2Config::preset("gemma-2-2b").unwrap().hidden_size,
+            2304
+        );
         assert!(Gemma2Config::preset("huge").is_none());
     }
 }

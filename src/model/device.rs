@@ -17,7 +17,9 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         "cuda" => Device::new_cuda(0).map_err(fail),
         s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => Device::new_cuda(n).map_err(fail),
-            _ => Err(ModelError::Invalid(format!("unknown device `{s}`; use cpu, cuda, cuda:N, metal or auto"))),
+            _ => Err(ModelError::Invalid(format!(
+                "unknown device `{s}`; use cpu, cuda, cuda:N, metal or auto"
+            ))),
         },
     }
 }
@@ -40,11 +42,17 @@ pub fn best_device() -> Device {
 /// Parses `f32`, `bf16`, `f16` or `auto` (bf16 on GPUs, f32 on CPU).
 pub fn parse_dtype(spec: &str, device: &Device) -> Result<DType> {
     match spec.trim() {
-        "auto" | "" => Ok(if device.is_cpu() { DType::F32 } else { DType::BF16 }),
+        "auto" | "" => Ok(if device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        }),
         "f32" | "float32" => Ok(DType::F32),
         "bf16" | "bfloat16" => Ok(DType::BF16),
         "f16" | "float16" => Ok(DType::F16),
-        s => Err(ModelError::Invalid(format!("unknown dtype `{s}`; use f32, bf16, f16 or auto"))),
+        s => Err(ModelError::Invalid(format!(
+            "unknown dtype `{s}`; use f32, bf16, f16 or auto"
+        ))),
     }
 }
 

@@ -4,7 +4,7 @@
 //! seven projections, and a KV-cached path for generation.
 
 use super::config::{Activation, Gemma2Config};
-use super::lora::{DropoutRng, LoraConfig, LoraLinear, Target};
+use super::lora::{LoraConfig, LoraLinear, Mode, Target};
 use super::ops;
 use super::weights::Weights;
 use super::{ModelError, Result};
@@ -132,7 +132,12 @@ const MASKED: f32 = -1e30;
 
 impl Gemma2 {
     /// Loads the base model from checked weights.
-    pub fn from_weights(cfg: &Gemma2Config, w: &Weights, dtype: DType, dev: &Device) -> Result<Self> {
+    pub fn from_weights(
+        cfg: &Gemma2Config,
+        w: &Weights,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let q_dim = cfg.num_attention_heads * cfg.head_dim;
         let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
@@ -207,7 +212,10 @@ impl Gemma2 {
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
             for (t, lin) in layer.linears() {
-                v.push((format!("{p}.{}.{}.weight", t.block(), t.module()), lin.weight.clone()));
+                v.push((
+                    format!("{p}.{}.{}.weight", t.block(), t.module()),
+                    lin.weight.clone(),
+                ));
             }
             for (name, n) in [
                 ("input_layernorm", &layer.input_norm),
@@ -300,12 +308,12 @@ impl Gemma2 {
 
     /// Hidden states after the last layer, before the final norm: `[B·T, hidden]`.
     /// `attention_mask` (per sequence, per position: a real token?) masks padded keys;
-    /// `dropout` is given only when training.
+    /// `mode` says whether to build the gradient graph and draw dropout.
     pub fn hidden_states(
         &self,
         ids: &Tensor,
         attention_mask: Option<&[Vec<bool>]>,
-        mut dropout: Option<&mut DropoutRng>,
+        mode: &mut Mode,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if t > self.cfg.max_position_embeddings {
@@ -314,10 +322,15 @@ impl Gemma2 {
                 self.cfg.max_position_embeddings
             )));
         }
-        let pass = Pass { b, t, offset: 0, key_mask: attention_mask };
+        let pass = Pass {
+            b,
+            t,
+            offset: 0,
+            key_mask: attention_mask,
+        };
         let mut h = self.embed(ids)?;
         for layer in &self.layers {
-            h = layer.forward(self, &h, &pass, None, dropout.as_deref_mut())?;
+            h = layer.forward(self, &h, &pass, None, mode)?;
         }
         Ok(h)
     }
@@ -336,9 +349,15 @@ impl Gemma2 {
     /// computes the loss at supervised positions only (see `loss`).
     pub fn logits(&self, ids: &Tensor, attention_mask: Option<&[Vec<bool>]>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let h = self.final_norm(&self.hidden_states(ids, attention_mask, None)?)?;
+        let h = self.final_norm(&self.hidden_states(ids, attention_mask, &mut Mode::eval())?)?;
         let z = ops::linear_frozen(&h, self.output_weight())?.to_dtype(DType::F32)?;
-        Ok(ops::softcap(&z, self.cfg.final_logit_softcapping)?.reshape((b, t, self.cfg.vocab_size))?)
+        Ok(
+            ops::softcap(&z, self.cfg.final_logit_softcapping)?.reshape((
+                b,
+                t,
+                self.cfg.vocab_size,
+            ))?,
+        )
     }
 
     /// Feeds `ids` after what `cache` holds; returns the f32 logits of the last position.
@@ -358,10 +377,15 @@ impl Gemma2 {
             cache.layers = vec![None; self.layers.len()];
         }
         let x = Tensor::new(ids, &self.device)?.reshape((1, t))?;
-        let pass = Pass { b: 1, t, offset: cache.len, key_mask: None };
+        let pass = Pass {
+            b: 1,
+            t,
+            offset: cache.len,
+            key_mask: None,
+        };
         let mut h = self.embed(&x)?;
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            h = layer.forward(self, &h, &pass, Some(lc), None)?;
+            h = layer.forward(self, &h, &pass, Some(lc), &mut Mode::eval())?;
         }
         cache.len += t;
         let last = self.final_norm(&h.narrow(0, t - 1, 1)?)?;
@@ -372,9 +396,19 @@ impl Gemma2 {
     /// The additive attention bias `[B or 1, 1, groups·T, S]`: 0 where query i may see key j
     /// (causal, within the window on sliding layers, key not padding), a large negative number
     /// elsewhere. Rows repeat per query group to match the grouped-query layout.
-    fn attention_bias(&self, pass: &Pass, key_start: usize, s: usize, sliding: bool) -> Result<Tensor> {
+    fn attention_bias(
+        &self,
+        pass: &Pass,
+        key_start: usize,
+        s: usize,
+        sliding: bool,
+    ) -> Result<Tensor> {
         let g = self.cfg.groups();
-        let window = if sliding { self.cfg.sliding_window } else { None };
+        let window = if sliding {
+            self.cfg.sliding_window
+        } else {
+            None
+        };
         let rows = match pass.key_mask {
             Some(m) => m.len(),
             None => 1,
@@ -395,7 +429,11 @@ impl Gemma2 {
                 }
             }
         }
-        Ok(Tensor::from_vec(bias, (rows, 1, g * pass.t, s), &self.device)?)
+        Ok(Tensor::from_vec(
+            bias,
+            (rows, 1, g * pass.t, s),
+            &self.device,
+        )?)
     }
 }
 
@@ -418,21 +456,21 @@ impl Layer {
         h: &Tensor,
         pass: &Pass,
         cache: Option<&mut Option<LayerCache>>,
-        mut dropout: Option<&mut DropoutRng>,
+        mode: &mut Mode,
     ) -> Result<Tensor> {
         let eps = m.cfg.rms_norm_eps;
         let x = ops::rms_norm(h, &self.input_norm.0, eps)?;
-        let x = self.attention(m, &x, pass, cache, dropout.as_deref_mut())?;
+        let x = self.attention(m, &x, pass, cache, mode)?;
         let x = ops::rms_norm(&x, &self.post_attn_norm.0, eps)?;
         let h = (h + x)?;
         let x = ops::rms_norm(&h, &self.pre_ff_norm.0, eps)?;
-        let gate = self.mlp.gate.forward(&x, dropout.as_deref_mut())?;
-        let up = self.mlp.up.forward(&x, dropout.as_deref_mut())?;
+        let gate = self.mlp.gate.forward(&x, mode)?;
+        let up = self.mlp.up.forward(&x, mode)?;
         let act = match m.cfg.activation {
             Activation::GeluTanh => gate.gelu()?,
             Activation::GeluErf => gate.gelu_erf()?,
         };
-        let x = self.mlp.down.forward(&(act * up)?, dropout)?;
+        let x = self.mlp.down.forward(&(act * up)?, mode)?;
         let x = ops::rms_norm(&x, &self.post_ff_norm.0, eps)?;
         Ok((h + x)?)
     }
@@ -444,7 +482,7 @@ impl Layer {
         x: &Tensor,
         pass: &Pass,
         cache: Option<&mut Option<LayerCache>>,
-        mut dropout: Option<&mut DropoutRng>,
+        mode: &mut Mode,
     ) -> Result<Tensor> {
         let cfg = &m.cfg;
         let (b, t, d) = (pass.b, pass.t, cfg.head_dim);
@@ -452,16 +490,20 @@ impl Layer {
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = heads(self.attn.q.forward(x, dropout.as_deref_mut())?, nh)?;
-        let k = heads(self.attn.k.forward(x, dropout.as_deref_mut())?, nkv)?;
-        let v = heads(self.attn.v.forward(x, dropout.as_deref_mut())?, nkv)?;
+        let q = heads(self.attn.q.forward(x, mode)?, nh)?;
+        let k = heads(self.attn.k.forward(x, mode)?, nkv)?;
+        let v = heads(self.attn.v.forward(x, mode)?, nkv)?;
         let q = m.rope.apply(&q, pass.offset)?;
         let k = m.rope.apply(&k, pass.offset)?;
         let (k, v, key_start) = match cache {
             None => (k, v, 0),
             Some(slot) => {
                 let (k, v, start) = match slot.take() {
-                    Some(c) => (Tensor::cat(&[&c.k, &k], 2)?, Tensor::cat(&[&c.v, &v], 2)?, c.start),
+                    Some(c) => (
+                        Tensor::cat(&[&c.k, &k], 2)?,
+                        Tensor::cat(&[&c.v, &v], 2)?,
+                        c.start,
+                    ),
                     None => (k, v, pass.offset),
                 };
                 // A sliding layer never looks further back than the window: drop older keys.
@@ -485,10 +527,17 @@ impl Layer {
         let qg = q.reshape((b, nkv, g * t, d))?;
         let scores = (qg.matmul(&k.t()?)? * cfg.query_pre_attn_scalar.powf(-0.5))?;
         let bias = m.attention_bias(pass, key_start, s, self.sliding)?;
-        let p = ops::capped_masked_softmax(&scores.to_dtype(DType::F32)?, cfg.attn_logit_softcapping, &bias)?;
+        let p = ops::capped_masked_softmax(
+            &scores.to_dtype(DType::F32)?,
+            cfg.attn_logit_softcapping,
+            &bias,
+        )?;
         let o = p.to_dtype(m.dtype)?.matmul(&v)?; // [B, nkv, G·T, D]
-        let o = o.reshape((b, nh, t, d))?.transpose(1, 2)?.reshape((b * t, nh * d))?;
-        self.attn.o.forward(&o, dropout)
+        let o = o
+            .reshape((b, nh, t, d))?
+            .transpose(1, 2)?
+            .reshape((b * t, nh * d))?;
+        self.attn.o.forward(&o, mode)
     }
 }
 
@@ -498,7 +547,8 @@ fn random_weights(cfg: &Gemma2Config, seed: u64, dev: &Device) -> Result<Vec<(St
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let q_dim = cfg.num_attention_heads * cfg.head_dim;
     let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
-    let mut shapes: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h])];
+    let mut shapes: Vec<(String, Vec<usize>)> =
+        vec![("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h])];
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
         for (name, shape) in [
@@ -520,7 +570,12 @@ fn random_weights(cfg: &Gemma2Config, seed: u64, dev: &Device) -> Result<Vec<(St
     }
     let zeros = Tensor::zeros(h, DType::F32, dev)?;
     for l in 0..cfg.num_hidden_layers {
-        for n in ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"] {
+        for n in [
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        ] {
             out.push((format!("model.layers.{l}.{n}.weight"), zeros.clone()));
         }
     }
@@ -566,18 +621,42 @@ mod tests {
         let mut logits = Vec::new();
         for dtype in [DType::F32, DType::BF16] {
             let mut m = Gemma2::random(&cfg, 3, dtype, &dev).unwrap();
-            m.attach_lora(&LoraConfig { dropout: 0.1, ..Default::default() }, 5).unwrap();
-            logits.push(m.logits(&ids, Some(&mask)).unwrap().narrow(0, 0, 1).unwrap());
-            let seqs: [(&[u32], &[i64]); 2] = [(&[2, 50, 60, 70, 80, 90], &[-100, -100, 60, 70, 80, 90]), (&[2, 51, 61, 71], &[-100, 51, 61, 71])];
+            m.attach_lora(
+                &LoraConfig {
+                    dropout: 0.1,
+                    ..Default::default()
+                },
+                5,
+            )
+            .unwrap();
+            logits.push(
+                m.logits(&ids, Some(&mask))
+                    .unwrap()
+                    .narrow(0, 0, 1)
+                    .unwrap(),
+            );
+            let seqs: [(&[u32], &[i64]); 2] = [
+                (&[2, 50, 60, 70, 80, 90], &[-100, -100, 60, 70, 80, 90]),
+                (&[2, 51, 61, 71], &[-100, 51, 61, 71]),
+            ];
             let batch = Batch::new(&seqs, 0, cfg.vocab_size, &dev).unwrap();
-            let loss = loss_sum(&m, &batch, Some(&mut DropoutRng::new(1)), true).unwrap();
+            let loss = loss_sum(&m, &batch, &mut Mode::train(1)).unwrap();
             let grads = loss.backward().unwrap();
             for (name, v) in m.lora_vars() {
-                let g = grads.get(&v).unwrap_or_else(|| panic!("{name} has no gradient"));
+                let g = grads
+                    .get(&v)
+                    .unwrap_or_else(|| panic!("{name} has no gradient"));
                 assert_eq!(g.dtype(), DType::F32);
             }
         }
-        let diff = (&logits[0] - &logits[1]).unwrap().sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+        let diff = (&logits[0] - &logits[1])
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap();
         let norm = logits[0].sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
         let rel = (diff / norm).unwrap().to_scalar::<f32>().unwrap();
         assert!(rel < 3e-2, "bf16 logits differ from f32 by {rel}");

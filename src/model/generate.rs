@@ -41,7 +41,13 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy(max_new_tokens: usize) -> Self {
-        Self { temperature: 0.0, top_p: None, top_k: None, max_new_tokens, ..Default::default() }
+        Self {
+            temperature: 0.0,
+            top_p: None,
+            top_k: None,
+            max_new_tokens,
+            ..Default::default()
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -58,7 +64,10 @@ impl SamplingParams {
             return bad("top_k must be at least 1".into());
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad(format!("repetition penalty must be > 0, got {}", self.repetition_penalty));
+            return bad(format!(
+                "repetition penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
         }
         Ok(())
     }
@@ -112,7 +121,11 @@ pub fn generate(
         let mut l = logits.to_dtype(DType::F32)?;
         if params.repetition_penalty != 1.0 {
             let start = history.len().saturating_sub(params.repeat_last_n);
-            l = candle_transformers::utils::apply_repeat_penalty(&l, params.repetition_penalty, &history[start..])?;
+            l = candle_transformers::utils::apply_repeat_penalty(
+                &l,
+                params.repetition_penalty,
+                &history[start..],
+            )?;
         }
         if out.len() < params.min_new_tokens && !stop_tokens.is_empty() {
             l = suppress(&l, stop_tokens)?;
@@ -153,7 +166,11 @@ pub struct TextStream<'a> {
 
 impl<'a> TextStream<'a> {
     pub fn new(tokenizer: &'a tokenizers::Tokenizer) -> Self {
-        Self { tokenizer, tokens: Vec::new(), printed: 0 }
+        Self {
+            tokenizer,
+            tokens: Vec::new(),
+            printed: 0,
+        }
     }
 
     /// Adds a token; returns the newly completed text, if any.
@@ -192,18 +209,36 @@ mod tests {
     }
 
     fn run(m: &Gemma2, p: &SamplingParams, stop: &[u32]) -> (Vec<u32>, Stop) {
-        generate(m, &mut KvCache::new(), &[2, 10, 11, 12], p, stop, |_| ControlFlow::Continue(())).unwrap()
+        generate(m, &mut KvCache::new(), &[2, 10, 11, 12], p, stop, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
     }
 
     #[test]
     fn sampling_is_seeded_and_top_k_1_is_greedy() {
         let m = model();
-        let sampled = SamplingParams { temperature: 1.5, top_p: None, top_k: None, max_new_tokens: 16, ..Default::default() };
+        let sampled = SamplingParams {
+            temperature: 1.5,
+            top_p: None,
+            top_k: None,
+            max_new_tokens: 16,
+            ..Default::default()
+        };
         assert_eq!(run(&m, &sampled, &[]), run(&m, &sampled, &[]));
-        let other = SamplingParams { seed: 99, ..sampled.clone() };
+        let other = SamplingParams {
+            seed: 99,
+            ..sampled.clone()
+        };
         assert_ne!(run(&m, &sampled, &[]).0, run(&m, &other, &[]).0);
         let greedy = run(&m, &SamplingParams::greedy(8), &[]);
-        let k1 = SamplingParams { temperature: 0.9, top_k: Some(1), top_p: Some(0.9), max_new_tokens: 8, ..Default::default() };
+        let k1 = SamplingParams {
+            temperature: 0.9,
+            top_k: Some(1),
+            top_p: Some(0.9),
+            max_new_tokens: 8,
+            ..Default::default()
+        };
         assert_eq!(run(&m, &k1, &[]), greedy);
         assert_eq!(greedy.1, Stop::MaxTokens);
     }
@@ -213,29 +248,64 @@ mod tests {
         let m = model();
         let greedy = run(&m, &SamplingParams::greedy(8), &[]).0;
         // The first token that did not occur before it.
-        let k = (1..greedy.len()).find(|&k| !greedy[..k].contains(&greedy[k])).unwrap_or(0);
+        let k = (1..greedy.len())
+            .find(|&k| !greedy[..k].contains(&greedy[k]))
+            .unwrap_or(0);
         let stop = [greedy[k]];
         let (out, why) = run(&m, &SamplingParams::greedy(8), &stop);
         assert_eq!(why, Stop::StopToken(greedy[k]));
         assert_eq!(out, greedy[..k]);
-        let forced = SamplingParams { min_new_tokens: 8, ..SamplingParams::greedy(8) };
+        let forced = SamplingParams {
+            min_new_tokens: 8,
+            ..SamplingParams::greedy(8)
+        };
         assert!(!run(&m, &forced, &stop).0.contains(&greedy[k]));
         let mut seen = Vec::new();
-        let (out, why) = generate(&m, &mut KvCache::new(), &[2, 10, 11, 12], &SamplingParams::greedy(8), &[], |t| {
-            seen.push(t);
-            if seen.len() == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-        })
+        let (out, why) = generate(
+            &m,
+            &mut KvCache::new(),
+            &[2, 10, 11, 12],
+            &SamplingParams::greedy(8),
+            &[],
+            |t| {
+                seen.push(t);
+                if seen.len() == 3 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )
         .unwrap();
-        assert_eq!((out.len(), why, seen), (3, Stop::Callback, greedy[..3].to_vec()));
+        assert_eq!(
+            (out.len(), why, seen),
+            (3, Stop::Callback, greedy[..3].to_vec())
+        );
     }
 
     #[test]
     fn repetition_penalty_changes_a_repetitive_greedy_output() {
         let m = model();
         let plain = run(&m, &SamplingParams::greedy(12), &[]).0;
-        let penalised = run(&m, &SamplingParams { repetition_penalty: 5.0, ..SamplingParams::greedy(12) }, &[]).0;
+        let penalised = run(
+            &m,
+            &SamplingParams {
+                repetition_penalty: 5.0,
+                ..SamplingParams::greedy(12)
+            },
+            &[],
+        )
+        .0;
         let distinct = |v: &[u32]| v.iter().collect::<std::collections::HashSet<_>>().len();
-        assert!(distinct(&penalised) >= distinct(&plain), "{plain:?} vs {penalised:?}");
-        assert!(SamplingParams { top_p: Some(1.5), ..Default::default() }.validate().is_err());
+        assert!(
+            distinct(&penalised) >= distinct(&plain),
+            "{plain:?} vs {penalised:?}"
+        );
+        assert!(SamplingParams {
+            top_p: Some(1.5),
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
     }
 }

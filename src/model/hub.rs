@@ -33,7 +33,8 @@ impl Source {
         let parts: Vec<&str> = spec.split('/').collect();
         let valid = |s: &str| {
             !s.is_empty()
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
                 && !s.starts_with('.')
         };
         if parts.len() == 2 && parts.iter().all(|p| valid(p)) {
@@ -62,7 +63,11 @@ impl Source {
     pub fn optional_file(&self, name: &str) -> Result<Option<PathBuf>, ModelError> {
         match self {
             Source::Local(dir) => {
-                let p = if dir.is_file() { dir.clone() } else { dir.join(name) };
+                let p = if dir.is_file() {
+                    dir.clone()
+                } else {
+                    dir.join(name)
+                };
                 Ok(p.is_file().then_some(p))
             }
             Source::Hub { repo, revision } => hub_file(repo, revision, name),
@@ -90,7 +95,12 @@ fn cached(repo: &str, revision: &str, name: &str) -> Option<PathBuf> {
         return Some(p);
     }
     // A commit hash has a snapshot folder but no ref file.
-    let snap = cache.path().join(hub_repo.folder_name()).join("snapshots").join(revision).join(name);
+    let snap = cache
+        .path()
+        .join(hub_repo.folder_name())
+        .join("snapshots")
+        .join(revision)
+        .join(name);
     snap.is_file().then_some(snap)
 }
 
@@ -98,11 +108,16 @@ fn hub_file(repo: &str, revision: &str, name: &str) -> Result<Option<PathBuf>, M
     if let Some(p) = cached(repo, revision, name) {
         return Ok(Some(p));
     }
-    let err = |message: String| ModelError::Hub { repo: repo.to_string(), message };
+    let err = |message: String| ModelError::Hub {
+        repo: repo.to_string(),
+        message,
+    };
     if offline() {
         // Only a file the cache has no trace of at all is "absent"; say why it is missing.
         let cache = Cache::from_env();
-        let folder = cache.path().join(Repo::model(repo.to_string()).folder_name());
+        let folder = cache
+            .path()
+            .join(Repo::model(repo.to_string()).folder_name());
         if folder.exists() {
             return Ok(None);
         }
@@ -141,8 +156,15 @@ fn hub_file(repo: &str, revision: &str, name: &str) -> Result<Option<PathBuf>, M
 }
 
 /// Lays out files as the HF cache does (used by tests and by `socratune` to adopt a folder).
-pub fn populate_cache(hf_home: &Path, repo: &str, commit: &str, files: &[(&str, &Path)]) -> std::io::Result<()> {
-    let folder = hf_home.join("hub").join(Repo::model(repo.to_string()).folder_name());
+pub fn populate_cache(
+    hf_home: &Path,
+    repo: &str,
+    commit: &str,
+    files: &[(&str, &Path)],
+) -> std::io::Result<()> {
+    let folder = hf_home
+        .join("hub")
+        .join(Repo::model(repo.to_string()).folder_name());
     let snap = folder.join("snapshots").join(commit);
     std::fs::create_dir_all(&snap)?;
     for (name, src) in files {
@@ -167,9 +189,17 @@ mod tests {
         assert_eq!(s, Source::Local(dir.path().to_path_buf()));
         assert_eq!(
             Source::parse("google/gemma-2-2b-it", Some("abc")).unwrap(),
-            Source::Hub { repo: "google/gemma-2-2b-it".into(), revision: "abc".into() }
+            Source::Hub {
+                repo: "google/gemma-2-2b-it".into(),
+                revision: "abc".into()
+            }
         );
-        let e = Source::parse("no/such/place", None).unwrap_err().to_string();
-        assert!(e.contains("neither an existing path nor a Hub repo id"), "{e}");
+        let e = Source::parse("no/such/place", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("neither an existing path nor a Hub repo id"),
+            "{e}"
+        );
     }
 }

@@ -78,7 +78,13 @@ pub struct LoraConfig {
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        Self { r: 16, alpha: 32.0, dropout: 0.05, targets: Target::ALL.to_vec(), use_rslora: false }
+        Self {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            targets: Target::ALL.to_vec(),
+            use_rslora: false,
+        }
     }
 }
 
@@ -97,10 +103,15 @@ impl LoraConfig {
             return Err(ModelError::Invalid("LoRA rank r must be at least 1".into()));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(ModelError::Invalid(format!("LoRA dropout {} must be in [0, 1)", self.dropout)));
+            return Err(ModelError::Invalid(format!(
+                "LoRA dropout {} must be in [0, 1)",
+                self.dropout
+            )));
         }
         if self.targets.is_empty() {
-            return Err(ModelError::Invalid("LoRA needs at least one target module".into()));
+            return Err(ModelError::Invalid(
+                "LoRA needs at least one target module".into(),
+            ));
         }
         Ok(())
     }
@@ -110,7 +121,10 @@ impl LoraConfig {
         if s.trim() == "all" {
             return Ok(Target::ALL.to_vec());
         }
-        let mut v = s.split(',').map(Target::parse).collect::<Result<Vec<_>>>()?;
+        let mut v = s
+            .split(',')
+            .map(Target::parse)
+            .collect::<Result<Vec<_>>>()?;
         v.sort();
         v.dedup();
         Ok(v)
@@ -134,7 +148,10 @@ pub struct DropoutRng {
 impl DropoutRng {
     /// A stream for one micro-step; `key` identifies it (e.g. from the run seed and step).
     pub fn new(key: u64) -> Self {
-        Self { seed: key, counter: 0 }
+        Self {
+            seed: key,
+            counter: 0,
+        }
     }
 
     fn next_seed(&mut self) -> u64 {
@@ -153,13 +170,48 @@ impl DropoutRng {
         let keep = 1.0 / (1.0 - p);
         if device.is_cpu() {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let v: Vec<f32> = (0..n).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+            let v: Vec<f32> = (0..n)
+                .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+                .collect();
             return Ok(Tensor::from_vec(v, dims, device)?);
         }
         // On accelerators the device generator, seeded per mask, avoids a host upload.
         device.set_seed(seed)?;
         let u = Tensor::rand(0f32, 1f32, dims, device)?;
         Ok((u.ge(p as f64)?.to_dtype(DType::F32)? * keep as f64)?)
+    }
+}
+
+/// How a forward pass runs: whether it builds the graph for gradients, and the dropout masks
+/// (training only).
+pub struct Mode {
+    pub grad: bool,
+    pub dropout: Option<DropoutRng>,
+}
+
+impl Mode {
+    /// Inference and evaluation: no graph, no dropout.
+    pub fn eval() -> Self {
+        Self {
+            grad: false,
+            dropout: None,
+        }
+    }
+
+    /// Training: gradients, and dropout masks drawn from the stream `dropout_key`.
+    pub fn train(dropout_key: u64) -> Self {
+        Self {
+            grad: true,
+            dropout: Some(DropoutRng::new(dropout_key)),
+        }
+    }
+
+    /// Gradients without dropout (gradient checks).
+    pub fn grad_only() -> Self {
+        Self {
+            grad: true,
+            dropout: None,
+        }
     }
 }
 
@@ -187,7 +239,9 @@ impl LoraLinear {
     pub fn attach(&mut self, cfg: &LoraConfig, rng: &mut ChaCha8Rng) -> Result<()> {
         let (out_dim, in_dim) = (self.out_dim(), self.in_dim());
         let bound = 1.0 / (in_dim as f32).sqrt();
-        let a: Vec<f32> = (0..cfg.r * in_dim).map(|_| rng.random_range(-bound..bound)).collect();
+        let a: Vec<f32> = (0..cfg.r * in_dim)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
         let dev = self.weight.device();
         let a = Tensor::from_vec(a, (cfg.r, in_dim), dev)?;
         let b = Tensor::zeros((out_dim, cfg.r), DType::F32, dev)?;
@@ -209,22 +263,33 @@ impl LoraLinear {
         let dev = self.weight.device();
         let a = Var::from_tensor(&a.to_dtype(DType::F32)?.to_device(dev)?)?;
         let b = Var::from_tensor(&b.to_dtype(DType::F32)?.to_device(dev)?)?;
-        self.lora = Some(Lora { a, b, scale, dropout });
+        self.lora = Some(Lora {
+            a,
+            b,
+            scale,
+            dropout,
+        });
         Ok(())
     }
 
-    /// `x` `[…, in]` → `[…, out]`. Dropout applies only when `dropout` is given (training).
-    pub fn forward(&self, x: &Tensor, dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
+    /// `x` `[…, in]` → `[…, out]`.
+    pub fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let y = ops::linear_frozen(x, &self.weight)?;
         let Some(l) = &self.lora else { return Ok(y) };
         let in_dim = self.in_dim();
         let n = x.elem_count() / in_dim;
         let mut x32 = x.to_dtype(DType::F32)?.reshape((n, in_dim))?;
-        if let (Some(rng), true) = (dropout, l.dropout > 0.0) {
+        if let (Some(rng), true) = (mode.dropout.as_mut(), l.dropout > 0.0) {
             let mask = rng.mask(&[n, in_dim], l.dropout, x.device())?;
             x32 = ops::mul_fixed(&x32, &mask)?;
         }
-        let delta = (x32.matmul(&l.a.as_tensor().t()?)?.matmul(&l.b.as_tensor().t()?)? * l.scale)?;
+        // Without gradients the adapter is used detached, so no graph is built.
+        let (a, b) = if mode.grad {
+            (l.a.as_tensor().clone(), l.b.as_tensor().clone())
+        } else {
+            (l.a.as_tensor().detach(), l.b.as_tensor().detach())
+        };
+        let delta = (x32.matmul(&a.t()?)?.matmul(&b.t()?)? * l.scale)?;
         let delta = delta.reshape(y.shape())?;
         // As PEFT: the sum is formed in f32 and rounded once to the base dtype.
         if y.dtype() == DType::F32 {
@@ -251,14 +316,24 @@ mod tests {
 
     #[test]
     fn targets_parse_short_and_long_names() {
-        assert_eq!(LoraConfig::parse_targets("q,v_proj,q").unwrap(), vec![Target::QProj, Target::VProj]);
+        assert_eq!(
+            LoraConfig::parse_targets("q,v_proj,q").unwrap(),
+            vec![Target::QProj, Target::VProj]
+        );
         assert_eq!(LoraConfig::parse_targets("all").unwrap().len(), 7);
-        assert!(LoraConfig::parse_targets("q,lm_head").unwrap_err().to_string().contains("`lm_head`"));
+        assert!(LoraConfig::parse_targets("q,lm_head")
+            .unwrap_err()
+            .to_string()
+            .contains("`lm_head`"));
     }
 
     #[test]
     fn scale_follows_rslora() {
-        let mut c = LoraConfig { r: 16, alpha: 32.0, ..Default::default() };
+        let mut c = LoraConfig {
+            r: 16,
+            alpha: 32.0,
+            ..Default::default()
+        };
         assert_eq!(c.scale(), 2.0);
         c.use_rslora = true;
         assert_eq!(c.scale(), 8.0);
@@ -267,27 +342,66 @@ mod tests {
     #[test]
     fn init_is_peft_like_and_merge_equals_adapter() {
         let dev = Device::Cpu;
-        let w = Tensor::arange(0f32, 12.0, &dev).unwrap().reshape((3, 4)).unwrap();
+        let w = Tensor::arange(0f32, 12.0, &dev)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
         let mut l = LoraLinear::new(w);
-        let cfg = LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, ..Default::default() };
+        let cfg = LoraConfig {
+            r: 2,
+            alpha: 4.0,
+            dropout: 0.0,
+            ..Default::default()
+        };
         l.attach(&cfg, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
         let lora = l.lora.as_ref().unwrap();
-        let a = lora.a.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let a = lora
+            .a
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(a.iter().all(|v| v.abs() <= 0.5) && a.iter().any(|v| *v != 0.0));
-        assert_eq!(lora.b.as_tensor().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
-        lora.b.set(&Tensor::new(&[[1f32, 2.0], [0.5, -1.0], [3.0, 0.0]], &dev).unwrap()).unwrap();
+        assert_eq!(
+            lora.b
+                .as_tensor()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+        lora.b
+            .set(&Tensor::new(&[[1f32, 2.0], [0.5, -1.0], [3.0, 0.0]], &dev).unwrap())
+            .unwrap();
         let x = Tensor::new(&[[1f32, -2.0, 0.5, 3.0]], &dev).unwrap();
-        let with_adapter = l.forward(&x, None).unwrap();
+        let with_adapter = l.forward(&x, &mut Mode::eval()).unwrap();
         l.merge().unwrap();
         assert!(l.lora.is_none());
-        let merged = l.forward(&x, None).unwrap();
-        let d = (with_adapter - merged).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let merged = l.forward(&x, &mut Mode::eval()).unwrap();
+        let d = (with_adapter - merged)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-5, "{d}");
     }
 
     #[test]
     fn dropout_masks_are_seeded() {
-        let m = |k| DropoutRng::new(k).mask(&[4, 8], 0.5, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let m = |k| {
+            DropoutRng::new(k)
+                .mask(&[4, 8], 0.5, &Device::Cpu)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        };
         assert_eq!(m(7), m(7));
         assert_ne!(m(7), m(8));
         assert!(m(7).iter().flatten().all(|v| *v == 0.0 || *v == 2.0));
@@ -298,7 +412,12 @@ mod tests {
         let dev = Device::Cpu;
         let mut l = LoraLinear::new(Tensor::zeros((3, 4), DType::F32, &dev).unwrap());
         let e = l
-            .set_lora(Tensor::zeros((2, 5), DType::F32, &dev).unwrap(), Tensor::zeros((3, 2), DType::F32, &dev).unwrap(), 1.0, 0.0)
+            .set_lora(
+                Tensor::zeros((2, 5), DType::F32, &dev).unwrap(),
+                Tensor::zeros((3, 2), DType::F32, &dev).unwrap(),
+                1.0,
+                0.0,
+            )
             .unwrap_err();
         assert!(e.to_string().contains("do not fit a [3, 4] weight"), "{e}");
     }

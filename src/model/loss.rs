@@ -4,7 +4,7 @@
 //! same pass, so no logits are kept for the backward.
 
 use super::gemma2::Gemma2;
-use super::lora::DropoutRng;
+use super::lora::Mode;
 use super::ops::with_grad;
 use super::{ModelError, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -29,7 +29,12 @@ pub const IGNORE: i64 = -100;
 impl Batch {
     /// Builds a batch from `(input_ids, labels)` pairs aligned as in Hugging Face (`labels[i]`
     /// is `input_ids[i]` or -100; position i's logits predict `labels[i + 1]`).
-    pub fn new(seqs: &[(&[u32], &[i64])], pad_id: u32, vocab: usize, device: &Device) -> Result<Self> {
+    pub fn new(
+        seqs: &[(&[u32], &[i64])],
+        pad_id: u32,
+        vocab: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let t = seqs.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
         if t == 0 {
             return Err(ModelError::Invalid("empty batch".into()));
@@ -94,19 +99,31 @@ impl Batch {
 const CHUNK_ELEMENTS: usize = 1 << 26;
 
 /// Sum over the batch's supervised positions of the token cross-entropy, as a scalar f32 tensor
-/// in the graph of the LoRA parameters (when `need_grad`).
-pub fn loss_sum(model: &Gemma2, batch: &Batch, dropout: Option<&mut DropoutRng>, need_grad: bool) -> Result<Tensor> {
+/// (in the graph of the LoRA parameters when `mode.grad`).
+pub fn loss_sum(model: &Gemma2, batch: &Batch, mode: &mut Mode) -> Result<Tensor> {
     if batch.supervised() == 0 {
         return Ok(Tensor::zeros((), DType::F32, model.device())?);
     }
-    let h = model.hidden_states(&batch.input_ids, Some(&batch.key_mask), dropout)?;
+    let h = model.hidden_states(&batch.input_ids, Some(&batch.key_mask), mode)?;
     let h = model.final_norm(&h.index_select(&batch.positions, 0)?)?;
-    cross_entropy_sum(&h, model.output_weight(), &batch.targets, model.cfg.final_logit_softcapping, need_grad)
+    cross_entropy_sum(
+        &h,
+        model.output_weight(),
+        &batch.targets,
+        model.cfg.final_logit_softcapping,
+        mode.grad,
+    )
 }
 
 /// `Σ_n [logsumexp(z_n) − z_n[target_n]]` with `z = cap · tanh(h wᵀ / cap)`, in f32, chunked.
 /// With `need_grad`, `d/dh` is formed chunk by chunk here and handed to the backward.
-pub fn cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &[u32], cap: Option<f64>, need_grad: bool) -> Result<Tensor> {
+pub fn cross_entropy_sum(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    cap: Option<f64>,
+    need_grad: bool,
+) -> Result<Tensor> {
     let (n, _hidden) = h.dims2()?;
     let vocab = w.dim(0)?;
     let dev = h.device();
@@ -118,7 +135,10 @@ pub fn cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &[u32], cap: Option<f6
     let mut start = 0;
     while start < n {
         let len = rows.min(n - start);
-        let z = hd.narrow(0, start, len)?.matmul(&wt)?.to_dtype(DType::F32)?;
+        let z = hd
+            .narrow(0, start, len)?
+            .matmul(&wt)?
+            .to_dtype(DType::F32)?;
         let (z, t) = match cap {
             Some(c) => {
                 let t = (z / c)?.tanh()?;
@@ -148,7 +168,9 @@ pub fn cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &[u32], cap: Option<f6
         return Ok(total);
     }
     let dh = Tensor::cat(&grads, 0)?.to_dtype(h.dtype())?;
-    Ok(with_grad(total, h, move |g| dh.broadcast_mul(&g.to_dtype(dh.dtype())?))?)
+    Ok(with_grad(total, h, move |g| {
+        dh.broadcast_mul(&g.to_dtype(dh.dtype())?)
+    })?)
 }
 
 #[cfg(test)]
@@ -161,19 +183,37 @@ mod tests {
         let a: (&[u32], &[i64]) = (&[2, 5, 6, 7], &[-100, -100, 6, 7]);
         let b: (&[u32], &[i64]) = (&[2, 9], &[-100, 9]);
         let batch = Batch::new(&[a, b], 0, 10, &Device::Cpu).unwrap();
-        assert_eq!(batch.input_ids.to_vec2::<u32>().unwrap(), vec![vec![2, 5, 6, 7], vec![2, 9, 0, 0]]);
+        assert_eq!(
+            batch.input_ids.to_vec2::<u32>().unwrap(),
+            vec![vec![2, 5, 6, 7], vec![2, 9, 0, 0]]
+        );
         assert_eq!(batch.positions.to_vec1::<u32>().unwrap(), vec![1, 2, 4]);
         assert_eq!(batch.targets, vec![6, 7, 9]);
         assert_eq!(batch.real_tokens, 6);
-        let e = Batch::new(&[(&[2, 11], &[-100, 11])], 0, 10, &Device::Cpu).err().unwrap();
+        let e = Batch::new(&[(&[2, 11], &[-100, 11])], 0, 10, &Device::Cpu)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("token id 11 is outside"), "{e}");
     }
 
     #[test]
     fn chunked_loss_and_gradient_match_the_plain_formula() {
         let dev = Device::Cpu;
-        let h0 = Tensor::new(&[[0.3f32, -1.0, 0.5], [1.2, 0.1, -0.4], [-0.7, 0.9, 0.2]], &dev).unwrap();
-        let w = Tensor::new(&[[0.5f32, -0.2, 0.1], [0.3, 0.8, -0.6], [-1.0, 0.4, 0.9], [0.2, 0.2, 0.2]], &dev).unwrap();
+        let h0 = Tensor::new(
+            &[[0.3f32, -1.0, 0.5], [1.2, 0.1, -0.4], [-0.7, 0.9, 0.2]],
+            &dev,
+        )
+        .unwrap();
+        let w = Tensor::new(
+            &[
+                [0.5f32, -0.2, 0.1],
+                [0.3, 0.8, -0.6],
+                [-1.0, 0.4, 0.9],
+                [0.2, 0.2, 0.2],
+            ],
+            &dev,
+        )
+        .unwrap();
         let targets = [1u32, 3, 0];
         for cap in [None, Some(2.0)] {
             let h = Var::from_tensor(&h0).unwrap();
@@ -188,11 +228,24 @@ mod tests {
             };
             let lsm = candle_nn::ops::log_softmax(&z, 1).unwrap();
             let tgt = Tensor::new(&targets, &dev).unwrap().unsqueeze(1).unwrap();
-            let plain = lsm.gather(&tgt, 1).unwrap().sum_all().unwrap().neg().unwrap();
+            let plain = lsm
+                .gather(&tgt, 1)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .neg()
+                .unwrap();
             let g_plain = plain.backward().unwrap().get(&h2).unwrap().clone();
             let d = (ours.to_scalar::<f32>().unwrap() - plain.to_scalar::<f32>().unwrap()).abs();
             assert!(d < 1e-5, "loss differs by {d}");
-            let dg = (g_ours - g_plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let dg = (g_ours - g_plain)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(dg < 1e-5, "gradient differs by {dg}");
         }
     }

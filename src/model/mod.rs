@@ -36,7 +36,10 @@ pub enum ModelError {
 
 impl ModelError {
     pub fn file(path: &Path, message: impl Into<String>) -> Self {
-        ModelError::File { path: path.to_path_buf(), message: message.into() }
+        ModelError::File {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
     }
 }
 

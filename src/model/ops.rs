@@ -32,7 +32,13 @@ impl CustomOp2 for Inject {
         "inject-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         copy_storage(s1, l1)
     }
 
@@ -58,7 +64,13 @@ impl CustomOp2 for Inject {
         copy_storage(s1, l1)
     }
 
-    fn bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((None, Some((self.backward)(grad)?)))
     }
 }
@@ -74,7 +86,12 @@ pub fn with_grad(
     if !input.track_op() {
         return Ok(value);
     }
-    value.detach().apply_op2(input, Inject { backward: Box::new(backward) })
+    value.detach().apply_op2(
+        input,
+        Inject {
+            backward: Box::new(backward),
+        },
+    )
 }
 
 /// `x · wᵀ` for a frozen weight `w` `[out, in]`: the backward gives `x` its gradient and
@@ -88,7 +105,11 @@ pub fn linear_frozen(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     *out_dims.last_mut().expect("x has a last dim") = out_dim;
     let y = y.reshape(out_dims)?;
     let w = w.clone();
-    with_grad(y, x, move |g| g.reshape((n, out_dim))?.matmul(&w)?.reshape(dims.as_slice()))
+    with_grad(y, x, move |g| {
+        g.reshape((n, out_dim))?
+            .matmul(&w)?
+            .reshape(dims.as_slice())
+    })
 }
 
 /// Gemma's RMSNorm: `x / rms(x) * w1` computed in f32 (`w1` is `1 + weight`, f32), returned in
@@ -99,7 +120,9 @@ pub fn rms_norm(x: &Tensor, w1: &Tensor, eps: f64) -> Result<Tensor> {
     let y = candle_nn::ops::rms_norm(&x32, w1, eps as f32)?.to_dtype(dtype)?;
     let w1 = w1.clone();
     with_grad(y, x, move |g| {
-        let rstd = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+        let rstd = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+            .sqrt()?
+            .recip()?;
         let xhat = x32.broadcast_mul(&rstd)?;
         let gw = g.to_dtype(DType::F32)?.broadcast_mul(&w1)?;
         let dot = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
@@ -113,7 +136,9 @@ pub fn rms_norm(x: &Tensor, w1: &Tensor, eps: f64) -> Result<Tensor> {
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, neg_sin: &Tensor) -> Result<Tensor> {
     let y = candle_nn::rotary_emb::rope(&x.detach().contiguous()?, cos, sin)?;
     let (cos, neg_sin) = (cos.clone(), neg_sin.clone());
-    with_grad(y, x, move |g| candle_nn::rotary_emb::rope(&g.contiguous()?, &cos, &neg_sin))
+    with_grad(y, x, move |g| {
+        candle_nn::rotary_emb::rope(&g.contiguous()?, &cos, &neg_sin)
+    })
 }
 
 /// Attention probabilities: `softmax(cap · tanh(s / cap) + bias)` over the last dim, in f32.
@@ -163,18 +188,42 @@ mod tests {
         let x = Var::from_tensor(x0).unwrap();
         let y = f(x.as_tensor()).unwrap();
         let grads = y.backward().unwrap();
-        let g = grads.get(&x).expect("x has a gradient").flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let flat = x0.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+        let g = grads
+            .get(&x)
+            .expect("x has a gradient")
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let flat = x0
+            .flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         let eps = 1e-3;
         for i in 0..flat.len() {
             let eval = |d: f64| {
                 let mut v = flat.clone();
                 v[i] += d;
-                let t = Tensor::from_vec(v, x0.shape(), x0.device()).unwrap().to_dtype(DType::F32).unwrap();
-                f(&t).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+                let t = Tensor::from_vec(v, x0.shape(), x0.device())
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
+                f(&t)
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
             };
             let num = (eval(eps) - eval(-eps)) / (2.0 * eps);
-            assert!((num - g[i] as f64).abs() < 2e-3 * (1.0 + num.abs()), "elem {i}: numeric {num} vs autograd {}", g[i]);
+            assert!(
+                (num - g[i] as f64).abs() < 2e-3 * (1.0 + num.abs()),
+                "elem {i}: numeric {num} vs autograd {}",
+                g[i]
+            );
         }
     }
 
@@ -208,7 +257,9 @@ mod tests {
         let cos = randn(&[3, 2], 7).cos().unwrap();
         let sin = randn(&[3, 2], 7).sin().unwrap();
         let neg = sin.neg().unwrap();
-        check_grad(&randn(&[1, 2, 3, 4], 8), |x| weigh(&rope(x, &cos, &sin, &neg)?, 9));
+        check_grad(&randn(&[1, 2, 3, 4], 8), |x| {
+            weigh(&rope(x, &cos, &sin, &neg)?, 9)
+        });
     }
 
     #[test]
@@ -229,7 +280,14 @@ mod tests {
         let neg = sin.neg().unwrap();
         let a = rope(&x, &cos, &sin, &neg).unwrap();
         let b = candle_nn::rotary_emb::rope_slow(&x, &cos, &sin).unwrap();
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-6);
     }
 
@@ -237,11 +295,25 @@ mod tests {
     fn frozen_linear_leaves_no_weight_gradient() {
         let w = randn(&[5, 3], 1);
         let x = Var::from_tensor(&randn(&[4, 3], 2)).unwrap();
-        let grads = weigh(&linear_frozen(x.as_tensor(), &w).unwrap(), 3).unwrap().backward().unwrap();
-        let shapes: Vec<Vec<usize>> = grads.get_ids().map(|id| grads.get_id(*id).unwrap().dims().to_vec()).collect();
-        assert!(!shapes.iter().any(|s| s == &[5, 3] || s == &[3, 5]), "{shapes:?}");
+        let grads = weigh(&linear_frozen(x.as_tensor(), &w).unwrap(), 3)
+            .unwrap()
+            .backward()
+            .unwrap();
+        let shapes: Vec<Vec<usize>> = grads
+            .get_ids()
+            .map(|id| grads.get_id(*id).unwrap().dims().to_vec())
+            .collect();
+        assert!(
+            !shapes.iter().any(|s| s == &[5, 3] || s == &[3, 5]),
+            "{shapes:?}"
+        );
         // The detector is real: plain autograd does store a weight-shaped gradient.
-        let plain = weigh(&x.as_tensor().matmul(&w.t().unwrap()).unwrap(), 3).unwrap().backward().unwrap();
-        assert!(plain.get_ids().any(|id| plain.get_id(*id).unwrap().dims() == [3, 5]));
+        let plain = weigh(&x.as_tensor().matmul(&w.t().unwrap()).unwrap(), 3)
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(plain
+            .get_ids()
+            .any(|id| plain.get_id(*id).unwrap().dims() == [3, 5]));
     }
 }

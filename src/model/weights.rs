@@ -35,7 +35,10 @@ impl Weights {
             for s in shards {
                 paths.insert(s.clone(), src.file(s)?);
             }
-            let owner = map.into_iter().map(|(k, f)| (k, paths[&f].clone())).collect();
+            let owner = map
+                .into_iter()
+                .map(|(k, f)| (k, paths[&f].clone()))
+                .collect();
             let files: Vec<&PathBuf> = paths.values().collect();
             Self::mmap(&files, owner)
         } else {
@@ -59,15 +62,30 @@ impl Weights {
         // SAFETY: the files are memory-mapped read-only; like every safetensors reader we rely on
         // them not being truncated while the model is loaded.
         let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| {
-            ModelError::file(files.first().map(|p| p.as_path()).unwrap_or(Path::new(SINGLE)), e.to_string())
+            ModelError::file(
+                files
+                    .first()
+                    .map(|p| p.as_path())
+                    .unwrap_or(Path::new(SINGLE)),
+                e.to_string(),
+            )
         })?;
-        Ok(Self { store: Store::Mmap(st), owner })
+        Ok(Self {
+            store: Store::Mmap(st),
+            owner,
+        })
     }
 
     /// Tensors already in memory (random models, tests).
     pub fn from_tensors(tensors: Vec<(String, Tensor)>) -> Self {
-        let owner = tensors.iter().map(|(k, _)| (k.clone(), PathBuf::from("<memory>"))).collect();
-        Self { store: Store::Memory(tensors.into_iter().collect()), owner }
+        let owner = tensors
+            .iter()
+            .map(|(k, _)| (k.clone(), PathBuf::from("<memory>")))
+            .collect();
+        Self {
+            store: Store::Memory(tensors.into_iter().collect()),
+            owner,
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -75,10 +93,20 @@ impl Weights {
     }
 
     /// Loads `name`, checks its shape and converts it to `dtype` on `device`.
-    pub fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    pub fn get(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         let Some(file) = self.owner.get(name) else {
             let files: Vec<String> = {
-                let mut f: Vec<String> = self.owner.values().map(|p| p.display().to_string()).collect();
+                let mut f: Vec<String> = self
+                    .owner
+                    .values()
+                    .map(|p| p.display().to_string())
+                    .collect();
                 f.sort();
                 f.dedup();
                 f
@@ -89,7 +117,11 @@ impl Weights {
             )));
         };
         let found: Vec<usize> = match &self.store {
-            Store::Mmap(st) => st.get(name).map_err(|e| ModelError::file(file, e.to_string()))?.shape().to_vec(),
+            Store::Mmap(st) => st
+                .get(name)
+                .map_err(|e| ModelError::file(file, e.to_string()))?
+                .shape()
+                .to_vec(),
             Store::Memory(m) => m[name].dims().to_vec(),
         };
         if found != shape {
@@ -99,7 +131,9 @@ impl Weights {
             ));
         }
         let t = match &self.store {
-            Store::Mmap(st) => st.load(name, device).map_err(|e| ModelError::file(file, e.to_string()))?,
+            Store::Mmap(st) => st
+                .load(name, device)
+                .map_err(|e| ModelError::file(file, e.to_string()))?,
             Store::Memory(m) => m[name].to_device(device)?,
         };
         Ok(t.to_dtype(dtype)?)
@@ -107,7 +141,8 @@ impl Weights {
 }
 
 fn parse_index(text: &str) -> std::result::Result<HashMap<String, String>, String> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("malformed index: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("malformed index: {e}"))?;
     let map = v
         .get("weight_map")
         .and_then(|m| m.as_object())
@@ -127,17 +162,25 @@ fn header_names(path: &Path) -> Result<Vec<String>> {
     let err = |m: String| ModelError::file(path, m);
     let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    f.read_exact(&mut len)
+        .map_err(|e| err(format!("not a safetensors file: {e}")))?;
     let len = u64::from_le_bytes(len) as usize;
     if len > 100_000_000 {
         return Err(err("not a safetensors file: header too large".into()));
     }
     let mut header = vec![0u8; len];
-    f.read_exact(&mut header).map_err(|e| err(format!("truncated safetensors header: {e}")))?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| err(format!("malformed safetensors header: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| err("malformed safetensors header".into()))?;
-    Ok(obj.keys().filter(|k| *k != "__metadata__").cloned().collect())
+    f.read_exact(&mut header)
+        .map_err(|e| err(format!("truncated safetensors header: {e}")))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| err(format!("malformed safetensors header: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err("malformed safetensors header".into()))?;
+    Ok(obj
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect())
 }
 
 #[cfg(test)]
@@ -147,7 +190,9 @@ mod tests {
     #[test]
     fn index_parsing_names_the_problem() {
         assert!(parse_index("{}").unwrap_err().contains("weight_map"));
-        assert!(parse_index(r#"{"weight_map":{"a":3}}"#).unwrap_err().contains("weight_map[`a`]"));
+        assert!(parse_index(r#"{"weight_map":{"a":3}}"#)
+            .unwrap_err()
+            .contains("weight_map[`a`]"));
         let m = parse_index(r#"{"weight_map":{"a":"x.safetensors"}}"#).unwrap();
         assert_eq!(m["a"], "x.safetensors");
     }
