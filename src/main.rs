@@ -2,7 +2,12 @@
 
 use anyhow::Result;
 use clap::Parser;
+use socratune::cli::train::{TrainArgs, TrainOverrides};
 use socratune::cli::{model::ModelCommand, Cli, Command};
+use socratune::train::{RunSpec, TrainConfig, TrainError};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use socratune::model::device::{device_name, parse_device, parse_dtype};
 use socratune::model::{Gemma2Config, Source};
 
@@ -54,6 +59,73 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         },
+        Command::Train(a) => run_train(a)?,
     }
     Ok(())
+}
+
+/// Reads the training config (defaults when the default file is absent) and applies the flags.
+fn train_config(path: &Path, overrides: &TrainOverrides) -> Result<TrainConfig> {
+    let mut c = if path.exists() || path != Path::new("configs/train.toml") {
+        TrainConfig::from_toml_file(path)?
+    } else {
+        TrainConfig::default()
+    };
+    overrides.apply(&mut c);
+    Ok(c)
+}
+
+/// Ctrl-C asks the loop to checkpoint and stop; a second one exits at once.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to quit now)");
+    });
+    flag
+}
+
+fn run_train(a: TrainArgs) -> Result<()> {
+    let config = train_config(&a.config, &a.overrides)?;
+    let (name, data_dir, out_dir) = match (&a.variant, &a.data) {
+        (Some(v), _) => {
+            let run = a.out.clone().unwrap_or_else(|| a.runs.join(v));
+            (v.clone(), a.runs.join(v).join("data"), run)
+        }
+        (None, Some(d)) => {
+            let parent = d.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let run = a.out.clone().unwrap_or_else(|| parent.to_path_buf());
+            let name = run.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+            (name, d.clone(), run)
+        }
+        (None, None) => anyhow::bail!("give --variant NAME or --data DIR"),
+    };
+    let spec = RunSpec {
+        name,
+        config,
+        data_dir,
+        out_dir: out_dir.clone(),
+        resume: a.resume,
+        fresh: a.fresh,
+        progress: true,
+        interrupt: Some(interrupt_flag()),
+    };
+    match socratune::train::train(spec) {
+        Ok(s) => {
+            println!(
+                "{}: {} after {} steps; best val loss {:.4} at step {}, final {:.4}; adapters in {}/best and {}/adapter",
+                s.variant, s.status, s.steps, s.best_val_loss, s.best_step, s.final_val_loss,
+                out_dir.display(), out_dir.display()
+            );
+            Ok(())
+        }
+        Err(e @ TrainError::Interrupted { .. }) => {
+            eprintln!("{e}");
+            std::process::exit(130);
+        }
+        Err(e) => Err(e.into()),
+    }
 }

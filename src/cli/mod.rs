@@ -2,6 +2,7 @@
 //! command to the library.
 
 pub mod model;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -20,4 +21,6 @@ pub struct Cli {
 pub enum Command {
     /// Inspect a base model: where it comes from, its shape and parameter counts.
     Model(model::ModelArgs),
+    /// Train one LoRA run on a dataset variant (resumable).
+    Train(train::TrainArgs),
 }

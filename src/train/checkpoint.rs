@@ -1,0 +1,166 @@
+//! Checkpoints: `checkpoints/step-N/` holding the adapter (PEFT format), the optimizer moments
+//! and the loop state. Each is written into a temporary folder and renamed into place, so a
+//! crash mid-write never leaves a folder named `step-N` that is incomplete.
+
+use super::adamw::AdamW;
+use super::config::TrainConfig;
+use super::TrainError;
+use crate::fsutil::{sync_dir, write_atomic};
+use crate::model::lora::LoraConfig;
+use crate::model::{adapter, Gemma2};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const STATE: &str = "state.json";
+const OPTIMIZER: &str = "optimizer.safetensors";
+
+/// Where the loop stands after `step` optimizer steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub step: usize,
+    pub epoch: usize,
+    /// Steps done within `epoch` (the data-order position).
+    pub step_in_epoch: usize,
+    /// Optimizer updates applied (bias-correction counter).
+    pub optimizer_t: usize,
+    /// The learning rate of the last step taken.
+    pub lr: f64,
+    pub tokens_trained: usize,
+    pub supervised_trained: usize,
+    pub elapsed_s: f64,
+    pub best_val_loss: Option<f64>,
+    pub best_step: Option<usize>,
+    pub evals_since_best: usize,
+    pub last_val_loss: Option<f64>,
+    pub seed: u64,
+    pub config: TrainConfig,
+    pub data_sha256: String,
+}
+
+/// Writes checkpoint `step` under `dir` atomically; returns its folder.
+pub fn save(
+    dir: &Path,
+    model: &Gemma2,
+    lora: &LoraConfig,
+    opt: &AdamW,
+    state: &State,
+) -> Result<PathBuf, TrainError> {
+    let final_dir = dir.join(format!("step-{}", state.step));
+    let tmp = dir.join(format!(".tmp-step-{}", state.step));
+    let io = |p: &Path, e: std::io::Error| TrainError::file(p, e.to_string());
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    adapter::save(model, lora, Some(&state.config.model), &tmp)?;
+    let moments = opt.state_tensors()?;
+    candle_core::safetensors::save(&moments, tmp.join(OPTIMIZER))?;
+    std::fs::File::open(tmp.join(OPTIMIZER)).and_then(|f| f.sync_all()).map_err(|e| io(&tmp, e))?;
+    let json = serde_json::to_string_pretty(state).expect("state serializes");
+    write_atomic(&tmp.join(STATE), json.as_bytes())?;
+    sync_dir(&tmp);
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| io(&final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, e))?;
+    sync_dir(dir);
+    Ok(final_dir)
+}
+
+/// Reads and checks a checkpoint folder without changing anything.
+pub fn read_state(ckpt: &Path) -> Result<State, TrainError> {
+    let p = ckpt.join(STATE);
+    let text = std::fs::read_to_string(&p).map_err(|e| TrainError::file(&p, e.to_string()))?;
+    let state: State = serde_json::from_str(&text).map_err(|e| TrainError::file(&p, e.to_string()))?;
+    for f in [OPTIMIZER, adapter::WEIGHTS_FILE, adapter::CONFIG_FILE] {
+        if !ckpt.join(f).is_file() {
+            return Err(TrainError::file(&ckpt.join(f), "missing"));
+        }
+    }
+    Ok(state)
+}
+
+/// Checkpoint folders under `dir`, newest first.
+pub fn list(dir: &Path) -> Vec<(usize, PathBuf)> {
+    let mut v: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v
+}
+
+/// The newest checkpoint that reads back whole, with the reasons the newer ones were skipped.
+pub fn newest_valid(dir: &Path) -> (Option<(PathBuf, State)>, Vec<String>) {
+    let mut skipped = Vec::new();
+    for (_, path) in list(dir) {
+        match read_state(&path) {
+            Ok(s) => return (Some((path, s)), skipped),
+            Err(e) => skipped.push(format!("skipping {}: {e}", path.display())),
+        }
+    }
+    (None, skipped)
+}
+
+/// Loads a checkpoint's adapter and optimizer state into the parameters `opt` holds.
+pub fn restore(ckpt: &Path, opt: &mut AdamW, state: &State) -> Result<(), TrainError> {
+    let saved = candle_core::safetensors::load(ckpt.join(adapter::WEIGHTS_FILE), &Device::Cpu)?;
+    for (name, var) in opt.params() {
+        let t: &Tensor = saved
+            .get(name)
+            .ok_or_else(|| TrainError::Checkpoint(format!("{}: adapter has no `{name}`", ckpt.display())))?;
+        if t.dims() != var.dims() {
+            return Err(TrainError::Checkpoint(format!("{}: `{name}` has shape {:?}, expected {:?}", ckpt.display(), t.dims(), var.dims())));
+        }
+        var.set(&t.to_device(var.device())?)?;
+    }
+    let moments: HashMap<String, Tensor> = candle_core::safetensors::load(ckpt.join(OPTIMIZER), &Device::Cpu)?;
+    opt.load_state(moments, state.optimizer_t)?;
+    Ok(())
+}
+
+/// Removes all but the newest `keep` checkpoints, and leftovers of interrupted writes.
+pub fn prune(dir: &Path, keep: usize) -> Result<(), TrainError> {
+    for (_, path) in list(dir).into_iter().skip(keep) {
+        std::fs::remove_dir_all(&path).map_err(|e| TrainError::file(&path, e.to_string()))?;
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(".tmp-step-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// Writes an adapter folder (`adapter/`, `best/`) by building it aside and swapping it in.
+pub fn write_adapter_dir(dest: &Path, model: &Gemma2, lora: &LoraConfig, base_model: &str) -> Result<(), TrainError> {
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    let name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = parent.join(format!(".tmp-{name}"));
+    let old = parent.join(format!(".old-{name}"));
+    let io = |p: &Path, e: std::io::Error| TrainError::file(p, e.to_string());
+    for p in [&tmp, &old] {
+        if p.exists() {
+            std::fs::remove_dir_all(p).map_err(|e| io(p, e))?;
+        }
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    adapter::save(model, lora, Some(base_model), &tmp)?;
+    if dest.exists() {
+        std::fs::rename(dest, &old).map_err(|e| io(dest, e))?;
+    }
+    std::fs::rename(&tmp, dest).map_err(|e| io(dest, e))?;
+    sync_dir(parent);
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! Training: one LoRA run per dataset variant, exact resume from checkpoints, sweeps.
+
+pub mod adamw;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod metrics;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{Schedule, TrainConfig};
+pub use trainer::{train, RunSpec, Summary};
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    #[error("invalid training config: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Data(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("cannot resume {run}: {reason}")]
+    Resume { run: String, reason: String },
+    #[error("loss is {value} at step {step}; last good checkpoint: {checkpoint} (lower the learning rate or check the data)")]
+    NonFinite { step: usize, value: f64, checkpoint: String },
+    #[error("interrupted at step {step}; checkpoint saved to {checkpoint}; continue with --resume")]
+    Interrupted { step: usize, checkpoint: String },
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Corpus(#[from] crate::corpus::CorpusError),
+    #[error(transparent)]
+    Io(#[from] crate::fsutil::FileError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl TrainError {
+    pub fn file(path: &Path, message: impl Into<String>) -> Self {
+        TrainError::File { path: path.to_path_buf(), message: message.into() }
+    }
+}

@@ -1,0 +1,409 @@
+//! The training loop of one run: token-weighted loss exact under gradient accumulation,
+//! AdamW, clipping, schedule, evaluation, checkpoints, exact resume, early stopping.
+
+use super::adamw::{AdamW, AdamWParams};
+use super::checkpoint::{self, State};
+use super::config::TrainConfig;
+use super::data::{load_examples, Example, Plan};
+use super::metrics::MetricsLog;
+use super::schedule::learning_rate;
+use super::TrainError;
+use crate::fsutil::{sha256_hex, write_atomic};
+use crate::model::device::{device_name, parse_device, parse_dtype};
+use crate::model::lora::Mode;
+use crate::model::loss::{loss_sum, Batch};
+use crate::model::{load, Gemma2, Source};
+use candle_core::{DType, Device};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One run to train.
+pub struct RunSpec {
+    /// The variant's name (for messages and the summary).
+    pub name: String,
+    pub config: TrainConfig,
+    /// Holds `train.jsonl` and `val.jsonl`.
+    pub data_dir: PathBuf,
+    /// `runs/<variant>`: checkpoints, adapters, metrics and summary go here.
+    pub out_dir: PathBuf,
+    /// Continue from the newest valid checkpoint.
+    pub resume: bool,
+    /// Discard an earlier run's outputs in `out_dir` (never its data).
+    pub fresh: bool,
+    /// Show a progress bar (on a terminal); otherwise plain log lines.
+    pub progress: bool,
+    /// Set (e.g. by Ctrl-C) to stop after the current step with a checkpoint.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+/// `summary.json`: what the run achieved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub variant: String,
+    /// `completed` or `early_stopped`.
+    pub status: String,
+    pub best_val_loss: f64,
+    pub final_val_loss: f64,
+    pub best_step: usize,
+    pub steps: usize,
+    pub epochs: f64,
+    pub train_examples: usize,
+    pub val_examples: usize,
+    pub tokens_trained: usize,
+    pub supervised_tokens_trained: usize,
+    pub wall_time_s: f64,
+    pub model: String,
+    pub device: String,
+    pub dtype: String,
+    pub config_sha256: String,
+    pub data_sha256: String,
+}
+
+pub const SUMMARY: &str = "summary.json";
+
+/// Runs (or resumes) one training run to the end.
+pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
+    let cfg = &spec.config;
+    cfg.validate()?;
+    let lora = cfg.lora()?;
+    let train_file = load_examples(&spec.data_dir.join("train.jsonl"), cfg.max_seq_len)?;
+    let val_file = load_examples(&spec.data_dir.join("val.jsonl"), cfg.max_seq_len)?;
+    let data_sha = sha256_hex(format!("{}{}", train_file.sha256, val_file.sha256).as_bytes());
+    let (train_ex, val_ex) = (&train_file.examples, &val_file.examples);
+
+    let out = &spec.out_dir;
+    let ckpt_dir = out.join("checkpoints");
+    if spec.fresh {
+        for name in ["checkpoints", "adapter", "best"] {
+            let p = out.join(name);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).map_err(|e| TrainError::file(&p, e.to_string()))?;
+            }
+        }
+        for name in ["metrics.jsonl", SUMMARY, "config.json"] {
+            let _ = std::fs::remove_file(out.join(name));
+        }
+    }
+    let resume_from = if spec.resume {
+        let (found, skipped) = checkpoint::newest_valid(&ckpt_dir);
+        for s in skipped {
+            eprintln!("warning: {s}");
+        }
+        if found.is_none() {
+            eprintln!("{}: no checkpoint to resume from; starting from scratch", spec.name);
+        }
+        found
+    } else {
+        if !checkpoint::list(&ckpt_dir).is_empty() || out.join(SUMMARY).exists() {
+            return Err(TrainError::Resume {
+                run: out.display().to_string(),
+                reason: "it holds an earlier run; pass --resume to continue it or --fresh to start over".into(),
+            });
+        }
+        None
+    };
+    if let Some((path, state)) = &resume_from {
+        let conflicts = cfg.resume_conflicts(&state.config);
+        if !conflicts.is_empty() {
+            return Err(TrainError::Resume {
+                run: out.display().to_string(),
+                reason: format!("the config changed since {}: {}", path.display(), conflicts.join(", ")),
+            });
+        }
+        if state.data_sha256 != data_sha {
+            return Err(TrainError::Resume {
+                run: out.display().to_string(),
+                reason: format!(
+                    "the data in {} changed since {} (sha256 {} → {})",
+                    spec.data_dir.display(),
+                    path.display(),
+                    short(&state.data_sha256),
+                    short(&data_sha)
+                ),
+            });
+        }
+    }
+
+    let device = parse_device(&cfg.device)?;
+    let dtype = parse_dtype(&cfg.dtype, &device)?;
+    let src = Source::parse(&cfg.model, cfg.revision.as_deref())?;
+    let mut model = load(&src, dtype, &device)?;
+    let vocab = model.cfg.vocab_size;
+    let pad = model.cfg.pad_token_id.unwrap_or(0);
+    model.attach_lora(&lora, cfg.seed)?;
+    let hp = AdamWParams {
+        beta1: cfg.adam_beta1,
+        beta2: cfg.adam_beta2,
+        eps: cfg.adam_eps,
+        weight_decay: cfg.weight_decay,
+    };
+    let mut opt = AdamW::new(model.lora_vars(), hp)?;
+
+    let plan = Plan { examples: train_ex.len(), micro: cfg.micro_batch, accum: cfg.grad_accum };
+    let spe = plan.steps_per_epoch();
+    let total = cfg.max_steps.unwrap_or(cfg.epochs * spe);
+    let warmup = cfg.warmup_steps.unwrap_or((cfg.warmup_ratio * total as f64).ceil() as usize);
+
+    let mut state = match &resume_from {
+        Some((path, s)) => {
+            checkpoint::restore(path, &mut opt, s)?;
+            s.clone()
+        }
+        None => State {
+            step: 0,
+            epoch: 0,
+            step_in_epoch: 0,
+            optimizer_t: 0,
+            lr: 0.0,
+            tokens_trained: 0,
+            supervised_trained: 0,
+            elapsed_s: 0.0,
+            best_val_loss: None,
+            best_step: None,
+            evals_since_best: 0,
+            last_val_loss: None,
+            seed: cfg.seed,
+            config: cfg.clone(),
+            data_sha256: data_sha.clone(),
+        },
+    };
+    state.config = cfg.clone();
+    std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::file(&ckpt_dir, e.to_string()))?;
+    let cfg_json = serde_json::to_string_pretty(cfg).expect("config serializes");
+    write_atomic(&out.join("config.json"), cfg_json.as_bytes())?;
+    let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), resume_from.as_ref().map(|(_, s)| s.step))?;
+    let event = if resume_from.is_some() { "resume" } else { "start" };
+    metrics.log(json!({
+        "event": event, "step": state.step, "total_steps": total, "train_examples": train_ex.len(),
+        "val_examples": val_ex.len(), "device": device_name(&device), "dtype": format!("{dtype:?}"),
+        "model": cfg.model, "variant": spec.name,
+    }))?;
+    let mut last_ckpt = resume_from.as_ref().map(|(p, _)| p.display().to_string());
+
+    let bar = progress_bar(spec.progress, total, state.step, &spec.name);
+    let log_every = (total / 50).max(1);
+    let t0 = Instant::now();
+    let base_elapsed = state.elapsed_s;
+    let mut stopped_early = false;
+    let mut last_eval_step = None;
+
+    while state.step < total {
+        let step_start = Instant::now();
+        let (epoch, batches) = plan.step_batches(cfg.seed, state.step);
+        let supervised: usize = batches.iter().flatten().map(|&i| train_ex[i].supervised()).sum();
+        let lr = learning_rate(cfg.schedule, cfg.learning_rate, state.step, warmup, total);
+        let mut grads = Vec::new();
+        let mut loss = 0f64;
+        let mut tokens = 0;
+        for (micro, idx) in batches.iter().enumerate() {
+            let batch = make_batch(train_ex, idx, pad, vocab, &device)?;
+            let mut mode = Mode::train(dropout_key(cfg.seed, state.step, micro));
+            // Each micro-batch's sum is divided by the step's supervised-token count, so the
+            // accumulated gradient is exactly that of the step's mean token loss.
+            let part = (loss_sum(&model, &batch, &mut mode)? / supervised as f64)?;
+            loss += part.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            opt.accumulate(&mut grads, &part.backward()?)?;
+            tokens += batch.real_tokens;
+        }
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: state.step + 1,
+                value: loss,
+                checkpoint: last_ckpt.clone().unwrap_or_else(|| "none".into()),
+            });
+        }
+        let grad_norm = opt.grad_norm(&grads)?;
+        let scale = if cfg.max_grad_norm > 0.0 && grad_norm > cfg.max_grad_norm {
+            cfg.max_grad_norm / (grad_norm + 1e-6)
+        } else {
+            1.0
+        };
+        opt.step(&grads, lr, scale)?;
+        drop(grads);
+        state.step += 1;
+        state.optimizer_t = opt.t;
+        state.lr = lr;
+        state.epoch = state.step / spe;
+        state.step_in_epoch = state.step % spe;
+        state.tokens_trained += tokens;
+        state.supervised_trained += supervised;
+        state.elapsed_s = base_elapsed + t0.elapsed().as_secs_f64();
+        let tps = tokens as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
+        metrics.log(json!({
+            "event": "train", "step": state.step, "epoch": epoch as f64 + (state.step - epoch * spe) as f64 / spe as f64,
+            "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": tps,
+            "elapsed_s": state.elapsed_s,
+        }))?;
+        match &bar {
+            Some(b) => {
+                b.set_position(state.step as u64);
+                b.set_message(format!("loss {loss:.4} · {tps:.0} tok/s"));
+            }
+            None if state.step % log_every == 0 || state.step == total => eprintln!(
+                "{}: step {}/{} loss {loss:.4} lr {lr:.3e} grad-norm {grad_norm:.3} {tps:.0} tok/s",
+                spec.name, state.step, total
+            ),
+            None => {}
+        }
+
+        let step = state.step;
+        let at = |every: usize| every > 0 && step % every == 0 && step < total;
+        if at(cfg.eval_every) {
+            let v = evaluate(&model, val_ex, cfg.eval_batch, pad, vocab, &device)?;
+            last_eval_step = Some(state.step);
+            stopped_early = record_eval(&spec, &model, &lora, &mut state, &mut metrics, v)?;
+            log_line(&bar, format!("{}: step {} val loss {v:.4}", spec.name, state.step));
+        }
+        let interrupted = spec.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+        if at(cfg.save_every) || interrupted || stopped_early {
+            let p = checkpoint::save(&ckpt_dir, &model, &lora, &opt, &state)?;
+            checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
+            metrics.log(json!({"event": "checkpoint", "step": state.step, "path": p.display().to_string()}))?;
+            last_ckpt = Some(p.display().to_string());
+        }
+        if interrupted {
+            if let Some(b) = &bar {
+                b.abandon();
+            }
+            return Err(TrainError::Interrupted { step: state.step, checkpoint: last_ckpt.unwrap_or_default() });
+        }
+        if stopped_early {
+            log_line(&bar, format!("{}: early stopping at step {} (no improvement in {} evaluations)", spec.name, state.step, cfg.early_stopping_patience));
+            break;
+        }
+    }
+
+    if last_eval_step != Some(state.step) {
+        let v = evaluate(&model, val_ex, cfg.eval_batch, pad, vocab, &device)?;
+        record_eval(&spec, &model, &lora, &mut state, &mut metrics, v)?;
+    }
+    state.elapsed_s = base_elapsed + t0.elapsed().as_secs_f64();
+    let p = checkpoint::save(&ckpt_dir, &model, &lora, &opt, &state)?;
+    checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
+    metrics.log(json!({"event": "checkpoint", "step": state.step, "path": p.display().to_string()}))?;
+    checkpoint::write_adapter_dir(&out.join("adapter"), &model, &lora, &cfg.model)?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let summary = Summary {
+        variant: spec.name.clone(),
+        status: if stopped_early { "early_stopped" } else { "completed" }.into(),
+        best_val_loss: state.best_val_loss.unwrap_or(f64::NAN),
+        final_val_loss: state.last_val_loss.unwrap_or(f64::NAN),
+        best_step: state.best_step.unwrap_or(state.step),
+        steps: state.step,
+        epochs: state.step as f64 / spe as f64,
+        train_examples: train_ex.len(),
+        val_examples: val_ex.len(),
+        tokens_trained: state.tokens_trained,
+        supervised_tokens_trained: state.supervised_trained,
+        wall_time_s: state.elapsed_s,
+        model: cfg.model.clone(),
+        device: device_name(&device),
+        dtype: format!("{dtype:?}").to_lowercase(),
+        config_sha256: sha256_hex(cfg_json.as_bytes()),
+        data_sha256: data_sha,
+    };
+    metrics.log(json!({"event": "end", "step": state.step, "status": summary.status, "best_val_loss": summary.best_val_loss,
+        "final_val_loss": summary.final_val_loss, "elapsed_s": summary.wall_time_s}))?;
+    let text = serde_json::to_string_pretty(&summary).expect("summary serializes");
+    write_atomic(&out.join(SUMMARY), text.as_bytes())?;
+    Ok(summary)
+}
+
+/// Logs an evaluation, keeps `best/` up to date; returns whether early stopping triggers.
+fn record_eval(
+    spec: &RunSpec,
+    model: &Gemma2,
+    lora: &crate::model::LoraConfig,
+    state: &mut State,
+    metrics: &mut MetricsLog,
+    val: f64,
+) -> Result<bool, TrainError> {
+    state.last_val_loss = Some(val);
+    metrics.log(json!({"event": "eval", "step": state.step, "val_loss": val, "elapsed_s": state.elapsed_s}))?;
+    if state.best_val_loss.is_none_or(|b| val < b) {
+        state.best_val_loss = Some(val);
+        state.best_step = Some(state.step);
+        state.evals_since_best = 0;
+        checkpoint::write_adapter_dir(&spec.out_dir.join("best"), model, lora, &spec.config.model)?;
+    } else {
+        state.evals_since_best += 1;
+    }
+    let p = spec.config.early_stopping_patience;
+    Ok(p > 0 && state.evals_since_best >= p)
+}
+
+fn make_batch(examples: &[Example], idx: &[usize], pad: u32, vocab: usize, device: &Device) -> Result<Batch, TrainError> {
+    let seqs: Vec<(&[u32], &[i64])> = idx.iter().map(|&i| (examples[i].input_ids.as_slice(), examples[i].labels.as_slice())).collect();
+    Batch::new(&seqs, pad, vocab, device).map_err(|e| match e {
+        crate::model::ModelError::Invalid(m) => {
+            let ids: Vec<&str> = idx.iter().map(|&i| examples[i].id.as_str()).collect();
+            TrainError::Data(format!("batch of examples {}: {m}", ids.join(", ")))
+        }
+        other => other.into(),
+    })
+}
+
+/// Mean token loss over every supervised token of `examples`, without a gradient graph. The
+/// sum of per-batch sums divided by the token count: independent of the batch size.
+pub fn evaluate(model: &Gemma2, examples: &[Example], batch: usize, pad: u32, vocab: usize, device: &Device) -> Result<f64, TrainError> {
+    // Similar lengths together: less padding, same result.
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| (examples[i].input_ids.len(), i));
+    let mut sum = 0f64;
+    let mut count = 0usize;
+    for idx in order.chunks(batch) {
+        let b = make_batch(examples, idx, pad, vocab, device)?;
+        let s = loss_sum(model, &b, &mut Mode::eval())?;
+        sum += s.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        count += b.supervised();
+    }
+    if count == 0 {
+        return Err(TrainError::Data("the validation set has no supervised token".into()));
+    }
+    Ok(sum / count as f64)
+}
+
+/// A distinct dropout stream per (seed, step, micro-batch): resumed runs draw the same masks.
+fn dropout_key(seed: u64, step: usize, micro: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((step as u64) << 20) ^ micro as u64
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(12)]
+}
+
+fn progress_bar(enabled: bool, total: usize, at: usize, name: &str) -> Option<ProgressBar> {
+    if !enabled || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let b = ProgressBar::new(total as u64);
+    b.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps · {msg} · ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    b.set_prefix(name.to_string());
+    b.set_position(at as u64);
+    Some(b)
+}
+
+fn log_line(bar: &Option<ProgressBar>, line: String) {
+    match bar {
+        Some(b) => b.println(line),
+        None => eprintln!("{line}"),
+    }
+}
+
+/// Reads a run's summary, if it finished.
+pub fn read_summary(run: &Path) -> Option<Summary> {
+    let text = std::fs::read_to_string(run.join(SUMMARY)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
