@@ -4,12 +4,12 @@ use anyhow::Result;
 use clap::Parser;
 use socratune::cli::train::{TrainArgs, TrainOverrides};
 use socratune::cli::{model::ModelCommand, Cli, Command};
+use socratune::model::device::{device_name, parse_device, parse_dtype};
+use socratune::model::{Gemma2Config, Source};
 use socratune::train::{RunSpec, TrainConfig, TrainError};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use socratune::model::device::{device_name, parse_device, parse_dtype};
-use socratune::model::{Gemma2Config, Source};
 
 fn main() {
     let cli = Cli::parse();
@@ -96,9 +96,15 @@ fn run_train(a: TrainArgs) -> Result<()> {
             (v.clone(), a.runs.join(v).join("data"), run)
         }
         (None, Some(d)) => {
-            let parent = d.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let parent = d
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             let run = a.out.clone().unwrap_or_else(|| parent.to_path_buf());
-            let name = run.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+            let name = run
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "run".into());
             (name, d.clone(), run)
         }
         (None, None) => anyhow::bail!("give --variant NAME or --data DIR"),

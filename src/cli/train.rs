@@ -107,8 +107,27 @@ impl TrainOverrides {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &self.$f { c.$f = v.clone(); } )* };
         }
-        set!(model, device, dtype, lora_r, lora_alpha, lora_dropout, use_rslora, epochs, micro_batch, grad_accum);
-        set!(max_seq_len, eval_batch, learning_rate, warmup_ratio, weight_decay, max_grad_norm, seed);
+        set!(
+            model,
+            device,
+            dtype,
+            lora_r,
+            lora_alpha,
+            lora_dropout,
+            use_rslora,
+            epochs,
+            micro_batch,
+            grad_accum
+        );
+        set!(
+            max_seq_len,
+            eval_batch,
+            learning_rate,
+            warmup_ratio,
+            weight_decay,
+            max_grad_norm,
+            seed
+        );
         set!(eval_every, save_every, keep_checkpoints);
         if let Some(v) = &self.revision {
             c.revision = Some(v.clone());

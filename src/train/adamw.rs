@@ -26,9 +26,18 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(params: Vec<(String, Var)>, hp: AdamWParams) -> Result<Self, TrainError> {
-        let m = params.iter().map(|(_, p)| p.as_tensor().zeros_like()).collect::<Result<Vec<_>, _>>()?;
+        let m = params
+            .iter()
+            .map(|(_, p)| p.as_tensor().zeros_like())
+            .collect::<Result<Vec<_>, _>>()?;
         let v = m.clone();
-        Ok(Self { params, m, v, t: 0, hp })
+        Ok(Self {
+            params,
+            m,
+            v,
+            t: 0,
+            hp,
+        })
     }
 
     pub fn params(&self) -> &[(String, Var)] {
@@ -36,7 +45,11 @@ impl AdamW {
     }
 
     /// Adds the gradients of one backward pass to `acc` (aligned with the parameters).
-    pub fn accumulate(&self, acc: &mut Vec<Option<Tensor>>, grads: &GradStore) -> Result<(), TrainError> {
+    pub fn accumulate(
+        &self,
+        acc: &mut Vec<Option<Tensor>>,
+        grads: &GradStore,
+    ) -> Result<(), TrainError> {
         acc.resize(self.params.len(), None);
         for ((_, p), slot) in self.params.iter().zip(acc.iter_mut()) {
             if let Some(g) = grads.get(p) {
@@ -59,17 +72,33 @@ impl AdamW {
         if sq.is_empty() {
             return Ok(0.0);
         }
-        Ok(Tensor::stack(&sq, 0)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt())
+        Ok(Tensor::stack(&sq, 0)?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?
+            .sqrt())
     }
 
     /// One update with learning rate `lr`, gradients multiplied by `grad_scale` (clipping).
-    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, grad_scale: f64) -> Result<(), TrainError> {
+    pub fn step(
+        &mut self,
+        grads: &[Option<Tensor>],
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<(), TrainError> {
         self.t += 1;
-        let AdamWParams { beta1, beta2, eps, weight_decay } = self.hp;
+        let AdamWParams {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.hp;
         let bc1 = 1.0 - beta1.powi(self.t as i32);
         let bc2 = 1.0 - beta2.powi(self.t as i32);
         for (i, (_, p)) in self.params.iter().enumerate() {
-            let Some(g) = grads.get(i).and_then(Option::as_ref) else { continue };
+            let Some(g) = grads.get(i).and_then(Option::as_ref) else {
+                continue;
+            };
             let g = (g * grad_scale)?;
             let m = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
             let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
@@ -88,20 +117,36 @@ impl AdamW {
     pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>, TrainError> {
         let mut out = HashMap::new();
         for (i, (name, _)) in self.params.iter().enumerate() {
-            out.insert(format!("{name}.exp_avg"), self.m[i].to_device(&Device::Cpu)?);
-            out.insert(format!("{name}.exp_avg_sq"), self.v[i].to_device(&Device::Cpu)?);
+            out.insert(
+                format!("{name}.exp_avg"),
+                self.m[i].to_device(&Device::Cpu)?,
+            );
+            out.insert(
+                format!("{name}.exp_avg_sq"),
+                self.v[i].to_device(&Device::Cpu)?,
+            );
         }
         Ok(out)
     }
 
     /// Restores moments saved by [`AdamW::state_tensors`]; every parameter must be present.
-    pub fn load_state(&mut self, mut saved: HashMap<String, Tensor>, t: usize) -> Result<(), TrainError> {
+    pub fn load_state(
+        &mut self,
+        mut saved: HashMap<String, Tensor>,
+        t: usize,
+    ) -> Result<(), TrainError> {
         for (i, (name, p)) in self.params.iter().enumerate() {
             for (suffix, slot) in [("exp_avg", &mut self.m[i]), ("exp_avg_sq", &mut self.v[i])] {
                 let key = format!("{name}.{suffix}");
-                let t = saved.remove(&key).ok_or_else(|| TrainError::Checkpoint(format!("optimizer state has no `{key}`")))?;
+                let t = saved.remove(&key).ok_or_else(|| {
+                    TrainError::Checkpoint(format!("optimizer state has no `{key}`"))
+                })?;
                 if t.dims() != p.dims() {
-                    return Err(TrainError::Checkpoint(format!("optimizer state `{key}` has shape {:?}, expected {:?}", t.dims(), p.dims())));
+                    return Err(TrainError::Checkpoint(format!(
+                        "optimizer state `{key}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        p.dims()
+                    )));
                 }
                 *slot = t.to_dtype(DType::F32)?.to_device(p.device())?;
             }
@@ -119,12 +164,21 @@ mod tests {
     #[test]
     fn matches_the_torch_update_rule() {
         let p = Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
-        let hp = AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
+        let hp = AdamWParams {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
         let mut opt = AdamW::new(vec![("p".into(), p.clone())], hp).unwrap();
         let mut expect = [1.0f64, -2.0];
         let (mut m, mut v) = ([0f64; 2], [0f64; 2]);
         for (t, g) in [[0.5f64, -1.0], [0.25, 2.0]].iter().enumerate() {
-            let loss = (p.as_tensor() * &Tensor::new(&[g[0] as f32, g[1] as f32], &Device::Cpu).unwrap()).unwrap().sum_all().unwrap();
+            let loss = (p.as_tensor()
+                * &Tensor::new(&[g[0] as f32, g[1] as f32], &Device::Cpu).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
             let mut acc = Vec::new();
             opt.accumulate(&mut acc, &loss.backward().unwrap()).unwrap();
             opt.step(&acc, 0.01, 1.0).unwrap();
@@ -140,7 +194,10 @@ mod tests {
         }
         let got = p.as_tensor().to_vec1::<f32>().unwrap();
         for i in 0..2 {
-            assert!((got[i] as f64 - expect[i]).abs() < 1e-6, "{got:?} vs {expect:?}");
+            assert!(
+                (got[i] as f64 - expect[i]).abs() < 1e-6,
+                "{got:?} vs {expect:?}"
+            );
         }
         // Saving and restoring the state continues identically.
         let saved = opt.state_tensors().unwrap();
@@ -148,13 +205,26 @@ mod tests {
         let mut opt2 = AdamW::new(vec![("p".into(), q.clone())], hp).unwrap();
         opt2.load_state(saved, opt.t).unwrap();
         let g = Tensor::new(&[1f32, 1.0], &Device::Cpu).unwrap();
-        let g1 = (p.as_tensor() * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (q.as_tensor() * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let g1 = (p.as_tensor() * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (q.as_tensor() * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         let (mut a1, mut a2) = (Vec::new(), Vec::new());
         opt.accumulate(&mut a1, &g1).unwrap();
         opt2.accumulate(&mut a2, &g2).unwrap();
         opt.step(&a1, 0.01, 1.0).unwrap();
         opt2.step(&a2, 0.01, 1.0).unwrap();
-        assert_eq!(p.as_tensor().to_vec1::<f32>().unwrap(), q.as_tensor().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            p.as_tensor().to_vec1::<f32>().unwrap(),
+            q.as_tensor().to_vec1::<f32>().unwrap()
+        );
     }
 }

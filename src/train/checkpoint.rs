@@ -57,7 +57,9 @@ pub fn save(
     adapter::save(model, lora, Some(&state.config.model), &tmp)?;
     let moments = opt.state_tensors()?;
     candle_core::safetensors::save(&moments, tmp.join(OPTIMIZER))?;
-    std::fs::File::open(tmp.join(OPTIMIZER)).and_then(|f| f.sync_all()).map_err(|e| io(&tmp, e))?;
+    std::fs::File::open(tmp.join(OPTIMIZER))
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io(&tmp, e))?;
     let json = serde_json::to_string_pretty(state).expect("state serializes");
     write_atomic(&tmp.join(STATE), json.as_bytes())?;
     sync_dir(&tmp);
@@ -73,7 +75,8 @@ pub fn save(
 pub fn read_state(ckpt: &Path) -> Result<State, TrainError> {
     let p = ckpt.join(STATE);
     let text = std::fs::read_to_string(&p).map_err(|e| TrainError::file(&p, e.to_string()))?;
-    let state: State = serde_json::from_str(&text).map_err(|e| TrainError::file(&p, e.to_string()))?;
+    let state: State =
+        serde_json::from_str(&text).map_err(|e| TrainError::file(&p, e.to_string()))?;
     for f in [OPTIMIZER, adapter::WEIGHTS_FILE, adapter::CONFIG_FILE] {
         if !ckpt.join(f).is_file() {
             return Err(TrainError::file(&ckpt.join(f), "missing"));
@@ -114,15 +117,21 @@ pub fn newest_valid(dir: &Path) -> (Option<(PathBuf, State)>, Vec<String>) {
 pub fn restore(ckpt: &Path, opt: &mut AdamW, state: &State) -> Result<(), TrainError> {
     let saved = candle_core::safetensors::load(ckpt.join(adapter::WEIGHTS_FILE), &Device::Cpu)?;
     for (name, var) in opt.params() {
-        let t: &Tensor = saved
-            .get(name)
-            .ok_or_else(|| TrainError::Checkpoint(format!("{}: adapter has no `{name}`", ckpt.display())))?;
+        let t: &Tensor = saved.get(name).ok_or_else(|| {
+            TrainError::Checkpoint(format!("{}: adapter has no `{name}`", ckpt.display()))
+        })?;
         if t.dims() != var.dims() {
-            return Err(TrainError::Checkpoint(format!("{}: `{name}` has shape {:?}, expected {:?}", ckpt.display(), t.dims(), var.dims())));
+            return Err(TrainError::Checkpoint(format!(
+                "{}: `{name}` has shape {:?}, expected {:?}",
+                ckpt.display(),
+                t.dims(),
+                var.dims()
+            )));
         }
         var.set(&t.to_device(var.device())?)?;
     }
-    let moments: HashMap<String, Tensor> = candle_core::safetensors::load(ckpt.join(OPTIMIZER), &Device::Cpu)?;
+    let moments: HashMap<String, Tensor> =
+        candle_core::safetensors::load(ckpt.join(OPTIMIZER), &Device::Cpu)?;
     opt.load_state(moments, state.optimizer_t)?;
     Ok(())
 }
@@ -141,9 +150,17 @@ pub fn prune(dir: &Path, keep: usize) -> Result<(), TrainError> {
 }
 
 /// Writes an adapter folder (`adapter/`, `best/`) by building it aside and swapping it in.
-pub fn write_adapter_dir(dest: &Path, model: &Gemma2, lora: &LoraConfig, base_model: &str) -> Result<(), TrainError> {
+pub fn write_adapter_dir(
+    dest: &Path,
+    model: &Gemma2,
+    lora: &LoraConfig,
+    base_model: &str,
+) -> Result<(), TrainError> {
     let parent = dest.parent().unwrap_or(Path::new("."));
-    let name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = parent.join(format!(".tmp-{name}"));
     let old = parent.join(format!(".old-{name}"));
     let io = |p: &Path, e: std::io::Error| TrainError::file(p, e.to_string());
@@ -163,4 +180,62 @@ pub fn write_adapter_dir(dest: &Path, model: &Gemma2, lora: &LoraConfig, base_mo
         std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Gemma2Config, LoraConfig};
+    use crate::train::adamw::AdamWParams;
+
+    #[test]
+    fn a_half_written_or_damaged_checkpoint_is_never_taken_for_a_valid_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Gemma2Config::preset("tiny").unwrap();
+        let mut m = Gemma2::random(&cfg, 0, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let lora = LoraConfig::default();
+        m.attach_lora(&lora, 0).unwrap();
+        let hp = AdamWParams {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let opt = AdamW::new(m.lora_vars(), hp).unwrap();
+        let state = |step| State {
+            step,
+            epoch: 0,
+            step_in_epoch: step,
+            optimizer_t: step,
+            lr: 0.1,
+            tokens_trained: 0,
+            supervised_trained: 0,
+            elapsed_s: 0.0,
+            best_val_loss: None,
+            best_step: None,
+            evals_since_best: 0,
+            last_val_loss: None,
+            seed: 1,
+            config: TrainConfig::default(),
+            data_sha256: "x".into(),
+        };
+        save(dir.path(), &m, &lora, &opt, &state(3)).unwrap();
+        save(dir.path(), &m, &lora, &opt, &state(4)).unwrap();
+        // A crash while writing step 6 leaves only its temporary folder; step 5 lost a file.
+        std::fs::create_dir_all(dir.path().join(".tmp-step-6")).unwrap();
+        std::fs::write(dir.path().join(".tmp-step-6/state.json"), "{").unwrap();
+        let five = save(dir.path(), &m, &lora, &opt, &state(5)).unwrap();
+        std::fs::remove_file(five.join(OPTIMIZER)).unwrap();
+        let (found, skipped) = newest_valid(dir.path());
+        assert_eq!(found.unwrap().1.step, 4);
+        assert_eq!(skipped.len(), 1);
+        assert!(
+            skipped[0].contains("step-5") && skipped[0].contains("optimizer.safetensors"),
+            "{skipped:?}"
+        );
+        prune(dir.path(), 1).unwrap();
+        let left: Vec<usize> = list(dir.path()).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(left, vec![5]);
+        assert!(!dir.path().join(".tmp-step-6").exists());
+    }
 }

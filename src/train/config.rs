@@ -70,7 +70,9 @@ impl Default for TrainConfig {
             lora_r: 16,
             lora_alpha: 32.0,
             lora_dropout: 0.05,
-            lora_targets: ["q", "k", "v", "o", "gate", "up", "down"].map(String::from).to_vec(),
+            lora_targets: ["q", "k", "v", "o", "gate", "up", "down"]
+                .map(String::from)
+                .to_vec(),
             use_rslora: false,
             epochs: 3,
             max_steps: None,
@@ -103,7 +105,8 @@ const RESUMABLE_CHANGES: [&str; 4] = ["save_every", "keep_checkpoints", "device"
 impl TrainConfig {
     /// Reads a TOML file; unknown keys are refused with their name.
     pub fn from_toml_file(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::file(path, e.to_string()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| TrainError::file(path, e.to_string()))?;
         toml::from_str(&text).map_err(|e| TrainError::file(path, e.to_string()))
     }
 
@@ -146,18 +149,29 @@ impl TrainConfig {
             return bad("max_steps must be at least 1".into());
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return bad(format!("learning_rate must be positive, got {}", self.learning_rate));
+            return bad(format!(
+                "learning_rate must be positive, got {}",
+                self.learning_rate
+            ));
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
-            return bad(format!("warmup_ratio must be in [0, 1), got {}", self.warmup_ratio));
+            return bad(format!(
+                "warmup_ratio must be in [0, 1), got {}",
+                self.warmup_ratio
+            ));
         }
-        for (name, b) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+        for (name, b) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
             if !(0.0..1.0).contains(&b) {
                 return bad(format!("{name} must be in [0, 1), got {b}"));
             }
         }
         if self.adam_eps <= 0.0 || self.weight_decay < 0.0 || self.max_grad_norm < 0.0 {
-            return bad("adam_eps must be positive; weight_decay and max_grad_norm non-negative".into());
+            return bad(
+                "adam_eps must be positive; weight_decay and max_grad_norm non-negative".into(),
+            );
         }
         Ok(())
     }
@@ -166,7 +180,10 @@ impl TrainConfig {
     pub fn resume_conflicts(&self, other: &TrainConfig) -> Vec<String> {
         let a = serde_json::to_value(self).expect("config serializes");
         let b = serde_json::to_value(other).expect("config serializes");
-        let (a, b) = (a.as_object().expect("object"), b.as_object().expect("object"));
+        let (a, b) = (
+            a.as_object().expect("object"),
+            b.as_object().expect("object"),
+        );
         a.iter()
             .filter(|(k, v)| !RESUMABLE_CHANGES.contains(&k.as_str()) && b.get(*k) != Some(v))
             .map(|(k, v)| format!("{k}: {} → {}", b.get(k).cloned().unwrap_or_default(), v))
@@ -182,22 +199,42 @@ mod tests {
     fn toml_overrides_defaults_and_rejects_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("train.toml");
-        std::fs::write(&p, "learning_rate = 1e-3\nschedule = \"linear\"\nlora_targets = [\"q\", \"v\"]\n").unwrap();
+        std::fs::write(
+            &p,
+            "learning_rate = 1e-3\nschedule = \"linear\"\nlora_targets = [\"q\", \"v\"]\n",
+        )
+        .unwrap();
         let c = TrainConfig::from_toml_file(&p).unwrap();
         assert_eq!(c.learning_rate, 1e-3);
         assert_eq!(c.schedule, Schedule::Linear);
-        assert_eq!(c.lora().unwrap().targets, vec![Target::QProj, Target::VProj]);
+        assert_eq!(
+            c.lora().unwrap().targets,
+            vec![Target::QProj, Target::VProj]
+        );
         assert_eq!(c.micro_batch, 4);
         std::fs::write(&p, "learning_rat = 1e-3\n").unwrap();
         let e = TrainConfig::from_toml_file(&p).unwrap_err().to_string();
-        assert!(e.contains("train.toml") && e.contains("learning_rat"), "{e}");
+        assert!(
+            e.contains("train.toml") && e.contains("learning_rat"),
+            "{e}"
+        );
     }
 
     #[test]
     fn validation_names_the_field() {
-        let c = TrainConfig { micro_batch: 0, ..Default::default() };
-        assert!(c.validate().unwrap_err().to_string().contains("micro_batch"));
-        let c = TrainConfig { lora_targets: vec!["lm_head".into()], ..Default::default() };
+        let c = TrainConfig {
+            micro_batch: 0,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("micro_batch"));
+        let c = TrainConfig {
+            lora_targets: vec!["lm_head".into()],
+            ..Default::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("lm_head"));
         assert!(TrainConfig::default().validate().is_ok());
     }
@@ -205,9 +242,19 @@ mod tests {
     #[test]
     fn resume_conflicts_ignore_harmless_fields() {
         let a = TrainConfig::default();
-        let b = TrainConfig { save_every: 7, device: "cpu".into(), ..a.clone() };
+        let b = TrainConfig {
+            save_every: 7,
+            device: "cpu".into(),
+            ..a.clone()
+        };
         assert!(a.resume_conflicts(&b).is_empty());
-        let c = TrainConfig { learning_rate: 1.0, ..a.clone() };
-        assert_eq!(c.resume_conflicts(&a), vec!["learning_rate: 0.0002 → 1.0".to_string()]);
+        let c = TrainConfig {
+            learning_rate: 1.0,
+            ..a.clone()
+        };
+        assert_eq!(
+            c.resume_conflicts(&a),
+            vec!["learning_rate: 0.0002 → 1.0".to_string()]
+        );
     }
 }

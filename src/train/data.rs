@@ -45,10 +45,24 @@ pub fn load_examples(path: &Path, max_len: usize) -> Result<ExampleFile, TrainEr
     let mut examples = Vec::with_capacity(loaded.records.len());
     for (line, ex) in loaded.records {
         if ex.input_ids.len() != ex.labels.len() {
-            return Err(at(line, format!("example {}: {} input_ids but {} labels", ex.id, ex.input_ids.len(), ex.labels.len())));
+            return Err(at(
+                line,
+                format!(
+                    "example {}: {} input_ids but {} labels",
+                    ex.id,
+                    ex.input_ids.len(),
+                    ex.labels.len()
+                ),
+            ));
         }
         if ex.supervised() == 0 {
-            return Err(at(line, format!("example {} has no supervised token (every label after the first is -100)", ex.id)));
+            return Err(at(
+                line,
+                format!(
+                    "example {} has no supervised token (every label after the first is -100)",
+                    ex.id
+                ),
+            ));
         }
         if ex.input_ids.len() > max_len {
             return Err(at(
@@ -66,14 +80,19 @@ pub fn load_examples(path: &Path, max_len: usize) -> Result<ExampleFile, TrainEr
         return Err(TrainError::Data(format!("{}: no examples", path.display())));
     }
     let sha256 = crate::fsutil::sha256_file(path)?;
-    Ok(ExampleFile { path: path.to_path_buf(), examples, sha256 })
+    Ok(ExampleFile {
+        path: path.to_path_buf(),
+        examples,
+        sha256,
+    })
 }
 
 /// The order of examples in epoch `epoch`: a permutation seeded by (seed, epoch), so that any
 /// step's micro-batches can be recomputed after a restart.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407));
     order.shuffle(&mut rng);
     order
 }
@@ -99,7 +118,10 @@ impl Plan {
         let per_step = self.micro * self.accum;
         let start = within * per_step;
         let end = (start + per_step).min(self.examples);
-        let batches = order[start..end].chunks(self.micro).map(<[usize]>::to_vec).collect();
+        let batches = order[start..end]
+            .chunks(self.micro)
+            .map(<[usize]>::to_vec)
+            .collect();
         (epoch, batches)
     }
 }
@@ -110,7 +132,11 @@ mod tests {
 
     #[test]
     fn every_example_once_per_epoch_and_reproducible() {
-        let plan = Plan { examples: 10, micro: 2, accum: 2 };
+        let plan = Plan {
+            examples: 10,
+            micro: 2,
+            accum: 2,
+        };
         assert_eq!(plan.steps_per_epoch(), 3);
         let mut seen = Vec::new();
         for step in 0..3 {
@@ -121,7 +147,10 @@ mod tests {
         seen.sort();
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
         assert_eq!(plan.step_batches(7, 4), plan.step_batches(7, 4));
-        assert_eq!(plan.step_batches(7, 2).1, vec![vec![epoch_order(10, 7, 0)[8], epoch_order(10, 7, 0)[9]]]);
+        assert_eq!(
+            plan.step_batches(7, 2).1,
+            vec![vec![epoch_order(10, 7, 0)[8], epoch_order(10, 7, 0)[9]]]
+        );
         assert_ne!(epoch_order(10, 7, 0), epoch_order(10, 7, 1));
     }
 
@@ -130,11 +159,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("train.jsonl");
         let ok = r#"{"id":"a","input_ids":[2,5,6],"labels":[-100,-100,6]}"#;
-        std::fs::write(&p, format!("{ok}\n{}\n", r#"{"id":"b","input_ids":[2,5],"labels":[-100,-100]}"#)).unwrap();
+        std::fs::write(
+            &p,
+            format!(
+                "{ok}\n{}\n",
+                r#"{"id":"b","input_ids":[2,5],"labels":[-100,-100]}"#
+            ),
+        )
+        .unwrap();
         let e = load_examples(&p, 100).err().unwrap().to_string();
-        assert!(e.contains("train.jsonl:2") && e.contains("no supervised token"), "{e}");
+        assert!(
+            e.contains("train.jsonl:2") && e.contains("no supervised token"),
+            "{e}"
+        );
         std::fs::write(&p, format!("{ok}\n")).unwrap();
-        assert!(load_examples(&p, 2).err().unwrap().to_string().contains("more than max_seq_len 2"));
+        assert!(load_examples(&p, 2)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("more than max_seq_len 2"));
         assert_eq!(load_examples(&p, 3).unwrap().examples.len(), 1);
     }
 }

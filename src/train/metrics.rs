@@ -16,12 +16,15 @@ impl MetricsLog {
     pub fn open(path: &Path, keep_until_step: Option<usize>) -> Result<Self, TrainError> {
         if let Some(last) = keep_until_step {
             if path.exists() {
-                let text = std::fs::read_to_string(path).map_err(|e| TrainError::file(path, e.to_string()))?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| TrainError::file(path, e.to_string()))?;
                 let kept: String = text
                     .lines()
                     .filter(|l| {
                         let v: Value = serde_json::from_str(l).unwrap_or(Value::Null);
-                        v.get("step").and_then(Value::as_u64).is_none_or(|s| s as usize <= last)
+                        v.get("step")
+                            .and_then(Value::as_u64)
+                            .is_none_or(|s| s as usize <= last)
                     })
                     .map(|l| format!("{l}\n"))
                     .collect();
@@ -35,18 +38,28 @@ impl MetricsLog {
             .append(true)
             .open(path)
             .map_err(|e| TrainError::file(path, e.to_string()))?;
-        Ok(Self { path: path.to_path_buf(), file })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     pub fn log(&mut self, event: Value) -> Result<(), TrainError> {
         let line = format!("{event}\n");
-        self.file.write_all(line.as_bytes()).map_err(|e| TrainError::file(&self.path, e.to_string()))?;
-        self.file.flush().map_err(|e| TrainError::file(&self.path, e.to_string()))
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| TrainError::file(&self.path, e.to_string()))?;
+        self.file
+            .flush()
+            .map_err(|e| TrainError::file(&self.path, e.to_string()))
     }
 }
 
 /// Reads the events of a metrics file (unparseable lines are skipped).
 pub fn read_events(path: &Path) -> Result<Vec<Value>, TrainError> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::file(path, e.to_string()))?;
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }

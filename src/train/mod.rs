@@ -26,8 +26,14 @@ pub enum TrainError {
     #[error("cannot resume {run}: {reason}")]
     Resume { run: String, reason: String },
     #[error("loss is {value} at step {step}; last good checkpoint: {checkpoint} (lower the learning rate or check the data)")]
-    NonFinite { step: usize, value: f64, checkpoint: String },
-    #[error("interrupted at step {step}; checkpoint saved to {checkpoint}; continue with --resume")]
+    NonFinite {
+        step: usize,
+        value: f64,
+        checkpoint: String,
+    },
+    #[error(
+        "interrupted at step {step}; checkpoint saved to {checkpoint}; continue with --resume"
+    )]
     Interrupted { step: usize, checkpoint: String },
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
@@ -41,6 +47,9 @@ pub enum TrainError {
 
 impl TrainError {
     pub fn file(path: &Path, message: impl Into<String>) -> Self {
-        TrainError::File { path: path.to_path_buf(), message: message.into() }
+        TrainError::File {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
     }
 }

@@ -3,7 +3,13 @@
 use super::config::Schedule;
 
 /// The learning rate for the optimizer step that follows `step` completed steps.
-pub fn learning_rate(schedule: Schedule, base: f64, step: usize, warmup: usize, total: usize) -> f64 {
+pub fn learning_rate(
+    schedule: Schedule,
+    base: f64,
+    step: usize,
+    warmup: usize,
+    total: usize,
+) -> f64 {
     if step < warmup {
         return base * step as f64 / warmup.max(1) as f64;
     }

@@ -95,14 +95,19 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
             eprintln!("warning: {s}");
         }
         if found.is_none() {
-            eprintln!("{}: no checkpoint to resume from; starting from scratch", spec.name);
+            eprintln!(
+                "{}: no checkpoint to resume from; starting from scratch",
+                spec.name
+            );
         }
         found
     } else {
         if !checkpoint::list(&ckpt_dir).is_empty() || out.join(SUMMARY).exists() {
             return Err(TrainError::Resume {
                 run: out.display().to_string(),
-                reason: "it holds an earlier run; pass --resume to continue it or --fresh to start over".into(),
+                reason:
+                    "it holds an earlier run; pass --resume to continue it or --fresh to start over"
+                        .into(),
             });
         }
         None
@@ -112,7 +117,11 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         if !conflicts.is_empty() {
             return Err(TrainError::Resume {
                 run: out.display().to_string(),
-                reason: format!("the config changed since {}: {}", path.display(), conflicts.join(", ")),
+                reason: format!(
+                    "the config changed since {}: {}",
+                    path.display(),
+                    conflicts.join(", ")
+                ),
             });
         }
         if state.data_sha256 != data_sha {
@@ -144,10 +153,16 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     };
     let mut opt = AdamW::new(model.lora_vars(), hp)?;
 
-    let plan = Plan { examples: train_ex.len(), micro: cfg.micro_batch, accum: cfg.grad_accum };
+    let plan = Plan {
+        examples: train_ex.len(),
+        micro: cfg.micro_batch,
+        accum: cfg.grad_accum,
+    };
     let spe = plan.steps_per_epoch();
     let total = cfg.max_steps.unwrap_or(cfg.epochs * spe);
-    let warmup = cfg.warmup_steps.unwrap_or((cfg.warmup_ratio * total as f64).ceil() as usize);
+    let warmup = cfg
+        .warmup_steps
+        .unwrap_or((cfg.warmup_ratio * total as f64).ceil() as usize);
 
     let mut state = match &resume_from {
         Some((path, s)) => {
@@ -176,8 +191,15 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::file(&ckpt_dir, e.to_string()))?;
     let cfg_json = serde_json::to_string_pretty(cfg).expect("config serializes");
     write_atomic(&out.join("config.json"), cfg_json.as_bytes())?;
-    let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), resume_from.as_ref().map(|(_, s)| s.step))?;
-    let event = if resume_from.is_some() { "resume" } else { "start" };
+    let mut metrics = MetricsLog::open(
+        &out.join("metrics.jsonl"),
+        resume_from.as_ref().map(|(_, s)| s.step),
+    )?;
+    let event = if resume_from.is_some() {
+        "resume"
+    } else {
+        "start"
+    };
     metrics.log(json!({
         "event": event, "step": state.step, "total_steps": total, "train_examples": train_ex.len(),
         "val_examples": val_ex.len(), "device": device_name(&device), "dtype": format!("{dtype:?}"),
@@ -195,7 +217,11 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     while state.step < total {
         let step_start = Instant::now();
         let (epoch, batches) = plan.step_batches(cfg.seed, state.step);
-        let supervised: usize = batches.iter().flatten().map(|&i| train_ex[i].supervised()).sum();
+        let supervised: usize = batches
+            .iter()
+            .flatten()
+            .map(|&i| train_ex[i].supervised())
+            .sum();
         let lr = learning_rate(cfg.schedule, cfg.learning_rate, state.step, warmup, total);
         let mut grads = Vec::new();
         let mut loss = 0f64;
@@ -257,23 +283,40 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
             let v = evaluate(&model, val_ex, cfg.eval_batch, pad, vocab, &device)?;
             last_eval_step = Some(state.step);
             stopped_early = record_eval(&spec, &model, &lora, &mut state, &mut metrics, v)?;
-            log_line(&bar, format!("{}: step {} val loss {v:.4}", spec.name, state.step));
+            log_line(
+                &bar,
+                format!("{}: step {} val loss {v:.4}", spec.name, state.step),
+            );
         }
-        let interrupted = spec.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+        let interrupted = spec
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst));
         if at(cfg.save_every) || interrupted || stopped_early {
             let p = checkpoint::save(&ckpt_dir, &model, &lora, &opt, &state)?;
             checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
-            metrics.log(json!({"event": "checkpoint", "step": state.step, "path": p.display().to_string()}))?;
+            metrics.log(
+                json!({"event": "checkpoint", "step": state.step, "path": p.display().to_string()}),
+            )?;
             last_ckpt = Some(p.display().to_string());
         }
         if interrupted {
             if let Some(b) = &bar {
                 b.abandon();
             }
-            return Err(TrainError::Interrupted { step: state.step, checkpoint: last_ckpt.unwrap_or_default() });
+            return Err(TrainError::Interrupted {
+                step: state.step,
+                checkpoint: last_ckpt.unwrap_or_default(),
+            });
         }
         if stopped_early {
-            log_line(&bar, format!("{}: early stopping at step {} (no improvement in {} evaluations)", spec.name, state.step, cfg.early_stopping_patience));
+            log_line(
+                &bar,
+                format!(
+                    "{}: early stopping at step {} (no improvement in {} evaluations)",
+                    spec.name, state.step, cfg.early_stopping_patience
+                ),
+            );
             break;
         }
     }
@@ -285,14 +328,20 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     state.elapsed_s = base_elapsed + t0.elapsed().as_secs_f64();
     let p = checkpoint::save(&ckpt_dir, &model, &lora, &opt, &state)?;
     checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
-    metrics.log(json!({"event": "checkpoint", "step": state.step, "path": p.display().to_string()}))?;
+    metrics
+        .log(json!({"event": "checkpoint", "step": state.step, "path": p.display().to_string()}))?;
     checkpoint::write_adapter_dir(&out.join("adapter"), &model, &lora, &cfg.model)?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
     let summary = Summary {
         variant: spec.name.clone(),
-        status: if stopped_early { "early_stopped" } else { "completed" }.into(),
+        status: if stopped_early {
+            "early_stopped"
+        } else {
+            "completed"
+        }
+        .into(),
         best_val_loss: state.best_val_loss.unwrap_or(f64::NAN),
         final_val_loss: state.last_val_loss.unwrap_or(f64::NAN),
         best_step: state.best_step.unwrap_or(state.step),
@@ -326,7 +375,9 @@ fn record_eval(
     val: f64,
 ) -> Result<bool, TrainError> {
     state.last_val_loss = Some(val);
-    metrics.log(json!({"event": "eval", "step": state.step, "val_loss": val, "elapsed_s": state.elapsed_s}))?;
+    metrics.log(
+        json!({"event": "eval", "step": state.step, "val_loss": val, "elapsed_s": state.elapsed_s}),
+    )?;
     if state.best_val_loss.is_none_or(|b| val < b) {
         state.best_val_loss = Some(val);
         state.best_step = Some(state.step);
@@ -339,8 +390,22 @@ fn record_eval(
     Ok(p > 0 && state.evals_since_best >= p)
 }
 
-fn make_batch(examples: &[Example], idx: &[usize], pad: u32, vocab: usize, device: &Device) -> Result<Batch, TrainError> {
-    let seqs: Vec<(&[u32], &[i64])> = idx.iter().map(|&i| (examples[i].input_ids.as_slice(), examples[i].labels.as_slice())).collect();
+fn make_batch(
+    examples: &[Example],
+    idx: &[usize],
+    pad: u32,
+    vocab: usize,
+    device: &Device,
+) -> Result<Batch, TrainError> {
+    let seqs: Vec<(&[u32], &[i64])> = idx
+        .iter()
+        .map(|&i| {
+            (
+                examples[i].input_ids.as_slice(),
+                examples[i].labels.as_slice(),
+            )
+        })
+        .collect();
     Batch::new(&seqs, pad, vocab, device).map_err(|e| match e {
         crate::model::ModelError::Invalid(m) => {
             let ids: Vec<&str> = idx.iter().map(|&i| examples[i].id.as_str()).collect();
@@ -352,7 +417,14 @@ fn make_batch(examples: &[Example], idx: &[usize], pad: u32, vocab: usize, devic
 
 /// Mean token loss over every supervised token of `examples`, without a gradient graph. The
 /// sum of per-batch sums divided by the token count: independent of the batch size.
-pub fn evaluate(model: &Gemma2, examples: &[Example], batch: usize, pad: u32, vocab: usize, device: &Device) -> Result<f64, TrainError> {
+pub fn evaluate(
+    model: &Gemma2,
+    examples: &[Example],
+    batch: usize,
+    pad: u32,
+    vocab: usize,
+    device: &Device,
+) -> Result<f64, TrainError> {
     // Similar lengths together: less padding, same result.
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| (examples[i].input_ids.len(), i));
@@ -365,7 +437,9 @@ pub fn evaluate(model: &Gemma2, examples: &[Example], batch: usize, pad: u32, vo
         count += b.supervised();
     }
     if count == 0 {
-        return Err(TrainError::Data("the validation set has no supervised token".into()));
+        return Err(TrainError::Data(
+            "the validation set has no supervised token".into(),
+        ));
     }
     Ok(sum / count as f64)
 }
@@ -406,4 +480,3 @@ pub fn read_summary(run: &Path) -> Option<Summary> {
     let text = std::fs::read_to_string(run.join(SUMMARY)).ok()?;
     serde_json::from_str(&text).ok()
 }
-

@@ -1,0 +1,481 @@
+//! `socratune train` end to end on the tiny fixture model and synthetic tokenized data:
+//! learning, gradient accumulation, evaluation, PEFT output, exact resume after `kill -9`,
+//! refusals.
+
+use candle_core::{Device, Tensor};
+use socratune::train::data::{load_examples, Example};
+use socratune::train::trainer::evaluate;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn fixture() -> PathBuf {
+    match std::env::var("GEMMA2_FIXTURE") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gemma2-tiny"),
+    }
+}
+
+fn vocab() -> usize {
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap())
+            .unwrap();
+    c["vocab_size"].as_u64().unwrap() as usize
+}
+
+/// Deterministic pseudo-random examples: BOS, then tokens; the first 40% is "user" (masked).
+fn write_data(dir: &Path, n_train: usize, n_val: usize, len: usize) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let v = vocab() as u64;
+    let mut x: u64 = 12345;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        3 + (x % (v - 3)) as u32
+    };
+    for (file, n) in [("train.jsonl", n_train), ("val.jsonl", n_val)] {
+        let mut text = String::new();
+        for i in 0..n {
+            let l = len - (i % 3);
+            let mut ids = vec![2u32];
+            // A learnable pattern: each example repeats a short motif.
+            let motif: Vec<u32> = (0..4).map(|_| next()).collect();
+            ids.extend((1..l).map(|k| motif[k % 4]));
+            let labels: Vec<i64> = ids
+                .iter()
+                .enumerate()
+                .map(|(k, &t)| if k < l * 2 / 5 { -100 } else { t as i64 })
+                .collect();
+            let ex = Example {
+                id: format!("{file}-{i}"),
+                dialogue: format!("d{i}"),
+                input_ids: ids,
+                labels,
+            };
+            text.push_str(&serde_json::to_string(&ex).unwrap());
+            text.push('\n');
+        }
+        std::fs::write(data.join(file), text).unwrap();
+    }
+    data
+}
+
+fn train_cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+    c.args([
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .args([
+        "--model",
+        fixture().to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--dtype",
+        "f32",
+    ])
+    .args(["--config", empty_config(out).to_str().unwrap()])
+    .args(extra)
+    .env("HF_HUB_OFFLINE", "1");
+    c
+}
+
+/// An empty config file: every option at its default unless a flag says otherwise.
+fn empty_config(out: &Path) -> PathBuf {
+    let p = out.with_extension("toml");
+    std::fs::write(&p, "# defaults\n").unwrap();
+    p
+}
+
+fn run_ok(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into()
+}
+
+fn adapter(dir: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .map(|(k, t)| {
+            (t - &b[k])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .fold(0.0, f32::max)
+}
+
+fn events(run: &Path, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == kind)
+        .collect()
+}
+
+const QUICK: [&str; 8] = [
+    "--micro-batch",
+    "2",
+    "--grad-accum",
+    "1",
+    "--lora-dropout",
+    "0",
+    "--eval-every",
+    "0",
+];
+
+#[test]
+fn overfits_a_handful_of_examples_and_writes_peft_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path(), 4, 2, 24);
+    let run = dir.path().join("run");
+    let out = run_ok(train_cmd(
+        &data,
+        &run,
+        &[
+            &QUICK[..],
+            &[
+                "--max-steps",
+                "40",
+                "--lr",
+                "1e-2",
+                "--schedule",
+                "constant",
+                "--warmup-steps",
+                "0",
+            ],
+        ]
+        .concat(),
+    ));
+    assert!(out.contains("completed after 40 steps"), "{out}");
+    let losses: Vec<f64> = events(&run, "train")
+        .iter()
+        .map(|e| e["loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 40);
+    assert!(
+        losses[39] < 0.5 * losses[0],
+        "loss {} → {}",
+        losses[0],
+        losses[39]
+    );
+    for e in events(&run, "train") {
+        for k in [
+            "step",
+            "epoch",
+            "loss",
+            "lr",
+            "grad_norm",
+            "tokens_per_s",
+            "elapsed_s",
+        ] {
+            assert!(e.get(k).is_some(), "train event without {k}: {e}");
+        }
+    }
+    assert_eq!(events(&run, "eval").len(), 1);
+
+    // PEFT layout: keys, shapes, config.
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap())
+            .unwrap();
+    let layers = cfg["num_hidden_layers"].as_u64().unwrap() as usize;
+    let hidden = cfg["hidden_size"].as_u64().unwrap() as usize;
+    for which in ["adapter", "best"] {
+        let t = adapter(&run.join(which));
+        assert_eq!(t.len(), layers * 7 * 2, "{which}");
+        let q = &t["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"];
+        assert_eq!(q.dims(), [16, hidden]);
+        let down_b = &t[&format!(
+            "base_model.model.model.layers.{}.mlp.down_proj.lora_B.weight",
+            layers - 1
+        )];
+        assert_eq!(down_b.dims(), [hidden, 16]);
+        let c: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join(which).join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c["peft_type"], "LORA");
+        assert_eq!(c["r"], 16);
+        assert_eq!(c["target_modules"].as_array().unwrap().len(), 7);
+    }
+    let bytes = std::fs::read(run.join("adapter/adapter_model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    assert_eq!(header["__metadata__"]["format"], "pt");
+
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    for k in [
+        "best_val_loss",
+        "final_val_loss",
+        "best_step",
+        "tokens_trained",
+        "wall_time_s",
+        "config_sha256",
+        "data_sha256",
+    ] {
+        assert!(
+            s.get(k).is_some_and(|v| !v.is_null()),
+            "summary without {k}: {s}"
+        );
+    }
+
+    // A finished run is not silently overwritten.
+    let o = train_cmd(&data, &run, &QUICK).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--resume"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn gradient_accumulation_4x1_equals_one_batch_of_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path(), 4, 2, 20);
+    let common = [
+        "--max-steps",
+        "2",
+        "--lora-dropout",
+        "0",
+        "--eval-every",
+        "0",
+        "--lr",
+        "1e-2",
+        "--warmup-steps",
+        "0",
+    ];
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    run_ok(train_cmd(
+        &data,
+        &a,
+        &[&common[..], &["--micro-batch", "1", "--grad-accum", "4"]].concat(),
+    ));
+    run_ok(train_cmd(
+        &data,
+        &b,
+        &[&common[..], &["--micro-batch", "4", "--grad-accum", "1"]].concat(),
+    ));
+    let d = max_diff(&adapter(&a.join("adapter")), &adapter(&b.join("adapter")));
+    assert!(d < 1e-5, "adapters differ by {d}");
+    let la: Vec<f64> = events(&a, "train")
+        .iter()
+        .map(|e| e["loss"].as_f64().unwrap())
+        .collect();
+    let lb: Vec<f64> = events(&b, "train")
+        .iter()
+        .map(|e| e["loss"].as_f64().unwrap())
+        .collect();
+    for (x, y) in la.iter().zip(&lb) {
+        assert!((x - y).abs() < 1e-5, "{la:?} vs {lb:?}");
+    }
+}
+
+#[test]
+fn evaluation_does_not_depend_on_the_batch_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path(), 1, 9, 30);
+    let val = load_examples(&data.join("val.jsonl"), 1000)
+        .unwrap()
+        .examples;
+    let mut model = socratune::model::load(
+        &socratune::model::Source::Local(fixture()),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    socratune::model::adapter::load(&mut model, &fixture().join("adapter")).unwrap();
+    let one = evaluate(&model, &val, 1, 0, vocab(), &Device::Cpu).unwrap();
+    let eight = evaluate(&model, &val, 8, 0, vocab(), &Device::Cpu).unwrap();
+    assert!((one - eight).abs() <= 1e-6 * one.abs(), "{one} vs {eight}");
+}
+
+#[test]
+fn resume_after_kill_9_ends_with_the_same_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path(), 24, 4, 48);
+    let args = [
+        "--max-steps",
+        "60",
+        "--micro-batch",
+        "2",
+        "--grad-accum",
+        "2",
+        "--save-every",
+        "1",
+        "--eval-every",
+        "7",
+        "--lora-dropout",
+        "0.1",
+        "--lr",
+        "5e-3",
+    ];
+    let reference = dir.path().join("ref");
+    run_ok(train_cmd(&data, &reference, &args));
+
+    let run = dir.path().join("killed");
+    let mut kills = 0;
+    for target in [5usize, 17, 31] {
+        let mut c = train_cmd(&data, &run, &args);
+        if kills > 0 {
+            c.arg("--resume");
+        }
+        let mut child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill as soon as checkpoint `target` shows up: at an arbitrary point of the next step
+        // or of the next checkpoint's write.
+        let ckpts = run.join("checkpoints");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !ckpts.join(format!("step-{target}")).exists() && std::time::Instant::now() < deadline
+        {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if target == 17 {
+            // Ctrl-C: the run checkpoints the step it is on and exits with 130.
+            Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
+            let status = child.wait().unwrap();
+            assert_eq!(status.code(), Some(130));
+            let (newest, _) = socratune::train::checkpoint::newest_valid(&ckpts);
+            assert!(newest.unwrap().1.step >= target);
+        } else {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+        assert!(
+            !run.join("summary.json").exists(),
+            "the run finished before it was stopped"
+        );
+        kills += 1;
+    }
+    let out = run_ok({
+        let mut c = train_cmd(&data, &run, &args);
+        c.arg("--resume");
+        c
+    });
+    assert!(out.contains("completed after 60 steps"), "{out}");
+    let d = max_diff(
+        &adapter(&reference.join("adapter")),
+        &adapter(&run.join("adapter")),
+    );
+    assert!(
+        d <= 1e-6,
+        "resumed adapter differs from the uninterrupted one by {d}"
+    );
+    let d = max_diff(
+        &adapter(&reference.join("best")),
+        &adapter(&run.join("best")),
+    );
+    assert!(d <= 1e-6, "best adapters differ by {d}");
+    // Every step is logged exactly once.
+    let steps: Vec<u64> = events(&run, "train")
+        .iter()
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=60).collect::<Vec<_>>());
+}
+
+#[test]
+fn resume_refuses_a_changed_config_or_data_and_non_finite_loss_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path(), 6, 2, 16);
+    let run = dir.path().join("run");
+    run_ok(train_cmd(
+        &data,
+        &run,
+        &[&QUICK[..], &["--max-steps", "3"]].concat(),
+    ));
+    let o = train_cmd(
+        &data,
+        &run,
+        &[&QUICK[..], &["--max-steps", "3", "--resume", "--lr", "0.5"]].concat(),
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("config changed") && err.contains("learning_rate"),
+        "{err}"
+    );
+    let train = std::fs::read_to_string(data.join("train.jsonl")).unwrap();
+    std::fs::write(
+        data.join("train.jsonl"),
+        train
+            .lines()
+            .skip(1)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let o = train_cmd(
+        &data,
+        &run,
+        &[&QUICK[..], &["--max-steps", "3", "--resume"]].concat(),
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("data in") && err.contains("changed"),
+        "{err}"
+    );
+
+    let run2 = dir.path().join("nan");
+    let o = train_cmd(
+        &data,
+        &run2,
+        &[
+            &QUICK[..],
+            &[
+                "--max-steps",
+                "5",
+                "--lr",
+                "1e30",
+                "--max-grad-norm",
+                "0",
+                "--save-every",
+                "1",
+                "--schedule",
+                "constant",
+                "--warmup-steps",
+                "0",
+            ],
+        ]
+        .concat(),
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("at step") && err.contains("last good checkpoint"),
+        "{err}"
+    );
+}
