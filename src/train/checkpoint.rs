@@ -136,9 +136,15 @@ pub fn restore(ckpt: &Path, opt: &mut AdamW, state: &State) -> Result<(), TrainE
     Ok(())
 }
 
-/// Removes all but the newest `keep` checkpoints, and leftovers of interrupted writes.
+/// Keeps the newest `keep` valid checkpoints and removes the rest: older ones, damaged ones,
+/// and leftovers of interrupted writes.
 pub fn prune(dir: &Path, keep: usize) -> Result<(), TrainError> {
-    for (_, path) in list(dir).into_iter().skip(keep) {
+    let mut kept = 0;
+    for (_, path) in list(dir) {
+        if kept < keep && read_state(&path).is_ok() {
+            kept += 1;
+            continue;
+        }
         std::fs::remove_dir_all(&path).map_err(|e| TrainError::file(&path, e.to_string()))?;
     }
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -235,7 +241,7 @@ mod tests {
         );
         prune(dir.path(), 1).unwrap();
         let left: Vec<usize> = list(dir.path()).into_iter().map(|(s, _)| s).collect();
-        assert_eq!(left, vec![5]);
+        assert_eq!(left, vec![4]);
         assert!(!dir.path().join(".tmp-step-6").exists());
     }
 }
