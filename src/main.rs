@@ -2,10 +2,12 @@
 
 use anyhow::Result;
 use clap::Parser;
+use socratune::cli::bench::BenchCommand;
 use socratune::cli::train::{TrainArgs, TrainOverrides};
 use socratune::cli::{model::ModelCommand, Cli, Command};
 use socratune::model::device::{device_name, parse_device, parse_dtype};
 use socratune::model::{Gemma2Config, Source};
+use socratune::train::bench::BenchOptions;
 use socratune::train::{RunSpec, TrainConfig, TrainError};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +62,38 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Train(a) => run_train(a)?,
+        Command::Bench(b) => match b.command {
+            BenchCommand::Train {
+                preset,
+                steps,
+                warmup,
+                device,
+                batch,
+                seq,
+                json,
+            } => {
+                let o = BenchOptions {
+                    preset,
+                    steps,
+                    warmup,
+                    device,
+                    batch,
+                    seq,
+                };
+                let r = socratune::train::bench::bench_train(&o)?;
+                if !json {
+                    eprintln!(
+                        "{} on {}: {} tokens/s, {} s/step, peak {:.1} MiB",
+                        r["preset"].as_str().unwrap_or_default(),
+                        r["device"].as_str().unwrap_or_default(),
+                        r["tokens_per_s"],
+                        r["s_per_step"],
+                        r["peak_mem_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+                    );
+                }
+                println!("{r}");
+            }
+        },
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Command-line definitions (clap). Only argument shapes live here; `main.rs` dispatches each
 //! command to the library.
 
+pub mod bench;
 pub mod model;
 pub mod train;
 
@@ -21,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Inspect a base model: where it comes from, its shape and parameter counts.
     Model(model::ModelArgs),
+    /// Benchmarks (training throughput against the transformers + PEFT reference).
+    Bench(bench::BenchArgs),
     /// Train one LoRA run on a dataset variant (resumable).
     Train(train::TrainArgs),
 }

@@ -217,47 +217,35 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     while state.step < total {
         let step_start = Instant::now();
         let (epoch, batches) = plan.step_batches(cfg.seed, state.step);
-        let supervised: usize = batches
-            .iter()
-            .flatten()
-            .map(|&i| train_ex[i].supervised())
-            .sum();
         let lr = learning_rate(cfg.schedule, cfg.learning_rate, state.step, warmup, total);
-        let mut grads = Vec::new();
-        let mut loss = 0f64;
-        let mut tokens = 0;
-        for (micro, idx) in batches.iter().enumerate() {
-            let batch = make_batch(train_ex, idx, pad, vocab, &device)?;
-            let mut mode = Mode::train(dropout_key(cfg.seed, state.step, micro));
-            // Each micro-batch's sum is divided by the step's supervised-token count, so the
-            // accumulated gradient is exactly that of the step's mean token loss.
-            let part = (loss_sum(&model, &batch, &mut mode)? / supervised as f64)?;
-            loss += part.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            opt.accumulate(&mut grads, &part.backward()?)?;
-            tokens += batch.real_tokens;
-        }
-        if !loss.is_finite() {
+        let batches = batches
+            .iter()
+            .map(|idx| make_batch(train_ex, idx, pad, vocab, &device))
+            .collect::<Result<Vec<_>, _>>()?;
+        let step_no = state.step;
+        let r = optimizer_step(
+            &model,
+            &mut opt,
+            &batches,
+            |micro| dropout_key(cfg.seed, step_no, micro),
+            lr,
+            cfg.max_grad_norm,
+        )?;
+        if !r.loss.is_finite() {
             return Err(TrainError::NonFinite {
                 step: state.step + 1,
-                value: loss,
+                value: r.loss,
                 checkpoint: last_ckpt.clone().unwrap_or_else(|| "none".into()),
             });
         }
-        let grad_norm = opt.grad_norm(&grads)?;
-        let scale = if cfg.max_grad_norm > 0.0 && grad_norm > cfg.max_grad_norm {
-            cfg.max_grad_norm / (grad_norm + 1e-6)
-        } else {
-            1.0
-        };
-        opt.step(&grads, lr, scale)?;
-        drop(grads);
+        let (loss, grad_norm, tokens) = (r.loss, r.grad_norm, r.tokens);
         state.step += 1;
         state.optimizer_t = opt.t;
         state.lr = lr;
         state.epoch = state.step / spe;
         state.step_in_epoch = state.step % spe;
         state.tokens_trained += tokens;
-        state.supervised_trained += supervised;
+        state.supervised_trained += r.supervised;
         state.elapsed_s = base_elapsed + t0.elapsed().as_secs_f64();
         let tps = tokens as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
         metrics.log(json!({
@@ -363,6 +351,64 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     let text = serde_json::to_string_pretty(&summary).expect("summary serializes");
     write_atomic(&out.join(SUMMARY), text.as_bytes())?;
     Ok(summary)
+}
+
+/// What one optimizer step did.
+pub struct StepResult {
+    /// Mean token loss over the step's supervised tokens.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Real (non-padding) tokens processed.
+    pub tokens: usize,
+    pub supervised: usize,
+}
+
+/// One optimizer step over `batches` (the micro-batches of gradient accumulation): the
+/// token-weighted loss, exact under accumulation, then clipping and an AdamW update. A
+/// non-finite loss skips the update and is returned for the caller to report.
+pub fn optimizer_step(
+    model: &Gemma2,
+    opt: &mut AdamW,
+    batches: &[Batch],
+    dropout_key: impl Fn(usize) -> u64,
+    lr: f64,
+    max_grad_norm: f64,
+) -> Result<StepResult, TrainError> {
+    let supervised: usize = batches.iter().map(Batch::supervised).sum();
+    let mut grads = Vec::new();
+    let mut loss = 0f64;
+    let mut tokens = 0;
+    for (micro, batch) in batches.iter().enumerate() {
+        let mut mode = Mode::train(dropout_key(micro));
+        // Each micro-batch's sum is divided by the step's supervised-token count, so the
+        // accumulated gradient is exactly that of the step's mean token loss.
+        let part = (loss_sum(model, batch, &mut mode)? / supervised as f64)?;
+        loss += part.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        opt.accumulate(&mut grads, &part.backward()?)?;
+        tokens += batch.real_tokens;
+    }
+    if !loss.is_finite() {
+        return Ok(StepResult {
+            loss,
+            grad_norm: f64::NAN,
+            tokens,
+            supervised,
+        });
+    }
+    let grad_norm = opt.grad_norm(&grads)?;
+    let scale = if max_grad_norm > 0.0 && grad_norm > max_grad_norm {
+        max_grad_norm / (grad_norm + 1e-6)
+    } else {
+        1.0
+    };
+    opt.step(&grads, lr, scale)?;
+    Ok(StepResult {
+        loss,
+        grad_norm,
+        tokens,
+        supervised,
+    })
 }
 
 /// Logs an evaluation, keeps `best/` up to date; returns whether early stopping triggers.

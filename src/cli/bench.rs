@@ -1,0 +1,38 @@
+//! `socratune bench …`
+
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// LoRA training throughput on a random Gemma-2 of a preset shape, doing exactly the work of
+    /// shared/bench/hf_peft_reference.py; prints one JSON line with the same keys.
+    Train {
+        /// tiny, small or gemma-2-2b.
+        #[arg(long, default_value = "small")]
+        preset: String,
+        /// Timed steps.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// cpu, cuda, cuda:N, metal or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Sequences a step (default: the preset's).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Tokens a sequence (default: the preset's).
+        #[arg(long)]
+        seq: Option<usize>,
+        /// Print only the JSON line (the default prints it too, after a one-line summary on stderr).
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,186 @@
+//! `socratune bench train`: the work of `shared/bench/hf_peft_reference.py` (a random Gemma-2
+//! of a preset shape, LoRA r=16/alpha=32 on all seven projections, AdamW lr 1e-4, B×T tokens a
+//! step with the first 40% of each sequence masked; f32 on CPU, bf16 base + f32 LoRA on GPUs),
+//! done through the trainer's own step, reported with the reference's JSON keys.
+
+use super::adamw::{AdamW, AdamWParams};
+use super::trainer::optimizer_step;
+use super::TrainError;
+use crate::model::device::{device_name, parse_device};
+use crate::model::lora::{LoraConfig, Target};
+use crate::model::loss::{Batch, IGNORE};
+use crate::model::{Gemma2, Gemma2Config};
+use candle_core::{DType, Device};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub preset: String,
+    pub steps: usize,
+    pub warmup: usize,
+    pub device: String,
+    pub batch: Option<usize>,
+    pub seq: Option<usize>,
+}
+
+/// The reference's batch and sequence length per preset.
+fn preset_batch(preset: &str) -> (usize, usize) {
+    match preset {
+        "tiny" => (2, 64),
+        "small" => (4, 256),
+        _ => (8, 512),
+    }
+}
+
+pub fn bench_train(o: &BenchOptions) -> Result<Value, TrainError> {
+    let cfg = Gemma2Config::preset(&o.preset).ok_or_else(|| {
+        TrainError::Config(format!(
+            "unknown preset `{}`; use tiny, small or gemma-2-2b",
+            o.preset
+        ))
+    })?;
+    if o.steps == 0 {
+        return Err(TrainError::Config("--steps must be at least 1".into()));
+    }
+    let (b0, t0) = preset_batch(&o.preset);
+    let (b, t) = (o.batch.unwrap_or(b0), o.seq.unwrap_or(t0));
+    let device = parse_device(&o.device)?;
+    let dtype = if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    };
+    let mut model = Gemma2::random(&cfg, 0, dtype, &device)?;
+    let lora = LoraConfig {
+        r: 16,
+        alpha: 32.0,
+        dropout: 0.0,
+        targets: Target::ALL.to_vec(),
+        use_rslora: false,
+    };
+    model.attach_lora(&lora, 0)?;
+    let hp = AdamWParams {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let mut opt = AdamW::new(model.lora_vars(), hp)?;
+
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let masked = (t as f64 * 0.4) as usize;
+    let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..b)
+        .map(|_| {
+            let ids: Vec<u32> = (0..t)
+                .map(|_| rng.random_range(3..cfg.vocab_size as u32))
+                .collect();
+            let labels = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| if i < masked { IGNORE } else { x as i64 })
+                .collect();
+            (ids, labels)
+        })
+        .collect();
+    let refs: Vec<(&[u32], &[i64])> = rows
+        .iter()
+        .map(|(i, l)| (i.as_slice(), l.as_slice()))
+        .collect();
+    let batch = [Batch::new(&refs, 0, cfg.vocab_size, &device)?];
+
+    let memory = MemoryWatch::start(&device);
+    let mut loss = f64::NAN;
+    for _ in 0..o.warmup {
+        loss = optimizer_step(&model, &mut opt, &batch, |_| 0, 1e-4, 0.0)?.loss;
+    }
+    device.synchronize()?;
+    let start = Instant::now();
+    for _ in 0..o.steps {
+        loss = optimizer_step(&model, &mut opt, &batch, |_| 0, 1e-4, 0.0)?.loss;
+    }
+    device.synchronize()?;
+    let dt = start.elapsed().as_secs_f64();
+    let peak = memory.peak();
+    Ok(json!({
+        "impl": "socratune",
+        "candle": "0.11",
+        "preset": o.preset,
+        "device": device_name(&device),
+        "dtype": format!("{dtype:?}").to_lowercase(),
+        "batch": b,
+        "seq": t,
+        "steps": o.steps,
+        "tokens_per_s": ((b * t * o.steps) as f64 / dt * 10.0).round() / 10.0,
+        "s_per_step": (dt / o.steps as f64 * 1e4).round() / 1e4,
+        "peak_mem_bytes": peak,
+        "loss": (loss * 1e4).round() / 1e4,
+        "threads": rayon::current_num_threads(),
+    }))
+}
+
+/// Peak memory: the process's resident high-water mark on the CPU; on CUDA, the device memory
+/// in use (sampled), which unlike torch's allocator statistics includes the CUDA context.
+struct MemoryWatch {
+    #[cfg(feature = "cuda")]
+    gpu: Option<(
+        std::sync::Arc<std::sync::atomic::AtomicU64>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    )>,
+}
+
+impl MemoryWatch {
+    fn start(device: &Device) -> Self {
+        #[cfg(feature = "cuda")]
+        {
+            use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+            use std::sync::Arc;
+            if let Device::Cuda(d) = device {
+                let peak = Arc::new(AtomicU64::new(0));
+                let stop = Arc::new(AtomicBool::new(false));
+                let (p, s) = (peak.clone(), stop.clone());
+                let stream = d.cuda_stream();
+                std::thread::spawn(move || {
+                    let _ = stream.context().bind_to_thread();
+                    while !s.load(Ordering::Relaxed) {
+                        if let Ok((free, total)) =
+                            candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
+                        {
+                            p.fetch_max((total - free) as u64, Ordering::Relaxed);
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                });
+                return Self {
+                    gpu: Some((peak, stop)),
+                };
+            }
+            Self { gpu: None }
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = device;
+            Self {}
+        }
+    }
+
+    fn peak(&self) -> u64 {
+        #[cfg(feature = "cuda")]
+        if let Some((peak, stop)) = &self.gpu {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            return peak.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        resident_high_water_mark().unwrap_or(0)
+    }
+}
+
+/// `VmHWM` from /proc (Linux), in bytes.
+fn resident_high_water_mark() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
