@@ -1,6 +1,7 @@
 //! The `socratune` binary: parse arguments, call the library, print one line per failure.
 
 use anyhow::Result;
+use candle_core::{DType, Device};
 use clap::Parser;
 use socratune::cli::bench::BenchCommand;
 use socratune::cli::train::{TrainArgs, TrainOverrides};
@@ -62,6 +63,28 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Train(a) => run_train(a)?,
+        Command::Export(a) => {
+            let info = socratune::model::adapter::read_config(&a.adapter)?;
+            let spec = a.model.clone().or(info.base_model.clone()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: the adapter does not name its base model; pass --model",
+                    a.adapter.display()
+                )
+            })?;
+            let src = Source::parse(&spec, a.revision.as_deref())?;
+            let dtype = parse_dtype(&a.dtype, &Device::Cpu)?;
+            let mut m = socratune::model::load(&src, DType::F32, &Device::Cpu)?;
+            socratune::model::adapter::load(&mut m, &a.adapter)?;
+            m.merge_lora()?;
+            let shard = parse_size(&a.max_shard_size)?;
+            let files = socratune::model::export::export(&m, Some(&src), &a.out, dtype, shard)?;
+            println!(
+                "{}: merged {} into {src}; wrote {}",
+                a.out.display(),
+                a.adapter.display(),
+                files.join(", ")
+            );
+        }
         Command::Bench(b) => match b.command {
             BenchCommand::Train {
                 preset,
@@ -96,6 +119,24 @@ fn run(cli: Cli) -> Result<()> {
         },
     }
     Ok(())
+}
+
+/// `5GB`, `500MB`, `12345` → bytes.
+fn parse_size(s: &str) -> Result<usize> {
+    let t = s.trim().to_uppercase();
+    let (num, mult) = [
+        ("GB", 1usize << 30),
+        ("MB", 1 << 20),
+        ("KB", 1 << 10),
+        ("B", 1),
+    ]
+    .iter()
+    .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim().to_string(), *m)))
+    .unwrap_or((t.clone(), 1));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{s}` is not a size like 5GB or 500MB"))?;
+    Ok((n * mult as f64) as usize)
 }
 
 /// Reads the training config (defaults when the default file is absent) and applies the flags.

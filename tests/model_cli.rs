@@ -222,3 +222,67 @@ fn gated_repo_without_token_says_what_to_do() {
     );
     drop(handle);
 }
+
+#[test]
+fn export_merges_and_reloads_with_the_adapter_logits() {
+    use socratune::model::adapter;
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture();
+    let ids = Tensor::new(&[[2u32, 40, 41, 42, 7, 9]], &Device::Cpu).unwrap();
+    let mut with_adapter = load(&Source::Local(f.clone()), DType::F32, &Device::Cpu).unwrap();
+    adapter::load(&mut with_adapter, &f.join("adapter")).unwrap();
+    let want = with_adapter.logits(&ids, None).unwrap();
+    for (dtype, shard, tol) in [("f32", "1MB", 1e-5f32), ("bf16", "5GB", 5e-2)] {
+        let out = dir.path().join(dtype);
+        let (ok, stdout, err) = socratune(
+            &[
+                "export",
+                "--adapter",
+                f.join("adapter").to_str().unwrap(),
+                "--model",
+                f.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--dtype",
+                dtype,
+                "--max-shard-size",
+                shard,
+            ],
+            &[],
+        );
+        assert!(ok, "{err}");
+        assert!(stdout.contains("config.json"), "{stdout}");
+        if shard == "1MB" {
+            assert!(
+                out.join("model.safetensors.index.json").exists()
+                    || out.join("model.safetensors").exists()
+            );
+        }
+        let reloaded = load(&Source::Local(out.clone()), DType::F32, &Device::Cpu).unwrap();
+        assert!(reloaded.lora_vars().is_empty());
+        let got = reloaded.logits(&ids, None).unwrap();
+        let d = (got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            d <= tol * scale.max(1.0),
+            "{dtype}: exported logits differ by {d}"
+        );
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["architectures"][0], "Gemma2ForCausalLM");
+    }
+}

@@ -2,6 +2,7 @@
 //! command to the library.
 
 pub mod bench;
+pub mod export;
 pub mod model;
 pub mod train;
 
@@ -24,6 +25,8 @@ pub enum Command {
     Model(model::ModelArgs),
     /// Benchmarks (training throughput against the transformers + PEFT reference).
     Bench(bench::BenchArgs),
+    /// Merge an adapter into its base model and write full weights (Hub layout).
+    Export(export::ExportArgs),
     /// Train one LoRA run on a dataset variant (resumable).
     Train(train::TrainArgs),
 }

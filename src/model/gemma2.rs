@@ -65,11 +65,12 @@ struct Mlp {
 }
 
 /// RMSNorm weights kept as `1 + w` in f32, as Gemma applies them.
-struct Norm(Tensor);
+/// The checkpoint's weight is kept as loaded too, so that exports write it back unchanged.
+struct Norm(Tensor, Tensor);
 
 impl Norm {
     fn load(w: Tensor) -> Result<Self> {
-        Ok(Norm((w.to_dtype(DType::F32)? + 1.0)?))
+        Ok(Norm((w.to_dtype(DType::F32)? + 1.0)?, w))
     }
 }
 
@@ -208,7 +209,7 @@ impl Gemma2 {
         if let Some(head) = &self.lm_head {
             v.push(("lm_head.weight".into(), head.clone()));
         }
-        let unnorm = |n: &Norm| (&n.0 - 1.0).and_then(|t| t.to_dtype(self.dtype));
+        let unnorm = |n: &Norm| n.1.to_dtype(self.dtype);
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
             for (t, lin) in layer.linears() {

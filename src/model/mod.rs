@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod config;
 pub mod device;
+pub mod export;
 pub mod gemma2;
 pub mod generate;
 pub mod hub;

@@ -1,0 +1,132 @@
+//! Merged full weights in the Hub's layout (config, sharded safetensors with an index,
+//! generation config, tokenizer files), loadable by transformers, vLLM and llama.cpp's
+//! converter.
+
+use super::gemma2::Gemma2;
+use super::hub::Source;
+use super::{ModelError, Result};
+use crate::fsutil::write_atomic;
+use candle_core::{DType, Device, Tensor};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Tokenizer files copied from the base model when it has them.
+const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+];
+
+/// Writes `model`'s weights (merge adapters first) to `out` in `dtype`, in shards of at most
+/// `max_shard_bytes`, plus config and tokenizer files from `base`.
+pub fn export(
+    model: &Gemma2,
+    base: Option<&Source>,
+    out: &Path,
+    dtype: DType,
+    max_shard_bytes: usize,
+) -> Result<Vec<String>> {
+    if !model.lora_vars().is_empty() {
+        return Err(ModelError::Invalid(
+            "merge the adapter before exporting".into(),
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, e.to_string()))?;
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for (name, t) in model.named_weights() {
+        tensors.push((
+            name,
+            t.to_dtype(dtype)?.to_device(&Device::Cpu)?.contiguous()?,
+        ));
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    // Greedy sharding in name order, as transformers does.
+    let mut shards: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];
+    let mut size = 0;
+    for (name, t) in tensors {
+        let bytes = t.elem_count() * dtype.size_in_bytes();
+        if size > 0 && size + bytes > max_shard_bytes {
+            shards.push(Vec::new());
+            size = 0;
+        }
+        size += bytes;
+        shards.last_mut().expect("one shard").push((name, t));
+    }
+    let n = shards.len();
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut weight_map = BTreeMap::new();
+    let mut total = 0usize;
+    let mut written = Vec::new();
+    for (i, shard) in shards.into_iter().enumerate() {
+        let file = if n == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{n:05}.safetensors", i + 1)
+        };
+        for (name, t) in &shard {
+            weight_map.insert(name.clone(), file.clone());
+            total += t.elem_count() * dtype.size_in_bytes();
+        }
+        let map: BTreeMap<String, Tensor> = shard.into_iter().collect();
+        let bytes = safetensors::serialize(&map, Some(metadata.clone()))
+            .map_err(|e| ModelError::file(&out.join(&file), e.to_string()))?;
+        write(&out.join(&file), &bytes)?;
+        written.push(file);
+    }
+    if n > 1 {
+        let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        write(
+            &out.join("model.safetensors.index.json"),
+            index.to_string().as_bytes(),
+        )?;
+        written.push("model.safetensors.index.json".into());
+    }
+    let mut config = model.cfg.to_hub_json();
+    config["torch_dtype"] = json!(dtype_name(dtype));
+    write(
+        &out.join("config.json"),
+        serde_json::to_string_pretty(&config)
+            .expect("json")
+            .as_bytes(),
+    )?;
+    let generation = json!({
+        "bos_token_id": model.cfg.bos_token_id,
+        "eos_token_id": model.cfg.eos_token_ids,
+        "pad_token_id": model.cfg.pad_token_id,
+        "cache_implementation": "hybrid",
+    });
+    write(
+        &out.join("generation_config.json"),
+        serde_json::to_string_pretty(&generation)
+            .expect("json")
+            .as_bytes(),
+    )?;
+    written.extend([
+        "config.json".to_string(),
+        "generation_config.json".to_string(),
+    ]);
+    if let Some(src) = base {
+        for f in TOKENIZER_FILES {
+            if let Some(p) = src.optional_file(f)? {
+                let bytes = std::fs::read(&p).map_err(|e| ModelError::file(&p, e.to_string()))?;
+                write(&out.join(f), &bytes)?;
+                written.push(f.to_string());
+            }
+        }
+    }
+    Ok(written)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, bytes).map_err(|e| ModelError::file(&e.path, e.source.to_string()))
+}
+
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    }
+}
