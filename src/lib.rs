@@ -8,4 +8,5 @@ pub mod cli;
 pub mod corpus;
 pub mod fsutil;
 pub mod model;
+pub mod report;
 pub mod train;

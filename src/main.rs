@@ -63,6 +63,15 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Train(a) => run_train(a)?,
+        Command::Compare { runs } => {
+            let md = socratune::report::compare(&runs)?;
+            println!("{md}");
+            eprintln!(
+                "wrote {} and {}",
+                runs.join("compare.md").display(),
+                runs.join("loss.svg").display()
+            );
+        }
         Command::Export(a) => {
             let info = socratune::model::adapter::read_config(&a.adapter)?;
             let spec = a.model.clone().or(info.base_model.clone()).ok_or_else(|| {

@@ -27,6 +27,12 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Merge an adapter into its base model and write full weights (Hub layout).
     Export(export::ExportArgs),
+    /// Compare finished runs: Markdown table, best variant, loss curves (runs/compare.md, runs/loss.svg).
+    Compare {
+        /// The folder of runs.
+        #[arg(default_value = "runs")]
+        runs: std::path::PathBuf,
+    },
     /// Train one LoRA run on a dataset variant (resumable).
     Train(train::TrainArgs),
 }

@@ -62,6 +62,12 @@ pub struct Summary {
     pub dtype: String,
     pub config_sha256: String,
     pub data_sha256: String,
+    /// Mean loss per model-turn token over the whole held-out dialogues (`common.jsonl`), with
+    /// the best adapter: comparable across variants.
+    #[serde(default)]
+    pub common_val_loss: Option<f64>,
+    #[serde(default)]
+    pub common_tokens: Option<usize>,
 }
 
 pub const SUMMARY: &str = "summary.json";
@@ -322,6 +328,10 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
+    let common = common_metric(&spec, &mut model, pad, vocab, &device)?;
+    if let Some((loss, tokens)) = common {
+        metrics.log(json!({"event": "common_eval", "step": state.best_step.unwrap_or(state.step), "common_val_loss": loss, "tokens": tokens}))?;
+    }
     let summary = Summary {
         variant: spec.name.clone(),
         status: if stopped_early {
@@ -345,6 +355,8 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         dtype: format!("{dtype:?}").to_lowercase(),
         config_sha256: sha256_hex(cfg_json.as_bytes()),
         data_sha256: data_sha,
+        common_val_loss: common.map(|c| c.0),
+        common_tokens: common.map(|c| c.1),
     };
     metrics.log(json!({"event": "end", "step": state.step, "status": summary.status, "best_val_loss": summary.best_val_loss,
         "final_val_loss": summary.final_val_loss, "elapsed_s": summary.wall_time_s}))?;
@@ -409,6 +421,30 @@ pub fn optimizer_step(
         tokens,
         supervised,
     })
+}
+
+/// The metric comparable across variants: the best adapter's mean loss per model-turn token
+/// over the held-out dialogues in full (`common.jsonl`, written by `socratune data build`).
+fn common_metric(
+    spec: &RunSpec,
+    model: &mut Gemma2,
+    pad: u32,
+    vocab: usize,
+    device: &Device,
+) -> Result<Option<(f64, usize)>, TrainError> {
+    let path = spec.data_dir.join("common.jsonl");
+    let best = spec.out_dir.join("best");
+    if !path.is_file() || !best.is_dir() {
+        return Ok(None);
+    }
+    let file = load_examples(&path, model.cfg.max_position_embeddings)?;
+    crate::model::adapter::load(model, &best)?;
+    let tokens = file.examples.iter().map(Example::supervised).sum();
+    // Whole dialogues are long: one at a time.
+    Ok(Some((
+        evaluate(model, &file.examples, 1, pad, vocab, device)?,
+        tokens,
+    )))
 }
 
 /// Logs an evaluation, keeps `best/` up to date; returns whether early stopping triggers.

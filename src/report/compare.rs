@@ -1,0 +1,209 @@
+//! `socratune compare`: every run under `runs/`, side by side.
+
+use super::curves::loss_svg;
+use super::ReportError;
+use crate::fsutil::write_atomic;
+use crate::train::metrics::read_events;
+use crate::train::trainer::{read_summary, Summary};
+use std::path::{Path, PathBuf};
+
+/// What one run folder holds.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub name: String,
+    pub dir: PathBuf,
+    /// None while the run has not finished.
+    pub summary: Option<Summary>,
+    /// (step, train loss) and (step, val loss) from `metrics.jsonl`.
+    pub train_curve: Vec<(f64, f64)>,
+    pub val_curve: Vec<(f64, f64)>,
+}
+
+impl RunReport {
+    fn common(&self) -> Option<f64> {
+        self.summary.as_ref().and_then(|s| s.common_val_loss)
+    }
+}
+
+/// Every folder under `runs` with a `metrics.jsonl`, sorted by name.
+pub fn collect(runs: &Path) -> Result<Vec<RunReport>, ReportError> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(runs).map_err(|e| crate::fsutil::FileError::new(runs, e))?;
+    for e in entries.flatten() {
+        let dir = e.path();
+        let metrics = dir.join("metrics.jsonl");
+        if !metrics.is_file() {
+            continue;
+        }
+        let events = read_events(&metrics)?;
+        let curve = |kind: &str, key: &str| -> Vec<(f64, f64)> {
+            events
+                .iter()
+                .filter(|e| e["event"] == kind)
+                .filter_map(|e| Some((e["step"].as_f64()?, e[key].as_f64()?)))
+                .collect()
+        };
+        out.push(RunReport {
+            name: e.file_name().to_string_lossy().to_string(),
+            summary: read_summary(&dir),
+            train_curve: curve("train", "loss"),
+            val_curve: curve("eval", "val_loss"),
+            dir,
+        });
+    }
+    if out.is_empty() {
+        return Err(ReportError::NoRuns(format!(
+            "{}: no runs (folders with metrics.jsonl)",
+            runs.display()
+        )));
+    }
+    out.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+    Ok(out)
+}
+
+/// `model10` after `model9`.
+fn natural_key(s: &str) -> (String, u64) {
+    let digits: String = s
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    (
+        s[..s.len() - digits.len()].to_string(),
+        digits.parse().unwrap_or(0),
+    )
+}
+
+/// The run to choose: lowest common val loss when every finished run has one; otherwise the
+/// lowest best val loss (with the caveat that those are not comparable across variants).
+pub fn best(reports: &[RunReport]) -> Option<(&RunReport, bool)> {
+    let finished: Vec<&RunReport> = reports.iter().filter(|r| r.summary.is_some()).collect();
+    if finished.is_empty() {
+        return None;
+    }
+    let by_common = finished.iter().all(|r| r.common().is_some());
+    let key = |r: &&RunReport| -> f64 {
+        if by_common {
+            r.common().unwrap_or(f64::INFINITY)
+        } else {
+            r.summary
+                .as_ref()
+                .map_or(f64::INFINITY, |s| s.best_val_loss)
+        }
+    };
+    finished
+        .into_iter()
+        .min_by(|a, b| key(a).total_cmp(&key(b)))
+        .map(|r| (r, by_common))
+}
+
+fn fmt_loss(x: Option<f64>) -> String {
+    match x {
+        Some(v) if v.is_finite() => format!("{v:.4}"),
+        _ => "–".into(),
+    }
+}
+
+fn fmt_duration(s: f64) -> String {
+    let s = s.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// The comparison as Markdown.
+pub fn markdown(reports: &[RunReport]) -> String {
+    let mut md = String::from("# Run comparison\n\n");
+    md.push_str("| variant | common val loss | best val loss | final val loss | best step | train / val examples | tokens trained | wall time | status |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for r in reports {
+        match &r.summary {
+            Some(s) => md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |\n",
+                r.name,
+                fmt_loss(s.common_val_loss),
+                fmt_loss(Some(s.best_val_loss)),
+                fmt_loss(Some(s.final_val_loss)),
+                s.best_step,
+                s.train_examples,
+                s.val_examples,
+                s.tokens_trained,
+                fmt_duration(s.wall_time_s),
+                s.status
+            )),
+            None => {
+                let last = r.train_curve.last().map(|p| p.0 as usize).unwrap_or(0);
+                let best = r
+                    .val_curve
+                    .iter()
+                    .map(|p| p.1)
+                    .fold(f64::INFINITY, f64::min);
+                md.push_str(&format!(
+                    "| {} | – | {} | – | – | – | – | – | unfinished (step {last}) |\n",
+                    r.name,
+                    fmt_loss(best.is_finite().then_some(best))
+                ));
+            }
+        }
+    }
+    md.push('\n');
+    md.push_str(
+        "Each variant cuts its validation examples differently (which pairs, 2 or 4 utterances, which prefix), \
+so *best* and *final val loss* compare checkpoints within one run only. **Choose by *common val loss***: \
+the mean loss per Socrates-reply token over every model turn of the same held-out dialogues, each run \
+formatted with its own prefix, computed with the run's best adapter.\n\n",
+    );
+    match best(reports) {
+        Some((r, true)) => md.push_str(&format!(
+            "**Best: {}** (common val loss {}), adapter in `{}`.\n",
+            r.name,
+            fmt_loss(r.common()),
+            r.dir.join("best").display()
+        )),
+        Some((r, false)) => md.push_str(&format!(
+            "**Lowest best val loss: {}** ({}). Not every run has the common metric, so this is only a hint: \
+rebuild the data with `socratune data build` (which writes `common.jsonl`) and retrain to compare properly.\n",
+            r.name,
+            fmt_loss(r.summary.as_ref().map(|s| s.best_val_loss))
+        )),
+        None => md.push_str("No run has finished yet.\n"),
+    }
+    md
+}
+
+/// Writes `runs/compare.md` and `runs/loss.svg`; returns the Markdown.
+pub fn compare(runs: &Path) -> Result<String, ReportError> {
+    let reports = collect(runs)?;
+    let mut md = markdown(&reports);
+    let svg = runs.join("loss.svg");
+    loss_svg(&reports, &svg)?;
+    md.push_str("\n![training and validation loss](loss.svg)\n");
+    write_atomic(&runs.join("compare.md"), md.as_bytes())?;
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_order_of_variant_names() {
+        let mut v = vec!["model10", "model2", "model1", "alpha"];
+        v.sort_by_key(|s| natural_key(s));
+        assert_eq!(v, ["alpha", "model1", "model2", "model10"]);
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(fmt_duration(59.4), "59s");
+        assert_eq!(fmt_duration(61.0), "1m01s");
+        assert_eq!(fmt_duration(3723.0), "1h02m");
+    }
+}
