@@ -115,6 +115,9 @@ struct Pass<'a> {
     offset: usize,
     /// Per sequence, whether each key position is real (None: all are).
     key_mask: Option<&'a [Vec<bool>]>,
+    /// Attention biases already built in this pass, by (first key, keys, sliding): every layer
+    /// of a kind shares one.
+    biases: std::cell::RefCell<Vec<((usize, usize, bool), Tensor)>>,
 }
 
 pub struct Gemma2 {
@@ -328,6 +331,7 @@ impl Gemma2 {
             t,
             offset: 0,
             key_mask: attention_mask,
+            biases: Default::default(),
         };
         let mut h = self.embed(ids)?;
         for layer in &self.layers {
@@ -383,6 +387,7 @@ impl Gemma2 {
             t,
             offset: cache.len,
             key_mask: None,
+            biases: Default::default(),
         };
         let mut h = self.embed(&x)?;
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -527,7 +532,17 @@ impl Layer {
         // head are stacked along the time axis.
         let qg = q.reshape((b, nkv, g * t, d))?;
         let scores = (qg.matmul(&k.t()?)? * cfg.query_pre_attn_scalar.powf(-0.5))?;
-        let bias = m.attention_bias(pass, key_start, s, self.sliding)?;
+        let sliding = self.sliding && cfg.sliding_window.is_some();
+        let key = (key_start, s, sliding);
+        let cached = pass.biases.borrow().iter().find(|(k, _)| *k == key).map(|(_, b)| b.clone());
+        let bias = match cached {
+            Some(b) => b,
+            None => {
+                let b = m.attention_bias(pass, key_start, s, sliding)?;
+                pass.biases.borrow_mut().push((key, b.clone()));
+                b
+            }
+        };
         let p = ops::capped_masked_softmax(
             &scores.to_dtype(DType::F32)?,
             cfg.attn_logit_softcapping,
