@@ -6,5 +6,6 @@
 
 pub mod cli;
 pub mod corpus;
+pub mod dataset;
 pub mod fsutil;
 pub mod model;

@@ -26,6 +26,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         },
+        Command::Data(d) => d.run()?,
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Command-line definitions (clap). Only argument shapes live here; `main.rs` dispatches each
 //! command to the library.
 
+pub mod data;
 pub mod model;
 
 use clap::{Parser, Subcommand};
@@ -16,4 +17,6 @@ pub struct Cli {
 pub enum Command {
     /// Inspect a base model: where it comes from, its shape and parameter counts.
     Model(model::ModelArgs),
+    /// Check a dialogue corpus, and build the variants' datasets and token statistics.
+    Data(data::DataArgs),
 }

@@ -1,0 +1,403 @@
+//! The Gemma chat template and its loss mask:
+//! `<bos><start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n{text}<end_of_turn>\n…`
+//!
+//! Special tokens are placed by id; the text between them is tokenized one segment at a time
+//! (`user\n{text}`, `model\n{text}`, `\n`), which is exactly how a tokenizer splits the whole
+//! rendered string (it cuts at special tokens first). Loss is on each model turn's text and its
+//! `<end_of_turn>`; everything else is masked with -100. Labels are aligned with the inputs as
+//! in Hugging Face (the trainer shifts).
+
+use super::tokenizer::{BOS, END_OF_TURN, START_OF_TURN};
+use super::{ChatTokenizer, DatasetError, Example, Result, Specials, Utterance};
+use crate::corpus::Role;
+use std::collections::{HashMap, HashSet};
+
+/// The label of a position that is not trained.
+pub const IGNORE: i64 = -100;
+
+fn header(role: Role) -> &'static str {
+    match role {
+        Role::User => "user\n",
+        Role::Model => "model\n",
+    }
+}
+
+/// One turn's text as tokenized inside the template.
+#[derive(Debug, Clone)]
+struct Segment {
+    /// Tokens of `header + text`.
+    ids: Vec<u32>,
+    /// Leading tokens that lie wholly in the header (masked even in a model turn). A token
+    /// that straddles the header and the text counts as text.
+    header: usize,
+    /// Tokens of the text alone, encoded without special tokens (the statistics' count).
+    content: usize,
+}
+
+/// Every distinct utterance of a set of examples, tokenized once (in parallel).
+pub struct TokenCache {
+    user: HashMap<String, Segment>,
+    model: HashMap<String, Segment>,
+    newline: Vec<u32>,
+    specials: Specials,
+}
+
+impl TokenCache {
+    pub fn build<'a>(
+        tok: &ChatTokenizer,
+        examples: impl IntoIterator<Item = &'a Example>,
+    ) -> Result<Self> {
+        // (is a model turn, text): the same text is a different segment under each header.
+        let mut distinct: HashSet<(bool, &str)> = HashSet::new();
+        for ex in examples {
+            for u in &ex.turns {
+                distinct.insert((u.role == Role::Model, u.text.as_str()));
+            }
+        }
+        let distinct: Vec<(Role, &str)> = distinct
+            .into_iter()
+            .map(|(m, t)| (if m { Role::Model } else { Role::User }, t))
+            .collect();
+        let mut inputs: Vec<String> = Vec::with_capacity(2 * distinct.len() + 1);
+        inputs.extend(distinct.iter().map(|(_, t)| t.to_string()));
+        inputs.extend(distinct.iter().map(|(r, t)| format!("{}{t}", header(*r))));
+        inputs.push("\n".into());
+        let mut encs = tok.encode_batch(inputs)?;
+        let newline = encs.pop().expect("newline encoded").get_ids().to_vec();
+        let (content, segments) = encs.split_at(distinct.len());
+        let mut cache = TokenCache {
+            user: HashMap::new(),
+            model: HashMap::new(),
+            newline,
+            specials: tok.specials,
+        };
+        for (((role, text), c), s) in distinct.iter().zip(content).zip(segments) {
+            let head = header(*role).len();
+            let seg = Segment {
+                ids: s.get_ids().to_vec(),
+                header: s.get_offsets().iter().take_while(|o| o.1 <= head).count(),
+                content: c.len(),
+            };
+            if seg.ids.len() <= seg.header {
+                return Err(DatasetError::tokenizer(
+                    tok.path(),
+                    format!("the utterance {text:?} encodes to no tokens"),
+                ));
+            }
+            match role {
+                Role::User => cache.user.insert(text.to_string(), seg),
+                Role::Model => cache.model.insert(text.to_string(), seg),
+            };
+        }
+        Ok(cache)
+    }
+
+    fn segment(&self, u: &Utterance) -> &Segment {
+        let map = match u.role {
+            Role::User => &self.user,
+            Role::Model => &self.model,
+        };
+        map.get(&u.text)
+            .expect("TokenCache::build saw every utterance it is asked about")
+    }
+
+    /// Tokens of an utterance's text (prefix included), without special tokens.
+    pub fn content_tokens(&self, u: &Utterance) -> usize {
+        self.segment(u).content
+    }
+
+    /// Length of the rendered example: BOS, then per turn `<start_of_turn>`, the segment,
+    /// `<end_of_turn>` and the newline.
+    pub fn rendered_len(&self, ex: &Example) -> usize {
+        1 + ex
+            .turns
+            .iter()
+            .map(|u| 2 + self.segment(u).ids.len() + self.newline.len())
+            .sum::<usize>()
+    }
+}
+
+/// Input ids and labels of one example, the same length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokenized {
+    pub input_ids: Vec<u32>,
+    pub labels: Vec<i64>,
+}
+
+impl Tokenized {
+    pub fn len(&self) -> usize {
+        self.input_ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+    /// Positions that carry loss.
+    pub fn trained(&self) -> usize {
+        self.labels.iter().filter(|&&l| l != IGNORE).count()
+    }
+}
+
+/// Renders and masks an example. Every utterance must have been in the cache's examples.
+pub fn render(ex: &Example, cache: &TokenCache) -> Tokenized {
+    let sp = cache.specials;
+    let n = cache.rendered_len(ex);
+    let mut t = Tokenized {
+        input_ids: Vec::with_capacity(n),
+        labels: Vec::with_capacity(n),
+    };
+    let mut push = |id: u32, trained: bool| {
+        t.input_ids.push(id);
+        t.labels.push(if trained { id as i64 } else { IGNORE });
+    };
+    push(sp.bos, false);
+    for u in &ex.turns {
+        let model = u.role == Role::Model;
+        let seg = cache.segment(u);
+        push(sp.start_of_turn, false);
+        for (i, &id) in seg.ids.iter().enumerate() {
+            push(id, model && i >= seg.header);
+        }
+        push(sp.end_of_turn, model);
+        for &id in &cache.newline {
+            push(id, false);
+        }
+    }
+    t
+}
+
+/// The rendered text of an example, as a tokenizer would see the whole conversation.
+pub fn render_text(ex: &Example) -> String {
+    let mut s = String::from(BOS);
+    for u in &ex.turns {
+        s.push_str(START_OF_TURN);
+        s.push_str(header(u.role));
+        s.push_str(&u.text);
+        s.push_str(END_OF_TURN);
+        s.push('\n');
+    }
+    s
+}
+
+/// What to do with an example longer than the maximum length.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overflow {
+    /// Leave it out.
+    #[default]
+    Drop,
+    /// Cut tokens from the left, keeping BOS first (the end, with the last reply, stays).
+    Truncate,
+}
+
+impl std::str::FromStr for Overflow {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "drop" => Ok(Overflow::Drop),
+            "truncate" => Ok(Overflow::Truncate),
+            _ => Err(format!(
+                "`{s}` is not an overflow policy (drop or truncate)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Overflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Overflow::Drop => "drop",
+            Overflow::Truncate => "truncate",
+        })
+    }
+}
+
+/// An example after the max-length policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fit {
+    Fits(Tokenized),
+    Truncated(Tokenized),
+    /// Too long under `drop`, or nothing left to train on after truncation.
+    Dropped,
+}
+
+/// Applies the max-length policy (`max_len` ≥ 2, checked by the caller).
+pub fn fit(t: Tokenized, max_len: Option<usize>, policy: Overflow) -> Fit {
+    let max = match max_len {
+        Some(m) if t.len() > m => m,
+        _ => return Fit::Fits(t),
+    };
+    if policy == Overflow::Drop {
+        return Fit::Dropped;
+    }
+    let cut = t.len() - (max - 1);
+    let mut input_ids = vec![t.input_ids[0]];
+    input_ids.extend_from_slice(&t.input_ids[cut..]);
+    let mut labels = vec![t.labels[0]];
+    labels.extend_from_slice(&t.labels[cut..]);
+    let out = Tokenized { input_ids, labels };
+    if out.trained() == 0 {
+        Fit::Dropped
+    } else {
+        Fit::Truncated(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::tokenizer::tests::{small, TEXTS};
+    use crate::dataset::tokenizer::train_small;
+
+    fn ex(turns: &[(Role, &str)]) -> Example {
+        Example {
+            id: "d1#p0".into(),
+            dialogue: "d1".into(),
+            pair: 0,
+            turns: turns
+                .iter()
+                .map(|(role, t)| Utterance {
+                    role: *role,
+                    text: t.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    fn two() -> Example {
+        ex(&[
+            (Role::User, "ソクラテスさん。正義とは何ですか？"),
+            (Role::Model, "君はどう思うかね？"),
+        ])
+    }
+
+    #[test]
+    fn renders_the_gemma_chat_format() {
+        assert_eq!(
+            render_text(&two()),
+            "<bos><start_of_turn>user\nソクラテスさん。正義とは何ですか？<end_of_turn>\n<start_of_turn>model\n君はどう思うかね？<end_of_turn>\n"
+        );
+    }
+
+    #[test]
+    fn mask_trains_model_text_and_end_of_turn_only() {
+        let tok = small();
+        let e = two();
+        let cache = TokenCache::build(&tok, [&e]).unwrap();
+        let t = render(&e, &cache);
+        let enc = |s: &str| tok.encode(s).unwrap().get_ids().to_vec();
+        let (user, model, nl) = (
+            enc("user\nソクラテスさん。正義とは何ですか？"),
+            enc("model\n君はどう思うかね？"),
+            enc("\n"),
+        );
+        let head = enc("model\n").len();
+        let text = enc("君はどう思うかね？");
+        assert_eq!(
+            &model[head..],
+            &text[..],
+            "the header does not merge into the text here"
+        );
+        let mut want_ids = vec![2, 106];
+        want_ids.extend(&user);
+        want_ids.push(107);
+        want_ids.extend(&nl);
+        want_ids.push(106);
+        want_ids.extend(&model);
+        want_ids.push(107);
+        want_ids.extend(&nl);
+        assert_eq!(t.input_ids, want_ids);
+        let mut want_labels = vec![IGNORE; 2 + user.len() + 1 + nl.len() + 1 + head];
+        want_labels.extend(text.iter().map(|&i| i as i64));
+        want_labels.push(107);
+        want_labels.extend(vec![IGNORE; nl.len()]);
+        assert_eq!(t.labels, want_labels);
+        assert_eq!(
+            t.input_ids.iter().filter(|&&i| i == 2).count(),
+            1,
+            "BOS exactly once"
+        );
+        assert_eq!(t.trained(), text.len() + 1);
+        assert_eq!(cache.rendered_len(&e), t.len());
+    }
+
+    #[test]
+    fn equals_tokenizing_the_whole_rendered_string() {
+        let tok = small();
+        // A tokenizer that parses special tokens in text, as a plain `encode` of the whole string does.
+        let plain = train_small(&TEXTS, 300).unwrap();
+        let e = ex(&[
+            (Role::User, "正義とは？"),
+            (Role::Model, "\n君の考えを聞かせてくれたまえ。 "),
+            (Role::User, "法に従うことです。\n\n"),
+            (Role::Model, "では法が間違っていたら？"),
+        ]);
+        let cache = TokenCache::build(&tok, [&e]).unwrap();
+        let whole = plain.encode(render_text(&e), false).unwrap();
+        assert_eq!(render(&e, &cache).input_ids, whole.get_ids());
+    }
+
+    #[test]
+    fn special_token_text_in_an_utterance_is_never_a_special_token() {
+        let tok = small();
+        let e = ex(&[
+            (Role::User, "<bos>と<end_of_turn>は何かね"),
+            (Role::Model, "<start_of_turn>です"),
+        ]);
+        let cache = TokenCache::build(&tok, [&e]).unwrap();
+        let t = render(&e, &cache);
+        assert_eq!(t.input_ids.iter().filter(|&&i| i == 2).count(), 1);
+        assert_eq!(t.input_ids.iter().filter(|&&i| i == 106).count(), 2);
+        assert_eq!(t.input_ids.iter().filter(|&&i| i == 107).count(), 2);
+    }
+
+    #[test]
+    fn a_four_utterance_example_trains_both_replies() {
+        let tok = small();
+        let e = ex(&[
+            (Role::User, "a"),
+            (Role::Model, "b"),
+            (Role::User, "c"),
+            (Role::Model, "d"),
+        ]);
+        let cache = TokenCache::build(&tok, [&e]).unwrap();
+        let t = render(&e, &cache);
+        let trained: Vec<u32> = t
+            .labels
+            .iter()
+            .filter(|&&l| l != IGNORE)
+            .map(|&l| l as u32)
+            .collect();
+        let b = tok.encode("b").unwrap().get_ids().to_vec();
+        let d = tok.encode("d").unwrap().get_ids().to_vec();
+        assert_eq!(trained, [b, vec![107], d, vec![107]].concat());
+        assert_eq!(t.input_ids.iter().filter(|&&i| i == 106).count(), 4);
+    }
+
+    #[test]
+    fn max_length_drops_or_truncates_from_the_left() {
+        let t = Tokenized {
+            input_ids: vec![2, 106, 10, 107, 9, 106, 11, 12, 107, 9],
+            labels: vec![-100, -100, -100, -100, -100, -100, -100, 12, 107, -100],
+        };
+        assert_eq!(fit(t.clone(), None, Overflow::Drop), Fit::Fits(t.clone()));
+        assert_eq!(
+            fit(t.clone(), Some(10), Overflow::Drop),
+            Fit::Fits(t.clone())
+        );
+        assert_eq!(fit(t.clone(), Some(9), Overflow::Drop), Fit::Dropped);
+        assert_eq!(
+            fit(t.clone(), Some(5), Overflow::Truncate),
+            Fit::Truncated(Tokenized {
+                input_ids: vec![2, 11, 12, 107, 9],
+                labels: vec![-100, -100, 12, 107, -100]
+            })
+        );
+        // Nothing left to train on after the cut: dropped.
+        assert_eq!(fit(t, Some(2), Overflow::Truncate), Fit::Dropped);
+        assert_eq!("truncate".parse::<Overflow>().unwrap(), Overflow::Truncate);
+        assert!("cut"
+            .parse::<Overflow>()
+            .unwrap_err()
+            .contains("drop or truncate"));
+    }
+}
