@@ -5,7 +5,7 @@ use crate::dataset::{
     self, charts::write_charts, markdown_table, tokenizer::train_small, BuildOptions, DatasetError,
     Inputs, Overflow, Selection, DEFAULT_SEED,
 };
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, FileError};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -143,12 +143,10 @@ impl DataArgs {
                 let catalog = catalog(personas, questions)?;
                 let report = dataset::check(&dialogues, catalog.as_ref(), include_unjudged)?;
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&report).expect("a report serializes")
-                    );
+                    let json = serde_json::to_string_pretty(&report).expect("a report serializes");
+                    emit(&(json + "\n"))?;
                 } else {
-                    print!("{report}");
+                    emit(&report.to_string())?;
                 }
                 if !skip_bad && !report.bad_lines.is_empty() {
                     return Err(DatasetError::Invalid(format!(
@@ -168,11 +166,13 @@ impl DataArgs {
                 warn_skipped(&p.corpus.skipped, &p.variants);
                 let rows = p.stats();
                 if json {
-                    for r in &rows {
-                        println!("{}", serde_json::to_string(r).expect("stats serialize"));
-                    }
+                    let lines: Vec<String> = rows
+                        .iter()
+                        .map(|r| serde_json::to_string(r).expect("stats serialize") + "\n")
+                        .collect();
+                    emit(&lines.concat())?;
                 } else {
-                    print!("{}", markdown_table(&rows));
+                    emit(&markdown_table(&rows))?;
                 }
                 if let Some(dir) = charts {
                     for path in write_charts(&rows, &dir)? {
@@ -203,7 +203,7 @@ impl DataArgs {
                         overflow,
                     },
                 )?;
-                print!("{}", markdown_table(&p.stats()));
+                emit(&markdown_table(&p.stats()))?;
                 for r in &reports {
                     let mut line = format!("{}: {} train, {} val", r.dir.display(), r.train, r.val);
                     if max_len.is_some() {
@@ -214,7 +214,7 @@ impl DataArgs {
                             max_len.unwrap_or(0)
                         );
                     }
-                    println!("{line}");
+                    emit(&(line + "\n"))?;
                 }
             }
             DataCommand::Tokenizer {
@@ -233,7 +233,11 @@ impl DataArgs {
                     .to_string(false)
                     .map_err(|e| DatasetError::tokenizer(&out, format!("cannot serialize: {e}")))?;
                 write_atomic(&out, json.as_bytes())?;
-                println!("{}: {} tokens", out.display(), tok.get_vocab_size(true));
+                emit(&format!(
+                    "{}: {} tokens\n",
+                    out.display(),
+                    tok.get_vocab_size(true)
+                ))?;
             }
         }
         Ok(())
@@ -265,6 +269,17 @@ fn catalog(
             "--questions needs --personas too (no data/personas.jsonl here) to check references"
                 .into(),
         )),
+    }
+}
+
+/// Writes a result to stdout; a closed pipe (`| head`) ends the output quietly.
+fn emit(text: &str) -> Result<(), DatasetError> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(FileError::new(Path::new("<stdout>"), e).into())
+        }
+        _ => Ok(()),
     }
 }
 
