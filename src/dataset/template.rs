@@ -245,6 +245,8 @@ pub fn fit(t: Tokenized, max_len: Option<usize>, policy: Overflow) -> Fit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataset::extract;
+    use crate::dataset::extract::tests::{dialogue, shipped};
     use crate::dataset::tokenizer::tests::{small, TEXTS};
     use crate::dataset::tokenizer::train_small;
 
@@ -371,6 +373,41 @@ mod tests {
         let d = tok.encode("d").unwrap().get_ids().to_vec();
         assert_eq!(trained, [b, vec![107], d, vec![107]].concat());
         assert_eq!(t.input_ids.iter().filter(|&&i| i == 106).count(), 4);
+    }
+
+    #[test]
+    fn each_shipped_variant_masks_its_examples() {
+        let tok = small();
+        let enc = |s: &str| tok.encode(s).unwrap().get_ids().to_vec();
+        let d = vec![dialogue("d1", 12, 4)];
+        for v in shipped() {
+            let x = extract(&v, &d, false, false).unwrap();
+            let cache = TokenCache::build(&tok, &x.examples).unwrap();
+            for e in &x.examples {
+                let t = render(e, &cache);
+                // Trained: each model text and its <end_of_turn>, in order, nothing else.
+                let trained: Vec<u32> = t
+                    .labels
+                    .iter()
+                    .filter(|&&l| l != IGNORE)
+                    .map(|&l| l as u32)
+                    .collect();
+                let want: Vec<u32> = e
+                    .turns
+                    .iter()
+                    .filter(|u| u.role == Role::Model)
+                    .flat_map(|u| [enc(&u.text), vec![107]].concat())
+                    .collect();
+                assert_eq!(trained, want, "{} {}", v.name, e.id);
+                // The first user turn carries the prefix, right after BOS and <start_of_turn>, masked.
+                assert!(e.turns[0].text.starts_with(&v.prefix));
+                let user = enc(&format!("user\n{}", e.turns[0].text));
+                assert_eq!(&t.input_ids[..2], &[2, 106]);
+                assert_eq!(&t.input_ids[2..2 + user.len()], &user[..], "{}", v.name);
+                assert!(t.labels[..3 + user.len()].iter().all(|&l| l == IGNORE));
+                assert_eq!(t.input_ids.iter().filter(|&&i| i == 2).count(), 1);
+            }
+        }
     }
 
     #[test]
