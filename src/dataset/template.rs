@@ -338,6 +338,55 @@ mod tests {
         assert_eq!(render(&e, &cache).input_ids, whole.get_ids());
     }
 
+    /// Like Gemma's: no pre-tokenizer, so merges may cross the `model\n` header into the text.
+    fn without_pre_tokenizer(texts: &[&str]) -> ChatTokenizer {
+        use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+        use tokenizers::models::TrainerWrapper;
+        use tokenizers::normalizers::replace::Replace;
+        let specials = [
+            "<pad>",
+            "<eos>",
+            "<bos>",
+            "<start_of_turn>",
+            "<end_of_turn>",
+        ];
+        let mut t = tokenizers::Tokenizer::new(BPE::default());
+        t.with_normalizer(Some(Replace::new(" ", "▁").unwrap()));
+        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+            .vocab_size(200)
+            .show_progress(false)
+            .special_tokens(
+                specials
+                    .iter()
+                    .map(|s| tokenizers::AddedToken::from(*s, true))
+                    .collect(),
+            )
+            .build()
+            .into();
+        t.train(&mut trainer, texts.iter()).unwrap();
+        ChatTokenizer::new(t, std::path::Path::new("sp/tokenizer.json")).unwrap()
+    }
+
+    #[test]
+    fn a_token_across_the_header_counts_as_text() {
+        let texts = [["model\n\n君は？", "user\n問い"]; 8].concat();
+        let tok = without_pre_tokenizer(&texts);
+        let e = ex(&[(Role::User, "問い"), (Role::Model, "\n君は？")]);
+        let cache = TokenCache::build(&tok, [&e]).unwrap();
+        let seg = tok.encode("model\n\n君は？").unwrap();
+        // The trainer merged the whole segment: one token from the header into the text.
+        assert_eq!(seg.get_ids().len(), 1, "{:?}", seg.get_tokens());
+        let t = render(&e, &cache);
+        assert_eq!(t.trained(), 2, "the straddling token and <end_of_turn>");
+        // Same ids as tokenizing the whole rendered string (specials split first).
+        let mut plain = tok.inner().clone();
+        plain.set_encode_special_tokens(false);
+        assert_eq!(
+            plain.encode(render_text(&e), false).unwrap().get_ids(),
+            &t.input_ids[..]
+        );
+    }
+
     #[test]
     fn special_token_text_in_an_utterance_is_never_a_special_token() {
         let tok = small();
