@@ -496,7 +496,7 @@ fn build_all_writes_masked_examples_split_and_stats() {
     );
     assert!(
         out.contains(&format!(
-            "{} truncated, 0 dropped (max length 40)",
+            "{} truncated, 0 dropped (max length 40, truncate)",
             f.kept.len()
         )),
         "{out}"

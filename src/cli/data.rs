@@ -206,12 +206,10 @@ impl DataArgs {
                 emit(&markdown_table(&p.stats()))?;
                 for r in &reports {
                     let mut line = format!("{}: {} train, {} val", r.dir.display(), r.train, r.val);
-                    if max_len.is_some() {
+                    if let Some(m) = max_len {
                         line += &format!(
-                            ", {} truncated, {} dropped (max length {})",
-                            r.truncated,
-                            r.dropped,
-                            max_len.unwrap_or(0)
+                            ", {} truncated, {} dropped (max length {m}, {overflow})",
+                            r.truncated, r.dropped
                         );
                     }
                     emit(&(line + "\n"))?;

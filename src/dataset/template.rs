@@ -351,7 +351,7 @@ mod tests {
             "<end_of_turn>",
         ];
         let mut t = tokenizers::Tokenizer::new(BPE::default());
-        t.with_normalizer(Some(Replace::new(" ", "▁").unwrap()));
+        t.with_normalizer(Some(Replace::new(" ", "▁").unwrap())).unwrap();
         let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
             .vocab_size(200)
             .show_progress(false)
