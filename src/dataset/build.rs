@@ -3,8 +3,8 @@
 
 use super::template::fit;
 use super::{
-    extract, render, ChatTokenizer, Corpus, DatasetError, Extracted, Fit, Overflow, Result, Split,
-    TokenCache, Variant, VariantStats,
+    extract, render, ChatTokenizer, Corpus, DatasetError, Extracted, Fit, Overflow, Result,
+    Segments, Split, TokenCounts, Variant, VariantStats,
 };
 use crate::corpus::write_jsonl;
 use crate::fsutil::write_atomic_with;
@@ -41,7 +41,7 @@ pub struct Prepared {
     pub tokenizer: ChatTokenizer,
     pub split: Split,
     pub variants: Vec<(Variant, Extracted)>,
-    pub cache: TokenCache,
+    pub counts: TokenCounts,
 }
 
 pub fn prepare(inputs: Inputs) -> Result<Prepared> {
@@ -65,14 +65,14 @@ pub fn prepare(inputs: Inputs) -> Result<Prepared> {
         })
         .collect::<Result<Vec<_>>>()?;
     let tokenizer = ChatTokenizer::resolve(&inputs.tokenizer)?;
-    let cache = TokenCache::build(&tokenizer, variants.iter().flat_map(|(_, x)| &x.examples))?;
+    let counts = TokenCounts::build(&tokenizer, variants.iter().flat_map(|(_, x)| &x.examples))?;
     Ok(Prepared {
         inputs,
         corpus,
         tokenizer,
         split,
         variants,
-        cache,
+        counts,
     })
 }
 
@@ -80,7 +80,7 @@ impl Prepared {
     pub fn stats(&self) -> Vec<VariantStats> {
         self.variants
             .iter()
-            .map(|(v, x)| VariantStats::compute(&v.name, x, &self.cache, &self.split))
+            .map(|(v, x)| VariantStats::compute(&v.name, x, &self.counts, &self.split))
             .collect()
     }
 }
@@ -143,13 +143,17 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
     }
     let manifest = p.split.manifest(&p.corpus.path, &p.corpus.sha256);
     let stats = p.stats();
+    let segments = Segments::build(
+        &p.tokenizer,
+        p.variants.iter().flat_map(|(_, x)| &x.examples),
+    )?;
     let mut reports = Vec::new();
     for ((v, x), stats) in p.variants.iter().zip(&stats) {
         let dir = opts.out.join(&v.name).join("data");
         let fitted: Vec<Fit> = x
             .examples
             .par_iter()
-            .map(|ex| fit(render(ex, &p.cache), opts.max_len, opts.overflow))
+            .map(|ex| fit(render(ex, &segments), opts.max_len, opts.overflow))
             .collect();
         let mut report = BuildReport {
             variant: v.name.clone(),

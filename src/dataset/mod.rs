@@ -1,8 +1,9 @@
 //! From kept dialogues to training data: variant specs, example extraction, the Gemma chat
 //! template with its loss mask, the 80/20 split by dialogue, token statistics and charts.
 //!
-//! The flow is `Corpus` → [`extract`] (per `Variant`) → [`TokenCache`] (each distinct
-//! utterance tokenized once) → [`render`] (input ids + labels) and [`stats`] → files.
+//! The flow is `Corpus` → [`extract`] (per `Variant`) → [`TokenCounts`] (each distinct
+//! utterance tokenized once) → [`stats`], and → [`Segments`] → [`render`] (input ids and
+//! labels) → files.
 
 pub mod build;
 pub mod charts;
@@ -21,7 +22,7 @@ pub use extract::{extract, Example, Extracted, Utterance};
 pub use load::Corpus;
 pub use split::{Manifest, Split, DEFAULT_SEED, VAL_FRACTION};
 pub use stats::{markdown_table, VariantStats};
-pub use template::{render, render_text, Fit, Overflow, TokenCache, Tokenized, IGNORE};
+pub use template::{render, render_text, Fit, Overflow, Segments, TokenCounts, Tokenized, IGNORE};
 pub use tokenizer::{ChatTokenizer, Specials};
 pub use variant::{Pairs, Variant};
 

@@ -2,7 +2,7 @@
 //! the prefix where it has one) encoded without special tokens; an example's tokens are the sum
 //! over its utterances. Chat-template tokens are a column of their own.
 
-use super::{Extracted, Split, TokenCache};
+use super::{Extracted, Split, TokenCounts};
 use crate::corpus::Role;
 use serde::{Deserialize, Serialize};
 
@@ -20,8 +20,8 @@ pub struct VariantStats {
     /// Mean tokens per user utterance (prefix included) and per model utterance.
     pub user_mean_tokens: f64,
     pub model_mean_tokens: f64,
-    /// Mean chat-template tokens per example: the rendered length (BOS, turn markers, role
-    /// headers, newlines) less the example's tokens.
+    /// Chat-template tokens per example (mean): BOS, and per turn `<start_of_turn>`, the role
+    /// header, `<end_of_turn>` and the newline, each encoded on its own.
     pub template_tokens: f64,
     /// Examples from training and from held-out dialogues.
     pub train_examples: usize,
@@ -29,7 +29,7 @@ pub struct VariantStats {
 }
 
 impl VariantStats {
-    pub fn compute(variant: &str, x: &Extracted, cache: &TokenCache, split: &Split) -> Self {
+    pub fn compute(variant: &str, x: &Extracted, counts: &TokenCounts, split: &Split) -> Self {
         let mut s = VariantStats {
             variant: variant.to_string(),
             dialogues: x.dialogues,
@@ -49,14 +49,14 @@ impl VariantStats {
         for ex in &x.examples {
             let mut tokens = 0;
             for u in &ex.turns {
-                let n = cache.content_tokens(u);
+                let n = counts.content_tokens(u);
                 tokens += n;
                 match u.role {
                     Role::User => (user, n_user) = (user + n, n_user + 1),
                     Role::Model => (model, n_model) = (model + n, n_model + 1),
                 }
             }
-            template += cache.rendered_len(ex) - tokens;
+            template += counts.template_tokens(ex);
             s.total_tokens += tokens;
             s.max_tokens = s.max_tokens.max(tokens);
             min = min.min(tokens);
@@ -218,7 +218,7 @@ pub(crate) mod tests {
             .iter()
             .map(|v| extract(v, &ds, false, false).unwrap())
             .collect();
-        let cache = TokenCache::build(&tok, xs.iter().flat_map(|x| &x.examples)).unwrap();
+        let cache = TokenCounts::build(&tok, xs.iter().flat_map(|x| &x.examples)).unwrap();
         // one: d1#p0 "x a b"+"c d e" = 3+3, d1#p1 "x f"+"g h" = 2+2, d2#p0 "x a"+"b c" = 2+2,
         // d2#p1 "x d e f g"+"h" = 5+1. Template: BOS + 2 × (<start_of_turn>, header, <end_of_turn>).
         let got = VariantStats::compute("one", &xs[0], &cache, &split);
@@ -295,7 +295,7 @@ pub(crate) mod tests {
     #[test]
     fn a_variant_without_examples_has_zeros() {
         let tok = word_tokenizer(&["a"]);
-        let cache = TokenCache::build(&tok, []).unwrap();
+        let cache = TokenCounts::build(&tok, []).unwrap();
         let split = Split::new([], 42);
         let s = VariantStats::compute("none", &Extracted::default(), &cache, &split);
         assert_eq!(

@@ -22,6 +22,88 @@ fn header(role: Role) -> &'static str {
     }
 }
 
+/// Each distinct `(role, text)` of some examples once: the same text is a different segment
+/// under each header.
+fn distinct<'a>(examples: impl IntoIterator<Item = &'a Example>) -> Vec<(Role, &'a str)> {
+    let mut seen: HashSet<(bool, &str)> = HashSet::new();
+    for ex in examples {
+        for u in &ex.turns {
+            seen.insert((u.role == Role::Model, u.text.as_str()));
+        }
+    }
+    seen.into_iter()
+        .map(|(m, t)| (if m { Role::Model } else { Role::User }, t))
+        .collect()
+}
+
+fn by_role<'a, T>(
+    role: Role,
+    user: &'a HashMap<String, T>,
+    model: &'a HashMap<String, T>,
+) -> &'a HashMap<String, T> {
+    match role {
+        Role::User => user,
+        Role::Model => model,
+    }
+}
+
+/// What the statistics count: each distinct utterance's text (prefix included) encoded once,
+/// alone and without special tokens, plus the template's own tokens.
+pub struct TokenCounts {
+    user: HashMap<String, usize>,
+    model: HashMap<String, usize>,
+    /// Template tokens around a user turn and around a model turn: `<start_of_turn>`, the
+    /// role header, `<end_of_turn>` and the newline, the header and newline encoded alone.
+    turn_template: [usize; 2],
+}
+
+impl TokenCounts {
+    pub fn build<'a>(
+        tok: &ChatTokenizer,
+        examples: impl IntoIterator<Item = &'a Example>,
+    ) -> Result<Self> {
+        let distinct = distinct(examples);
+        let mut inputs: Vec<String> = distinct.iter().map(|(_, t)| t.to_string()).collect();
+        inputs.extend([
+            header(Role::User).into(),
+            header(Role::Model).into(),
+            "\n".into(),
+        ]);
+        let encs = tok.encode_batch(inputs)?;
+        let n = distinct.len();
+        let newline = encs[n + 2].len();
+        let turn_template = [2 + encs[n].len() + newline, 2 + encs[n + 1].len() + newline];
+        let (mut user, mut model) = (HashMap::new(), HashMap::new());
+        for ((role, text), e) in distinct.into_iter().zip(encs) {
+            match role {
+                Role::User => user.insert(text.to_string(), e.len()),
+                Role::Model => model.insert(text.to_string(), e.len()),
+            };
+        }
+        Ok(TokenCounts {
+            user,
+            model,
+            turn_template,
+        })
+    }
+
+    /// Tokens of an utterance's text (prefix included), without special tokens.
+    pub fn content_tokens(&self, u: &Utterance) -> usize {
+        *by_role(u.role, &self.user, &self.model)
+            .get(&u.text)
+            .expect("TokenCounts::build saw every utterance it is asked about")
+    }
+
+    /// Chat-template tokens of an example: BOS, and the template around each turn.
+    pub fn template_tokens(&self, ex: &Example) -> usize {
+        1 + ex
+            .turns
+            .iter()
+            .map(|u| self.turn_template[(u.role == Role::Model) as usize])
+            .sum::<usize>()
+    }
+}
+
 /// One turn's text as tokenized inside the template.
 #[derive(Debug, Clone)]
 struct Segment {
@@ -30,53 +112,36 @@ struct Segment {
     /// Leading tokens that lie wholly in the header (masked even in a model turn). A token
     /// that straddles the header and the text counts as text.
     header: usize,
-    /// Tokens of the text alone, encoded without special tokens (the statistics' count).
-    content: usize,
 }
 
-/// Every distinct utterance of a set of examples, tokenized once (in parallel).
-pub struct TokenCache {
+/// Every distinct utterance of a set of examples as a template segment, tokenized once (in
+/// parallel), ready to render.
+pub struct Segments {
     user: HashMap<String, Segment>,
     model: HashMap<String, Segment>,
     newline: Vec<u32>,
     specials: Specials,
 }
 
-impl TokenCache {
+impl Segments {
     pub fn build<'a>(
         tok: &ChatTokenizer,
         examples: impl IntoIterator<Item = &'a Example>,
     ) -> Result<Self> {
-        // (is a model turn, text): the same text is a different segment under each header.
-        let mut distinct: HashSet<(bool, &str)> = HashSet::new();
-        for ex in examples {
-            for u in &ex.turns {
-                distinct.insert((u.role == Role::Model, u.text.as_str()));
-            }
-        }
-        let distinct: Vec<(Role, &str)> = distinct
-            .into_iter()
-            .map(|(m, t)| (if m { Role::Model } else { Role::User }, t))
+        let distinct = distinct(examples);
+        let mut inputs: Vec<String> = distinct
+            .iter()
+            .map(|(r, t)| format!("{}{t}", header(*r)))
             .collect();
-        let mut inputs: Vec<String> = Vec::with_capacity(2 * distinct.len() + 1);
-        inputs.extend(distinct.iter().map(|(_, t)| t.to_string()));
-        inputs.extend(distinct.iter().map(|(r, t)| format!("{}{t}", header(*r))));
         inputs.push("\n".into());
         let mut encs = tok.encode_batch(inputs)?;
         let newline = encs.pop().expect("newline encoded").get_ids().to_vec();
-        let (content, segments) = encs.split_at(distinct.len());
-        let mut cache = TokenCache {
-            user: HashMap::new(),
-            model: HashMap::new(),
-            newline,
-            specials: tok.specials,
-        };
-        for (((role, text), c), s) in distinct.iter().zip(content).zip(segments) {
-            let head = header(*role).len();
+        let (mut user, mut model) = (HashMap::new(), HashMap::new());
+        for ((role, text), e) in distinct.into_iter().zip(encs) {
+            let head = header(role).len();
             let seg = Segment {
-                ids: s.get_ids().to_vec(),
-                header: s.get_offsets().iter().take_while(|o| o.1 <= head).count(),
-                content: c.len(),
+                ids: e.get_ids().to_vec(),
+                header: e.get_offsets().iter().take_while(|o| o.1 <= head).count(),
             };
             if seg.ids.len() <= seg.header {
                 return Err(DatasetError::tokenizer(
@@ -85,25 +150,22 @@ impl TokenCache {
                 ));
             }
             match role {
-                Role::User => cache.user.insert(text.to_string(), seg),
-                Role::Model => cache.model.insert(text.to_string(), seg),
+                Role::User => user.insert(text.to_string(), seg),
+                Role::Model => model.insert(text.to_string(), seg),
             };
         }
-        Ok(cache)
+        Ok(Segments {
+            user,
+            model,
+            newline,
+            specials: tok.specials,
+        })
     }
 
     fn segment(&self, u: &Utterance) -> &Segment {
-        let map = match u.role {
-            Role::User => &self.user,
-            Role::Model => &self.model,
-        };
-        map.get(&u.text)
-            .expect("TokenCache::build saw every utterance it is asked about")
-    }
-
-    /// Tokens of an utterance's text (prefix included), without special tokens.
-    pub fn content_tokens(&self, u: &Utterance) -> usize {
-        self.segment(u).content
+        by_role(u.role, &self.user, &self.model)
+            .get(&u.text)
+            .expect("Segments::build saw every utterance it is asked about")
     }
 
     /// Length of the rendered example: BOS, then per turn `<start_of_turn>`, the segment,
@@ -137,8 +199,8 @@ impl Tokenized {
     }
 }
 
-/// Renders and masks an example. Every utterance must have been in the cache's examples.
-pub fn render(ex: &Example, cache: &TokenCache) -> Tokenized {
+/// Renders and masks an example. Every utterance must have been in the segments' examples.
+pub fn render(ex: &Example, cache: &Segments) -> Tokenized {
     let sp = cache.specials;
     let n = cache.rendered_len(ex);
     let mut t = Tokenized {
@@ -284,7 +346,7 @@ mod tests {
     fn mask_trains_model_text_and_end_of_turn_only() {
         let tok = small();
         let e = two();
-        let cache = TokenCache::build(&tok, [&e]).unwrap();
+        let cache = Segments::build(&tok, [&e]).unwrap();
         let t = render(&e, &cache);
         let enc = |s: &str| tok.encode(s).unwrap().get_ids().to_vec();
         let (user, model, nl) = (
@@ -320,6 +382,11 @@ mod tests {
         );
         assert_eq!(t.trained(), text.len() + 1);
         assert_eq!(cache.rendered_len(&e), t.len());
+        // The statistics' split of that length: template tokens plus the utterances' own.
+        let counts = TokenCounts::build(&tok, [&e]).unwrap();
+        let content: usize = e.turns.iter().map(|u| counts.content_tokens(u)).sum();
+        assert_eq!(content, enc("ソクラテスさん。正義とは何ですか？").len() + text.len());
+        assert_eq!(counts.template_tokens(&e) + content, t.len());
     }
 
     #[test]
@@ -333,7 +400,7 @@ mod tests {
             (Role::User, "法に従うことです。\n\n"),
             (Role::Model, "では法が間違っていたら？"),
         ]);
-        let cache = TokenCache::build(&tok, [&e]).unwrap();
+        let cache = Segments::build(&tok, [&e]).unwrap();
         let whole = plain.encode(render_text(&e), false).unwrap();
         assert_eq!(render(&e, &cache).input_ids, whole.get_ids());
     }
@@ -351,7 +418,8 @@ mod tests {
             "<end_of_turn>",
         ];
         let mut t = tokenizers::Tokenizer::new(BPE::default());
-        t.with_normalizer(Some(Replace::new(" ", "▁").unwrap())).unwrap();
+        t.with_normalizer(Some(Replace::new(" ", "▁").unwrap()))
+            .unwrap();
         let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
             .vocab_size(200)
             .show_progress(false)
@@ -372,7 +440,7 @@ mod tests {
         let texts = [["model\n\n君は？", "user\n問い"]; 8].concat();
         let tok = without_pre_tokenizer(&texts);
         let e = ex(&[(Role::User, "問い"), (Role::Model, "\n君は？")]);
-        let cache = TokenCache::build(&tok, [&e]).unwrap();
+        let cache = Segments::build(&tok, [&e]).unwrap();
         let seg = tok.encode("model\n\n君は？").unwrap();
         // The trainer merged the whole segment: one token from the header into the text.
         assert_eq!(seg.get_ids().len(), 1, "{:?}", seg.get_tokens());
@@ -394,7 +462,7 @@ mod tests {
             (Role::User, "<bos>と<end_of_turn>は何かね"),
             (Role::Model, "<start_of_turn>です"),
         ]);
-        let cache = TokenCache::build(&tok, [&e]).unwrap();
+        let cache = Segments::build(&tok, [&e]).unwrap();
         let t = render(&e, &cache);
         assert_eq!(t.input_ids.iter().filter(|&&i| i == 2).count(), 1);
         assert_eq!(t.input_ids.iter().filter(|&&i| i == 106).count(), 2);
@@ -410,7 +478,7 @@ mod tests {
             (Role::User, "c"),
             (Role::Model, "d"),
         ]);
-        let cache = TokenCache::build(&tok, [&e]).unwrap();
+        let cache = Segments::build(&tok, [&e]).unwrap();
         let t = render(&e, &cache);
         let trained: Vec<u32> = t
             .labels
@@ -431,7 +499,7 @@ mod tests {
         let d = vec![dialogue("d1", 12, 4)];
         for v in shipped() {
             let x = extract(&v, &d, false, false).unwrap();
-            let cache = TokenCache::build(&tok, &x.examples).unwrap();
+            let cache = Segments::build(&tok, &x.examples).unwrap();
             for e in &x.examples {
                 let t = render(e, &cache);
                 // Trained: each model text and its <end_of_turn>, in order, nothing else.
