@@ -258,7 +258,7 @@ pub(crate) mod tests {
             (13.0, 2, 1)
         );
 
-        let table = markdown_table(&[want.clone()]);
+        let table = markdown_table(std::slice::from_ref(&want));
         assert!(
             table.starts_with("| variant | dialogues | examples | total tokens | mean |"),
             "{table}"

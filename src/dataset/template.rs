@@ -385,7 +385,10 @@ mod tests {
         // The statistics' split of that length: template tokens plus the utterances' own.
         let counts = TokenCounts::build(&tok, [&e]).unwrap();
         let content: usize = e.turns.iter().map(|u| counts.content_tokens(u)).sum();
-        assert_eq!(content, enc("ソクラテスさん。正義とは何ですか？").len() + text.len());
+        assert_eq!(
+            content,
+            enc("ソクラテスさん。正義とは何ですか？").len() + text.len()
+        );
         assert_eq!(counts.template_tokens(&e) + content, t.len());
     }
 

@@ -247,7 +247,7 @@ impl Variant {
             .iter()
             .map(|p| Self::load(p))
             .collect::<Result<Vec<_>>>()?;
-        variants.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+        variants.sort_by_key(|v| natural_key(&v.name));
         Ok(variants)
     }
 
