@@ -141,12 +141,12 @@ impl std::fmt::Display for CheckReport {
             write!(f, "  ({how})")?;
         }
         writeln!(f)?;
-        let rounds: BTreeMap<String, usize> = self
+        let rounds: Vec<String> = self
             .rounds
             .iter()
-            .map(|(k, n)| (k.to_string(), *n))
+            .map(|(k, n)| format!("{k} ({n})"))
             .collect();
-        writeln!(f, "  rounds: {}", counts(&rounds))?;
+        writeln!(f, "  rounds (dialogues): {}", rounds.join(", "))?;
         writeln!(f, "  user temperature: {}", counts(&self.user_temperature))?;
         if let Some(k) = &self.persona_kinds {
             writeln!(f, "  persona kinds: {}", counts(k))?;
