@@ -126,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{r}");
             }
         },
+        Command::Data(d) => d.run()?,
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! command to the library.
 
 pub mod bench;
+pub mod data;
 pub mod export;
 pub mod model;
 pub mod train;
@@ -23,6 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Inspect a base model: where it comes from, its shape and parameter counts.
     Model(model::ModelArgs),
+    /// Check a dialogue corpus, and build the variants' datasets and token statistics.
+    Data(data::DataArgs),
     /// Benchmarks (training throughput against the transformers + PEFT reference).
     Bench(bench::BenchArgs),
     /// Merge an adapter into its base model and write full weights (Hub layout).

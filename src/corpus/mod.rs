@@ -8,7 +8,7 @@ mod persona;
 mod question;
 mod validate;
 
-pub use dialogue::{Decision, Dialogue, Judge, Review, Role, Turn};
+pub use dialogue::{Decision, Dialogue, Judge, Review, Role, Turn, KEEP_THRESHOLD};
 pub use jsonl::{read_jsonl, write_jsonl, BadLine, Loaded};
 pub use persona::{Persona, PersonaKind};
 pub use question::Question;

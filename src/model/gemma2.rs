@@ -534,7 +534,12 @@ impl Layer {
         let scores = (qg.matmul(&k.t()?)? * cfg.query_pre_attn_scalar.powf(-0.5))?;
         let sliding = self.sliding && cfg.sliding_window.is_some();
         let key = (key_start, s, sliding);
-        let cached = pass.biases.borrow().iter().find(|(k, _)| *k == key).map(|(_, b)| b.clone());
+        let cached = pass
+            .biases
+            .borrow()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, b)| b.clone());
         let bias = match cached {
             Some(b) => b,
             None => {

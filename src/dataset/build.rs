@@ -1,0 +1,220 @@
+//! `data stats` and `data build`: load everything once, tokenize each distinct utterance once,
+//! then compute statistics or write each variant's `runs/<variant>/data/`.
+
+use super::template::fit;
+use super::{
+    extract, render, ChatTokenizer, Corpus, DatasetError, Extracted, Fit, Overflow, Result,
+    Segments, Split, TokenCounts, Variant, VariantStats,
+};
+use crate::corpus::write_jsonl;
+use crate::fsutil::write_atomic_with;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Which variants to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    All,
+    Named(Vec<String>),
+}
+
+/// What `prepare` reads.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub dialogues: PathBuf,
+    /// A tokenizer.json path, a folder holding one, or a Hub repo id.
+    pub tokenizer: String,
+    pub variants_dir: PathBuf,
+    pub selection: Selection,
+    pub seed: u64,
+    /// Skip bad lines and dialogues too short for a variant (each reported) instead of failing.
+    pub skip_bad: bool,
+    /// Count dialogues with neither judge nor review as kept.
+    pub include_unjudged: bool,
+}
+
+/// Everything loaded, extracted and tokenized, ready for statistics or writing.
+pub struct Prepared {
+    pub inputs: Inputs,
+    pub corpus: Corpus,
+    pub tokenizer: ChatTokenizer,
+    pub split: Split,
+    pub variants: Vec<(Variant, Extracted)>,
+    pub counts: TokenCounts,
+}
+
+pub fn prepare(inputs: Inputs) -> Result<Prepared> {
+    // Cheap checks first: a typo in a variant should not wait for a tokenizer download.
+    let variants = match &inputs.selection {
+        Selection::All => Variant::load_dir(&inputs.variants_dir)?,
+        Selection::Named(names) => Variant::load_named(&inputs.variants_dir, names)?,
+    };
+    let corpus = Corpus::load(&inputs.dialogues, inputs.skip_bad)?;
+    let split = Split::new(corpus.ids(), inputs.seed);
+    let variants = variants
+        .into_iter()
+        .map(|v| {
+            let x = extract(
+                &v,
+                &corpus.dialogues,
+                inputs.include_unjudged,
+                inputs.skip_bad,
+            )?;
+            Ok((v, x))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let tokenizer = ChatTokenizer::resolve(&inputs.tokenizer)?;
+    let counts = TokenCounts::build(&tokenizer, variants.iter().flat_map(|(_, x)| &x.examples))?;
+    Ok(Prepared {
+        inputs,
+        corpus,
+        tokenizer,
+        split,
+        variants,
+        counts,
+    })
+}
+
+impl Prepared {
+    pub fn stats(&self) -> Vec<VariantStats> {
+        self.variants
+            .iter()
+            .map(|(v, x)| VariantStats::compute(&v.name, x, &self.counts, &self.split))
+            .collect()
+    }
+}
+
+/// Where and how `build` writes.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The runs folder; each variant goes to `<out>/<variant>/data/`.
+    pub out: PathBuf,
+    pub max_len: Option<usize>,
+    pub overflow: Overflow,
+}
+
+/// What `build` wrote for one variant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BuildReport {
+    pub variant: String,
+    pub dir: PathBuf,
+    /// Examples written to train.jsonl and val.jsonl.
+    pub train: usize,
+    pub val: usize,
+    /// Examples cut to `max_len`, and examples left out by the max-length policy.
+    pub truncated: usize,
+    pub dropped: usize,
+}
+
+/// One line of train.jsonl / val.jsonl.
+#[derive(Serialize)]
+struct Record<'a> {
+    id: &'a str,
+    dialogue: &'a str,
+    input_ids: Vec<u32>,
+    labels: Vec<i64>,
+}
+
+/// `stats.json`: the statistics row, then how the data was made.
+#[derive(Serialize)]
+struct StatsFile<'a> {
+    #[serde(flatten)]
+    stats: &'a VariantStats,
+    config: &'a Variant,
+    tokenizer: String,
+    corpus: String,
+    corpus_sha256: &'a str,
+    seed: u64,
+    include_unjudged: bool,
+    max_len: Option<usize>,
+    overflow: Overflow,
+    written: &'a BuildReport,
+    /// Dialogues left out as too short (under `--skip-bad`).
+    too_short: &'a [String],
+}
+
+/// Writes `train.jsonl`, `val.jsonl`, `split.json` and `stats.json` for every prepared variant.
+pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
+    if opts.max_len.is_some_and(|m| m < 2) {
+        return Err(DatasetError::Invalid(
+            "--max-len must be at least 2 (BOS and one token)".into(),
+        ));
+    }
+    let manifest = p.split.manifest(&p.corpus.path, &p.corpus.sha256);
+    let stats = p.stats();
+    let segments = Segments::build(
+        &p.tokenizer,
+        p.variants.iter().flat_map(|(_, x)| &x.examples),
+    )?;
+    let mut reports = Vec::new();
+    for ((v, x), stats) in p.variants.iter().zip(&stats) {
+        let dir = opts.out.join(&v.name).join("data");
+        let fitted: Vec<Fit> = x
+            .examples
+            .par_iter()
+            .map(|ex| fit(render(ex, &segments), opts.max_len, opts.overflow))
+            .collect();
+        let mut report = BuildReport {
+            variant: v.name.clone(),
+            dir: dir.clone(),
+            train: 0,
+            val: 0,
+            truncated: 0,
+            dropped: 0,
+        };
+        let (mut train, mut val) = (Vec::new(), Vec::new());
+        for (ex, f) in x.examples.iter().zip(fitted) {
+            let t = match f {
+                Fit::Fits(t) => t,
+                Fit::Truncated(t) => {
+                    report.truncated += 1;
+                    t
+                }
+                Fit::Dropped => {
+                    report.dropped += 1;
+                    continue;
+                }
+            };
+            let r = Record {
+                id: &ex.id,
+                dialogue: &ex.dialogue,
+                input_ids: t.input_ids,
+                labels: t.labels,
+            };
+            if p.split.is_val(&ex.dialogue) {
+                val.push(r);
+            } else {
+                train.push(r);
+            }
+        }
+        (report.train, report.val) = (train.len(), val.len());
+        write_jsonl(&dir.join("train.jsonl"), &train)?;
+        write_jsonl(&dir.join("val.jsonl"), &val)?;
+        write_json(&dir.join("split.json"), &manifest)?;
+        let file = StatsFile {
+            stats,
+            config: v,
+            tokenizer: p.tokenizer.path().display().to_string(),
+            corpus: p.corpus.path.display().to_string(),
+            corpus_sha256: &p.corpus.sha256,
+            seed: p.split.seed,
+            include_unjudged: p.inputs.include_unjudged,
+            max_len: opts.max_len,
+            overflow: opts.overflow,
+            written: &report,
+            too_short: &x.too_short,
+        };
+        write_json(&dir.join("stats.json"), &file)?;
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_atomic_with(path, |w| {
+        serde_json::to_writer_pretty(&mut *w, value)?;
+        std::io::Write::write_all(w, b"\n")
+    })?;
+    Ok(())
+}
