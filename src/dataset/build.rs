@@ -1,6 +1,7 @@
 //! `data stats` and `data build`: load everything once, tokenize each distinct utterance once,
 //! then compute statistics or write each variant's `runs/<variant>/data/`.
 
+use super::extract::common_examples;
 use super::template::fit;
 use super::{
     extract, render, ChatTokenizer, Corpus, DatasetError, Extracted, Fit, Overflow, Result,
@@ -143,12 +144,27 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
     }
     let manifest = p.split.manifest(&p.corpus.path, &p.corpus.sha256);
     let stats = p.stats();
+    let common: Vec<Vec<super::Example>> = p
+        .variants
+        .iter()
+        .map(|(v, _)| {
+            common_examples(
+                v,
+                &p.corpus.dialogues,
+                |id| p.split.is_val(id),
+                p.inputs.include_unjudged,
+            )
+        })
+        .collect();
     let segments = Segments::build(
         &p.tokenizer,
-        p.variants.iter().flat_map(|(_, x)| &x.examples),
+        p.variants
+            .iter()
+            .flat_map(|(_, x)| &x.examples)
+            .chain(common.iter().flatten()),
     )?;
     let mut reports = Vec::new();
-    for ((v, x), stats) in p.variants.iter().zip(&stats) {
+    for (((v, x), stats), common) in p.variants.iter().zip(&stats).zip(&common) {
         let dir = opts.out.join(&v.name).join("data");
         let fitted: Vec<Fit> = x
             .examples
@@ -191,6 +207,19 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
         (report.train, report.val) = (train.len(), val.len());
         write_jsonl(&dir.join("train.jsonl"), &train)?;
         write_jsonl(&dir.join("val.jsonl"), &val)?;
+        let whole: Vec<Record> = common
+            .iter()
+            .map(|ex| {
+                let t = render(ex, &segments);
+                Record {
+                    id: &ex.id,
+                    dialogue: &ex.dialogue,
+                    input_ids: t.input_ids,
+                    labels: t.labels,
+                }
+            })
+            .collect();
+        write_jsonl(&dir.join("common.jsonl"), &whole)?;
         write_json(&dir.join("split.json"), &manifest)?;
         let file = StatsFile {
             stats,

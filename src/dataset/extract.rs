@@ -77,8 +77,33 @@ pub fn extract(
     Ok(out)
 }
 
+/// The held-out dialogues in full, as one example each with the variant's prefix on the first
+/// user turn: every variant is scored on the same model turns (the common metric). Only kept
+/// dialogues count, whatever the variant's `include_rejected`, so the set is the same for all.
+pub fn common_examples(
+    variant: &Variant,
+    dialogues: &[Dialogue],
+    held_out: impl Fn(&str) -> bool,
+    include_unjudged: bool,
+) -> Vec<Example> {
+    dialogues
+        .iter()
+        .filter(|d| d.is_kept(include_unjudged) && held_out(&d.id) && d.pairs() > 0)
+        .map(|d| {
+            let mut ex = span(variant, d, 0, d.pairs());
+            ex.id = format!("{}#all", d.id);
+            ex
+        })
+        .collect()
+}
+
 fn example(variant: &Variant, d: &Dialogue, pair: usize) -> Example {
-    let turns = d.turns[2 * pair..2 * (pair + variant.span())]
+    span(variant, d, pair, variant.span())
+}
+
+/// `pairs` consecutive pairs of `d` from `pair`, the prefix on the first user utterance.
+fn span(variant: &Variant, d: &Dialogue, pair: usize, pairs: usize) -> Example {
+    let turns = d.turns[2 * pair..2 * (pair + pairs)]
         .iter()
         .enumerate()
         .map(|(i, t)| Utterance {
@@ -189,6 +214,22 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn common_examples_are_whole_kept_held_out_dialogues_with_the_prefix() {
+        let ds = vec![
+            dialogue("d1", 3, 4),
+            dialogue("d2", 3, 1),
+            dialogue("d3", 2, 4),
+        ];
+        let v = variant(Pairs::List(vec![0]), 2, true);
+        let held_out = |id: &str| id != "d3";
+        let c = common_examples(&v, &ds, held_out, false);
+        // d2 is not kept (judge 1), d3 is not held out; include_rejected does not matter.
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].id, "d1#all");
+        assert_eq!(texts(&c[0]), ["Pu0", "m0", "u1", "m1", "u2", "m2"]);
     }
 
     fn variant(pairs: Pairs, utterances: usize, include_rejected: bool) -> Variant {
