@@ -8,3 +8,4 @@ pub mod cli;
 pub mod corpus;
 pub mod fsutil;
 pub mod model;
+pub mod synth;
