@@ -26,6 +26,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         },
+        Command::Synth(s) => socratune::synth::run(&s)?,
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! command to the library.
 
 pub mod model;
+pub mod synth;
 
 use clap::{Parser, Subcommand};
 
@@ -16,4 +17,6 @@ pub struct Cli {
 pub enum Command {
     /// Inspect a base model: where it comes from, its shape and parameter counts.
     Model(model::ModelArgs),
+    /// Make the training dialogues: AI×AI generation, LLM judging, human review, filtering.
+    Synth(synth::SynthArgs),
 }

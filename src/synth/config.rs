@@ -84,6 +84,33 @@ impl Default for Limits {
     }
 }
 
+/// How the two sides are named when a transcript is shown (to the judge, and on the review
+/// screen); the judge prompt should use the same names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transcript {
+    #[serde(default = "default_user_label")]
+    pub user_label: String,
+    #[serde(default = "default_model_label")]
+    pub model_label: String,
+}
+
+impl Default for Transcript {
+    fn default() -> Self {
+        Self {
+            user_label: default_user_label(),
+            model_label: default_model_label(),
+        }
+    }
+}
+
+fn default_user_label() -> String {
+    "user".into()
+}
+fn default_model_label() -> String {
+    "model".into()
+}
+
 /// The whole file. Roles are optional so that, say, a judge-only file works; the stage that
 /// needs a role says so when it is missing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -92,6 +119,7 @@ pub struct SynthConfig {
     pub user: Option<EndpointConfig>,
     pub judge: Option<EndpointConfig>,
     pub limits: Limits,
+    pub transcript: Transcript,
 }
 
 fn default_key_env() -> String {
@@ -141,6 +169,11 @@ impl SynthConfig {
             };
             match key.as_str() {
                 "defaults" => defaults = table,
+                "transcript" => {
+                    cfg.transcript = toml::Value::Table(table)
+                        .try_into()
+                        .map_err(|e| format!("[transcript]: {e}"))?
+                }
                 "limits" => {
                     cfg.limits = toml::Value::Table(table)
                         .try_into()
@@ -149,7 +182,7 @@ impl SynthConfig {
                 k if ROLES.contains(&k) => roles.push((key, table)),
                 _ => {
                     return Err(format!(
-                        "unknown section [{key}] (expected defaults, socrates, user, judge, limits)"
+                        "unknown section [{key}] (expected defaults, socrates, user, judge, limits, transcript)"
                     ))
                 }
             }
@@ -252,6 +285,8 @@ mod tests {
             api_key_env = "JUDGE_KEY"
             [limits]
             rpm = 30
+            [transcript]
+            model_label = "ソクラテス"
             "#,
         )
         .unwrap();
@@ -267,6 +302,13 @@ mod tests {
         assert!(cfg.user.is_none());
         assert_eq!(cfg.limits.rpm, Some(30.0));
         assert_eq!(cfg.limits.concurrency, 4);
+        assert_eq!(
+            (
+                cfg.transcript.user_label.as_str(),
+                cfg.transcript.model_label.as_str()
+            ),
+            ("user", "ソクラテス")
+        );
         assert!(cfg
             .role("user")
             .unwrap_err()

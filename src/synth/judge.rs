@@ -130,7 +130,7 @@ pub fn parse_verdict(content: &str) -> Result<Verdict, String> {
     })
 }
 
-/// The dialogue as the judge sees it: one labelled paragraph per turn.
+/// The dialogue as the judge sees it: one labelled line per turn (`label: text`).
 pub fn render_dialogue(d: &Dialogue, user_label: &str, model_label: &str) -> String {
     let mut out = String::new();
     for t in &d.turns {
@@ -140,7 +140,7 @@ pub fn render_dialogue(d: &Dialogue, user_label: &str, model_label: &str) -> Str
             model_label
         };
         if !out.is_empty() {
-            out.push_str("\n\n");
+            out.push('\n');
         }
         out.push_str(&format!("{label}: {}", t.text.trim()));
     }
@@ -162,17 +162,28 @@ fn shorten(s: &str, max_chars: usize) -> String {
     }
 }
 
+/// What every judge call of a run shares.
+struct Ctx<'a> {
+    client: &'a Client,
+    journal: &'a Journal,
+    stats: &'a Stats,
+    opts: &'a JudgeOptions,
+    template: &'a Template,
+    sampling: &'a Sampling,
+    halt: &'a Halt<'a>,
+}
+
 /// Scores one dialogue: `Ok(Err(failure))` when the judge never gave a valid answer.
-fn judge_one(
-    client: &Client,
-    journal: &Journal,
-    stats: &Stats,
-    opts: &JudgeOptions,
-    template: &Template,
-    sampling: &Sampling,
-    d: &Dialogue,
-    halt: &Halt,
-) -> Result<Result<Judge, JudgeFailure>, SynthError> {
+fn judge_one(ctx: &Ctx, d: &Dialogue) -> Result<Result<Judge, JudgeFailure>, SynthError> {
+    let Ctx {
+        client,
+        journal,
+        stats,
+        opts,
+        template,
+        sampling,
+        halt,
+    } = *ctx;
     let prompt = template.render(&[(
         "dialogue",
         &render_dialogue(d, &opts.user_label, &opts.model_label),
@@ -273,21 +284,21 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
     let results: Mutex<Vec<Option<Judge>>> = Mutex::new(vec![None; dialogues.len()]);
     let failures: Mutex<Vec<JudgeFailure>> = Mutex::new(Vec::new());
     let halt = Halt::new(&opts.stop);
+    let ctx = Ctx {
+        client: &client,
+        journal: &journal,
+        stats: &stats,
+        opts,
+        template: &template,
+        sampling: &sampling,
+        halt: &halt,
+    };
     let run = pool::for_each(
         &todo,
         limits.concurrency,
         &halt,
         |&i| {
-            match judge_one(
-                &client,
-                &journal,
-                &stats,
-                opts,
-                &template,
-                &sampling,
-                &dialogues[i],
-                &halt,
-            )? {
+            match judge_one(&ctx, &dialogues[i])? {
                 Ok(j) => {
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(j);
                     progress.done();
@@ -484,7 +495,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             render_dialogue(&d, "ユーザー", "ソクラテス"),
-            "ユーザー: 正義とは？\n\nソクラテス: 君はどう思う？"
+            "ユーザー: 正義とは？\nソクラテス: 君はどう思う？"
         );
     }
 }

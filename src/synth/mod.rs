@@ -6,21 +6,28 @@
 //! one whole line at a time.
 
 pub mod backend;
+pub mod calibrate;
 pub mod client;
+pub mod command;
 pub mod config;
+pub mod filter;
 pub mod generate;
 pub mod journal;
 pub mod judge;
 pub mod limiter;
 pub mod manifest;
+pub mod minhash;
 mod pool;
 pub mod progress;
 pub mod prompts;
 pub mod retry;
+pub mod review;
 mod sidecar;
+mod tui;
 
 pub use client::{ChatRequest, Client, Completion, Message, Sampling};
-pub use config::{EndpointConfig, Limits, SynthConfig};
+pub use command::run;
+pub use config::{EndpointConfig, Limits, SynthConfig, Transcript};
 pub use journal::Journal;
 pub use sidecar::sidecar;
 
@@ -83,6 +90,13 @@ pub enum SynthError {
     /// The terminal could not be driven.
     #[error("terminal: {0}")]
     Terminal(String),
+    /// The run finished, but some items failed (listed in `file`).
+    #[error("{failed} of {total} failed (see {}); rerun the same command to retry them", file.display())]
+    Incomplete {
+        failed: usize,
+        total: usize,
+        file: PathBuf,
+    },
     /// The run was stopped (Ctrl-C); rerunning resumes it.
     #[error("interrupted; rerun the same command to resume")]
     Interrupted,
