@@ -290,6 +290,33 @@ fn changed_settings_are_refused_on_resume_and_bad_templates_before_any_call() {
     assert_eq!(srv.count(), 0);
 }
 
+#[test]
+fn a_run_of_failures_stops_the_run_instead_of_failing_every_dialogue() {
+    let srv = FakeLlm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = project(
+        dir.path(),
+        &srv.base_url,
+        "SOCRATUNE_GEN_TEST_KEY",
+        "max_failures_in_a_row = 5",
+    );
+    let rejected = r#"{"error":{"message":"Unsupported parameter: 'seed'"}}"#;
+    srv.script((0..100).map(|_| Fault::status(400, rejected)));
+    let e = generate(&options(dir.path(), &cfg, 2, vec![0.3, 0.7], None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("5 items failed in a row") && e.contains("HTTP 400: Unsupported parameter"),
+        "{e}"
+    );
+    assert!(srv.count() <= 6, "{} requests", srv.count());
+    let manifest = std::fs::read_to_string(dir.path().join("out/dialogues.manifest.json")).unwrap();
+    assert!(
+        manifest.contains("\"status\": \"failed: 5 items failed in a row"),
+        "{manifest}"
+    );
+}
+
 // ---- the binary: SIGKILL and resume ----
 
 fn bin() -> Command {

@@ -69,6 +69,9 @@ pub struct Limits {
     /// A server asking (`retry-after`) for a longer pause than this fails the call.
     #[serde(default = "default_max_wait")]
     pub max_retry_wait_s: f64,
+    /// Stop the run after this many dialogues fail in a row (0: never).
+    #[serde(default = "default_streak")]
+    pub max_failures_in_a_row: usize,
 }
 
 impl Default for Limits {
@@ -80,6 +83,7 @@ impl Default for Limits {
             base_delay_ms: default_base_delay(),
             max_backoff_s: default_max_backoff(),
             max_retry_wait_s: default_max_wait(),
+            max_failures_in_a_row: default_streak(),
         }
     }
 }
@@ -145,6 +149,9 @@ fn default_max_backoff() -> f64 {
 }
 fn default_max_wait() -> f64 {
     600.0
+}
+fn default_streak() -> usize {
+    20
 }
 
 const ROLES: [&str; 3] = ["socrates", "user", "judge"];
@@ -315,6 +322,21 @@ mod tests {
             .to_string()
             .contains("no [user] section"));
         assert_eq!(s.url(), "http://localhost:8000/v1/chat/completions");
+    }
+
+    #[test]
+    fn the_shipped_config_parses() {
+        let cfg = SynthConfig::parse(include_str!("../../configs/synth.toml")).unwrap();
+        for role in ["socrates", "user", "judge"] {
+            assert!(cfg
+                .role(role)
+                .unwrap()
+                .url()
+                .starts_with("https://api.openai.com/v1/"));
+        }
+        assert!(cfg.role("user").unwrap().temperature.is_none());
+        assert!(cfg.role("judge").unwrap().temperature.is_none());
+        assert_eq!(cfg.transcript.model_label, "ソクラテス");
     }
 
     #[test]

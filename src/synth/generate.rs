@@ -377,6 +377,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, SynthError> {
     let result = pool::for_each(
         &todo,
         limits.concurrency,
+        limits.max_failures_in_a_row,
         &halt,
         |job| {
             let d = run_dialogue(&ctx, job, &personas[job.persona], &questions[job.question])?;

@@ -173,8 +173,8 @@ struct Ctx<'a> {
     halt: &'a Halt<'a>,
 }
 
-/// Scores one dialogue: `Ok(Err(failure))` when the judge never gave a valid answer.
-fn judge_one(ctx: &Ctx, d: &Dialogue) -> Result<Result<Judge, JudgeFailure>, SynthError> {
+/// Scores one dialogue; `InvalidJudgement` when the judge never gave a valid answer.
+fn judge_one(ctx: &Ctx, d: &Dialogue) -> Result<Judge, SynthError> {
     let Ctx {
         client,
         journal,
@@ -219,13 +219,13 @@ fn judge_one(ctx: &Ctx, d: &Dialogue) -> Result<Result<Judge, JudgeFailure>, Syn
                 if let Some(m) = c.model.as_ref().filter(|m| *m != client.model()) {
                     extra.insert("served_model".into(), json!(m));
                 }
-                return Ok(Ok(Judge {
+                return Ok(Judge {
                     socratic: v.socratic,
                     coherence: v.coherence,
                     comment: v.comment,
                     model: Some(client.model().to_string()),
                     extra,
-                }));
+                });
             }
             Err(e) => {
                 messages.push(Message::new("assistant", &c.content));
@@ -234,12 +234,11 @@ fn judge_one(ctx: &Ctx, d: &Dialogue) -> Result<Result<Judge, JudgeFailure>, Syn
             }
         }
     }
-    Ok(Err(JudgeFailure {
-        id: d.id.clone(),
+    Err(SynthError::InvalidJudgement {
         attempts,
         error: last.0,
         output: last.1,
-    }))
+    })
 }
 
 pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
@@ -296,31 +295,34 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
     let run = pool::for_each(
         &todo,
         limits.concurrency,
+        limits.max_failures_in_a_row,
         &halt,
         |&i| {
-            match judge_one(&ctx, &dialogues[i])? {
-                Ok(j) => {
-                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(j);
-                    progress.done();
-                }
-                Err(f) => {
-                    log(&format!(
-                        "{}: judge failed after {} attempt(s): {}",
-                        f.id, f.attempts, f.error
-                    ));
-                    failures.lock().unwrap_or_else(|e| e.into_inner()).push(f);
-                    progress.failed();
-                }
-            }
+            let j = judge_one(&ctx, &dialogues[i])?;
+            results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(j);
+            progress.done();
             Ok(())
         },
         |&i, e| {
-            log(&format!("{}: judge call failed: {e}", dialogues[i].id));
-            let f = JudgeFailure {
-                id: dialogues[i].id.clone(),
-                attempts: 0,
-                error: e.to_string(),
-                output: None,
+            let id = dialogues[i].id.clone();
+            log(&format!("{id}: judge failed: {e}"));
+            let f = match e {
+                SynthError::InvalidJudgement {
+                    attempts,
+                    error,
+                    output,
+                } => JudgeFailure {
+                    id,
+                    attempts,
+                    error,
+                    output,
+                },
+                other => JudgeFailure {
+                    id,
+                    attempts: 0,
+                    error: other.to_string(),
+                    output: None,
+                },
             };
             failures.lock().unwrap_or_else(|e| e.into_inner()).push(f);
             progress.failed();

@@ -90,6 +90,16 @@ pub enum SynthError {
     /// The terminal could not be driven.
     #[error("terminal: {0}")]
     Terminal(String),
+    /// Too many items failed one after another; the run stopped.
+    #[error("{count} items failed in a row, so the run stopped (a setting is probably wrong); last error: {last}")]
+    FailureStreak { count: usize, last: String },
+    /// The judge never gave a valid answer.
+    #[error("no valid answer after {attempts} attempt(s): {error}")]
+    InvalidJudgement {
+        attempts: u32,
+        error: String,
+        output: Option<String>,
+    },
     /// The run finished, but some items failed (listed in `file`).
     #[error("{failed} of {total} failed (see {}); rerun the same command to retry them", file.display())]
     Incomplete {
@@ -109,6 +119,7 @@ impl SynthError {
         match self {
             SynthError::Length
             | SynthError::EmptyReply { .. }
+            | SynthError::InvalidJudgement { .. }
             | SynthError::RetriesExhausted { .. } => false,
             // A 400 is usually about one request (too long a context); others are not.
             SynthError::Http { status, .. } => *status != 400,

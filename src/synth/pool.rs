@@ -27,15 +27,19 @@ impl Halt<'_> {
 
 /// Runs `work` on each item with `workers` threads. An item's error goes to `failed` unless it
 /// is fatal ([`SynthError::is_fatal`]): then the pool stops and returns it. `Interrupted` just
-/// ends the worker.
+/// ends the worker. `max_streak` items failing in a row (0: no limit) also stop the pool:
+/// that many failures with no success between them is a misconfiguration (a parameter the
+/// server rejects, a token limit too small), not bad luck.
 pub fn for_each<T: Sync>(
     items: &[T],
     workers: usize,
+    max_streak: usize,
     halt: &Halt,
     work: impl Fn(&T) -> Result<(), SynthError> + Sync,
     failed: impl Fn(&T, SynthError) + Sync,
 ) -> Result<(), SynthError> {
     let next = AtomicUsize::new(0);
+    let streak = AtomicUsize::new(0);
     let fatal: Mutex<Option<SynthError>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..workers.max(1).min(items.len()) {
@@ -47,7 +51,7 @@ pub fn for_each<T: Sync>(
                     break;
                 };
                 match work(item) {
-                    Ok(()) => {}
+                    Ok(()) => streak.store(0, Ordering::SeqCst),
                     Err(SynthError::Interrupted) => break,
                     Err(e) if e.is_fatal() => {
                         halt.abort.store(true, Ordering::SeqCst);
@@ -57,7 +61,20 @@ pub fn for_each<T: Sync>(
                             .get_or_insert(e);
                         break;
                     }
-                    Err(e) => failed(item, e),
+                    Err(e) => {
+                        let last = e.to_string();
+                        failed(item, e);
+                        let n = streak.fetch_add(1, Ordering::SeqCst) + 1;
+                        if max_streak > 0 && n >= max_streak {
+                            halt.abort.store(true, Ordering::SeqCst);
+                            let e = SynthError::FailureStreak { count: n, last };
+                            fatal
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
+                            break;
+                        }
+                    }
                 }
             });
         }
@@ -81,6 +98,7 @@ mod tests {
         for_each(
             &items,
             4,
+            0,
             &halt,
             |i| {
                 sum.fetch_add(*i as usize, Ordering::SeqCst);
@@ -100,6 +118,7 @@ mod tests {
         let e = for_each(
             &items,
             1,
+            0,
             &halt,
             |i| {
                 done.fetch_add(1, Ordering::SeqCst);
@@ -114,5 +133,27 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.to_string(), "boom");
         assert_eq!(done.load(Ordering::SeqCst), 4);
+
+        // Three failures in a row stop the pool; failures with successes between do not.
+        let done = AtomicUsize::new(0);
+        let halt = Halt::new(&stop);
+        let e = for_each(
+            &items,
+            1,
+            3,
+            &halt,
+            |i| {
+                done.fetch_add(1, Ordering::SeqCst);
+                if *i < 10 && i % 2 == 0 || *i >= 20 {
+                    Err(SynthError::Length)
+                } else {
+                    Ok(())
+                }
+            },
+            |_, _| {},
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("3 items failed in a row"), "{e}");
+        assert_eq!(done.load(Ordering::SeqCst), 23);
     }
 }
