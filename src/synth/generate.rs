@@ -278,6 +278,29 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, SynthError> {
     let todo: Vec<&Job> = jobs.iter().filter(|j| !done.contains(&j.id)).collect();
 
     let limits = &opts.config.limits;
+    let settings = json!({
+        "socrates": manifest::endpoint(socrates_cfg),
+        "user": manifest::endpoint(user_cfg),
+        "prompts": {
+            SOCRATES_PROMPT: socrates_prompt.sha256,
+            USER_PROMPT: user_prompt.sha256,
+        },
+        "rounds": opts.rounds,
+    });
+    let settings_sha = manifest::settings_sha(&settings);
+    if !done.is_empty() && !opts.allow_changed {
+        if let Some(prev) = manifest::previous_settings_sha(&manifest_path) {
+            if prev != settings_sha {
+                return Err(SynthError::Config(format!(
+                    "{} already holds {} dialogues made with other prompts, models or sampling (see {}); \
+                     write to a new --out, or pass --allow-changed to mix them",
+                    opts.out.display(),
+                    done.len(),
+                    manifest_path.display()
+                )));
+            }
+        }
+    }
     let limiter = Arc::new(Limiter::new(limits.concurrency, limits.rpm));
     let progress = Progress::new("generate", todo.len() as u64, Arc::clone(&stats));
     let log = progress.log();
@@ -298,30 +321,6 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, SynthError> {
         log.clone(),
     )?;
 
-    let settings = json!({
-        "socrates": manifest::endpoint(socrates_cfg, &socrates),
-        "user": manifest::endpoint(user_cfg, &user),
-        "prompts": {
-            "dir": opts.prompts,
-            SOCRATES_PROMPT: socrates_prompt.sha256,
-            USER_PROMPT: user_prompt.sha256,
-        },
-        "rounds": opts.rounds,
-    });
-    let settings_sha = manifest::settings_sha(&settings);
-    if !done.is_empty() && !opts.allow_changed {
-        if let Some(prev) = manifest::previous_settings_sha(&manifest_path) {
-            if prev != settings_sha {
-                return Err(SynthError::Config(format!(
-                    "{} already holds {} dialogues made with other prompts, models or sampling (see {}); \
-                     write to a new --out, or pass --allow-changed to mix them",
-                    opts.out.display(),
-                    done.len(),
-                    manifest_path.display()
-                )));
-            }
-        }
-    }
     let journal = Journal::open(&journal_path, &log)?;
     let started = manifest::now_unix();
     let make_manifest =
@@ -374,6 +373,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, SynthError> {
     let generated = AtomicUsize::new(0);
     let out = Mutex::new(out_file);
     let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
+    progress.start();
     let result = pool::for_each(
         &todo,
         limits.concurrency,

@@ -292,6 +292,7 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
         sampling: &sampling,
         halt: &halt,
     };
+    progress.start();
     let run = pool::for_each(
         &todo,
         limits.concurrency,
@@ -339,9 +340,9 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
     failures.sort_by_key(|f| index.get(f.id.as_str()).copied());
     let total = dialogues.len();
     let settings = json!({
-        "judge": manifest::endpoint(cfg, &client),
+        "judge": manifest::endpoint(cfg),
         "effective_temperature": sampling.temperature,
-        "prompts": {"dir": opts.prompts, JUDGE_PROMPT: template.sha256},
+        "prompts": {JUDGE_PROMPT: template.sha256},
         "labels": {"user": opts.user_label, "model": opts.model_label},
         "max_reasks": opts.max_reasks,
     });
@@ -355,6 +356,8 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
                 "updated_at": manifest::now_unix(),
                 "settings_sha256": manifest::settings_sha(&settings),
                 "settings": settings,
+                "prompts_dir": opts.prompts,
+                "api_key_env": cfg.api_key_env,
                 "inputs": {"dialogues": manifest::input(&opts.input, total)?},
                 "counts": {
                     "dialogues": total,

@@ -2,7 +2,6 @@
 //! sampling parameters, prompt hashes, counts). The API key is never in it, only the name of
 //! the variable that held it.
 
-use super::client::Client;
 use super::config::EndpointConfig;
 use super::progress::Stats;
 use super::SynthError;
@@ -18,13 +17,13 @@ pub fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// What one role sends: endpoint, model, resolved backend and the sampling fields.
-pub fn endpoint(cfg: &EndpointConfig, client: &Client) -> Value {
+/// What one role sends: endpoint, model, resolved backend and the sampling fields (not the
+/// key's variable name, which does not change what is generated).
+pub fn endpoint(cfg: &EndpointConfig) -> Value {
     json!({
         "base_url": cfg.base_url,
         "model": cfg.model,
-        "backend": client.backend(),
-        "api_key_env": cfg.api_key_env,
+        "backend": cfg.backend.resolve(&cfg.base_url),
         "system_role": cfg.system_role,
         "response_format": cfg.response_format,
         "temperature": cfg.temperature,

@@ -70,7 +70,6 @@ impl Progress {
             .unwrap_or_else(|_| ProgressStyle::default_bar());
             b.set_style(style);
             b.set_prefix(label.to_string());
-            b.enable_steady_tick(Duration::from_millis(500));
             b
         });
         Arc::new(Self {
@@ -82,6 +81,14 @@ impl Progress {
             bar,
             last_line: Mutex::new(Instant::now()),
         })
+    }
+
+    /// Starts drawing (separate from `new`, so that setup errors leave no bar behind).
+    pub fn start(&self) {
+        match &self.bar {
+            Some(b) => b.enable_steady_tick(Duration::from_millis(500)),
+            None => eprintln!("{}: {} to do", self.label, self.total),
+        }
     }
 
     /// A [`Log`] that prints above the bar.
@@ -138,8 +145,14 @@ impl Progress {
 
     pub fn finish(&self) {
         if let Some(b) = &self.bar {
-            b.set_message(self.line());
-            b.finish();
+            b.finish_and_clear();
+            let done = self.done.load(Ordering::Relaxed);
+            eprintln!(
+                "{}: {done}/{} done, {}",
+                self.label,
+                self.total,
+                self.line()
+            );
         }
     }
 }
