@@ -228,9 +228,20 @@ fn review_decisions_survive_a_restart() {
         dialogue("c", "p001", "q03", 0.3, &["q", "m"], Some((1, 1))),
         dialogue("d", "p001", "q04", 0.3, &["q", "m"], Some((3, 0))),
     ];
+    let mut ds = ds;
+    ds[1].review = Some(socratune::corpus::Review {
+        decision: Decision::Drop,
+        note: None,
+        extra: Default::default(),
+    });
     let path = dir.path().join("judged.review.json");
     let (mut s, warnings) = Session::open(&ds, "sha-1", &path, 0.0, 0).unwrap();
     assert!(warnings.is_empty());
+    // A review already in the input seeds the decisions.
+    assert_eq!(
+        s.queue.decision("b").unwrap().decision,
+        Some(Decision::Drop)
+    );
     assert_eq!(s.queue.cursor(), Some("a"));
     assert_eq!(s.key(Key::Char('k')).unwrap(), Effect::Save);
     for k in [
@@ -256,6 +267,10 @@ fn review_decisions_survive_a_restart() {
     );
     let a = s.queue.decision("a").unwrap();
     assert_eq!(a.decision, Some(Decision::Keep));
+    assert_eq!(
+        s.queue.decision("b").unwrap().decision,
+        Some(Decision::Drop)
+    );
     let c = s.queue.decision("c").unwrap();
     assert_eq!(
         (c.decision, c.note.as_deref(), c.socratic, c.coherence),

@@ -12,7 +12,7 @@ use crate::fsutil::write_atomic;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -356,9 +356,15 @@ impl Session {
         seed: u64,
     ) -> Result<(Self, Vec<String>), SynthError> {
         let mut warnings = Vec::new();
-        let mut decisions = decisions_from(dialogues);
+        // Reviews already in the input seed a new review file; once the file exists it is
+        // the truth (so that undoing such a review sticks).
+        let mut decisions = BTreeMap::new();
         let mut cursor = None;
-        if let Some(prev) = ReviewFile::load(path)? {
+        let previous = ReviewFile::load(path)?;
+        if previous.is_none() {
+            decisions = decisions_from(dialogues);
+        }
+        if let Some(prev) = previous {
             if prev.input_sha256 != input_sha256 {
                 warnings.push(
                     "the input changed since this review began; decisions are matched by dialogue id"
@@ -371,7 +377,7 @@ impl Session {
                     prev.audit, prev.seed
                 ));
             }
-            decisions.extend(prev.decisions);
+            decisions = prev.decisions;
             cursor = prev.cursor;
         }
         let queue = Queue::new(
@@ -437,16 +443,20 @@ fn decisions_from(ds: &[Dialogue]) -> BTreeMap<String, HumanDecision> {
         .collect()
 }
 
-/// Sets `review` on every dialogue with a keep/drop decision; human scores go into the
-/// review's extra fields (`socratic`, `coherence`). Returns how many were set.
+/// Makes each dialogue's `review` what the decisions say: set where there is a keep/drop
+/// decision (human scores in the review's extra fields `socratic`, `coherence`; other extra
+/// fields of an earlier review kept), absent otherwise. Returns how many are set.
 pub fn apply(dialogues: &mut [Dialogue], decisions: &BTreeMap<String, HumanDecision>) -> usize {
     let mut n = 0;
     for d in dialogues.iter_mut() {
-        let Some(h) = decisions.get(&d.id) else {
+        let previous = d.review.take();
+        let Some(decision) = decisions.get(&d.id).and_then(|h| h.decision) else {
             continue;
         };
-        let Some(decision) = h.decision else { continue };
-        let mut extra = Map::new();
+        let h = &decisions[&d.id];
+        let mut extra = previous.map(|r| r.extra).unwrap_or_default();
+        extra.remove("socratic");
+        extra.remove("coherence");
         if let Some(s) = h.socratic {
             extra.insert("socratic".into(), json!(s));
         }
@@ -466,6 +476,7 @@ pub fn apply(dialogues: &mut [Dialogue], decisions: &BTreeMap<String, HumanDecis
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Map;
 
     fn dialogue(id: &str, s: Option<(u8, u8)>) -> Dialogue {
         let judge = s
@@ -629,8 +640,22 @@ mod tests {
                 ..Default::default()
             },
         );
+        ds[3].review = Some(Review {
+            decision: Decision::Keep,
+            note: None,
+            extra: Map::new(),
+        });
+        ds[0].review = Some(Review {
+            decision: Decision::Drop,
+            note: None,
+            extra: serde_json::from_str(r#"{"reviewer":"a","socratic":1}"#).unwrap(),
+        });
         assert_eq!(apply(&mut ds, &decisions), 1);
         let r = ds[0].review.as_ref().unwrap();
+        assert_eq!(
+            r.extra["reviewer"], "a",
+            "unknown fields of an earlier review survive"
+        );
         assert_eq!(
             (r.decision, r.note.as_deref()),
             (Decision::Keep, Some("問題なし"))
