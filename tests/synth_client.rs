@@ -314,15 +314,28 @@ fn hosted_backends_need_the_key_variable_local_ones_do_not() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("SOCRATUNE_SURELY_UNSET_VAR is not set"), "{e}");
-    let mut cfg = endpoint("http://127.0.0.1:8000/v1", "");
+    // A local server needs no key; if it turns out to want one, the error says which
+    // variable was empty.
+    let srv = FakeLlm::start();
+    let mut cfg = endpoint(&srv.base_url, "");
     cfg.api_key_env = "SOCRATUNE_SURELY_UNSET_VAR".into();
-    assert!(Client::new(
+    let client = Client::new(
         "judge",
         &cfg,
         Arc::new(Limiter::new(1, None)),
         &limits(),
         stats,
-        log
+        log,
     )
-    .is_ok());
+    .unwrap();
+    srv.script([Fault::status(401, r#"{"error":{"message":"missing key"}}"#)]);
+    let e = client
+        .send(&client.body(&request()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("missing key (no API key was sent: SOCRATUNE_SURELY_UNSET_VAR is not set)"),
+        "{e}"
+    );
+    assert!(srv.requests()[0].auth.is_none());
 }

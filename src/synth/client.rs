@@ -221,6 +221,7 @@ pub struct Client {
     format: FormatMode,
     system_role: bool,
     key: ApiKey,
+    key_env: String,
     agent: ureq::Agent,
     limiter: Arc<Limiter>,
     policy: RetryPolicy,
@@ -284,6 +285,7 @@ impl Client {
             format: cfg.response_format.unwrap_or(profile.format),
             system_role: cfg.system_role,
             key: ApiKey(key),
+            key_env: cfg.api_key_env.clone(),
             agent,
             limiter,
             policy: RetryPolicy::from_limits(limits),
@@ -402,11 +404,20 @@ impl Client {
                         url: self.url.clone(),
                         message,
                     }),
-                    Verdict::Fatal => Attempt::Fatal(SynthError::Http {
-                        url: self.url.clone(),
-                        status,
-                        message,
-                    }),
+                    Verdict::Fatal => {
+                        let mut message = message;
+                        if matches!(status, 401 | 403) && self.key.0.is_none() {
+                            message.push_str(&format!(
+                                " (no API key was sent: {} is not set)",
+                                self.key_env
+                            ));
+                        }
+                        Attempt::Fatal(SynthError::Http {
+                            url: self.url.clone(),
+                            status,
+                            message,
+                        })
+                    }
                 }
             }
             Err(ureq::Error::Transport(t)) => Attempt::Retry {
