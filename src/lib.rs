@@ -10,4 +10,5 @@ pub mod dataset;
 pub mod fsutil;
 pub mod model;
 pub mod report;
+pub mod synth;
 pub mod train;

@@ -127,6 +127,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Data(d) => d.run()?,
+        Command::Synth(s) => socratune::synth::run(&s)?,
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod data;
 pub mod export;
 pub mod model;
+pub mod synth;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -38,4 +39,6 @@ pub enum Command {
     },
     /// Train one LoRA run on a dataset variant (resumable).
     Train(train::TrainArgs),
+    /// Make the training dialogues: AI×AI generation, LLM judging, human review, filtering.
+    Synth(synth::SynthArgs),
 }
