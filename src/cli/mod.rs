@@ -5,6 +5,7 @@ pub mod bench;
 pub mod data;
 pub mod export;
 pub mod model;
+pub mod sweep;
 pub mod synth;
 pub mod train;
 
@@ -23,6 +24,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole pipeline offline on CPU in a few minutes, from the shipped sample dialogues.
+    Demo {
+        /// Where the demo writes (replaced on a rerun).
+        #[arg(long, default_value = "runs/demo")]
+        out: std::path::PathBuf,
+        /// Optimizer steps per variant.
+        #[arg(long, default_value_t = 40)]
+        steps: usize,
+    },
     /// Inspect a base model: where it comes from, its shape and parameter counts.
     Model(model::ModelArgs),
     /// Check a dialogue corpus, and build the variants' datasets and token statistics.
@@ -37,6 +47,8 @@ pub enum Command {
         #[arg(default_value = "runs")]
         runs: std::path::PathBuf,
     },
+    /// Train every variant with the same settings and split (skips finished runs, resumes others).
+    Sweep(sweep::SweepArgs),
     /// Train one LoRA run on a dataset variant (resumable).
     Train(train::TrainArgs),
     /// Make the training dialogues: AI×AI generation, LLM judging, human review, filtering.

@@ -193,7 +193,19 @@ impl Gemma2 {
     /// A randomly initialised model (weights N(0, 0.02), norms 0 as transformers does), seeded;
     /// for benchmarks and the offline demo.
     pub fn random(cfg: &Gemma2Config, seed: u64, dtype: DType, dev: &Device) -> Result<Self> {
-        let tensors = random_weights(cfg, seed, dev)?;
+        Self::random_with_embedding_std(cfg, seed, 0.02, dtype, dev)
+    }
+
+    /// Like [`Gemma2::random`] with another spread for the (tied) embedding: at 0.02 a tiny
+    /// model's output logits can hardly move from uniform, so the demo uses a wider one.
+    pub fn random_with_embedding_std(
+        cfg: &Gemma2Config,
+        seed: u64,
+        embedding_std: f32,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
+        let tensors = random_weights(cfg, seed, embedding_std, dev)?;
         let w = Weights::from_tensors(tensors);
         Self::from_weights(cfg, &w, dtype, dev)
     }
@@ -564,7 +576,12 @@ impl Layer {
 
 /// Random weights as transformers initialises Gemma-2 (normal 0.02; norms 0), generated with a
 /// seeded generator so that benchmarks and the demo are reproducible.
-fn random_weights(cfg: &Gemma2Config, seed: u64, dev: &Device) -> Result<Vec<(String, Tensor)>> {
+fn random_weights(
+    cfg: &Gemma2Config,
+    seed: u64,
+    embedding_std: f32,
+    dev: &Device,
+) -> Result<Vec<(String, Tensor)>> {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let q_dim = cfg.num_attention_heads * cfg.head_dim;
     let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
@@ -587,7 +604,12 @@ fn random_weights(cfg: &Gemma2Config, seed: u64, dev: &Device) -> Result<Vec<(St
     let mut out = Vec::with_capacity(shapes.len());
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for (name, shape) in shapes {
-        out.push((name, normal(&shape, 0.02, &mut rng, dev)?));
+        let std = if name == "model.embed_tokens.weight" {
+            embedding_std
+        } else {
+            0.02
+        };
+        out.push((name, normal(&shape, std, &mut rng, dev)?));
     }
     let zeros = Tensor::zeros(h, DType::F32, dev)?;
     for l in 0..cfg.num_hidden_layers {

@@ -95,6 +95,24 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
             let _ = std::fs::remove_file(out.join(name));
         }
     }
+    // Resuming a finished run with the same config and data has nothing left to do.
+    if spec.resume {
+        if let Some(done) = read_summary(out) {
+            let same_config = done.config_sha256
+                == sha256_hex(
+                    serde_json::to_string_pretty(cfg)
+                        .expect("config serializes")
+                        .as_bytes(),
+                );
+            if same_config && done.data_sha256 == data_sha {
+                eprintln!(
+                    "{}: already finished ({} steps); nothing to resume",
+                    spec.name, done.steps
+                );
+                return Ok(done);
+            }
+        }
+    }
     let resume_from = if spec.resume {
         let (found, skipped) = checkpoint::newest_valid(&ckpt_dir);
         for s in skipped {
@@ -214,7 +232,7 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     let mut last_ckpt = resume_from.as_ref().map(|(p, _)| p.display().to_string());
 
     let bar = progress_bar(spec.progress, total, state.step, &spec.name);
-    let log_every = (total / 50).max(1);
+    let log_every = (total / 20).max(1);
     let t0 = Instant::now();
     let base_elapsed = state.elapsed_s;
     let mut stopped_early = false;
@@ -437,7 +455,14 @@ fn common_metric(
     if !path.is_file() || !best.is_dir() {
         return Ok(None);
     }
-    let file = load_examples(&path, model.cfg.max_position_embeddings)?;
+    let file = match load_examples(&path, model.cfg.max_position_embeddings) {
+        Ok(f) => f,
+        Err(e) => {
+            // Scoring only the dialogues that fit would make the metric incomparable.
+            eprintln!("{}: no common val loss: {e}", spec.name);
+            return Ok(None);
+        }
+    };
     crate::model::adapter::load(model, &best)?;
     let tokens = file.examples.iter().map(Example::supervised).sum();
     // Whole dialogues are long: one at a time.
