@@ -68,6 +68,19 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
+/// Training allocates and frees the same large activation buffers every step. glibc serves
+/// large blocks with mmap and unmaps them on free, so every step page-faults (and the kernel
+/// zeroes) all of its memory again; keeping freed memory in the heap makes CPU training steps
+/// about 1.7× faster (benches/NOTES.md). Call once, first thing in `main`.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters; called before other threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 /// Hex SHA-256 of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);

@@ -15,13 +15,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Training allocates and frees large activation buffers every step; the system allocator hands
-/// them back to the OS each time (page faults on every reuse), mimalloc keeps them (1.7× faster
-/// CPU steps, see benches/NOTES.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
+    socratune::fsutil::keep_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

@@ -484,11 +484,8 @@ impl Layer {
         let x = ops::rms_norm(&h, &self.pre_ff_norm.0, eps)?;
         let gate = self.mlp.gate.forward(&x, mode)?;
         let up = self.mlp.up.forward(&x, mode)?;
-        let act = match m.cfg.activation {
-            Activation::GeluTanh => gate.gelu()?,
-            Activation::GeluErf => gate.gelu_erf()?,
-        };
-        let x = self.mlp.down.forward(&(act * up)?, mode)?;
+        let act = ops::geglu(&gate, &up, m.cfg.activation == Activation::GeluErf)?;
+        let x = self.mlp.down.forward(&act, mode)?;
         let x = ops::rms_norm(&x, &self.post_ff_norm.0, eps)?;
         Ok((h + x)?)
     }

@@ -4,6 +4,7 @@
 //! same pass, so no logits are kept for the backward.
 
 use super::gemma2::Gemma2;
+use super::kernels;
 use super::lora::Mode;
 use super::ops::with_grad;
 use super::{ModelError, Result};
@@ -139,6 +140,16 @@ pub fn cross_entropy_sum(
             .narrow(0, start, len)?
             .matmul(&wt)?
             .to_dtype(DType::F32)?;
+        if let Some((sum, dz)) =
+            kernels::cross_entropy_rows(&z, &targets[start..start + len], cap, need_grad)?
+        {
+            sums.push(Tensor::new(sum as f32, dev)?);
+            if let Some(dz) = dz {
+                grads.push(dz.to_dtype(w.dtype())?.matmul(w)?);
+            }
+            start += len;
+            continue;
+        }
         let (z, t) = match cap {
             Some(c) => {
                 let t = (z / c)?.tanh()?;

@@ -8,6 +8,7 @@ pub mod export;
 pub mod gemma2;
 pub mod generate;
 pub mod hub;
+pub mod kernels;
 pub mod lora;
 pub mod loss;
 pub mod ops;

@@ -6,8 +6,9 @@
 //! inputs and attaches its own backward through [`with_grad`], so gradients flow only where
 //! they are needed.
 
+use super::kernels;
 use candle_core::backend::{BackendDevice, BackendStorage};
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 
 type Backward = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
 
@@ -73,6 +74,89 @@ impl CustomOp2 for Inject {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((None, Some((self.backward)(grad)?)))
     }
+}
+
+type Backward2 = Box<dyn Fn(&Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> + Send + Sync>;
+
+/// [`Inject`] for two inputs: the forward value is `arg1` copied, the backward sends gradients
+/// to `arg2` and `arg3`.
+struct Inject2 {
+    backward: Backward2,
+}
+
+impl CustomOp3 for Inject2 {
+    fn name(&self) -> &'static str {
+        "inject-grad2"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        copy_storage(s1, l1)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        copy_storage(s1, l1)
+    }
+
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        s1: &candle_core::MetalStorage,
+        l1: &Layout,
+        _: &candle_core::MetalStorage,
+        _: &Layout,
+        _: &candle_core::MetalStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        copy_storage(s1, l1)
+    }
+
+    fn bwd(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (a, b) = (self.backward)(grad)?;
+        Ok((None, a, b))
+    }
+}
+
+/// [`with_grad`] for a value computed from two inputs.
+pub fn with_grad2(
+    value: Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    backward: impl Fn(&Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    if !a.track_op() && !b.track_op() {
+        return Ok(value);
+    }
+    value.detach().apply_op3(
+        a,
+        b,
+        Inject2 {
+            backward: Box::new(backward),
+        },
+    )
 }
 
 /// Returns `value` (computed without a graph) wired into the graph of `input`: the gradient
@@ -145,6 +229,17 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, neg_sin: &Tensor) -> Result<
 /// `bias` holds 0 for allowed and a large negative number for masked positions; it takes no
 /// gradient.
 pub fn capped_masked_softmax(s: &Tensor, cap: Option<f64>, bias: &Tensor) -> Result<Tensor> {
+    if s.rank() == 4 && kernels::applies(s) && kernels::applies(bias) {
+        let s_in = s.detach();
+        if let Some(y) = kernels::capped_softmax_forward(&s_in, cap, bias)? {
+            let y_saved = y.clone();
+            return with_grad(y, s, move |g| {
+                kernels::capped_softmax_backward(&s_in, &y_saved, g, cap)?.ok_or_else(|| {
+                    candle_core::Error::Msg("capped softmax backward: not CPU f32".into())
+                })
+            });
+        }
+    }
     let s_in = s.detach();
     let capped = match cap {
         Some(c) => ((&s_in / c)?.tanh()? * c)?,
@@ -161,6 +256,47 @@ pub fn capped_masked_softmax(s: &Tensor, cap: Option<f64>, bias: &Tensor) -> Res
         }
         Ok(ds)
     })
+}
+
+/// GeGLU: `gelu_tanh(gate) · up` (or exact GELU), with one fused backward for both inputs.
+pub fn geglu(gate: &Tensor, up: &Tensor, exact: bool) -> Result<Tensor> {
+    let (g, u) = (gate.detach(), up.detach());
+    if !exact && kernels::applies(&g) {
+        if let Some(y) = kernels::geglu_forward(&g, &u)? {
+            return with_grad2(y, gate, up, move |dy| {
+                let (dg, du) = kernels::geglu_backward(&g, &u, dy)?
+                    .ok_or_else(|| candle_core::Error::Msg("geglu backward: not CPU f32".into()))?;
+                Ok((Some(dg), Some(du)))
+            });
+        }
+    }
+    let act = if exact { g.gelu_erf()? } else { g.gelu()? };
+    let y = (&act * &u)?;
+    with_grad2(y, gate, up, move |dy| {
+        let dact = if exact {
+            gelu_erf_grad(&g)?
+        } else {
+            gelu_tanh_grad(&g)?
+        };
+        Ok((Some((dy * &u)?.mul(&dact)?), Some(dy.mul(&act)?)))
+    })
+}
+
+/// d/dx of `0.5 x (1 + tanh(k0 (x + k1 x³)))`.
+fn gelu_tanh_grad(x: &Tensor) -> Result<Tensor> {
+    let (k0, k1) = ((2.0 / std::f64::consts::PI).sqrt(), 0.044715);
+    let x2 = x.sqr()?;
+    let t = ((x * (x2.affine(k1, 1.0)?))? * k0)?.tanh()?;
+    let left = ((&t + 1.0)? * 0.5)?;
+    let right = ((x * 0.5)? * (1.0 - t.sqr()?)?)?.mul(&(x2.affine(3.0 * k1, 1.0)? * k0)?)?;
+    left + right
+}
+
+/// d/dx of `x Φ(x)`: `Φ(x) + x φ(x)`.
+fn gelu_erf_grad(x: &Tensor) -> Result<Tensor> {
+    let cdf = ((x / std::f64::consts::SQRT_2)?.erf()? + 1.0)? * 0.5;
+    let pdf = ((x.sqr()? * -0.5)?.exp()? * (1.0 / (2.0 * std::f64::consts::PI).sqrt()))?;
+    cdf? + (x * pdf)?
 }
 
 /// Multiplies by a fixed mask (dropout); the gradient is masked the same way.
@@ -183,17 +319,24 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// Central finite differences of `f` (a scalar function of `x`) against autograd.
+    /// Central finite differences of `f` (a scalar function of `x`) against autograd, in f32
+    /// (the fused CPU kernels) and in f64 (the candle-op path other devices take).
     fn check_grad(x0: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) {
+        check_grad_in(x0, &f, DType::F32, 2e-3);
+        check_grad_in(&x0.to_dtype(DType::F64).unwrap(), &f, DType::F64, 1e-6);
+    }
+
+    fn check_grad_in(x0: &Tensor, f: &impl Fn(&Tensor) -> Result<Tensor>, dtype: DType, tol: f64) {
         let x = Var::from_tensor(x0).unwrap();
         let y = f(x.as_tensor()).unwrap();
         let grads = y.backward().unwrap();
-        let g = grads
-            .get(&x)
-            .expect("x has a gradient")
+        let g = grads.get(&x).expect("x has a gradient");
+        let g = g
             .flatten_all()
             .unwrap()
-            .to_vec1::<f32>()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
             .unwrap();
         let flat = x0
             .flatten_all()
@@ -202,14 +345,14 @@ mod tests {
             .unwrap()
             .to_vec1::<f64>()
             .unwrap();
-        let eps = 1e-3;
+        let eps = if dtype == DType::F64 { 1e-5 } else { 1e-3 };
         for i in 0..flat.len() {
             let eval = |d: f64| {
                 let mut v = flat.clone();
                 v[i] += d;
                 let t = Tensor::from_vec(v, x0.shape(), x0.device())
                     .unwrap()
-                    .to_dtype(DType::F32)
+                    .to_dtype(dtype)
                     .unwrap();
                 f(&t)
                     .unwrap()
@@ -220,8 +363,8 @@ mod tests {
             };
             let num = (eval(eps) - eval(-eps)) / (2.0 * eps);
             assert!(
-                (num - g[i] as f64).abs() < 2e-3 * (1.0 + num.abs()),
-                "elem {i}: numeric {num} vs autograd {}",
+                (num - g[i]).abs() < tol * (1.0 + num.abs()),
+                "{dtype:?} elem {i}: numeric {num} vs autograd {}",
                 g[i]
             );
         }
@@ -237,19 +380,81 @@ mod tests {
 
     /// A fixed random projection so that every output element matters to the scalar.
     fn weigh(y: &Tensor, seed: u64) -> Result<Tensor> {
-        y.mul(&randn(y.dims(), seed))?.sum_all()
+        y.mul(&randn(y.dims(), seed).to_dtype(y.dtype())?)?
+            .sum_all()
+    }
+
+    #[test]
+    fn geglu_gradient_matches_finite_differences() {
+        let up = (randn(&[3, 5], 21) * 2.0).unwrap();
+        for exact in [false, true] {
+            check_grad(&(randn(&[3, 5], 20) * 3.0).unwrap(), |g| {
+                weigh(&geglu(g, &up.to_dtype(g.dtype())?, exact)?, 22)
+            });
+            check_grad(&up, |u| {
+                let g = (randn(&[3, 5], 20) * 3.0)?.to_dtype(u.dtype())?;
+                weigh(&geglu(&g, u, exact)?, 22)
+            });
+        }
+    }
+
+    #[test]
+    fn fused_kernels_match_candle_ops() {
+        let g = (randn(&[4, 300], 30) * 4.0).unwrap();
+        let u = randn(&[4, 300], 31);
+        let fused = geglu(&g, &u, false).unwrap();
+        let plain = (g.gelu().unwrap() * &u).unwrap();
+        let d = (fused - plain)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "geglu differs by {d}");
+        let s = (randn(&[2, 2, 3, 7], 32) * 40.0).unwrap();
+        let bias = Tensor::new(&[0f32, 0., -1e30, 0., 0., 0., -1e30], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 1, 7))
+            .unwrap()
+            .broadcast_as((1, 1, 3, 7))
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let fused = capped_masked_softmax(&s, Some(50.0), &bias).unwrap();
+        let capped = ((&s / 50.0).unwrap().tanh().unwrap() * 50.0).unwrap();
+        let plain =
+            candle_nn::ops::softmax_last_dim(&capped.broadcast_add(&bias).unwrap()).unwrap();
+        let d = (fused - plain)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6, "softmax differs by {d}");
     }
 
     #[test]
     fn linear_frozen_gradient_matches_finite_differences() {
         let w = randn(&[5, 3], 1);
-        check_grad(&randn(&[2, 4, 3], 2), |x| weigh(&linear_frozen(x, &w)?, 3));
+        check_grad(&randn(&[2, 4, 3], 2), |x| {
+            weigh(&linear_frozen(x, &w.to_dtype(x.dtype())?)?, 3)
+        });
     }
 
     #[test]
     fn rms_norm_gradient_matches_finite_differences() {
         let w1 = (randn(&[6], 4) + 1.0).unwrap();
-        check_grad(&randn(&[3, 6], 5), |x| weigh(&rms_norm(x, &w1, 1e-6)?, 6));
+        // Gemma's norm computes in f32 whatever the input dtype: checked in f32 only.
+        check_grad_in(
+            &randn(&[3, 6], 5),
+            &|x: &Tensor| weigh(&rms_norm(x, &w1, 1e-6)?, 6),
+            DType::F32,
+            2e-3,
+        );
     }
 
     #[test]
@@ -257,17 +462,27 @@ mod tests {
         let cos = randn(&[3, 2], 7).cos().unwrap();
         let sin = randn(&[3, 2], 7).sin().unwrap();
         let neg = sin.neg().unwrap();
-        check_grad(&randn(&[1, 2, 3, 4], 8), |x| {
-            weigh(&rope(x, &cos, &sin, &neg)?, 9)
-        });
+        // candle's rope kernel takes f32, f16 and bf16.
+        check_grad_in(
+            &randn(&[1, 2, 3, 4], 8),
+            &|x: &Tensor| weigh(&rope(x, &cos, &sin, &neg)?, 9),
+            DType::F32,
+            2e-3,
+        );
     }
 
     #[test]
     fn softmax_gradient_matches_finite_differences() {
-        let bias = Tensor::new(&[[0f32, -1e30, 0.0, 0.0]], &Device::Cpu).unwrap();
+        let bias = Tensor::new(&[[0f32, -1e30, 0.0, 0.0]], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 1, 4))
+            .unwrap();
         for cap in [None, Some(1.5)] {
-            check_grad(&(randn(&[2, 3, 4], 10) * 3.0).unwrap(), |x| {
-                weigh(&capped_masked_softmax(x, cap, &bias)?, 11)
+            check_grad(&(randn(&[2, 1, 3, 4], 10) * 3.0).unwrap(), |x| {
+                weigh(
+                    &capped_masked_softmax(x, cap, &bias.to_dtype(x.dtype())?)?,
+                    11,
+                )
             });
         }
     }
