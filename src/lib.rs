@@ -4,6 +4,7 @@
 //! judging, review) → `dataset` (variants, chat template, split, statistics) → `model`
 //! (Gemma-2 + LoRA) → `train` (runs, checkpoints) → `report` (comparison) → `chat` (use).
 
+pub mod chat;
 pub mod cli;
 pub mod corpus;
 pub mod dataset;

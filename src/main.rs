@@ -3,6 +3,8 @@
 use anyhow::Result;
 use candle_core::{DType, Device};
 use clap::Parser;
+use socratune::chat::bench::GenerateBench;
+use socratune::chat::session::Interrupt;
 use socratune::cli::bench::BenchCommand;
 use socratune::cli::sweep::{Emit, SweepArgs};
 use socratune::cli::train::{TrainArgs, TrainOverrides};
@@ -139,9 +141,39 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 println!("{r}");
             }
+            BenchCommand::Generate {
+                preset,
+                tokens,
+                prompt_len,
+                device,
+                dtype,
+                json,
+            } => {
+                let o = GenerateBench {
+                    preset,
+                    tokens,
+                    prompt_len,
+                    device,
+                    dtype,
+                };
+                let r = socratune::chat::bench::bench_generate(&o)?;
+                if !json {
+                    eprintln!(
+                        "{} on {}: prefill {} tokens/s, decode {} tokens/s ({} ms/token)",
+                        r["preset"].as_str().unwrap_or_default(),
+                        r["device"].as_str().unwrap_or_default(),
+                        r["prefill_tokens_per_s"],
+                        r["decode_tokens_per_s"],
+                        r["ms_per_token"]
+                    );
+                }
+                println!("{r}");
+            }
         },
         Command::Data(d) => d.run()?,
         Command::Synth(s) => socratune::synth::run(&s)?,
+        Command::Chat(a) => socratune::chat::session::chat(&a, Some(Interrupt::install()))?,
+        Command::Serve(a) => socratune::chat::server::serve(&a)?,
     }
     Ok(())
 }

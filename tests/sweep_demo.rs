@@ -22,7 +22,11 @@ fn socratune(args: &[&str], cwd: &Path) -> (bool, String, String) {
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -31,29 +35,78 @@ fn sweep_trains_skips_finished_runs_compares_and_emits_slurm() {
     let d = dir.path();
     let sample = repo().join("data/dialogues/sample.jsonl");
     let tok = d.join("tokenizer.json");
-    let vocab = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(fixture().join("config.json")).unwrap()).unwrap()["vocab_size"]
+    let vocab = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(fixture().join("config.json")).unwrap(),
+    )
+    .unwrap()["vocab_size"]
         .to_string();
-    let (ok, _, err) = socratune(&["data", "tokenizer", "--dialogues", sample.to_str().unwrap(), "--vocab-size", &vocab, "--out", tok.to_str().unwrap()], d);
+    let (ok, _, err) = socratune(
+        &[
+            "data",
+            "tokenizer",
+            "--dialogues",
+            sample.to_str().unwrap(),
+            "--vocab-size",
+            &vocab,
+            "--out",
+            tok.to_str().unwrap(),
+        ],
+        d,
+    );
     assert!(ok, "{err}");
-    std::fs::write(d.join("train.toml"), "lora_dropout = 0.0\neval_every = 2\nsave_every = 2\n").unwrap();
+    std::fs::write(
+        d.join("train.toml"),
+        "lora_dropout = 0.0\neval_every = 2\nsave_every = 2\n",
+    )
+    .unwrap();
     let (variants_dir, model) = (repo().join("configs/variants"), fixture());
     let args = [
-        "sweep", "--variants", "model4,model6", "--variants-dir", variants_dir.to_str().unwrap(),
-        "--runs", "runs", "--config", "train.toml", "--dialogues", sample.to_str().unwrap(), "--tokenizer",
-        tok.to_str().unwrap(), "--max-len", "256", "--model", model.to_str().unwrap(), "--device", "cpu",
-        "--max-steps", "3", "--micro-batch", "2",
+        "sweep",
+        "--variants",
+        "model4,model6",
+        "--variants-dir",
+        variants_dir.to_str().unwrap(),
+        "--runs",
+        "runs",
+        "--config",
+        "train.toml",
+        "--dialogues",
+        sample.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--max-len",
+        "256",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--max-steps",
+        "3",
+        "--micro-batch",
+        "2",
     ];
     let (ok, out, err) = socratune(&args, d);
     assert!(ok, "{err}");
     for v in ["model4", "model6"] {
-        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("runs").join(v).join("summary.json")).unwrap()).unwrap();
+        let s: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(d.join("runs").join(v).join("summary.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(s["steps"], 3);
-        assert!(d.join("runs").join(v).join("best/adapter_model.safetensors").exists());
+        assert!(d
+            .join("runs")
+            .join(v)
+            .join("best/adapter_model.safetensors")
+            .exists());
     }
     // Same held-out dialogues for both variants.
-    let split = |v: &str| std::fs::read_to_string(d.join("runs").join(v).join("data/split.json")).unwrap();
+    let split =
+        |v: &str| std::fs::read_to_string(d.join("runs").join(v).join("data/split.json")).unwrap();
     assert_eq!(split("model4"), split("model6"));
-    assert!(out.contains("| model4 |") && out.contains("| model6 |"), "{out}");
+    assert!(
+        out.contains("| model4 |") && out.contains("| model6 |"),
+        "{out}"
+    );
     assert!(d.join("runs/compare.md").exists() && d.join("runs/loss.svg").exists());
     let svg = std::fs::read_to_string(d.join("runs/loss.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("model6"));
@@ -62,8 +115,14 @@ fn sweep_trains_skips_finished_runs_compares_and_emits_slurm() {
     let before = std::fs::read_to_string(d.join("runs/model4/metrics.jsonl")).unwrap();
     let (ok, _, err) = socratune(&args, d);
     assert!(ok, "{err}");
-    assert!(err.contains("model4: finished earlier") && err.contains("model6: finished earlier"), "{err}");
-    assert_eq!(std::fs::read_to_string(d.join("runs/model4/metrics.jsonl")).unwrap(), before);
+    assert!(
+        err.contains("model4: finished earlier") && err.contains("model6: finished earlier"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("runs/model4/metrics.jsonl")).unwrap(),
+        before
+    );
 
     // A Slurm array of the two.
     let mut slurm = args.to_vec();
@@ -72,7 +131,12 @@ fn sweep_trains_skips_finished_runs_compares_and_emits_slurm() {
     assert!(ok, "{err}");
     assert!(out.contains("sweep.slurm"), "{out}");
     let script = std::fs::read_to_string(d.join("runs/sweep.slurm")).unwrap();
-    assert!(script.contains("#SBATCH --array=0-1") && script.contains("\"model4\" \"model6\"") && script.contains("--resume"), "{script}");
+    assert!(
+        script.contains("#SBATCH --array=0-1")
+            && script.contains("\"model4\" \"model6\"")
+            && script.contains("--resume"),
+        "{script}"
+    );
     let cfg = std::fs::read_to_string(d.join("runs/sweep-config.toml")).unwrap();
     assert!(cfg.contains("max_steps = 3"), "{cfg}");
 }
@@ -81,14 +145,29 @@ fn sweep_trains_skips_finished_runs_compares_and_emits_slurm() {
 fn demo_runs_the_whole_pipeline_offline() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let (ok, stdout, err) = socratune(&["demo", "--out", out.to_str().unwrap(), "--steps", "2"], dir.path());
+    let (ok, stdout, err) = socratune(
+        &["demo", "--out", out.to_str().unwrap(), "--steps", "2"],
+        dir.path(),
+    );
     assert!(ok, "{err}");
     for v in 1..=9 {
         let run = out.join(format!("model{v}"));
-        assert!(run.join("summary.json").exists(), "model{v} did not finish: {err}");
+        assert!(
+            run.join("summary.json").exists(),
+            "model{v} did not finish: {err}"
+        );
     }
     assert!(stdout.contains("**Best: model"), "{stdout}");
     // A rerun replaces its own folder; any other folder is refused.
-    let (ok, _, err) = socratune(&["demo", "--out", dir.path().to_str().unwrap(), "--steps", "1"], dir.path());
+    let (ok, _, err) = socratune(
+        &[
+            "demo",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--steps",
+            "1",
+        ],
+        dir.path(),
+    );
     assert!(!ok && err.contains("not made by the demo"), "{err}");
 }

@@ -35,4 +35,26 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Greedy decoding speed with the KV cache on a random Gemma-2 of a preset shape: the
+    /// prompt's forward pass and the decoding timed apart; prints one JSON line.
+    Generate {
+        /// tiny, small or gemma-2-2b.
+        #[arg(long, default_value = "small")]
+        preset: String,
+        /// Tokens to generate.
+        #[arg(long, default_value_t = 128)]
+        tokens: usize,
+        /// Tokens in the (random) prompt.
+        #[arg(long, default_value_t = 128)]
+        prompt_len: usize,
+        /// cpu, cuda, cuda:N, metal or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// f32, bf16, f16 or auto (bf16 on GPUs, f32 on CPU).
+        #[arg(long, default_value = "auto")]
+        dtype: String,
+        /// Print only the JSON line (the default prints it too, after a one-line summary on stderr).
+        #[arg(long)]
+        json: bool,
+    },
 }

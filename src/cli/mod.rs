@@ -2,6 +2,7 @@
 //! command to the library.
 
 pub mod bench;
+pub mod chat;
 pub mod data;
 pub mod export;
 pub mod model;
@@ -53,4 +54,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Make the training dialogues: AI×AI generation, LLM judging, human review, filtering.
     Synth(synth::SynthArgs),
+    /// Talk to the tuned model in the terminal (the persona opens with a fixed question).
+    Chat(chat::ChatArgs),
+    /// Serve the tuned model over an OpenAI-compatible HTTP API.
+    Serve(chat::ServeArgs),
 }

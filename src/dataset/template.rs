@@ -227,6 +227,38 @@ pub fn render(ex: &Example, cache: &Segments) -> Tokenized {
     t
 }
 
+/// The prompt for the model's next turn: a conversation (alternating user and model turns,
+/// starting and ending with user) rendered as [`render`] renders a training example, then
+/// `<start_of_turn>` and the `model\n` header (tokenized alone: the reply that follows is not
+/// known yet).
+pub fn render_prompt(tok: &ChatTokenizer, turns: &[Utterance]) -> Result<Vec<u32>> {
+    for (i, u) in turns.iter().enumerate() {
+        let want = if i % 2 == 0 { Role::User } else { Role::Model };
+        if u.role != want {
+            return Err(DatasetError::Invalid(format!(
+                "turn {i} is a {} turn; a prompt alternates user and model turns, starting with user",
+                header(u.role).trim_end()
+            )));
+        }
+    }
+    if turns.len() % 2 == 0 {
+        return Err(DatasetError::Invalid(
+            "a prompt must end with a user turn".into(),
+        ));
+    }
+    let ex = Example {
+        id: String::new(),
+        dialogue: String::new(),
+        pair: 0,
+        turns: turns.to_vec(),
+    };
+    let segments = Segments::build(tok, [&ex])?;
+    let mut ids = render(&ex, &segments).input_ids;
+    ids.push(tok.specials.start_of_turn);
+    ids.extend_from_slice(tok.encode(header(Role::Model))?.get_ids());
+    Ok(ids)
+}
+
 /// The rendered text of an example, as a tokenizer would see the whole conversation.
 pub fn render_text(ex: &Example) -> String {
     let mut s = String::from(BOS);
@@ -406,6 +438,46 @@ mod tests {
         let cache = Segments::build(&tok, [&e]).unwrap();
         let whole = plain.encode(render_text(&e), false).unwrap();
         assert_eq!(render(&e, &cache).input_ids, whole.get_ids());
+    }
+
+    #[test]
+    fn a_prompt_is_the_rendered_conversation_then_the_model_header() {
+        let tok = small();
+        let plain = train_small(&TEXTS, 300).unwrap();
+        let turns = ex(&[
+            (Role::User, "ソクラテスさん。正義とは何ですか？"),
+            (Role::Model, "君はどう思うかね？"),
+            (Role::User, "法に従うことです。"),
+        ])
+        .turns;
+        let ids = render_prompt(&tok, &turns).unwrap();
+        let text = render_text(&ex(&[
+            (Role::User, "ソクラテスさん。正義とは何ですか？"),
+            (Role::Model, "君はどう思うかね？"),
+            (Role::User, "法に従うことです。"),
+        ])) + "<start_of_turn>model\n";
+        assert_eq!(ids, plain.encode(text, false).unwrap().get_ids());
+        // The same ids as a training example with the reply, up to the reply's text.
+        let mut whole = turns.clone();
+        whole.push(Utterance {
+            role: Role::Model,
+            text: "では法が間違っていたら？".into(),
+        });
+        let e = Example {
+            turns: whole,
+            ..ex(&[])
+        };
+        let t = render(&e, &Segments::build(&tok, [&e]).unwrap());
+        assert_eq!(&t.input_ids[..ids.len()], &ids[..]);
+        // The header is masked there; the reply's first token is the first trained one after it.
+        let header = ids.iter().rposition(|&i| i == 106).unwrap();
+        assert!(t.labels[header..ids.len()].iter().all(|&l| l == IGNORE));
+        assert_eq!(t.labels[ids.len()], t.input_ids[ids.len()] as i64);
+
+        let bad = render_prompt(&tok, &turns[..2]).unwrap_err().to_string();
+        assert!(bad.contains("end with a user turn"), "{bad}");
+        let bad = render_prompt(&tok, &turns[1..]).unwrap_err().to_string();
+        assert!(bad.contains("turn 0 is a model turn"), "{bad}");
     }
 
     /// Like Gemma's: no pre-tokenizer, so merges may cross the `model\n` header into the text.
