@@ -276,8 +276,11 @@ fn gradient_accumulation_4x1_equals_one_batch_of_4() {
         &b,
         &[&common[..], &["--micro-batch", "4", "--grad-accum", "1"]].concat(),
     ));
+    // Adam divides by the gradients' own scale, so float-rounding differences of the summation
+    // order show up in the update at ~1e-3 of the learning rate; the gradients themselves are
+    // compared exactly below.
     let d = max_diff(&adapter(&a.join("adapter")), &adapter(&b.join("adapter")));
-    assert!(d < 1e-5, "adapters differ by {d}");
+    assert!(d < 1e-4, "adapters differ by {d}");
     let la: Vec<f64> = events(&a, "train")
         .iter()
         .map(|e| e["loss"].as_f64().unwrap())
@@ -478,4 +481,68 @@ fn resume_refuses_a_changed_config_or_data_and_non_finite_loss_is_named() {
         !o.status.success() && err.contains("at step") && err.contains("last good checkpoint"),
         "{err}"
     );
+}
+
+/// The accumulated gradient of four micro-batches of one example equals the gradient of one
+/// batch of four (each micro-batch's loss sum divided by the step's supervised-token count).
+#[test]
+fn accumulated_gradients_equal_the_batch_gradient() {
+    use socratune::model::lora::Mode;
+    use socratune::model::loss::{loss_sum, Batch};
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path(), 4, 1, 20);
+    let ex = load_examples(&data.join("train.jsonl"), 1000)
+        .unwrap()
+        .examples;
+    let mut model = socratune::model::load(
+        &socratune::model::Source::Local(fixture()),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    socratune::model::adapter::load(&mut model, &fixture().join("adapter")).unwrap();
+    let seqs: Vec<(&[u32], &[i64])> = ex
+        .iter()
+        .map(|e| (e.input_ids.as_slice(), e.labels.as_slice()))
+        .collect();
+    let supervised: usize = ex.iter().map(|e| e.supervised()).sum();
+    let whole = Batch::new(&seqs, 0, vocab(), &Device::Cpu).unwrap();
+    (loss_sum(&model, &whole, &mut Mode::grad_only()).unwrap() / supervised as f64)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let batch_grads = model.take_lora_grads();
+    for s in &seqs {
+        let b = Batch::new(std::slice::from_ref(s), 0, vocab(), &Device::Cpu).unwrap();
+        (loss_sum(&model, &b, &mut Mode::grad_only()).unwrap() / supervised as f64)
+            .unwrap()
+            .backward()
+            .unwrap();
+    }
+    let micro_grads = model.take_lora_grads();
+    for (a, b) in batch_grads.iter().zip(&micro_grads) {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        let num = (a - b)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt();
+        let den = a
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt();
+        assert!(
+            num <= 1e-5 * den.max(1e-12),
+            "relative difference {}",
+            num / den
+        );
+    }
 }

@@ -303,6 +303,19 @@ impl Gemma2 {
         v
     }
 
+    /// The LoRA gradients of the backward passes since the last call, aligned with
+    /// [`Gemma2::lora_vars`]; the accumulators are reset.
+    pub fn take_lora_grads(&self) -> Vec<Option<Tensor>> {
+        let mut v = Vec::new();
+        for (_, _, lin) in self.linears() {
+            if let Some((a, b)) = lin.take_grads() {
+                v.push(a);
+                v.push(b);
+            }
+        }
+        v
+    }
+
     /// Folds every adapter into the base weights.
     pub fn merge_lora(&mut self) -> Result<()> {
         for (_, _, lin) in self.linears_mut() {
@@ -681,11 +694,9 @@ mod tests {
             ];
             let batch = Batch::new(&seqs, 0, cfg.vocab_size, &dev).unwrap();
             let loss = loss_sum(&m, &batch, &mut Mode::train(1)).unwrap();
-            let grads = loss.backward().unwrap();
-            for (name, v) in m.lora_vars() {
-                let g = grads
-                    .get(&v)
-                    .unwrap_or_else(|| panic!("{name} has no gradient"));
+            loss.backward().unwrap();
+            for ((name, _), g) in m.lora_vars().iter().zip(m.take_lora_grads()) {
+                let g = g.unwrap_or_else(|| panic!("{name} has no gradient"));
                 assert_eq!(g.dtype(), DType::F32);
             }
         }

@@ -252,7 +252,12 @@ pub fn capped_softmax_backward(
 
 /// Cross-entropy rows of logits `z` `[n, V]` (soft-capped by `cap` first): the summed loss,
 /// and with `need_grad` the gradient w.r.t. the raw logits, written in one buffer.
-pub fn cross_entropy_rows(z: &Tensor, targets: &[u32], cap: Option<f64>, need_grad: bool) -> candle_core::Result<Option<(f64, Option<Tensor>)>> {
+pub fn cross_entropy_rows(
+    z: &Tensor,
+    targets: &[u32],
+    cap: Option<f64>,
+    need_grad: bool,
+) -> candle_core::Result<Option<(f64, Option<Tensor>)>> {
     let (n, v) = z.dims2()?;
     let z = z.contiguous()?;
     let capf = cap.map(|c| c as f32);

@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 
 /// A projection LoRA can adapt, named as PEFT names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -137,6 +138,9 @@ pub struct Lora {
     pub b: Var,
     pub scale: f64,
     pub dropout: f32,
+    /// Gradients of `A` and `B` summed over the backward passes since the last
+    /// [`LoraLinear::take_grads`]: the layer computes them itself (see `forward`).
+    grads: Arc<Mutex<(Option<Tensor>, Option<Tensor>)>>,
 }
 
 /// Seeded dropout masks, so that a resumed run draws the same masks as an uninterrupted one.
@@ -268,35 +272,89 @@ impl LoraLinear {
             b,
             scale,
             dropout,
+            grads: Arc::default(),
         });
         Ok(())
     }
 
     /// `x` `[…, in]` → `[…, out]`.
+    ///
+    /// The whole layer is one node of the gradient graph: its forward runs without a graph and
+    /// its backward, written out below, gives `x` its gradient and adds those of `A` and `B` to
+    /// the layer's own accumulators ([`LoraLinear::take_grads`]). candle's autograd would
+    /// instead make a dozen nodes of it, each zero-filling and adding a full-size gradient.
     pub fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let y = ops::linear_frozen(x, &self.weight)?;
-        let Some(l) = &self.lora else { return Ok(y) };
-        let in_dim = self.in_dim();
-        let n = x.elem_count() / in_dim;
-        let mut x32 = x.to_dtype(DType::F32)?.reshape((n, in_dim))?;
-        if let (Some(rng), true) = (mode.dropout.as_mut(), l.dropout > 0.0) {
-            let mask = rng.mask(&[n, in_dim], l.dropout, x.device())?;
-            x32 = ops::mul_fixed(&x32, &mask)?;
-        }
-        // Without gradients the adapter is used detached, so no graph is built.
-        let (a, b) = if mode.grad {
-            (l.a.as_tensor().clone(), l.b.as_tensor().clone())
-        } else {
-            (l.a.as_tensor().detach(), l.b.as_tensor().detach())
+        let Some(l) = &self.lora else {
+            return Ok(ops::linear_frozen(x, &self.weight)?);
         };
-        let delta = (x32.matmul(&a.t()?)?.matmul(&b.t()?)? * l.scale)?;
-        let delta = delta.reshape(y.shape())?;
-        // As PEFT: the sum is formed in f32 and rounded once to the base dtype.
-        if y.dtype() == DType::F32 {
-            Ok((y + delta)?)
-        } else {
-            Ok((y.to_dtype(DType::F32)? + delta)?.to_dtype(y.dtype())?)
+        let (out_dim, in_dim) = (self.out_dim(), self.in_dim());
+        let dims = x.dims().to_vec();
+        let n = x.elem_count() / in_dim;
+        let dtype = x.dtype();
+        let x2 = x.detach().reshape((n, in_dim))?;
+        let base = x2.matmul(&self.weight.t()?)?;
+        let mut xd = x2.to_dtype(DType::F32)?;
+        let mask = match (mode.dropout.as_mut(), l.dropout > 0.0 && mode.grad) {
+            (Some(rng), true) => Some(rng.mask(&[n, in_dim], l.dropout, x.device())?),
+            _ => None,
+        };
+        if let Some(m) = &mask {
+            xd = xd.mul(m)?;
         }
+        let (a, b) = (l.a.as_tensor().detach(), l.b.as_tensor().detach());
+        let u = xd.matmul(&a.t()?)?;
+        let delta = (u.matmul(&b.t()?)? * l.scale)?;
+        // As PEFT: the sum is formed in f32 and rounded once to the base dtype.
+        let y = if dtype == DType::F32 {
+            (base + delta)?
+        } else {
+            (base.to_dtype(DType::F32)? + delta)?.to_dtype(dtype)?
+        };
+        let mut out_dims = dims.clone();
+        *out_dims.last_mut().expect("x has a last dim") = out_dim;
+        let y = y.reshape(out_dims)?;
+        if !mode.grad {
+            return Ok(y);
+        }
+        let (w, scale, grads, x_tracks) =
+            (self.weight.clone(), l.scale, l.grads.clone(), x.track_op());
+        // `A` (a variable) is the op's second input so that the backward always runs, even for
+        // a first layer whose input has no graph; its gradient is kept here, not in candle's store.
+        Ok(ops::with_grad2(y, x, l.a.as_tensor(), move |g| {
+            let g2 = g.reshape((n, out_dim))?;
+            let g32 = g2.to_dtype(DType::F32)?;
+            let db = (g32.t()?.matmul(&u)? * scale)?;
+            let du = (g32.matmul(&b)? * scale)?;
+            let da = du.t()?.matmul(&xd)?;
+            {
+                let mut acc = grads.lock().expect("LoRA gradients");
+                acc.0 = Some(match acc.0.take() {
+                    Some(s) => (s + da)?,
+                    None => da,
+                });
+                acc.1 = Some(match acc.1.take() {
+                    Some(s) => (s + db)?,
+                    None => db,
+                });
+            }
+            if !x_tracks {
+                return Ok((None, None));
+            }
+            let mut dl = du.matmul(&a)?;
+            if let Some(m) = &mask {
+                dl = dl.mul(m)?;
+            }
+            let dx = (g2.matmul(&w)? + dl.to_dtype(dtype)?)?;
+            Ok((Some(dx.reshape(dims.as_slice())?), None))
+        })?)
+    }
+
+    /// The gradients of `A` and `B` accumulated since the last call (None where no backward
+    /// pass reached the layer), resetting the accumulators.
+    pub fn take_grads(&self) -> Option<(Option<Tensor>, Option<Tensor>)> {
+        self.lora
+            .as_ref()
+            .map(|l| std::mem::take(&mut *l.grads.lock().expect("LoRA gradients")))
     }
 
     /// Folds the adapter into the weight (`W + scale · B A`, in f32) and removes it.

@@ -2,7 +2,6 @@
 //! private and in the parameter dtype).
 
 use super::TrainError;
-use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::HashMap;
 
@@ -42,25 +41,6 @@ impl AdamW {
 
     pub fn params(&self) -> &[(String, Var)] {
         &self.params
-    }
-
-    /// Adds the gradients of one backward pass to `acc` (aligned with the parameters).
-    pub fn accumulate(
-        &self,
-        acc: &mut Vec<Option<Tensor>>,
-        grads: &GradStore,
-    ) -> Result<(), TrainError> {
-        acc.resize(self.params.len(), None);
-        for ((_, p), slot) in self.params.iter().zip(acc.iter_mut()) {
-            if let Some(g) = grads.get(p) {
-                let g = g.to_dtype(DType::F32)?;
-                *slot = Some(match slot.take() {
-                    Some(a) => (a + g)?,
-                    None => g,
-                });
-            }
-        }
-        Ok(())
     }
 
     /// Global L2 norm of the gradients (parameters without a gradient count as zero).
@@ -174,14 +154,8 @@ mod tests {
         let mut expect = [1.0f64, -2.0];
         let (mut m, mut v) = ([0f64; 2], [0f64; 2]);
         for (t, g) in [[0.5f64, -1.0], [0.25, 2.0]].iter().enumerate() {
-            let loss = (p.as_tensor()
-                * &Tensor::new(&[g[0] as f32, g[1] as f32], &Device::Cpu).unwrap())
-                .unwrap()
-                .sum_all()
-                .unwrap();
-            let mut acc = Vec::new();
-            opt.accumulate(&mut acc, &loss.backward().unwrap()).unwrap();
-            opt.step(&acc, 0.01, 1.0).unwrap();
+            let grad = Tensor::new(&[g[0] as f32, g[1] as f32], &Device::Cpu).unwrap();
+            opt.step(&[Some(grad)], 0.01, 1.0).unwrap();
             let tt = (t + 1) as i32;
             for i in 0..2 {
                 expect[i] *= 1.0 - 0.01 * 0.1;
@@ -205,23 +179,8 @@ mod tests {
         let mut opt2 = AdamW::new(vec![("p".into(), q.clone())], hp).unwrap();
         opt2.load_state(saved, opt.t).unwrap();
         let g = Tensor::new(&[1f32, 1.0], &Device::Cpu).unwrap();
-        let g1 = (p.as_tensor() * &g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (q.as_tensor() * &g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let (mut a1, mut a2) = (Vec::new(), Vec::new());
-        opt.accumulate(&mut a1, &g1).unwrap();
-        opt2.accumulate(&mut a2, &g2).unwrap();
-        opt.step(&a1, 0.01, 1.0).unwrap();
-        opt2.step(&a2, 0.01, 1.0).unwrap();
+        opt.step(&[Some(g.clone())], 0.01, 1.0).unwrap();
+        opt2.step(&[Some(g)], 0.01, 1.0).unwrap();
         assert_eq!(
             p.as_tensor().to_vec1::<f32>().unwrap(),
             q.as_tensor().to_vec1::<f32>().unwrap()

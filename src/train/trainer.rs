@@ -406,7 +406,8 @@ pub fn optimizer_step(
     max_grad_norm: f64,
 ) -> Result<StepResult, TrainError> {
     let supervised: usize = batches.iter().map(Batch::supervised).sum();
-    let mut grads = Vec::new();
+    // Start from empty LoRA gradient accumulators (an interrupted pass may have left some).
+    model.take_lora_grads();
     let mut loss = 0f64;
     let mut tokens = 0;
     for (micro, batch) in batches.iter().enumerate() {
@@ -415,9 +416,11 @@ pub fn optimizer_step(
         // accumulated gradient is exactly that of the step's mean token loss.
         let part = (loss_sum(model, batch, &mut mode)? / supervised as f64)?;
         loss += part.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        opt.accumulate(&mut grads, &part.backward()?)?;
+        // The LoRA layers add their gradients to their own accumulators during the backward.
+        part.backward()?;
         tokens += batch.real_tokens;
     }
+    let grads = model.take_lora_grads();
     if !loss.is_finite() {
         return Ok(StepResult {
             loss,
