@@ -52,6 +52,59 @@ pub fn exp(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// Maximum of a slice, in eight independent lanes so that it vectorises (a plain fold cannot:
+/// float `max` and `+` are not associative for the compiler).
+#[inline(always)]
+fn max_of(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
+    }
+    rest.iter()
+        .chain(lanes.iter())
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+}
+
+/// Sum of a slice, in eight lanes (see [`max_of`]).
+#[inline(always)]
+fn sum_of(xs: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            lanes[i] += c[i];
+        }
+    }
+    rest.iter().sum::<f32>() + lanes.iter().sum::<f32>()
+}
+
+/// `buf = cap · tanh(xs / cap)` (or a copy without a cap).
+#[inline(always)]
+fn cap_into(buf: &mut [f32], xs: &[f32], cap: Option<f32>) {
+    match cap {
+        Some(c) => {
+            let inv = 1.0 / c;
+            for (b, &x) in buf.iter_mut().zip(xs) {
+                *b = c * tanh(x * inv);
+            }
+        }
+        None => buf.copy_from_slice(xs),
+    }
+}
+
+/// `buf = exp(buf − max)`.
+#[inline(always)]
+fn exp_shifted(buf: &mut [f32], max: f32) {
+    for b in buf.iter_mut() {
+        *b = exp(*b - max);
+    }
+}
+
 const GELU_K0: f32 = 0.797_884_6; // sqrt(2 / pi)
 const GELU_K1: f32 = 0.044_715;
 
@@ -169,6 +222,7 @@ pub fn capped_softmax_forward(
         return Ok(None);
     }
     let (s, bias) = (s.contiguous()?, bias.contiguous()?);
+    let capf = cap.map(|c| c as f32);
     let out = with_f32(&s, |ss| {
         with_f32(&bias, |bs| {
             let mut y = vec![0f32; ss.len()];
@@ -180,21 +234,13 @@ pub fn capped_softmax_forward(
                         let row = c * rows_per + k;
                         let sr = &ss[row * n..(row + 1) * n];
                         let brow = &bs[bias_row(row, h, r, bb, br) * n..][..n];
-                        let mut max = f32::NEG_INFINITY;
-                        for j in 0..n {
-                            let v = match cap {
-                                Some(c) => c as f32 * tanh(sr[j] / c as f32),
-                                None => sr[j],
-                            } + brow[j];
-                            yr[j] = v;
-                            max = max.max(v);
+                        cap_into(yr, sr, capf);
+                        for (v, &b) in yr.iter_mut().zip(brow) {
+                            *v += b;
                         }
-                        let mut sum = 0f32;
-                        for v in yr.iter_mut() {
-                            *v = (*v - max).exp();
-                            sum += *v;
-                        }
-                        let inv = 1.0 / sum;
+                        let max = max_of(yr);
+                        exp_shifted(yr, max);
+                        let inv = 1.0 / sum_of(yr);
                         for v in yr.iter_mut() {
                             *v *= inv;
                         }
@@ -217,6 +263,7 @@ pub fn capped_softmax_backward(
 ) -> candle_core::Result<Option<Tensor>> {
     let n = s.dim(candle_core::D::Minus1)?;
     let (s, y, g) = (s.contiguous()?, y.contiguous()?, g.contiguous()?);
+    let capf = cap.map(|c| c as f32);
     let out = with_f32(&s, |ss| {
         with_f32(&y, |ys| {
             with_f32(&g, |gs| {
@@ -228,16 +275,23 @@ pub fn capped_softmax_backward(
                         for (k, dr) in dsc.chunks_mut(n).enumerate() {
                             let o = (c * rows_per + k) * n;
                             let (yr, gr, sr) = (&ys[o..o + n], &gs[o..o + n], &ss[o..o + n]);
-                            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
                             for j in 0..n {
-                                let d = yr[j] * (gr[j] - dot);
-                                dr[j] = match cap {
-                                    Some(c) => {
-                                        let t = tanh(sr[j] / c as f32);
-                                        d * (1.0 - t * t)
+                                dr[j] = yr[j] * gr[j];
+                            }
+                            let dot = sum_of(dr);
+                            match capf {
+                                Some(c) => {
+                                    let inv = 1.0 / c;
+                                    for j in 0..n {
+                                        let t = tanh(sr[j] * inv);
+                                        dr[j] = yr[j] * (gr[j] - dot) * (1.0 - t * t);
                                     }
-                                    None => d,
-                                };
+                                }
+                                None => {
+                                    for j in 0..n {
+                                        dr[j] = yr[j] * (gr[j] - dot);
+                                    }
+                                }
                             }
                         }
                     });
@@ -261,37 +315,38 @@ pub fn cross_entropy_rows(
     let (n, v) = z.dims2()?;
     let z = z.contiguous()?;
     let capf = cap.map(|c| c as f32);
-    let capped = |x: f32| match capf {
-        Some(c) => c * tanh(x / c),
-        None => x,
-    };
     // One row: softmax statistics in `buf` (which ends holding the gradient); returns the loss.
     let row = |zr: &[f32], t: usize, buf: &mut [f32]| -> f64 {
-        let mut max = f32::NEG_INFINITY;
-        for (b, &x) in buf.iter_mut().zip(zr) {
-            *b = capped(x);
-            max = max.max(*b);
-        }
+        cap_into(buf, zr, capf);
         let picked = buf[t];
-        let mut sum = 0f32;
-        for b in buf.iter_mut() {
-            *b = exp(*b - max);
-            sum += *b;
-        }
+        let max = max_of(buf);
+        exp_shifted(buf, max);
+        let sum = sum_of(buf);
         let loss = (max as f64 + (sum as f64).ln()) - picked as f64;
         if need_grad {
             // d/dz = (softmax − onehot) · (1 − tanh²(z / cap)).
             let inv = 1.0 / sum;
-            for (k, (b, &x)) in buf.iter_mut().zip(zr).enumerate() {
-                let d = *b * inv - if k == t { 1.0 } else { 0.0 };
-                *b = match capf {
-                    Some(c) => {
-                        let th = tanh(x / c);
-                        d * (1.0 - th * th)
+            match capf {
+                Some(c) => {
+                    let ic = 1.0 / c;
+                    for (b, &x) in buf.iter_mut().zip(zr) {
+                        let th = tanh(x * ic);
+                        *b = *b * inv * (1.0 - th * th);
                     }
-                    None => d,
-                };
+                }
+                None => {
+                    for b in buf.iter_mut() {
+                        *b *= inv;
+                    }
+                }
             }
+            buf[t] -= match capf {
+                Some(c) => {
+                    let th = tanh(zr[t] / c);
+                    1.0 - th * th
+                }
+                None => 1.0,
+            };
         }
         loss
     };
