@@ -2,7 +2,9 @@
 //! test makes), the KV-cached decoding against recomputing the whole sequence, and
 //! `bench generate`'s output. No network.
 
+mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
+use common::fixture;
 use serde_json::Value;
 use socratune::dataset::tokenizer::train_small;
 use socratune::model::generate::{generate, SamplingParams};
@@ -11,13 +13,6 @@ use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-fn fixture() -> PathBuf {
-    match std::env::var("GEMMA2_FIXTURE") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gemma2-tiny"),
-    }
-}
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

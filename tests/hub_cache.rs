@@ -1,17 +1,14 @@
 //! Loading through the Hub code path from a temporary `HF_HOME` laid out as the HF cache, with
 //! no network. One test only: it sets process-wide environment variables.
 
+mod common;
 use candle_core::{DType, Device};
 use socratune::model::hub::populate_cache;
 use socratune::model::{load, Source};
-use std::path::PathBuf;
 
 #[test]
 fn loads_a_cached_repo_offline_and_matches_the_local_folder() {
-    let fixture = match std::env::var("GEMMA2_FIXTURE") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gemma2-tiny"),
-    };
+    let fixture = common::fixture();
     let home = tempfile::tempdir().unwrap();
     let commit = "0123456789abcdef0123456789abcdef01234567";
     populate_cache(
@@ -38,14 +35,7 @@ fn loads_a_cached_repo_offline_and_matches_the_local_folder() {
     let local = load(&Source::Local(fixture.clone()), DType::F32, &Device::Cpu).unwrap();
     let a = from_hub.logits(&ids, None).unwrap();
     let b = local.logits(&ids, None).unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = common::max_abs_diff(&a, &b);
     assert_eq!(d, 0.0);
 
     // A commit hash as revision resolves through the snapshot folder.

@@ -1,18 +1,13 @@
 //! `socratune model …` end to end on files in a temporary directory: sharded checkpoints and
 //! every bad input the model side must explain in one line.
 
+mod common;
 use candle_core::{DType, Device, Tensor};
+use common::fixture;
 use socratune::model::{load, Source};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn fixture() -> PathBuf {
-    match std::env::var("GEMMA2_FIXTURE") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gemma2-tiny"),
-    }
-}
 
 fn socratune(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
@@ -77,14 +72,10 @@ fn sharded_checkpoint_loads_like_the_single_file() {
     let ids = Tensor::new(&[[2u32, 40, 41, 42]], &Device::Cpu).unwrap();
     let sharded = load(&Source::Local(dir.path().into()), DType::F32, &Device::Cpu).unwrap();
     let single = load(&Source::Local(fixture()), DType::F32, &Device::Cpu).unwrap();
-    let d = (sharded.logits(&ids, None).unwrap() - single.logits(&ids, None).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = common::max_abs_diff(
+        &sharded.logits(&ids, None).unwrap(),
+        &single.logits(&ids, None).unwrap(),
+    );
     assert_eq!(d, 0.0);
 }
 
@@ -261,14 +252,7 @@ fn export_merges_and_reloads_with_the_adapter_logits() {
         let reloaded = load(&Source::Local(out.clone()), DType::F32, &Device::Cpu).unwrap();
         assert!(reloaded.lora_vars().is_empty());
         let got = reloaded.logits(&ids, None).unwrap();
-        let d = (got - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = common::max_abs_diff(&got, &want);
         let scale = want
             .abs()
             .unwrap()

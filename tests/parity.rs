@@ -3,20 +3,15 @@
 //! `../shared/fixtures/gemma2-tiny`): base and adapter logits, the masked loss, every LoRA
 //! gradient, the greedy continuation, and no gradient for any frozen weight.
 
+mod common;
 use candle_core::{DType, Device, Tensor};
+use common::fixture;
 use socratune::model::generate::{generate, SamplingParams};
 use socratune::model::lora::Mode;
 use socratune::model::loss::{loss_sum, Batch};
 use socratune::model::{adapter, load, Gemma2, KvCache, Source};
 use std::collections::HashMap;
 use std::path::PathBuf;
-
-fn fixture_dir() -> PathBuf {
-    match std::env::var("GEMMA2_FIXTURE") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gemma2-tiny"),
-    }
-}
 
 struct Fixture {
     io: HashMap<String, Tensor>,
@@ -25,7 +20,7 @@ struct Fixture {
 
 impl Fixture {
     fn open() -> Self {
-        let dir = fixture_dir();
+        let dir = fixture();
         let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu)
             .unwrap_or_else(|e| panic!("cannot read {}/io.safetensors: {e}", dir.display()));
         Self { io, dir }

@@ -2,21 +2,16 @@
 //! streamed answers agree, stop strings and limits, every bad request refused with a 400 and a
 //! message, concurrent clients all answered, and the `serve` command itself.
 
+mod common;
+use common::fixture;
 use serde_json::{json, Value};
 use socratune::chat::{PromptFormat, ServeOptions, Server};
 use socratune::dataset::tokenizer::train_small;
 use socratune::dataset::ChatTokenizer;
 use socratune::model::{adapter, load, Source};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-
-fn fixture() -> PathBuf {
-    match std::env::var("GEMMA2_FIXTURE") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gemma2-tiny"),
-    }
-}
 
 const TEXTS: [&str; 5] = [
     "正義とは何だろうか？",

@@ -1,18 +1,13 @@
 //! `socratune sweep`, `compare` and `demo` end to end on the shipped sample corpus, the tiny
 //! fixture model and a small tokenizer made here.
 
+mod common;
+use common::fixture;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture() -> PathBuf {
-    match std::env::var("GEMMA2_FIXTURE") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => repo().join("../shared/fixtures/gemma2-tiny"),
-    }
 }
 
 fn socratune(args: &[&str], cwd: &Path) -> (bool, String, String) {

@@ -2,19 +2,14 @@
 //! learning, gradient accumulation, evaluation, PEFT output, exact resume after `kill -9`,
 //! refusals.
 
+mod common;
 use candle_core::{Device, Tensor};
+use common::fixture;
 use socratune::train::data::{load_examples, Example};
 use socratune::train::trainer::evaluate;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-fn fixture() -> PathBuf {
-    match std::env::var("GEMMA2_FIXTURE") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gemma2-tiny"),
-    }
-}
 
 fn vocab() -> usize {
     let c: serde_json::Value =
@@ -109,16 +104,7 @@ fn adapter(dir: &Path) -> HashMap<String, Tensor> {
 fn max_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
-        .map(|(k, t)| {
-            (t - &b[k])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        })
+        .map(|(k, t)| common::max_abs_diff(&t, &b[k]))
         .fold(0.0, f32::max)
 }
 

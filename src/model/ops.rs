@@ -8,14 +8,7 @@
 
 use super::kernels;
 use candle_core::backend::{BackendDevice, BackendStorage};
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
-
-type Backward = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
-
-/// The forward value is `arg1` copied; the backward sends `backward(grad)` to `arg2` only.
-struct Inject {
-    backward: Backward,
-}
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 
 fn copy_storage<S>(s: &S, l: &Layout) -> Result<(S, Shape)>
 where
@@ -28,63 +21,14 @@ where
     Ok((dst, l.shape().clone()))
 }
 
-impl CustomOp2 for Inject {
-    fn name(&self) -> &'static str {
-        "inject-grad"
-    }
+type Backward = Box<dyn Fn(&Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> + Send + Sync>;
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        copy_storage(s1, l1)
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        copy_storage(s1, l1)
-    }
-
-    #[cfg(feature = "metal")]
-    fn metal_fwd(
-        &self,
-        s1: &candle_core::MetalStorage,
-        l1: &Layout,
-        _: &candle_core::MetalStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::MetalStorage, Shape)> {
-        copy_storage(s1, l1)
-    }
-
-    fn bwd(
-        &self,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((None, Some((self.backward)(grad)?)))
-    }
+/// The forward value is `arg1` copied; the backward sends gradients to `arg2` and `arg3` only.
+struct Inject {
+    backward: Backward,
 }
 
-type Backward2 = Box<dyn Fn(&Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> + Send + Sync>;
-
-/// [`Inject`] for two inputs: the forward value is `arg1` copied, the backward sends gradients
-/// to `arg2` and `arg3`.
-struct Inject2 {
-    backward: Backward2,
-}
-
-impl CustomOp3 for Inject2 {
+impl CustomOp3 for Inject {
     fn name(&self) -> &'static str {
         "inject-grad2"
     }
@@ -153,7 +97,7 @@ pub fn with_grad2(
     value.detach().apply_op3(
         a,
         b,
-        Inject2 {
+        Inject {
             backward: Box::new(backward),
         },
     )
@@ -167,15 +111,7 @@ pub fn with_grad(
     input: &Tensor,
     backward: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
 ) -> Result<Tensor> {
-    if !input.track_op() {
-        return Ok(value);
-    }
-    value.detach().apply_op2(
-        input,
-        Inject {
-            backward: Box::new(backward),
-        },
-    )
+    with_grad2(value, input, input, move |g| Ok((Some(backward(g)?), None)))
 }
 
 /// `x · wᵀ` for a frozen weight `w` `[out, in]`: the backward gives `x` its gradient and

@@ -1,0 +1,27 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use candle_core::Tensor;
+use std::path::PathBuf;
+
+/// The Gemma-2 fixture: `GEMMA2_FIXTURE`, or `../shared/fixtures/gemma2-tiny`.
+pub fn fixture() -> PathBuf {
+    match std::env::var("GEMMA2_FIXTURE") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gemma2-tiny"),
+    }
+}
+
+/// max |a − b| over all elements.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
