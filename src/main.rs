@@ -129,17 +129,13 @@ fn run(cli: Cli) -> Result<()> {
                     seq,
                 };
                 let r = socratune::train::bench::bench_train(&o)?;
-                if !json {
-                    eprintln!(
-                        "{} on {}: {} tokens/s, {} s/step, peak {:.1} MiB",
-                        r["preset"].as_str().unwrap_or_default(),
-                        r["device"].as_str().unwrap_or_default(),
-                        r["tokens_per_s"],
-                        r["s_per_step"],
-                        r["peak_mem_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
-                    );
-                }
-                println!("{r}");
+                let line = format!(
+                    "{} tokens/s, {} s/step, peak {:.1} MiB",
+                    r["tokens_per_s"],
+                    r["s_per_step"],
+                    r["peak_mem_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+                );
+                print_bench(&r, &line, json);
             }
             BenchCommand::Generate {
                 preset,
@@ -157,17 +153,11 @@ fn run(cli: Cli) -> Result<()> {
                     dtype,
                 };
                 let r = socratune::chat::bench::bench_generate(&o)?;
-                if !json {
-                    eprintln!(
-                        "{} on {}: prefill {} tokens/s, decode {} tokens/s ({} ms/token)",
-                        r["preset"].as_str().unwrap_or_default(),
-                        r["device"].as_str().unwrap_or_default(),
-                        r["prefill_tokens_per_s"],
-                        r["decode_tokens_per_s"],
-                        r["ms_per_token"]
-                    );
-                }
-                println!("{r}");
+                let line = format!(
+                    "prefill {} tokens/s, decode {} tokens/s ({} ms/token)",
+                    r["prefill_tokens_per_s"], r["decode_tokens_per_s"], r["ms_per_token"]
+                );
+                print_bench(&r, &line, json);
             }
         },
         Command::Data(d) => d.run()?,
@@ -176,6 +166,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => socratune::chat::server::serve(&a)?,
     }
     Ok(())
+}
+
+/// A benchmark's JSON line on stdout, after a readable summary on stderr unless `--json`.
+fn print_bench(r: &serde_json::Value, summary: &str, json: bool) {
+    if !json {
+        let name = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+        eprintln!("{} on {}: {summary}", name("preset"), name("device"));
+    }
+    println!("{r}");
 }
 
 /// `5GB`, `500MB`, `12345` → bytes.
@@ -263,14 +262,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let outcomes = match sweep::sweep(&spec) {
-        Ok(o) => o,
-        Err(e @ TrainError::Interrupted { .. }) => {
-            eprintln!("{e}");
-            std::process::exit(130);
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let outcomes = exit_if_interrupted(sweep::sweep(&spec))?;
     let failed: Vec<String> = outcomes
         .iter()
         .filter_map(|(v, o)| match o {
@@ -316,19 +308,22 @@ fn run_train(a: TrainArgs) -> Result<()> {
         progress: true,
         interrupt: Some(interrupt_flag()),
     };
-    match socratune::train::train(spec) {
-        Ok(s) => {
-            println!(
-                "{}: {} after {} steps; best val loss {:.4} at step {}, final {:.4}; adapters in {}/best and {}/adapter",
-                s.variant, s.status, s.steps, s.best_val_loss, s.best_step, s.final_val_loss,
-                out_dir.display(), out_dir.display()
-            );
-            Ok(())
-        }
+    let s = exit_if_interrupted(socratune::train::train(spec))?;
+    println!(
+        "{}: {} after {} steps; best val loss {:.4} at step {}, final {:.4}; adapters in {}/best and {}/adapter",
+        s.variant, s.status, s.steps, s.best_val_loss, s.best_step, s.final_val_loss,
+        out_dir.display(), out_dir.display()
+    );
+    Ok(())
+}
+
+/// A run stopped by Ctrl-C has saved its checkpoint: say so and exit with 130, as shells expect.
+fn exit_if_interrupted<T>(r: Result<T, TrainError>) -> Result<T> {
+    match r {
         Err(e @ TrainError::Interrupted { .. }) => {
             eprintln!("{e}");
             std::process::exit(130);
         }
-        Err(e) => Err(e.into()),
+        other => Ok(other?),
     }
 }
