@@ -12,12 +12,21 @@ use socratune::train::adamw::{AdamW, AdamWParams};
 fn batch(cfg: &Gemma2Config, b: usize, t: usize) -> Batch {
     let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..b)
         .map(|r| {
-            let ids: Vec<u32> = (0..t).map(|i| 3 + ((r * 7919 + i * 104729) % (cfg.vocab_size - 3)) as u32).collect();
-            let labels = ids.iter().enumerate().map(|(i, &x)| if i < t * 2 / 5 { -100 } else { x as i64 }).collect();
+            let ids: Vec<u32> = (0..t)
+                .map(|i| 3 + ((r * 7919 + i * 104729) % (cfg.vocab_size - 3)) as u32)
+                .collect();
+            let labels = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| if i < t * 2 / 5 { -100 } else { x as i64 })
+                .collect();
             (ids, labels)
         })
         .collect();
-    let refs: Vec<(&[u32], &[i64])> = rows.iter().map(|(i, l)| (i.as_slice(), l.as_slice())).collect();
+    let refs: Vec<(&[u32], &[i64])> = rows
+        .iter()
+        .map(|(i, l)| (i.as_slice(), l.as_slice()))
+        .collect();
     Batch::new(&refs, 0, cfg.vocab_size, &Device::Cpu).unwrap()
 }
 
@@ -26,11 +35,20 @@ fn layer(c: &mut Criterion) {
     cfg.num_hidden_layers = 1;
     cfg.sliding_layers.truncate(1);
     let mut m = Gemma2::random(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
-    m.attach_lora(&LoraConfig { dropout: 0.0, ..Default::default() }, 0).unwrap();
+    m.attach_lora(
+        &LoraConfig {
+            dropout: 0.0,
+            ..Default::default()
+        },
+        0,
+    )
+    .unwrap();
     let b = batch(&cfg, 4, 256);
     c.bench_function("one layer forward+backward (small, 4x256)", |bench| {
         bench.iter(|| {
-            let h = m.hidden_states(&b.input_ids, Some(&b.key_mask), &mut Mode::grad_only()).unwrap();
+            let h = m
+                .hidden_states(&b.input_ids, Some(&b.key_mask), &mut Mode::grad_only())
+                .unwrap();
             h.sum_all().unwrap().backward().unwrap();
             m.take_lora_grads();
         })
@@ -39,15 +57,21 @@ fn layer(c: &mut Criterion) {
 
 fn loss_head(c: &mut Criterion) {
     let (n, hidden, vocab) = (614, 512, 32000);
-    let h = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, hidden), &Device::Cpu).unwrap()).unwrap();
+    let h = candle_core::Var::from_tensor(
+        &Tensor::randn(0f32, 1.0, (n, hidden), &Device::Cpu).unwrap(),
+    )
+    .unwrap();
     let w = (Tensor::randn(0f32, 1.0, (vocab, hidden), &Device::Cpu).unwrap() * 0.02).unwrap();
     let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7919) % vocab as u32).collect();
-    c.bench_function("loss head forward+backward (614 rows, vocab 32000)", |bench| {
-        bench.iter(|| {
-            let l = cross_entropy_sum(h.as_tensor(), &w, &targets, Some(30.0), true).unwrap();
-            l.backward().unwrap();
-        })
-    });
+    c.bench_function(
+        "loss head forward+backward (614 rows, vocab 32000)",
+        |bench| {
+            bench.iter(|| {
+                let l = cross_entropy_sum(h.as_tensor(), &w, &targets, Some(30.0), true).unwrap();
+                l.backward().unwrap();
+            })
+        },
+    );
 }
 
 fn optimizer(c: &mut Criterion) {
@@ -55,9 +79,17 @@ fn optimizer(c: &mut Criterion) {
     let mut m = Gemma2::random(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
     m.attach_lora(&LoraConfig::default(), 0).unwrap();
     let b = batch(&cfg, 1, 32);
-    loss_sum(&m, &b, &mut Mode::grad_only()).unwrap().backward().unwrap();
+    loss_sum(&m, &b, &mut Mode::grad_only())
+        .unwrap()
+        .backward()
+        .unwrap();
     let grads = m.take_lora_grads();
-    let hp = AdamWParams { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let hp = AdamWParams {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
     let mut opt = AdamW::new(m.lora_vars(), hp).unwrap();
     c.bench_function("AdamW step (small, r=16, all seven projections)", |bench| {
         bench.iter(|| opt.step(&grads, 1e-4, 1.0).unwrap())
