@@ -25,6 +25,8 @@ pub enum TrainError {
     Data(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    #[error("{run} holds an earlier run ({state}); pass --resume to continue it or --fresh to start over")]
+    Exists { run: String, state: String },
     #[error("cannot resume {run}: {reason}")]
     Resume { run: String, reason: String },
     #[error("loss is {value} at step {step}; last good checkpoint: {checkpoint} (lower the learning rate or check the data)")]

@@ -126,12 +126,11 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         }
         found
     } else {
-        if !checkpoint::list(&ckpt_dir).is_empty() || out.join(SUMMARY).exists() {
-            return Err(TrainError::Resume {
+        let finished = out.join(SUMMARY).exists();
+        if finished || !checkpoint::list(&ckpt_dir).is_empty() {
+            return Err(TrainError::Exists {
                 run: out.display().to_string(),
-                reason:
-                    "it holds an earlier run; pass --resume to continue it or --fresh to start over"
-                        .into(),
+                state: if finished { "finished" } else { "interrupted" }.into(),
             });
         }
         None
