@@ -294,7 +294,7 @@ fn key_line(text: &str, key: &str) -> Option<usize> {
 }
 
 /// Sorts `model2` before `model10`: text runs compare as text, digit runs as numbers.
-fn natural_key(s: &str) -> Vec<(String, u64)> {
+pub(crate) fn natural_key(s: &str) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     let mut text = String::new();
     let mut chars = s.chars().peekable();

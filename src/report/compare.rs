@@ -2,6 +2,7 @@
 
 use super::curves::loss_svg;
 use super::ReportError;
+use crate::dataset::variant::natural_key;
 use crate::fsutil::write_atomic;
 use crate::train::metrics::read_events;
 use crate::train::trainer::{read_summary, Summary};
@@ -57,24 +58,8 @@ pub fn collect(runs: &Path) -> Result<Vec<RunReport>, ReportError> {
             runs.display()
         )));
     }
-    out.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+    out.sort_by_key(|r| natural_key(&r.name));
     Ok(out)
-}
-
-/// `model10` after `model9`.
-fn natural_key(s: &str) -> (String, u64) {
-    let digits: String = s
-        .chars()
-        .rev()
-        .take_while(char::is_ascii_digit)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    (
-        s[..s.len() - digits.len()].to_string(),
-        digits.parse().unwrap_or(0),
-    )
 }
 
 /// The run to choose: lowest common val loss when every finished run has one; otherwise the
