@@ -61,6 +61,14 @@ pub fn write_atomic_with(
     Ok(())
 }
 
+/// Writes `value` as pretty JSON (with a final newline), atomically.
+pub fn write_json<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), FileError> {
+    write_atomic_with(path, |w| {
+        serde_json::to_writer_pretty(&mut *w, value)?;
+        w.write_all(b"\n")
+    })
+}
+
 /// Best effort: makes a rename durable on file systems that need the folder synced.
 pub fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {

@@ -8,10 +8,10 @@ use super::{
     Segments, Split, TokenCounts, Variant, VariantStats,
 };
 use crate::corpus::write_jsonl;
-use crate::fsutil::write_atomic_with;
+use crate::fsutil::write_json;
 use rayon::prelude::*;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Which variants to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,12 +238,4 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
         reports.push(report);
     }
     Ok(reports)
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_atomic_with(path, |w| {
-        serde_json::to_writer_pretty(&mut *w, value)?;
-        std::io::Write::write_all(w, b"\n")
-    })?;
-    Ok(())
 }

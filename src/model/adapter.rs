@@ -57,8 +57,7 @@ pub fn save(model: &Gemma2, lora: &LoraConfig, base_model: Option<&str>, dir: &P
     write_atomic(&dir.join(WEIGHTS_FILE), &bytes)
         .map_err(|e| ModelError::file(&e.path, e.source.to_string()))?;
     let config = config_json(lora, base_model);
-    let text = serde_json::to_string_pretty(&config).expect("json");
-    write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
+    crate::fsutil::write_json(&dir.join(CONFIG_FILE), &config)
         .map_err(|e| ModelError::file(&e.path, e.source.to_string()))?;
     Ok(())
 }

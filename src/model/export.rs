@@ -85,24 +85,14 @@ pub fn export(
     }
     let mut config = model.cfg.to_hub_json();
     config["torch_dtype"] = json!(dtype_name(dtype));
-    write(
-        &out.join("config.json"),
-        serde_json::to_string_pretty(&config)
-            .expect("json")
-            .as_bytes(),
-    )?;
+    write_json(&out.join("config.json"), &config)?;
     let generation = json!({
         "bos_token_id": model.cfg.bos_token_id,
         "eos_token_id": model.cfg.eos_token_ids,
         "pad_token_id": model.cfg.pad_token_id,
         "cache_implementation": "hybrid",
     });
-    write(
-        &out.join("generation_config.json"),
-        serde_json::to_string_pretty(&generation)
-            .expect("json")
-            .as_bytes(),
-    )?;
+    write_json(&out.join("generation_config.json"), &generation)?;
     written.extend([
         "config.json".to_string(),
         "generation_config.json".to_string(),
@@ -117,6 +107,11 @@ pub fn export(
         }
     }
     Ok(written)
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    crate::fsutil::write_json(path, value)
+        .map_err(|e| ModelError::file(&e.path, e.source.to_string()))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -5,7 +5,7 @@
 use super::config::EndpointConfig;
 use super::progress::Stats;
 use super::SynthError;
-use crate::fsutil::{sha256_file, sha256_hex, write_atomic};
+use crate::fsutil::{sha256_file, sha256_hex};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -66,9 +66,6 @@ pub fn previous_settings_sha(path: &Path) -> Option<String> {
 }
 
 pub fn write(path: &Path, manifest: &Value) -> Result<(), SynthError> {
-    let mut text =
-        serde_json::to_string_pretty(manifest).map_err(|e| SynthError::Config(e.to_string()))?;
-    text.push('\n');
-    write_atomic(path, text.as_bytes())?;
+    crate::fsutil::write_json(path, manifest)?;
     Ok(())
 }

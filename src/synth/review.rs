@@ -8,7 +8,6 @@
 
 use super::SynthError;
 use crate::corpus::{Decision, Dialogue, Review};
-use crate::fsutil::write_atomic;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -326,10 +325,7 @@ impl ReviewFile {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), SynthError> {
-        let mut text =
-            serde_json::to_string_pretty(self).map_err(|e| SynthError::Config(e.to_string()))?;
-        text.push('\n');
-        write_atomic(path, text.as_bytes())?;
+        crate::fsutil::write_json(path, self)?;
         Ok(())
     }
 }

@@ -5,7 +5,7 @@
 use super::adamw::AdamW;
 use super::config::TrainConfig;
 use super::TrainError;
-use crate::fsutil::{sync_dir, write_atomic};
+use crate::fsutil::{sync_dir, write_json};
 use crate::model::lora::LoraConfig;
 use crate::model::{adapter, Gemma2};
 use candle_core::{Device, Tensor};
@@ -60,8 +60,7 @@ pub fn save(
     std::fs::File::open(tmp.join(OPTIMIZER))
         .and_then(|f| f.sync_all())
         .map_err(|e| io(&tmp, e))?;
-    let json = serde_json::to_string_pretty(state).expect("state serializes");
-    write_atomic(&tmp.join(STATE), json.as_bytes())?;
+    write_json(&tmp.join(STATE), state)?;
     sync_dir(&tmp);
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(|e| io(&final_dir, e))?;

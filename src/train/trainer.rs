@@ -8,7 +8,7 @@ use super::data::{load_examples, Example, Plan};
 use super::metrics::MetricsLog;
 use super::schedule::learning_rate;
 use super::TrainError;
-use crate::fsutil::{sha256_hex, write_atomic};
+use crate::fsutil::{sha256_hex, write_atomic, write_json};
 use crate::model::device::{device_name, parse_device, parse_dtype};
 use crate::model::lora::Mode;
 use crate::model::loss::{loss_sum, Batch};
@@ -377,8 +377,7 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     };
     metrics.log(json!({"event": "end", "step": state.step, "status": summary.status, "best_val_loss": summary.best_val_loss,
         "final_val_loss": summary.final_val_loss, "elapsed_s": summary.wall_time_s}))?;
-    let text = serde_json::to_string_pretty(&summary).expect("summary serializes");
-    write_atomic(&out.join(SUMMARY), text.as_bytes())?;
+    write_json(&out.join(SUMMARY), &summary)?;
     Ok(summary)
 }
 
