@@ -54,11 +54,9 @@ pub fn save(model: &Gemma2, lora: &LoraConfig, base_model: Option<&str>, dir: &P
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let bytes = safetensors::serialize(&tensors, Some(metadata))
         .map_err(|e| ModelError::file(&dir.join(WEIGHTS_FILE), e.to_string()))?;
-    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)
-        .map_err(|e| ModelError::file(&e.path, e.source.to_string()))?;
+    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
     let config = config_json(lora, base_model);
-    crate::fsutil::write_json(&dir.join(CONFIG_FILE), &config)
-        .map_err(|e| ModelError::file(&e.path, e.source.to_string()))?;
+    crate::fsutil::write_json(&dir.join(CONFIG_FILE), &config)?;
     Ok(())
 }
 

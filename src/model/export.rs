@@ -5,7 +5,7 @@
 use super::gemma2::Gemma2;
 use super::hub::Source;
 use super::{ModelError, Result};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, write_json};
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
@@ -72,12 +72,12 @@ pub fn export(
         let map: BTreeMap<String, Tensor> = shard.into_iter().collect();
         let bytes = safetensors::serialize(&map, Some(metadata.clone()))
             .map_err(|e| ModelError::file(&out.join(&file), e.to_string()))?;
-        write(&out.join(&file), &bytes)?;
+        write_atomic(&out.join(&file), &bytes)?;
         written.push(file);
     }
     if n > 1 {
         let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-        write(
+        write_atomic(
             &out.join("model.safetensors.index.json"),
             index.to_string().as_bytes(),
         )?;
@@ -101,21 +101,12 @@ pub fn export(
         for f in TOKENIZER_FILES {
             if let Some(p) = src.optional_file(f)? {
                 let bytes = std::fs::read(&p).map_err(|e| ModelError::file(&p, e.to_string()))?;
-                write(&out.join(f), &bytes)?;
+                write_atomic(&out.join(f), &bytes)?;
                 written.push(f.to_string());
             }
         }
     }
     Ok(written)
-}
-
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    crate::fsutil::write_json(path, value)
-        .map_err(|e| ModelError::file(&e.path, e.source.to_string()))
-}
-
-fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic(path, bytes).map_err(|e| ModelError::file(&e.path, e.source.to_string()))
 }
 
 fn dtype_name(d: DType) -> &'static str {

@@ -45,6 +45,12 @@ impl ModelError {
     }
 }
 
+impl From<crate::fsutil::FileError> for ModelError {
+    fn from(e: crate::fsutil::FileError) -> Self {
+        ModelError::file(&e.path, e.source.to_string())
+    }
+}
+
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 /// Loads a base model (config + weights) from a folder or the Hub.
