@@ -191,14 +191,30 @@ impl DropoutRng {
 pub struct Mode {
     pub grad: bool,
     pub dropout: Option<DropoutRng>,
+    /// The last input cast to f32 for the adapters: q, k and v (and gate and up) read the same
+    /// input, so a bf16 model keeps one f32 copy of it for their backward, not three.
+    cast: Option<(candle_core::TensorId, Tensor)>,
 }
 
 impl Mode {
+    /// `x` (rows of `in_dim`) in f32, reusing the previous cast when `x` is the same tensor.
+    fn f32_rows(&mut self, x: &Tensor, rows: usize, in_dim: usize) -> Result<Tensor> {
+        if let Some((id, t)) = &self.cast {
+            if *id == x.id() {
+                return Ok(t.clone());
+            }
+        }
+        let t = x.detach().reshape((rows, in_dim))?.to_dtype(DType::F32)?;
+        self.cast = Some((x.id(), t.clone()));
+        Ok(t)
+    }
+
     /// Inference and evaluation: no graph, no dropout.
     pub fn eval() -> Self {
         Self {
             grad: false,
             dropout: None,
+            cast: None,
         }
     }
 
@@ -207,6 +223,7 @@ impl Mode {
         Self {
             grad: true,
             dropout: Some(DropoutRng::new(dropout_key)),
+            cast: None,
         }
     }
 
@@ -215,6 +232,7 @@ impl Mode {
         Self {
             grad: true,
             dropout: None,
+            cast: None,
         }
     }
 }
@@ -293,7 +311,7 @@ impl LoraLinear {
         let dtype = x.dtype();
         let x2 = x.detach().reshape((n, in_dim))?;
         let base = x2.matmul(&self.weight.t()?)?;
-        let mut xd = x2.to_dtype(DType::F32)?;
+        let mut xd = mode.f32_rows(x, n, in_dim)?;
         let mask = match (mode.dropout.as_mut(), l.dropout > 0.0 && mode.grad) {
             (Some(rng), true) => Some(rng.mask(&[n, in_dim], l.dropout, x.device())?),
             _ => None,
