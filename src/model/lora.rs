@@ -191,30 +191,14 @@ impl DropoutRng {
 pub struct Mode {
     pub grad: bool,
     pub dropout: Option<DropoutRng>,
-    /// The last input cast to f32 for the adapters: q, k and v (and gate and up) read the same
-    /// input, so a bf16 model keeps one f32 copy of it for their backward, not three.
-    cast: Option<(candle_core::TensorId, Tensor)>,
 }
 
 impl Mode {
-    /// `x` (rows of `in_dim`) in f32, reusing the previous cast when `x` is the same tensor.
-    fn f32_rows(&mut self, x: &Tensor, rows: usize, in_dim: usize) -> Result<Tensor> {
-        if let Some((id, t)) = &self.cast {
-            if *id == x.id() {
-                return Ok(t.clone());
-            }
-        }
-        let t = x.detach().reshape((rows, in_dim))?.to_dtype(DType::F32)?;
-        self.cast = Some((x.id(), t.clone()));
-        Ok(t)
-    }
-
     /// Inference and evaluation: no graph, no dropout.
     pub fn eval() -> Self {
         Self {
             grad: false,
             dropout: None,
-            cast: None,
         }
     }
 
@@ -223,7 +207,6 @@ impl Mode {
         Self {
             grad: true,
             dropout: Some(DropoutRng::new(dropout_key)),
-            cast: None,
         }
     }
 
@@ -232,7 +215,6 @@ impl Mode {
         Self {
             grad: true,
             dropout: None,
-            cast: None,
         }
     }
 }
@@ -311,16 +293,12 @@ impl LoraLinear {
         let dtype = x.dtype();
         let x2 = x.detach().reshape((n, in_dim))?;
         let base = x2.matmul(&self.weight.t()?)?;
-        let mut xd = mode.f32_rows(x, n, in_dim)?;
         let mask = match (mode.dropout.as_mut(), l.dropout > 0.0 && mode.grad) {
             (Some(rng), true) => Some(rng.mask(&[n, in_dim], l.dropout, x.device())?),
             _ => None,
         };
-        if let Some(m) = &mask {
-            xd = xd.mul(m)?;
-        }
         let (a, b) = (l.a.as_tensor().detach(), l.b.as_tensor().detach());
-        let u = xd.matmul(&a.t()?)?;
+        let u = adapter_input(&x2, mask.as_ref())?.matmul(&a.t()?)?;
         let delta = (u.matmul(&b.t()?)? * l.scale)?;
         // As PEFT: the sum is formed in f32 and rounded once to the base dtype.
         let y = if dtype == DType::F32 {
@@ -343,7 +321,7 @@ impl LoraLinear {
             let g32 = g2.to_dtype(DType::F32)?;
             let db = (g32.t()?.matmul(&u)? * scale)?;
             let du = (g32.matmul(&b)? * scale)?;
-            let da = du.t()?.matmul(&xd)?;
+            let da = du.t()?.matmul(&adapter_input(&x2, mask.as_ref())?)?;
             {
                 let mut acc = grads.lock().expect("LoRA gradients");
                 acc.0 = Some(match acc.0.take() {
@@ -383,6 +361,17 @@ impl LoraLinear {
             self.weight = (self.weight.to_dtype(DType::F32)? + delta)?.to_dtype(dtype)?;
         }
         Ok(())
+    }
+}
+
+/// The adapters' input: `x` in f32, dropped out. Not kept for the backward but rebuilt there
+/// from `x`, which the graph holds anyway, so a bf16 model keeps no f32 copies of its
+/// activations (casting bf16 to f32 is exact).
+fn adapter_input(x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let t = x.to_dtype(DType::F32)?;
+    match mask {
+        Some(m) => t.mul(m),
+        None => Ok(t),
     }
 }
 
