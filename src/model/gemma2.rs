@@ -107,6 +107,9 @@ impl KvCache {
     }
 }
 
+/// (first key position, number of keys, sliding window?) of an attention bias.
+type BiasKey = (usize, usize, bool);
+
 /// What the layers need to know about the batch being processed.
 struct Pass<'a> {
     b: usize,
@@ -117,7 +120,7 @@ struct Pass<'a> {
     key_mask: Option<&'a [Vec<bool>]>,
     /// Attention biases already built in this pass, by (first key, keys, sliding): every layer
     /// of a kind shares one.
-    biases: std::cell::RefCell<Vec<((usize, usize, bool), Tensor)>>,
+    biases: std::cell::RefCell<Vec<(BiasKey, Tensor)>>,
 }
 
 pub struct Gemma2 {

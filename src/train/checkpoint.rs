@@ -96,7 +96,7 @@ pub fn list(dir: &Path) -> Vec<(usize, PathBuf)> {
             Some((step, e.path()))
         })
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|c| std::cmp::Reverse(c.0));
     v
 }
 
