@@ -447,14 +447,7 @@ mod tests {
         l.merge().unwrap();
         assert!(l.lora.is_none());
         let merged = l.forward(&x, &mut Mode::eval()).unwrap();
-        let d = (with_adapter - merged)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::model::max_abs_diff(&with_adapter, &merged);
         assert!(d < 1e-5, "{d}");
     }
 

@@ -249,14 +249,7 @@ mod tests {
             let g_plain = plain.backward().unwrap().get(&h2).unwrap().clone();
             let d = (ours.to_scalar::<f32>().unwrap() - plain.to_scalar::<f32>().unwrap()).abs();
             assert!(d < 1e-5, "loss differs by {d}");
-            let dg = (g_ours - g_plain)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let dg = crate::model::max_abs_diff(&g_ours, &g_plain);
             assert!(dg < 1e-5, "gradient differs by {dg}");
         }
     }

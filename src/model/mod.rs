@@ -51,6 +51,21 @@ impl From<crate::fsutil::FileError> for ModelError {
     }
 }
 
+/// max |a − b| over all elements (unit tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 /// Loads a base model (config + weights) from a folder or the Hub.

@@ -340,14 +340,7 @@ mod tests {
         let u = randn(&[4, 300], 31);
         let fused = geglu(&g, &u, false).unwrap();
         let plain = (g.gelu().unwrap() * &u).unwrap();
-        let d = (fused - plain)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::model::max_abs_diff(&fused, &plain);
         assert!(d < 1e-5, "geglu differs by {d}");
         let s = (randn(&[2, 2, 3, 7], 32) * 40.0).unwrap();
         let bias = Tensor::new(&[0f32, 0., -1e30, 0., 0., 0., -1e30], &Device::Cpu)
@@ -362,14 +355,7 @@ mod tests {
         let capped = ((&s / 50.0).unwrap().tanh().unwrap() * 50.0).unwrap();
         let plain =
             candle_nn::ops::softmax_last_dim(&capped.broadcast_add(&bias).unwrap()).unwrap();
-        let d = (fused - plain)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::model::max_abs_diff(&fused, &plain);
         assert!(d < 1e-6, "softmax differs by {d}");
     }
 
@@ -431,14 +417,7 @@ mod tests {
         let neg = sin.neg().unwrap();
         let a = rope(&x, &cos, &sin, &neg).unwrap();
         let b = candle_nn::rotary_emb::rope_slow(&x, &cos, &sin).unwrap();
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::model::max_abs_diff(&a, &b);
         assert!(d < 1e-6);
     }
 
