@@ -81,6 +81,14 @@ fn train_cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {
 }
 
 /// An empty config file: every option at its default unless a flag says otherwise.
+/// The fixture model with its adapter, f32 on the CPU.
+fn fixture_with_adapter() -> socratune::model::Gemma2 {
+    let src = socratune::model::Source::Local(fixture());
+    let mut model = socratune::model::load(&src, candle_core::DType::F32, &Device::Cpu).unwrap();
+    socratune::model::adapter::load(&mut model, &fixture().join("adapter")).unwrap();
+    model
+}
+
 fn empty_config(out: &Path) -> PathBuf {
     let p = out.with_extension("toml");
     std::fs::write(&p, "# defaults\n").unwrap();
@@ -287,13 +295,7 @@ fn evaluation_does_not_depend_on_the_batch_size() {
     let val = load_examples(&data.join("val.jsonl"), 1000)
         .unwrap()
         .examples;
-    let mut model = socratune::model::load(
-        &socratune::model::Source::Local(fixture()),
-        candle_core::DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
-    socratune::model::adapter::load(&mut model, &fixture().join("adapter")).unwrap();
+    let model = fixture_with_adapter();
     let one = evaluate(&model, &val, 1, 0, vocab(), &Device::Cpu).unwrap();
     let eight = evaluate(&model, &val, 8, 0, vocab(), &Device::Cpu).unwrap();
     assert!((one - eight).abs() <= 1e-6 * one.abs(), "{one} vs {eight}");
@@ -480,13 +482,7 @@ fn accumulated_gradients_equal_the_batch_gradient() {
     let ex = load_examples(&data.join("train.jsonl"), 1000)
         .unwrap()
         .examples;
-    let mut model = socratune::model::load(
-        &socratune::model::Source::Local(fixture()),
-        candle_core::DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
-    socratune::model::adapter::load(&mut model, &fixture().join("adapter")).unwrap();
+    let model = fixture_with_adapter();
     let seqs: Vec<(&[u32], &[i64])> = ex
         .iter()
         .map(|e| (e.input_ids.as_slice(), e.labels.as_slice()))
