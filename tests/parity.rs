@@ -1,6 +1,6 @@
 //! Parity with Hugging Face transformers + PEFT on a Gemma-2 fixture (any fixture made by
-//! `make_gemma2_fixture.py`; folder from `GEMMA2_FIXTURE`, default
-//! `../shared/fixtures/gemma2-tiny`): base and adapter logits, the masked loss, every LoRA
+//! `scripts/make_gemma2_fixture.py`; folder from `GEMMA2_FIXTURE`, default
+//! `tests/fixtures/gemma2-tiny`): base and adapter logits, the masked loss, every LoRA
 //! gradient, the greedy continuation, and no gradient for any frozen weight.
 
 mod common;

@@ -4,11 +4,12 @@
 use candle_core::Tensor;
 use std::path::PathBuf;
 
-/// The Gemma-2 fixture: `GEMMA2_FIXTURE`, or `../shared/fixtures/gemma2-tiny`.
+/// The Gemma-2 fixture: `GEMMA2_FIXTURE`, or the repository's own `tests/fixtures/gemma2-tiny`
+/// (made by `scripts/make_gemma2_fixture.py`).
 pub fn fixture() -> PathBuf {
     match std::env::var("GEMMA2_FIXTURE") {
         Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gemma2-tiny"),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma2-tiny"),
     }
 }
 

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Makes the tiny Gemma-2 + LoRA fixture that the parity tests compare socratune against:
+a random model and adapter, and reference outputs computed by Hugging Face transformers
+(eager attention) and PEFT on the CPU in float32.
+
+Usage: python scripts/make_gemma2_fixture.py OUT_DIR [--seed N] [--shape tiny|odd]
+
+Deterministic: the same seed, shape and library versions give byte-identical files (one
+CPU thread, deterministic algorithms, no timestamps). The versions and the command are
+written to OUT_DIR/GENERATED.md.
+
+Files written into OUT_DIR:
+  config.json                  a Gemma-2 config spelled as the Hub's gemma-2 repositories
+                               spell it (top-level rope_theta, torch_dtype, eos list, no
+                               layer_types: even layers slide)
+  model.safetensors            the weights (float32, Hugging Face names)
+  generation_config.json       as transformers writes it
+  adapter/                     a PEFT LoRA adapter on all seven projections, lora_B non-zero
+  io.safetensors               inputs and reference outputs:
+    input_ids [B,T] i64, attention_mask [B,T] i64 (the last row is right-padded),
+    labels [B,T] i64 (-100 = not trained: the first third and the padding)
+    base_logits [B,T,V] f32    logits of the base model
+    lora_logits [B,T,V] f32    logits with the adapter
+    lora_loss [] f32           mean cross-entropy over labels != -100, labels shifted left
+                               by one as in causal-LM training
+    grad.<PEFT key> f32        d lora_loss / d each LoRA tensor
+    gen_prompt [P] i64, gen_greedy [G] i64: a greedy continuation with the adapter
+  README.md, GENERATED.md      what the folder holds; how and with what it was made
+"""
+import argparse
+import importlib.metadata as md
+import json
+import os
+import platform
+import sys
+
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
+from transformers import Gemma2Config, Gemma2ForCausalLM
+
+# sliding_window < T so that local and global layers really differ; query_pre_attn_scalar !=
+# head_dim so that its use is tested; both softcaps active.
+SHAPES = {
+    "tiny": dict(vocab_size=384, hidden_size=64, intermediate_size=160, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=7,
+                 query_pre_attn_scalar=20, attn_logit_softcapping=50.0,
+                 final_logit_softcapping=30.0, rope_theta=10000.0),
+    # Odd sizes everywhere, for `GEMMA2_FIXTURE=dir` runs that shake out shape assumptions.
+    "odd": dict(vocab_size=301, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                num_attention_heads=6, num_key_value_heads=3, head_dim=8, sliding_window=5,
+                query_pre_attn_scalar=12, attn_logit_softcapping=20.0,
+                final_logit_softcapping=15.0, rope_theta=500.0),
+}
+BATCH = {"tiny": (2, 21, 4, 8), "odd": (3, 17, 3, 5)}  # B, T, LoRA r, LoRA alpha
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PAD, BOS, EOS = 0, 2, 1
+
+
+def hub_spelling(path):
+    """Rewrites config.json as the Hub's gemma-2 repositories spell it, so the tests read
+    (and exports keep) the spelling real base models have."""
+    with open(path) as f:
+        c = json.load(f)
+    c["rope_theta"] = c.pop("rope_parameters")["rope_theta"]
+    c["hidden_act"] = c["hidden_activation"]
+    c["eos_token_id"] = [EOS, 107]
+    c["cache_implementation"] = "hybrid"
+    c["torch_dtype"] = c.pop("dtype", "float32")
+    for k in ("layer_types", "use_bidirectional_attention"):
+        c.pop(k, None)
+    with open(path, "w") as f:
+        json.dump(c, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def inputs(vocab, b, t):
+    ids = torch.randint(3, vocab, (b, t))
+    ids[:, 0] = BOS
+    mask = torch.ones(b, t, dtype=torch.long)
+    pad = 4
+    ids[-1, t - pad:] = PAD
+    mask[-1, t - pad:] = 0
+    labels = ids.clone()
+    labels[:, : t // 3] = -100  # the "user" part is not trained on
+    labels[mask == 0] = -100
+    return ids, mask, labels
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(a.seed)
+    b, t, r, alpha = BATCH[a.shape]
+
+    cfg = Gemma2Config(max_position_embeddings=256, rms_norm_eps=1e-6,
+                       hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+                       pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+                       attention_bias=False, attention_dropout=0.0, **SHAPES[a.shape])
+    cfg._attn_implementation = "eager"
+    model = Gemma2ForCausalLM(cfg).float().eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            # Random norm weights too, so that Gemma's (1 + weight) RMSNorm is exercised.
+            p.copy_(torch.randn_like(p) * (0.3 if "norm" in n else 0.08))
+    os.makedirs(a.out, exist_ok=True)
+    model.save_pretrained(a.out, safe_serialization=True)
+
+    ids, mask, labels = inputs(cfg.vocab_size, b, t)
+    with torch.no_grad():
+        base_logits = model(input_ids=ids, attention_mask=mask).logits.float()
+
+    lcfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none",
+                      task_type="CAUSAL_LM", target_modules=TARGETS)
+    pm = get_peft_model(model, lcfg)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:  # PEFT starts B at zero, which would test nothing
+                p.copy_(torch.randn_like(p) * 0.05)
+    pm.train()  # dropout is 0: train mode changes nothing numerically
+    logits = pm(input_ids=ids, attention_mask=mask).logits.float()
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+        ignore_index=-100)
+    loss.backward()
+
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels,
+           "base_logits": base_logits, "lora_logits": logits.detach(),
+           "lora_loss": loss.detach().reshape(())}
+    for n, p in pm.named_parameters():
+        if p.grad is not None:
+            out["grad." + n.replace(".default", "")] = p.grad.detach().float()
+    pm.eval()
+    prompt = ids[0, :6].clone()
+    with torch.no_grad():
+        g = pm.generate(input_ids=prompt[None], attention_mask=torch.ones(1, 6, dtype=torch.long),
+                        max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    out["gen_prompt"] = prompt
+    out["gen_greedy"] = g[0, 6:].clone()
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(a.out, "io.safetensors"))
+    hub_spelling(os.path.join(a.out, "config.json"))
+    adir = os.path.join(a.out, "adapter")
+    pm.save_pretrained(adir)
+    os.remove(os.path.join(adir, "README.md"))  # PEFT's empty model card
+    # PEFT writes target_modules from a set, in an order that changes between runs.
+    with open(os.path.join(adir, "adapter_config.json")) as f:
+        ac = json.load(f)
+    ac["target_modules"] = sorted(ac["target_modules"])
+    with open(os.path.join(adir, "adapter_config.json"), "w") as f:
+        json.dump(ac, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+    with open(os.path.join(a.out, "README.md"), "w") as f:
+        f.write("# Gemma-2 parity fixture\n\nMade by `scripts/make_gemma2_fixture.py` "
+                "(see GENERATED.md). Files:\n\n```\n")
+        f.write(__doc__.split("Files written into OUT_DIR:\n")[1].rstrip() + "\n```\n")
+        f.write(f"\nshape {a.shape}, seed {a.seed}, lora_loss {loss.item():.6f}\n")
+    versions = {p: md.version(p) for p in ("torch", "transformers", "peft", "safetensors")}
+    with open(os.path.join(a.out, "GENERATED.md"), "w") as f:
+        f.write("# How this fixture was made\n\n")
+        f.write(f"Command, from the repository root:\n\n    python scripts/make_gemma2_fixture.py "
+                f"{os.path.relpath(a.out)} --seed {a.seed} --shape {a.shape}\n\n")
+        f.write(f"Python {platform.python_version()} on {platform.machine()}, CPU, float32, "
+                "eager attention, one thread.\n\n")
+        f.writelines(f"- {k} {v}\n" for k, v in versions.items())
+    print(f"{a.out}: lora_loss {loss.item():.6f}, "
+          f"{sum(k.startswith('grad.') for k in out)} LoRA gradients", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
