@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Training throughput: socratune vs the transformers + PEFT reference, one after the other on
-# the same machine, same work (see ../shared/bench/hf_peft_reference.py), and the ratio.
+# the same machine, same work (benches/hf_peft_reference.py), and the ratio.
 #
 #   benches/compare.sh [--preset small] [--steps 10] [--warmup 2] [--device cpu|cuda] [--threads N]
 #
@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
 done
 bin=${SOCRATUNE:-target/release/socratune}
 py=${PYTHON:-python3}
-ref=${REFERENCE:-../shared/bench/hf_peft_reference.py}
+ref=${REFERENCE:-benches/hf_peft_reference.py}
 [ -x "$bin" ] || { echo "no binary at $bin: cargo build --release first" >&2; exit 1; }
 thread_args=()
 if [ -n "$threads" ]; then

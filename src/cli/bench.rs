@@ -11,7 +11,7 @@ pub struct BenchArgs {
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// LoRA training throughput on a random Gemma-2 of a preset shape, doing exactly the work of
-    /// shared/bench/hf_peft_reference.py; prints one JSON line with the same keys.
+    /// benches/hf_peft_reference.py; prints one JSON line with the same keys.
     Train {
         /// tiny, small or gemma-2-2b.
         #[arg(long, default_value = "small")]
