@@ -219,6 +219,16 @@ fn export_merges_and_reloads_with_the_adapter_logits() {
     use socratune::model::adapter;
     let dir = tempfile::tempdir().unwrap();
     let f = fixture();
+    // The base, with a tokenizer file whose spelling an export must not touch.
+    let base = dir.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    for name in ["config.json", "generation_config.json", "model.safetensors"] {
+        std::fs::copy(f.join(name), base.join(name)).unwrap();
+    }
+    let tokenizer_config = "{ \"model_max_length\": 8192 ,\n  \"pad_token\": \"<pad>\" }\n";
+    std::fs::write(base.join("tokenizer_config.json"), tokenizer_config).unwrap();
+    let base_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
     let ids = Tensor::new(&[[2u32, 40, 41, 42, 7, 9]], &Device::Cpu).unwrap();
     let mut with_adapter = load(&Source::Local(f.clone()), DType::F32, &Device::Cpu).unwrap();
     adapter::load(&mut with_adapter, &f.join("adapter")).unwrap();
@@ -231,7 +241,7 @@ fn export_merges_and_reloads_with_the_adapter_logits() {
                 "--adapter",
                 f.join("adapter").to_str().unwrap(),
                 "--model",
-                f.to_str().unwrap(),
+                base.to_str().unwrap(),
                 "--out",
                 out.to_str().unwrap(),
                 "--dtype",
@@ -267,6 +277,23 @@ fn export_merges_and_reloads_with_the_adapter_logits() {
         let cfg: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
                 .unwrap();
-        assert_eq!(cfg["architectures"][0], "Gemma2ForCausalLM");
+        // The base's config with only the dtype changed: ints stay ints, unknown fields kept.
+        let name = if dtype == "f32" {
+            "float32"
+        } else {
+            "bfloat16"
+        };
+        let mut want_cfg = base_config.clone();
+        want_cfg["dtype"] = name.into();
+        want_cfg["torch_dtype"] = name.into();
+        assert_eq!(cfg, want_cfg);
+        assert!(cfg["query_pre_attn_scalar"].is_u64());
+        for verbatim in ["generation_config.json", "tokenizer_config.json"] {
+            assert_eq!(
+                std::fs::read(out.join(verbatim)).unwrap(),
+                std::fs::read(base.join(verbatim)).unwrap(),
+                "{verbatim}"
+            );
+        }
     }
 }

@@ -278,7 +278,7 @@ impl Gemma2Config {
             "rope_theta": self.rope_theta,
             "attn_logit_softcapping": self.attn_logit_softcapping,
             "final_logit_softcapping": self.final_logit_softcapping,
-            "query_pre_attn_scalar": self.query_pre_attn_scalar,
+            "query_pre_attn_scalar": self.query_pre_attn_scalar_json(),
             "sliding_window": self.sliding_window,
             "layer_types": self.sliding_layers.iter()
                 .map(|s| if *s { "sliding_attention" } else { "full_attention" })
@@ -290,6 +290,17 @@ impl Gemma2Config {
             "eos_token_id": self.eos_token_ids,
             "pad_token_id": self.pad_token_id,
         })
+    }
+
+    /// transformers declares `query_pre_attn_scalar: int` and refuses `16.0`; a (non-standard)
+    /// fractional value can only be written as it is.
+    fn query_pre_attn_scalar_json(&self) -> serde_json::Value {
+        let s = self.query_pre_attn_scalar;
+        if s.fract() == 0.0 && s >= 0.0 && s < u32::MAX as f64 {
+            serde_json::json!(s as u64)
+        } else {
+            serde_json::json!(s)
+        }
     }
 
     fn activation_name(&self) -> &'static str {
@@ -375,6 +386,24 @@ mod tests {
         let c = Gemma2Config::from_json(HUB).unwrap();
         let back = Gemma2Config::from_json(&c.to_hub_json().to_string()).unwrap();
         assert_eq!(c, back);
+    }
+
+    #[test]
+    fn hub_json_uses_the_declared_types() {
+        let v = Gemma2Config::preset("gemma-2-2b").unwrap().to_hub_json();
+        for int_field in [
+            "query_pre_attn_scalar",
+            "head_dim",
+            "sliding_window",
+            "max_position_embeddings",
+            "vocab_size",
+        ] {
+            assert!(v[int_field].is_u64(), "{int_field}: {}", v[int_field]);
+        }
+        assert_eq!(v["query_pre_attn_scalar"], serde_json::json!(256));
+        for float_field in ["rms_norm_eps", "rope_theta", "attn_logit_softcapping"] {
+            assert!(v[float_field].is_f64(), "{float_field}: {}", v[float_field]);
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::hub::Source;
 use super::{ModelError, Result};
 use crate::fsutil::{write_atomic, write_json};
 use candle_core::{DType, Device, Tensor};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -83,30 +83,65 @@ pub fn export(
         )?;
         written.push("model.safetensors.index.json".into());
     }
-    let mut config = model.cfg.to_hub_json();
-    config["torch_dtype"] = json!(dtype_name(dtype));
-    write_json(&out.join("config.json"), &config)?;
-    let generation = json!({
-        "bos_token_id": model.cfg.bos_token_id,
-        "eos_token_id": model.cfg.eos_token_ids,
-        "pad_token_id": model.cfg.pad_token_id,
-        "cache_implementation": "hybrid",
-    });
-    write_json(&out.join("generation_config.json"), &generation)?;
-    written.extend([
-        "config.json".to_string(),
-        "generation_config.json".to_string(),
-    ]);
+    write_json(&out.join("config.json"), &config_json(model, base, dtype)?)?;
+    written.push("config.json".to_string());
+    // The base model's generation settings verbatim; a model made from scratch gets its own.
+    match base
+        .map(|src| src.optional_file("generation_config.json"))
+        .transpose()?
+        .flatten()
+    {
+        Some(p) => copy_verbatim(&p, &out.join("generation_config.json"))?,
+        None => {
+            let generation = json!({
+                "bos_token_id": model.cfg.bos_token_id,
+                "eos_token_id": model.cfg.eos_token_ids,
+                "pad_token_id": model.cfg.pad_token_id,
+                "cache_implementation": "hybrid",
+            });
+            write_json(&out.join("generation_config.json"), &generation)?;
+        }
+    }
+    written.push("generation_config.json".to_string());
     if let Some(src) = base {
         for f in TOKENIZER_FILES {
             if let Some(p) = src.optional_file(f)? {
-                let bytes = std::fs::read(&p).map_err(|e| ModelError::file(&p, e.to_string()))?;
-                write_atomic(&out.join(f), &bytes)?;
+                copy_verbatim(&p, &out.join(f))?;
                 written.push(f.to_string());
             }
         }
     }
     Ok(written)
+}
+
+/// The export's `config.json`: the base model's own, every field kept as written (peers
+/// validate types strictly: `query_pre_attn_scalar` must stay an int), with only the weight
+/// dtype changed; from scratch (no base) the typed config in transformers' declared types.
+fn config_json(model: &Gemma2, base: Option<&Source>, dtype: DType) -> Result<Value> {
+    let mut config = match base {
+        Some(src) => {
+            let path = src.file("config.json")?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ModelError::file(&path, e.to_string()))?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| ModelError::file(&path, format!("malformed config.json: {e}")))?;
+            if !v.is_object() {
+                return Err(ModelError::file(&path, "config.json is not a JSON object"));
+            }
+            v
+        }
+        None => model.cfg.to_hub_json(),
+    };
+    // `dtype` for transformers 5, `torch_dtype` for older readers (vLLM, llama.cpp's converter).
+    config["dtype"] = json!(dtype_name(dtype));
+    config["torch_dtype"] = json!(dtype_name(dtype));
+    Ok(config)
+}
+
+fn copy_verbatim(from: &Path, to: &Path) -> Result<()> {
+    let bytes = std::fs::read(from).map_err(|e| ModelError::file(from, e.to_string()))?;
+    write_atomic(to, &bytes)?;
+    Ok(())
 }
 
 fn dtype_name(d: DType) -> &'static str {
