@@ -65,6 +65,35 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
+            ModelCommand::Score {
+                source,
+                device,
+                adapter,
+                data,
+                batch,
+                json,
+            } => {
+                let src = Source::parse(&source.model, source.revision.as_deref())?;
+                let dev = parse_device(&device.device)?;
+                let dtype = parse_dtype(&device.dtype, &dev)?;
+                let mut m = socratune::model::load(&src, dtype, &dev)?;
+                if let Some(dir) = &adapter {
+                    socratune::model::adapter::load(&mut m, dir)?;
+                }
+                let s = socratune::train::score::score_file(&m, &data, batch, &dev)?;
+                if json {
+                    println!("{}", serde_json::to_string(&s)?);
+                } else {
+                    println!(
+                        "{}: loss {:.6}, perplexity {:.4} over {} tokens in {} examples",
+                        data.display(),
+                        s.loss,
+                        s.perplexity,
+                        s.tokens,
+                        s.examples
+                    );
+                }
+            }
         },
         Command::Train(a) => run_train(a)?,
         Command::Sweep(a) => run_sweep(a)?,

@@ -297,3 +297,103 @@ fn export_merges_and_reloads_with_the_adapter_logits() {
         }
     }
 }
+
+/// The fixture's reference batch as a `train.jsonl` file (padding stripped).
+fn fixture_examples(path: &Path) {
+    let io =
+        candle_core::safetensors::load(fixture().join("io.safetensors"), &Device::Cpu).unwrap();
+    let ids = io["input_ids"].to_vec2::<i64>().unwrap();
+    let mask = io["attention_mask"].to_vec2::<i64>().unwrap();
+    let labels = io["labels"].to_vec2::<i64>().unwrap();
+    let mut text = String::new();
+    for (row, ((ids, mask), labels)) in ids.iter().zip(&mask).zip(&labels).enumerate() {
+        let n = mask.iter().filter(|m| **m == 1).count();
+        let line = serde_json::json!({
+            "id": format!("row{row}"),
+            "input_ids": &ids[..n],
+            "labels": &labels[..n],
+        });
+        text.push_str(&format!("{line}\n"));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn model_score_recomputes_the_reference_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("val.jsonl");
+    fixture_examples(&data);
+    let io =
+        candle_core::safetensors::load(fixture().join("io.safetensors"), &Device::Cpu).unwrap();
+    let want = io["lora_loss"].to_scalar::<f32>().unwrap() as f64;
+    let f = fixture();
+    let mut losses = Vec::new();
+    for batch in ["1", "8"] {
+        let (ok, out, err) = socratune(
+            &[
+                "model",
+                "score",
+                "--model",
+                f.to_str().unwrap(),
+                "--adapter",
+                f.join("adapter").to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--device",
+                "cpu",
+                "--batch",
+                batch,
+                "--json",
+            ],
+            &[],
+        );
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["examples", "loss", "perplexity", "tokens"]);
+        let loss = v["loss"].as_f64().unwrap();
+        assert!(
+            ((loss - want) / want).abs() < 1e-5,
+            "batch {batch}: loss {loss}, transformers + PEFT {want}"
+        );
+        assert!((v["perplexity"].as_f64().unwrap() - loss.exp()).abs() < 1e-9 * loss.exp());
+        assert_eq!(v["examples"], 2);
+        let labels = io["labels"].to_vec2::<i64>().unwrap();
+        let tokens: usize = labels
+            .iter()
+            .map(|r| r[1..].iter().filter(|l| **l != -100).count())
+            .sum();
+        assert_eq!(v["tokens"], tokens);
+        losses.push(loss);
+    }
+    assert!((losses[0] - losses[1]).abs() < 1e-6, "{losses:?}");
+
+    // Without the adapter: a different loss; a bad line is named by file and line.
+    let (ok, out, err) = socratune(
+        &["model", "score", "--model", f.to_str().unwrap(), "--data"]
+            .into_iter()
+            .chain([data.to_str().unwrap(), "--device", "cpu"])
+            .collect::<Vec<_>>(),
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("perplexity") && out.contains("2 examples"),
+        "{out}"
+    );
+    let mut text = std::fs::read_to_string(&data).unwrap();
+    text.push_str("{\"id\":\"bad\",\"input_ids\":[2,5],\"labels\":[-100]}\n");
+    std::fs::write(&data, text).unwrap();
+    let (ok, _, err) = socratune(
+        &["model", "score", "--model", f.to_str().unwrap(), "--data"]
+            .into_iter()
+            .chain([data.to_str().unwrap(), "--device", "cpu"])
+            .collect::<Vec<_>>(),
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("val.jsonl:3") && err.contains("2 input_ids but 1 labels"),
+        "{err}"
+    );
+}

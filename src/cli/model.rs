@@ -50,4 +50,24 @@ pub enum ModelCommand {
         #[arg(long)]
         adapter: Option<std::path::PathBuf>,
     },
+    /// Token-weighted cross-entropy and perplexity on a tokenized file (`train.jsonl` format:
+    /// input_ids, labels with -100); no tokenizer needed.
+    Score {
+        #[command(flatten)]
+        source: ModelSourceArgs,
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// A PEFT adapter folder to apply.
+        #[arg(long)]
+        adapter: Option<std::path::PathBuf>,
+        /// The tokenized examples (e.g. runs/model3/data/val.jsonl).
+        #[arg(long)]
+        data: std::path::PathBuf,
+        /// Examples per forward pass (the result does not depend on it).
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Print one JSON object: loss, tokens, examples, perplexity.
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod metrics;
 pub mod schedule;
+pub mod score;
 pub mod sweep;
 pub mod trainer;
 
