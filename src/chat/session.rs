@@ -469,7 +469,7 @@ impl Session {
         Ok(r.text.trim().to_string())
     }
 
-    /// Appends each branch's conversation to `path` as one dialogue line (DESIGN's format,
+    /// Appends each branch's conversation to `path` as one dialogue line (the corpus format,
     /// plus where it came from); returns the ids written.
     pub fn save(&self, path: &Path) -> Result<Vec<String>> {
         let existing = std::fs::read_to_string(path).unwrap_or_default();

@@ -53,7 +53,7 @@ fn pct(a: usize, n: usize) -> String {
     }
 }
 
-/// What the judge alone decides: DESIGN's rule applied as if there were no review.
+/// What the judge alone decides: the keep rule applied as if there were no review.
 pub fn judge_keeps(d: &Dialogue) -> bool {
     let probe = Dialogue {
         review: None,

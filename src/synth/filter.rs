@@ -1,4 +1,4 @@
-//! `synth filter`: the kept dialogues (DESIGN's rule: a review decides; without one, both
+//! `synth filter`: the kept dialogues (the keep rule: a review decides; without one, both
 //! judge scores ≥ 3), with a report of why each other dialogue was dropped, near-duplicate
 //! pairs among the kept ones (optionally dropping the later of each), and coverage of
 //! personas, questions and temperatures.
