@@ -6,11 +6,13 @@ use clap::Parser;
 use socratune::chat::bench::GenerateBench;
 use socratune::chat::session::Interrupt;
 use socratune::cli::bench::BenchCommand;
+use socratune::cli::model::{ModelCommand, ModelLoadArgs};
 use socratune::cli::sweep::{Emit, SweepArgs};
 use socratune::cli::train::{TrainArgs, TrainOverrides};
-use socratune::cli::{model::ModelCommand, Cli, Command};
+use socratune::cli::{Cli, Command};
+use socratune::model::adapter::AdapterInfo;
 use socratune::model::device::{device_name, parse_device, parse_dtype};
-use socratune::model::{Gemma2Config, Source};
+use socratune::model::{Gemma2, Gemma2Config, Source};
 use socratune::train::bench::BenchOptions;
 use socratune::train::{RunSpec, TrainConfig, TrainError};
 use std::path::Path;
@@ -38,22 +40,15 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{src}: {}", cfg.summary());
                 }
             }
-            ModelCommand::Check {
-                source,
-                device,
-                adapter,
-            } => {
-                let src = Source::parse(&source.model, source.revision.as_deref())?;
-                let dev = parse_device(&device.device)?;
-                let dtype = parse_dtype(&device.dtype, &dev)?;
-                let mut m = socratune::model::load(&src, dtype, &dev)?;
+            ModelCommand::Check { load } => {
+                let (m, src, dev, info) = load_model(&load)?;
                 println!(
-                    "{src}: {} ({dtype:?} on {})",
+                    "{src}: {} ({:?} on {})",
                     m.cfg.summary(),
+                    m.dtype(),
                     device_name(&dev)
                 );
-                if let Some(dir) = adapter {
-                    let info = socratune::model::adapter::load(&mut m, &dir)?;
+                if let (Some(dir), Some(info)) = (&load.adapter, info) {
                     let params: usize = m.lora_vars().iter().map(|(_, v)| v.elem_count()).sum();
                     let targets: Vec<&str> = info.lora.targets.iter().map(|t| t.module()).collect();
                     println!(
@@ -66,20 +61,12 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             ModelCommand::Score {
-                source,
-                device,
-                adapter,
+                load,
                 data,
                 batch,
                 json,
             } => {
-                let src = Source::parse(&source.model, source.revision.as_deref())?;
-                let dev = parse_device(&device.device)?;
-                let dtype = parse_dtype(&device.dtype, &dev)?;
-                let mut m = socratune::model::load(&src, dtype, &dev)?;
-                if let Some(dir) = &adapter {
-                    socratune::model::adapter::load(&mut m, dir)?;
-                }
+                let (m, _, dev, _) = load_model(&load)?;
                 let s = socratune::train::score::score_file(&m, &data, batch, &dev)?;
                 if json {
                     println!("{}", serde_json::to_string(&s)?);
@@ -195,6 +182,19 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => socratune::chat::server::serve(&a)?,
     }
     Ok(())
+}
+
+/// The base model of `a` on its device, with the adapter loaded when one is given.
+fn load_model(a: &ModelLoadArgs) -> Result<(Gemma2, Source, Device, Option<AdapterInfo>)> {
+    let src = Source::parse(&a.source.model, a.source.revision.as_deref())?;
+    let dev = parse_device(&a.device.device)?;
+    let dtype = parse_dtype(&a.device.dtype, &dev)?;
+    let mut m = socratune::model::load(&src, dtype, &dev)?;
+    let info = match &a.adapter {
+        Some(dir) => Some(socratune::model::adapter::load(&mut m, dir)?),
+        None => None,
+    };
+    Ok((m, src, dev, info))
 }
 
 /// A benchmark's JSON line on stdout, after a readable summary on stderr unless `--json`.

@@ -30,6 +30,18 @@ pub struct DeviceArgs {
     pub dtype: String,
 }
 
+/// A base model, where it runs, and an optional adapter on top.
+#[derive(Debug, Clone, Args)]
+pub struct ModelLoadArgs {
+    #[command(flatten)]
+    pub source: ModelSourceArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// A PEFT adapter folder to load on top.
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
     /// Print the resolved config of a base model (downloads only config.json).
@@ -43,23 +55,13 @@ pub enum ModelCommand {
     /// Load the weights (and optionally an adapter) to check that they fit together.
     Check {
         #[command(flatten)]
-        source: ModelSourceArgs,
-        #[command(flatten)]
-        device: DeviceArgs,
-        /// A PEFT adapter folder to load on top.
-        #[arg(long)]
-        adapter: Option<std::path::PathBuf>,
+        load: ModelLoadArgs,
     },
     /// Token-weighted cross-entropy and perplexity on a tokenized file (`train.jsonl` format:
     /// input_ids, labels with -100); no tokenizer needed.
     Score {
         #[command(flatten)]
-        source: ModelSourceArgs,
-        #[command(flatten)]
-        device: DeviceArgs,
-        /// A PEFT adapter folder to apply.
-        #[arg(long)]
-        adapter: Option<std::path::PathBuf>,
+        load: ModelLoadArgs,
         /// The tokenized examples (e.g. runs/model3/data/val.jsonl).
         #[arg(long)]
         data: std::path::PathBuf,
