@@ -89,6 +89,17 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Gives memory freed since to the system. With `keep_freed_memory` nothing is ever returned
+/// on its own, so a server calls this after a request that made it hold a large block (a big
+/// body, refused or not), keeping its resident size where it was.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Hex SHA-256 of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
