@@ -2,7 +2,9 @@
 //! come back. Loopback only, bounded in time and memory.
 
 mod common;
+mod fake_llm;
 use common::ServeChild;
+use fake_llm::{project, FakeLlm};
 use serde_json::{json, Value};
 use socratune::dataset::tokenizer::train_small;
 use std::io::{Read, Write};
@@ -178,4 +180,49 @@ fn serve_requires_the_key_when_asked_and_never_prints_it() {
         err.contains("HOSTILE_TEST_UNSET_VAR") && err.contains("not set"),
         "{err}"
     );
+}
+
+#[test]
+fn a_judge_failure_is_asked_again_on_the_next_run_not_replayed() {
+    let srv = FakeLlm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = project(d, &srv.base_url, "HOSTILE_JUDGE_KEY", "");
+    let input = d.join("dialogues.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            r#"{"id":"d1","persona":"p001","question":"q01","user_temperature":0.3,"turns":[{"role":"user","text":"問い1とは何だろうか？"},{"role":"model","text":"きみはどう思う？"}]}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
+            .args(["synth", "judge", "--config"])
+            .arg(&cfg)
+            .arg("--prompts")
+            .arg(d.join("prompts"))
+            .arg("--input")
+            .arg(&input)
+            .arg("--out")
+            .arg(d.join("judged.jsonl"))
+            .env("HOSTILE_JUDGE_KEY", "k")
+            .output()
+            .unwrap()
+    };
+    // Truncated JSON with `finish_reason: stop`, on every attempt.
+    srv.set_judge(|_| r#"{"comment":"途中で"#.into());
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("ask again"), "{err}");
+    // The judge is healthy now: the rerun asks it, and the dialogue is judged.
+    srv.clear();
+    srv.set_judge(|_| r#"{"comment":"良い","socratic":3,"coherence":4}"#.into());
+    let o = run();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(srv.count(), 1);
+    let judged = std::fs::read_to_string(d.join("judged.jsonl")).unwrap();
+    assert!(judged.contains(r#""socratic":3"#), "{judged}");
 }
