@@ -226,3 +226,111 @@ fn a_judge_failure_is_asked_again_on_the_next_run_not_replayed() {
     let judged = std::fs::read_to_string(d.join("judged.jsonl")).unwrap();
     assert!(judged.contains(r#""socratic":3"#), "{judged}");
 }
+
+/// A writable copy of the fixture model (the original is read-only and shared).
+fn model_copy(dir: &Path) -> PathBuf {
+    let m = dir.join("model");
+    std::fs::create_dir_all(m.join("adapter")).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(common::fixture().join(f), m.join(f)).unwrap();
+    }
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(
+            common::fixture().join("adapter").join(f),
+            m.join("adapter").join(f),
+        )
+        .unwrap();
+    }
+    for f in walk(&m) {
+        let mut p = std::fs::metadata(&f).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        p.set_readonly(false);
+        std::fs::set_permissions(&f, p).unwrap();
+    }
+    m
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            v.extend(walk(&p));
+        } else {
+            v.push(p);
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Every file under `dir` with its content hash.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
+    walk(dir)
+        .into_iter()
+        .map(|p| {
+            let h = socratune::fsutil::sha256_file(&p).unwrap();
+            (p, h)
+        })
+        .collect()
+}
+
+#[test]
+fn export_never_writes_over_its_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = model_copy(d);
+    let adapter = m.join("adapter");
+    std::os::unix::fs::symlink(&m, d.join("link")).unwrap();
+    let before = snapshot(&m);
+    for (out, want) in [
+        (m.clone(), "is the base model"),
+        (d.join("link"), "is the base model"),
+        (d.to_path_buf(), "contains the base model"),
+        (m.join("merged"), "lies inside the base model"),
+        (d.join("link/merged"), "lies inside the base model"),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
+            .args(["export", "--dtype", "f32", "--adapter"])
+            .arg(&adapter)
+            .arg("--model")
+            .arg(&m)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{}: {err}", out.display());
+        assert!(err.contains(want), "{}: {err}", out.display());
+    }
+    assert_eq!(snapshot(&m), before, "the inputs are untouched");
+    // Apart from the inputs, it works.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
+        .args(["export", "--dtype", "f32", "--adapter"])
+        .arg(&adapter)
+        .arg("--model")
+        .arg(&m)
+        .arg("--out")
+        .arg(d.join("merged"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn data_build_refuses_an_out_holding_its_dialogues() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::write(corpus.join("dialogues.jsonl"), "").unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
+        .args(["data", "build", "--all", "--dialogues"])
+        .arg(corpus.join("dialogues.jsonl"))
+        .arg("--out")
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("contains the dialogue file"), "{err}");
+}
