@@ -221,6 +221,9 @@ impl DataArgs {
                         );
                     }
                     emit(&(line + "\n"))?;
+                    for w in r.warnings() {
+                        eprintln!("warning: {w}");
+                    }
                 }
             }
             DataCommand::Tokenizer {
