@@ -297,6 +297,9 @@ mod tests {
         .warnings();
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].contains("validation set is empty"), "{w:?}");
-        assert!(w[1].contains("17000000 tokens") && w[1].contains("--max-len"), "{w:?}");
+        assert!(
+            w[1].contains("17000000 tokens") && w[1].contains("--max-len"),
+            "{w:?}"
+        );
     }
 }

@@ -283,9 +283,14 @@ impl Gemma2 {
     pub fn attach_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
         cfg.validate()?;
         // A rank above min(in, out) adds parameters (and checkpoint size) but no capacity.
-        for (_, t, lin) in self.linears() {
+        // The tightest bound is named, so one error says the whole limit.
+        let tightest = self
+            .linears()
+            .filter(|(_, t, _)| cfg.targets.contains(t))
+            .min_by_key(|(_, _, lin)| lin.in_dim().min(lin.out_dim()));
+        if let Some((_, t, lin)) = tightest {
             let most = lin.in_dim().min(lin.out_dim());
-            if cfg.targets.contains(&t) && cfg.r > most {
+            if cfg.r > most {
                 return Err(ModelError::Invalid(format!(
                     "LoRA rank r = {} is too large for {} ({} → {}): r must be at most min(in, out) = {most}",
                     cfg.r,
