@@ -122,12 +122,15 @@ impl Reply<'_> {
 /// Handles one request; called on the connection's thread.
 pub type Handler = dyn Fn(&Request, &mut Reply) + Send + Sync;
 
+/// Open connections: a handle to shut each down, and its thread.
+type Open = Mutex<HashMap<u64, (TcpStream, JoinHandle<()>)>>;
+
 /// A listening server; dropping it closes every connection and waits for their threads.
 pub struct HttpServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
-    open: Arc<Mutex<HashMap<u64, (TcpStream, JoinHandle<()>)>>>,
+    open: Arc<Open>,
 }
 
 impl HttpServer {
@@ -178,8 +181,6 @@ impl Drop for HttpServer {
         }
     }
 }
-
-type Open = Mutex<HashMap<u64, (TcpStream, JoinHandle<()>)>>;
 
 fn accept_loop(
     listener: TcpListener,

@@ -63,6 +63,7 @@ impl ServeChild {
             }
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("no address in: {seen}")
     }
 
