@@ -283,6 +283,17 @@ fn export_never_writes_over_its_inputs() {
     let adapter = m.join("adapter");
     std::os::unix::fs::symlink(&m, d.join("link")).unwrap();
     let before = snapshot(&m);
+    let export = |out: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
+            .args(["export", "--dtype", "f32", "--adapter"])
+            .arg(&adapter)
+            .arg("--model")
+            .arg(&m)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
     for (out, want) in [
         (m.clone(), "is the base model"),
         (d.join("link"), "is the base model"),
@@ -290,30 +301,14 @@ fn export_never_writes_over_its_inputs() {
         (m.join("merged"), "lies inside the base model"),
         (d.join("link/merged"), "lies inside the base model"),
     ] {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
-            .args(["export", "--dtype", "f32", "--adapter"])
-            .arg(&adapter)
-            .arg("--model")
-            .arg(&m)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let o = export(&out);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{}: {err}", out.display());
         assert!(err.contains(want), "{}: {err}", out.display());
     }
     assert_eq!(snapshot(&m), before, "the inputs are untouched");
     // Apart from the inputs, it works.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
-        .args(["export", "--dtype", "f32", "--adapter"])
-        .arg(&adapter)
-        .arg("--model")
-        .arg(&m)
-        .arg("--out")
-        .arg(d.join("merged"))
-        .output()
-        .unwrap();
+    let o = export(&d.join("merged"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 

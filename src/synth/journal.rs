@@ -195,7 +195,8 @@ impl Journal {
             .cloned()
     }
 
-    /// Appends and fsyncs one entry; only then is it visible to `get`.
+    /// Appends and fsyncs one entry; only then is it visible to `get` (or, for a rejection,
+    /// gone from it).
     pub fn append(&self, e: &Entry) -> Result<(), SynthError> {
         let mut line = serde_json::to_string(e).map_err(|x| SynthError::Config(x.to_string()))?;
         line.push('\n');
@@ -204,7 +205,11 @@ impl Journal {
             append_line(&mut f, &self.path, &line)?;
         }
         let mut m = self.entries.lock().unwrap_or_else(|x| x.into_inner());
-        m.insert(e.key.clone(), e.completion.clone());
+        if e.rejected.is_some() {
+            m.remove(&e.key);
+        } else {
+            m.insert(e.key.clone(), e.completion.clone());
+        }
         Ok(())
     }
 
@@ -229,17 +234,7 @@ impl Journal {
             completion,
             rejected: Some(reason.into()),
         };
-        let mut line = serde_json::to_string(&e).map_err(|x| SynthError::Config(x.to_string()))?;
-        line.push('\n');
-        {
-            let mut f = self.file.lock().unwrap_or_else(|x| x.into_inner());
-            append_line(&mut f, &self.path, &line)?;
-        }
-        self.entries
-            .lock()
-            .unwrap_or_else(|x| x.into_inner())
-            .remove(key);
-        Ok(())
+        self.append(&e)
     }
 
     /// Answers a call from the journal, or makes it and journals the answer before returning
