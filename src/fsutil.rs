@@ -89,6 +89,17 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Gives memory freed since to the system. With `keep_freed_memory` nothing is ever returned
+/// on its own, so a server calls this after a request that made it hold a large block (a big
+/// body, refused or not), keeping its resident size where it was.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Hex SHA-256 of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
@@ -130,5 +141,122 @@ mod tests {
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+}
+
+/// An output folder that would overwrite (or delete) something the command reads.
+#[derive(Debug, thiserror::Error)]
+#[error("--out {}: {relation} the {what} {}{}; choose an output folder apart from the inputs", out.display(), input.display(), if *resolved { " (after resolving links)" } else { "" })]
+pub struct Overlap {
+    pub out: PathBuf,
+    pub input: PathBuf,
+    /// What the input is, e.g. `base model`.
+    pub what: String,
+    /// `is`, `contains` or `lies inside`.
+    pub relation: &'static str,
+    /// Whether the overlap only shows once links are followed.
+    pub resolved: bool,
+}
+
+/// `path` made absolute with every link followed, also where its last components do not exist
+/// yet (those are taken as written, `..` applied).
+pub fn resolve(path: &Path) -> PathBuf {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
+    let mut missing = Vec::new();
+    let mut base = abs.as_path();
+    let found = loop {
+        if let Ok(p) = base.canonicalize() {
+            break p;
+        }
+        match (base.parent(), base.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                base = parent;
+            }
+            // `..` at the end, or the root: nothing more to follow.
+            _ => break base.to_path_buf(),
+        }
+    };
+    let mut out = found;
+    for name in missing.into_iter().rev() {
+        if name == ".." {
+            out.pop();
+        } else if name != "." {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Refuses an output folder that is, contains or lies inside one of `inputs` (`(what, path)`),
+/// comparing paths with links followed.
+pub fn check_apart(out: &Path, inputs: &[(&str, &Path)]) -> Result<(), Overlap> {
+    let o = resolve(out);
+    for (what, input) in inputs {
+        let i = resolve(input);
+        let relation = if o == i {
+            "is"
+        } else if i.starts_with(&o) {
+            "contains"
+        } else if o.starts_with(&i) {
+            "lies inside"
+        } else {
+            continue;
+        };
+        let plain = out == *input || input.starts_with(out) || out.starts_with(input);
+        return Err(Overlap {
+            out: out.to_path_buf(),
+            input: input.to_path_buf(),
+            what: what.to_string(),
+            relation,
+            resolved: !plain,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod overlap_tests {
+    use super::*;
+
+    #[test]
+    fn outputs_that_touch_an_input_are_refused_also_through_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let model = d.join("model");
+        std::fs::create_dir_all(model.join("sub")).unwrap();
+        std::fs::create_dir_all(d.join("elsewhere")).unwrap();
+        let inputs = [("base model", model.as_path())];
+        let e = check_apart(&model, &inputs).unwrap_err().to_string();
+        assert!(
+            e.contains("is the base model") && !e.contains("links"),
+            "{e}"
+        );
+        let e = check_apart(d, &inputs).unwrap_err().to_string();
+        assert!(e.contains("contains the base model"), "{e}");
+        let e = check_apart(&model.join("sub/new"), &inputs)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lies inside the base model"), "{e}");
+        std::os::unix::fs::symlink(&model, d.join("link")).unwrap();
+        let e = check_apart(&d.join("link"), &inputs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is the base model") && e.contains("after resolving links"),
+            "{e}"
+        );
+        let e = check_apart(&d.join("elsewhere/../model/x"), &inputs)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lies inside"), "{e}");
+        check_apart(&d.join("elsewhere/out"), &inputs).unwrap();
+        check_apart(&d.join("model-2"), &inputs).unwrap();
     }
 }

@@ -113,6 +113,14 @@ fn run(cli: Cli) -> Result<()> {
                 )
             })?;
             let src = Source::parse(&spec, a.revision.as_deref())?;
+            // Before anything loads: the export must not write over the model or the adapter
+            // (the base model's folder is where its config lies, in the Hub cache too).
+            let config = src.file("config.json")?;
+            let base_dir = config.parent().unwrap_or(Path::new("."));
+            socratune::fsutil::check_apart(
+                &a.out,
+                &[("base model", base_dir), ("adapter", &a.adapter)],
+            )?;
             let dtype = parse_dtype(&a.dtype, &Device::Cpu)?;
             let mut m = socratune::model::load(&src, DType::F32, &Device::Cpu)?;
             socratune::model::adapter::load(&mut m, &a.adapter)?;
@@ -327,6 +335,10 @@ fn run_train(a: TrainArgs) -> Result<()> {
         }
         (None, None) => anyhow::bail!("give --variant NAME or --data DIR"),
     };
+    // `--fresh` deletes parts of the run folder, and a run writes adapters into it.
+    if Path::new(&config.model).exists() {
+        socratune::fsutil::check_apart(&out_dir, &[("base model", Path::new(&config.model))])?;
+    }
     let spec = RunSpec {
         name,
         config,

@@ -602,3 +602,35 @@ fn bad_inputs_fail_with_one_clear_line() {
         "{err}"
     );
 }
+
+#[test]
+fn build_warns_about_an_empty_split() {
+    let f = fixture();
+    let one = f.dir.join("one.jsonl");
+    std::fs::write(&one, corpus_lines()[0].clone() + "\n").unwrap();
+    let runs = f.dir.join("runs-one");
+    let variants = repo().join("configs/variants");
+    let out = socratune(
+        &f.dir,
+        &[
+            "data",
+            "build",
+            "--variant",
+            "model1",
+            "--dialogues",
+            s(&one),
+            "--tokenizer",
+            s(&f.tokenizer),
+            "--variants",
+            s(&variants),
+            "--out",
+            s(&runs),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: model1: the") && err.contains("set is empty"),
+        "{err}"
+    );
+}

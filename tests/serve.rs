@@ -11,7 +11,6 @@ use socratune::dataset::ChatTokenizer;
 use socratune::model::{adapter, load, Source};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 const TEXTS: [&str; 5] = [
     "正義とは何だろうか？",
@@ -30,6 +29,10 @@ fn tokenizer() -> ChatTokenizer {
 }
 
 fn start(threads: usize) -> Server {
+    start_with(threads, 16)
+}
+
+fn start_with(threads: usize, queue: usize) -> Server {
     let mut m = load(
         &Source::Local(fixture()),
         candle_core::DType::F32,
@@ -42,6 +45,8 @@ fn start(threads: usize) -> Server {
         addr: "127.0.0.1:0".into(),
         format: PromptFormat::whole(),
         threads,
+        queue,
+        api_key: None,
     };
     Server::start(m, tokenizer(), opts).unwrap()
 }
@@ -350,46 +355,52 @@ fn the_serve_command_listens_and_answers() {
         train_small(&TEXTS, 384).unwrap().to_string(false).unwrap(),
     )
     .unwrap();
-    let f = fixture();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_socratune"))
-        .args(["serve", "--model", f.to_str().unwrap(), "--adapter"])
-        .arg(f.join("adapter"))
-        .args([
-            "--tokenizer",
-            tok.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--port",
-            "0",
+    let server = common::ServeChild::start(
+        &tok,
+        &[
+            "--adapter",
+            fixture().join("adapter").to_str().unwrap(),
             "--name",
             "socrates",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut addr = None;
-    let mut seen = String::new();
-    for _ in 0..10 {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        seen.push_str(&line);
-        if let Some(rest) = line.split("http://").nth(1) {
-            addr = rest.split("/v1").next().map(String::from);
-            break;
-        }
-    }
-    let addr = addr.unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("no address in: {seen}")
-    });
+        ],
+    );
+    let addr = &server.addr;
     let r = ureq::post(&format!("http://{addr}/v1/chat/completions"))
         .send_json(json!({"model": "socrates", "messages": [{"role": "user", "content": "正義とは？"}], "max_tokens": 4}));
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     let v: Value = r.unwrap().into_json().unwrap();
     assert_eq!(v["model"], "socrates");
     assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 4);
+}
+
+#[test]
+fn requests_beyond_the_queue_are_told_to_retry() {
+    // No request may wait: while one is answered, the others are refused at once.
+    let s = start_with(8, 0);
+    let addr = url(&s, "/v1/chat/completions");
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let body = json!({"messages": question(), "max_tokens": 150, "temperature": 0.0});
+                match ureq::post(&addr).send_json(body) {
+                    Ok(r) => (r.status(), None),
+                    Err(ureq::Error::Status(code, r)) => {
+                        (code, r.header("Retry-After").map(String::from))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            })
+        })
+        .collect();
+    let got: Vec<(u16, Option<String>)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(got.iter().any(|(c, _)| *c == 200), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|(c, r)| *c == 503 && r.as_deref() == Some("1")),
+        "{got:?}"
+    );
+    assert!(got.iter().all(|(c, _)| *c == 200 || *c == 503), "{got:?}");
+    // Idle again: answered.
+    answer(&s, json!({"messages": question(), "max_tokens": 2}));
 }

@@ -203,11 +203,16 @@ fn judge_validates_reasks_and_records_failures_without_guessing() {
         "the input is never modified"
     );
 
-    // Resumable: everything is in the journal.
+    // Resumable: every answer is in the journal, and only the failed judgement is asked
+    // again (its answers are not replayed as final).
     srv.clear();
     let before = std::fs::read(&out).unwrap();
     judge(&opts).unwrap();
-    assert_eq!(srv.count(), 0);
+    assert_eq!(srv.count(), 3);
+    assert!(srv
+        .requests()
+        .iter()
+        .all(|r| first_message(&r.body).contains("NEVER")));
     assert_eq!(std::fs::read(&out).unwrap(), before);
 
     let e = judge(&JudgeOptions {

@@ -526,3 +526,88 @@ fn accumulated_gradients_equal_the_batch_gradient() {
         );
     }
 }
+
+#[test]
+fn a_live_run_folder_is_locked_and_a_killed_holder_leaves_a_stale_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path(), 6, 2, 16);
+    let run = dir.path().join("run");
+    let long = [
+        &QUICK[..],
+        &["--max-steps", "100000", "--save-every", "1000"],
+    ]
+    .concat();
+    let mut live = train_cmd(&data, &run, &long)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !run.join("metrics.jsonl").exists() && std::time::Instant::now() < deadline {
+        assert!(live.try_wait().unwrap().is_none(), "the first run ended");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = live.id().to_string();
+    for extra in ["--resume", "--fresh"] {
+        let out = train_cmd(&data, &run, &[&long[..], &[extra]].concat())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra}: {err}");
+        assert!(
+            err.contains("is in use by process") && err.contains(&pid),
+            "{extra}: {err}"
+        );
+    }
+    assert!(
+        live.try_wait().unwrap().is_none() && run.join("metrics.jsonl").exists(),
+        "the live run was left alone"
+    );
+    let _ = live.kill(); // SIGKILL: no chance to remove its lock file
+    let _ = live.wait();
+    assert!(run.join(".lock").exists());
+    let out = train_cmd(
+        &data,
+        &run,
+        &[&QUICK[..], &["--max-steps", "2", "--fresh"]].concat(),
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("taking over the lock left by process {pid}")),
+        "{err}"
+    );
+    assert!(!run.join(".lock").exists(), "released on exit");
+}
+
+#[test]
+fn a_damaged_newest_checkpoint_falls_back_to_the_newest_whole_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path(), 6, 2, 16);
+    let run = dir.path().join("run");
+    let args = [&QUICK[..], &["--max-steps", "15", "--save-every", "5"]].concat();
+    run_ok(train_cmd(&data, &run, &args));
+    let finished = adapter(&run.join("adapter"));
+    // As if the run had died while step 15's weights were being damaged on disk.
+    std::fs::remove_file(run.join("summary.json")).unwrap();
+    let w = run.join("checkpoints/step-15/adapter_model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let out = train_cmd(&data, &run, &[&args[..], &["--resume"]].concat())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("step-15/adapter_model.safetensors: damaged"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("completed after 15 steps"));
+    let d = max_diff(&finished, &adapter(&run.join("adapter")));
+    assert!(
+        d <= 1e-6,
+        "resumed from step 10, the adapter differs by {d}"
+    );
+}

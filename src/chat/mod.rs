@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod http;
 pub mod load;
 pub mod prompt;
 pub mod server;

@@ -1,12 +1,13 @@
 //! `socratune serve`: an OpenAI-compatible HTTP server (`POST /v1/chat/completions`, plain or
 //! streamed as server-sent events, and `GET /v1/models`).
 //!
-//! One worker thread owns the model and answers one request at a time; HTTP threads validate
-//! requests, render prompts, send jobs over a channel and relay the text back as it comes.
-//! Requests beyond what is being answered wait in the channel (and, beyond the HTTP threads,
-//! in the listener's queue); none is dropped.
+//! One worker thread owns the model and answers one request at a time; connection threads
+//! (`http`) read requests, validate them, render prompts, send jobs over a channel and relay
+//! the text back as it comes. At most `queue` jobs wait for the model; a request beyond that
+//! is refused with 503 and `Retry-After`, so a flood cannot pile up memory or latency.
 
 use super::api::{self, ApiError, ChatRequest};
+use super::http::{self, HttpServer, Limits, Reply, Request};
 use super::prompt::PromptFormat;
 use super::stop::StopStrings;
 use super::{reply, stop_tokens, ChatError, Result};
@@ -14,17 +15,38 @@ use crate::dataset::ChatTokenizer;
 use crate::model::generate::{SamplingParams, Stop};
 use crate::model::Gemma2;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
+use sha2::{Digest, Sha256};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-/// The largest request body read.
-const MAX_BODY: u64 = 16 << 20;
+/// A key clients must send as `Authorization: Bearer <key>`. Only its digest is kept, and
+/// `Debug` shows neither.
+#[derive(Clone)]
+pub struct ApiKey([u8; 32]);
+
+impl ApiKey {
+    pub fn new(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// Compares digests in constant time, so that timing tells nothing of the key (the
+    /// digest also hides its length).
+    fn accepts(&self, given: &str) -> bool {
+        let d: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        d.iter().zip(&self.0).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(..)")
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -34,8 +56,12 @@ pub struct ServeOptions {
     pub addr: String,
     /// How a history becomes a prompt (the whole history, no prefix, by default).
     pub format: PromptFormat,
-    /// HTTP threads.
+    /// Connections handled at once; more get 503 at once.
     pub threads: usize,
+    /// Requests waiting for the model, beyond the one it answers; more get 503.
+    pub queue: usize,
+    /// When set, every request must carry this key.
+    pub api_key: Option<ApiKey>,
 }
 
 /// What the worker is asked to do.
@@ -57,21 +83,26 @@ enum Event {
     Failed(String),
 }
 
-/// What the HTTP threads share.
+/// What the connection threads share.
 struct Shared {
     name: String,
     format: PromptFormat,
     tok: Arc<ChatTokenizer>,
     context: usize,
+    /// The most bytes one token stands for: text longer than `context` times this cannot
+    /// fit, and is refused without tokenizing it (which costs far more memory than the text).
+    token_bytes: usize,
     created: u64,
     jobs: Sender<Job>,
+    /// Jobs sent and not yet finished by the worker.
+    pending: Arc<AtomicUsize>,
+    queue: usize,
+    api_key: Option<ApiKey>,
 }
 
 /// A running server; dropping it stops it.
 pub struct Server {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    http: Vec<JoinHandle<()>>,
+    http: Option<HttpServer>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -82,94 +113,92 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The longest vocabulary entry, in bytes: no token stands for more text than its entry's
+/// spelling (byte-level and SentencePiece spellings are never shorter than the text).
+fn max_token_bytes(tok: &ChatTokenizer) -> usize {
+    tok.inner()
+        .get_vocab(true)
+        .keys()
+        .map(|k| k.len())
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
 impl Server {
     /// Binds `opts.addr` and starts answering.
     pub fn start(model: Gemma2, tok: ChatTokenizer, opts: ServeOptions) -> Result<Self> {
-        let listen = |message: String| ChatError::Listen {
-            addr: opts.addr.clone(),
-            message,
-        };
-        let http =
-            Arc::new(tiny_http::Server::http(&opts.addr).map_err(|e| listen(e.to_string()))?);
-        let addr = http
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| listen("not an IP address".into()))?;
         let tok = Arc::new(tok);
         let stops = stop_tokens(&model.cfg, &tok);
         let context = model.cfg.max_position_embeddings;
         let (jobs, queue) = mpsc::channel::<Job>();
+        let pending = Arc::new(AtomicUsize::new(0));
         let worker = {
-            let tok = tok.clone();
+            let (tok, pending) = (tok.clone(), pending.clone());
             std::thread::Builder::new()
                 .name("model".into())
-                .spawn(move || work(model, &tok, &stops, queue))?
+                .spawn(move || work(model, &tok, &stops, queue, &pending))?
         };
         let shared = Arc::new(Shared {
             name: opts.name,
             format: opts.format,
             context,
+            token_bytes: max_token_bytes(&tok),
             tok,
             created: now(),
             jobs,
+            pending,
+            queue: opts.queue,
+            api_key: opts.api_key,
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for i in 0..opts.threads.max(1) {
-            let (http, shared, stop) = (http.clone(), shared.clone(), stop.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("http-{i}"))
-                    .spawn(move || {
-                        while !stop.load(Ordering::SeqCst) {
-                            match http.recv_timeout(Duration::from_millis(100)) {
-                                Ok(Some(rq)) => handle(&shared, rq),
-                                Ok(None) => {}
-                                Err(_) => break,
-                            }
-                        }
-                    })?,
-            );
-        }
+        let limits = Limits {
+            connections: opts.threads.max(1),
+            ..Limits::default()
+        };
+        let handler: Arc<http::Handler> =
+            Arc::new(move |rq: &Request, reply: &mut Reply| handle(&shared, rq, reply));
+        let http =
+            HttpServer::bind(&opts.addr, limits, handler).map_err(|e| ChatError::Listen {
+                addr: opts.addr.clone(),
+                message: e.to_string(),
+            })?;
         Ok(Self {
-            addr,
-            stop,
-            http: threads,
+            http: Some(http),
             worker: Some(worker),
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.http.as_ref().expect("a running server").addr()
     }
 
     /// Serves until the process ends.
     pub fn wait(mut self) {
-        for t in self.http.drain(..) {
-            let _ = t.join();
-        }
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.http.drain(..) {
-            let _ = t.join();
-        }
-        // The HTTP threads held the only senders: the worker's queue is closed now.
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
+        if let Some(h) = self.http.take() {
+            h.wait();
         }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.shutdown();
+        // Closing the connections drops the handler, which held the only job sender: the
+        // worker's queue is closed then.
+        self.http.take();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
     }
 }
 
 /// The model's side: one job at a time, each streamed back piece by piece.
-fn work(model: Gemma2, tok: &ChatTokenizer, stops: &[u32], queue: Receiver<Job>) {
+fn work(
+    model: Gemma2,
+    tok: &ChatTokenizer,
+    stops: &[u32],
+    queue: Receiver<Job>,
+    pending: &AtomicUsize,
+) {
     for job in queue {
         let mut strings = StopStrings::new(&job.stop);
         let mut hit = false;
@@ -209,64 +238,68 @@ fn work(model: Gemma2, tok: &ChatTokenizer, stops: &[u32], queue: Receiver<Job>)
             }
             Err(e) => Event::Failed(e.to_string()),
         };
+        pending.fetch_sub(1, Ordering::SeqCst);
         let _ = job.events.send(event);
     }
 }
 
-fn json_response(status: u16, body: &Value) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    tiny_http::Response::from_data(body.to_string().into_bytes())
-        .with_status_code(status)
-        .with_header(
-            tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-                .expect("a valid header"),
-        )
+fn respond(reply: &mut Reply, e: &ApiError) {
+    if e.status == 503 {
+        let retry = http::RETRY_AFTER_S.to_string();
+        let body = e.body().to_string();
+        reply.send(
+            503,
+            "application/json",
+            &[("Retry-After", &retry)],
+            body.as_bytes(),
+        );
+    } else {
+        reply.json(e.status, &e.body());
+    }
 }
 
-fn respond(rq: tiny_http::Request, status: u16, body: &Value) {
-    // A client that went away is no error of ours.
-    let _ = rq.respond(json_response(status, body));
-}
-
-fn handle(s: &Shared, mut rq: tiny_http::Request) {
-    use tiny_http::Method;
-    let path = rq
-        .url()
-        .split('?')
-        .next()
-        .unwrap_or("")
-        .trim_end_matches('/')
-        .to_string();
-    let method = rq.method().clone();
-    match (method, path.as_str()) {
-        (Method::Get, "/v1/models") => respond(rq, 200, &api::models(&s.name, s.created)),
-        (Method::Get, p) if p.starts_with("/v1/models/") => {
+fn handle(s: &Shared, rq: &Request, reply: &mut Reply) {
+    if let Some(key) = &s.api_key {
+        let given = rq
+            .header("Authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !key.accepts(given.trim()) {
+            // Never echo what was sent.
+            let e = ApiError::invalid(
+                None,
+                "Incorrect or missing API key: send it as `Authorization: Bearer <key>`.",
+            )
+            .with_status(401)
+            .with_code("invalid_api_key");
+            return respond(reply, &e);
+        }
+    }
+    let path = rq.path.trim_end_matches('/');
+    match (rq.method.as_str(), path) {
+        ("GET", "/v1/models") => reply.json(200, &api::models(&s.name, s.created)),
+        ("GET", p) if p.starts_with("/v1/models/") => {
             let id = &p["/v1/models/".len()..];
             if id == s.name {
-                respond(rq, 200, &api::model(&s.name, s.created));
+                reply.json(200, &api::model(&s.name, s.created));
             } else {
-                respond(rq, 404, &not_found_model(id).body());
+                respond(reply, &not_found_model(id));
             }
         }
-        (Method::Post, "/v1/chat/completions") => {
-            let body = match read_body(&mut rq) {
-                Ok(b) => b,
-                Err(e) => return respond(rq, e.status, &e.body()),
-            };
-            match start_job(s, &body) {
-                Ok((req, events)) => {
-                    if req.stream {
-                        stream(s, rq, &req, events)
-                    } else {
-                        whole(s, rq, events)
-                    }
+        ("POST", "/v1/chat/completions") => match start_job(s, &rq.body) {
+            Ok((req, events)) => {
+                if req.stream {
+                    stream(s, reply, &req, events)
+                } else {
+                    whole(s, reply, events)
                 }
-                Err(e) => respond(rq, e.status, &e.body()),
             }
-        }
-        (_, "/v1/models" | "/v1/chat/completions") => {
-            let e = ApiError::invalid(None, format!("method {} is not allowed here", rq.method()))
-                .with_status(405);
-            respond(rq, 405, &e.body())
+            Err(e) => respond(reply, &e),
+        },
+        (m, "/v1/models" | "/v1/chat/completions") => {
+            let e =
+                ApiError::invalid(None, format!("method {m} is not allowed here")).with_status(405);
+            respond(reply, &e)
         }
         (_, p) => {
             let e = ApiError::invalid(
@@ -275,7 +308,7 @@ fn handle(s: &Shared, mut rq: tiny_http::Request) {
             )
             .with_status(404)
             .with_code("not_found");
-            respond(rq, 404, &e.body())
+            respond(reply, &e)
         }
     }
 }
@@ -284,22 +317,6 @@ fn not_found_model(id: &str) -> ApiError {
     ApiError::invalid(Some("model"), format!("The model `{id}` does not exist."))
         .with_status(404)
         .with_code("model_not_found")
-}
-
-fn read_body(rq: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
-    let mut body = Vec::new();
-    rq.as_reader()
-        .take(MAX_BODY + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| ApiError::invalid(None, format!("cannot read the request body: {e}")))?;
-    if body.len() as u64 > MAX_BODY {
-        return Err(ApiError::invalid(
-            None,
-            format!("the request body is larger than {MAX_BODY} bytes"),
-        )
-        .with_status(413));
-    }
-    Ok(body)
 }
 
 /// Validates a request, renders its prompt and queues it; returns the request and where the
@@ -311,15 +328,29 @@ fn start_job(s: &Shared, body: &[u8]) -> Result<(ChatRequest, Receiver<Event>), 
             return Err(not_found_model(m));
         }
     }
+    let context = s.context;
+    let too_long = |message: String| {
+        ApiError::invalid(Some("messages"), message).with_code("context_length_exceeded")
+    };
+    // Every turn costs at least one token, and no token stands for more than `token_bytes`
+    // bytes: beyond these bounds the prompt cannot fit, whatever the tokenizer makes of it.
+    if req.turns.len() >= context {
+        return Err(too_long(format!(
+            "This model's maximum context length is {context} tokens. However, your request has {} messages. Please send fewer messages.",
+            req.turns.len()
+        )));
+    }
+    let bytes: usize = req.turns.iter().map(|t| t.text.len()).sum();
+    if bytes > context * s.token_bytes {
+        return Err(too_long(format!(
+            "This model's maximum context length is {context} tokens. However, your messages hold {bytes} bytes of text, more than {context} tokens can. Please reduce the length of the messages."
+        )));
+    }
     let prompt = s
         .format
         .render(&s.tok, &req.turns)
         .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
-    let context = s.context;
     let n = prompt.len();
-    let too_long = |message: String| {
-        ApiError::invalid(Some("messages"), message).with_code("context_length_exceeded")
-    };
     if n >= context {
         return Err(too_long(format!(
             "This model's maximum context length is {context} tokens. However, your messages resulted in {n} tokens. Please reduce the length of the messages."
@@ -335,6 +366,17 @@ fn start_job(s: &Shared, body: &[u8]) -> Result<(ChatRequest, Receiver<Event>), 
         Some(m) => m,
         None => context - n,
     };
+    // Counted before it is sent, so that concurrent requests cannot all slip under the cap;
+    // one more than `queue` because the job being answered is counted too.
+    if s.pending.fetch_add(1, Ordering::SeqCst) > s.queue {
+        s.pending.fetch_sub(1, Ordering::SeqCst);
+        return Err(ApiError::server(format!(
+            "The server is busy: {} requests are waiting for the model. Retry shortly.",
+            s.queue
+        ))
+        .with_status(503)
+        .with_code("server_busy"));
+    }
     let (events, rx) = mpsc::channel();
     s.jobs
         .send(Job {
@@ -343,7 +385,10 @@ fn start_job(s: &Shared, body: &[u8]) -> Result<(ChatRequest, Receiver<Event>), 
             stop: req.stop.clone(),
             events,
         })
-        .map_err(|_| ApiError::server("the model worker has stopped").with_status(503))?;
+        .map_err(|_| {
+            s.pending.fetch_sub(1, Ordering::SeqCst);
+            ApiError::server("the model worker has stopped").with_status(503)
+        })?;
     Ok((req, rx))
 }
 
@@ -356,7 +401,7 @@ fn completion_id() -> String {
 }
 
 /// A non-streamed answer: wait for the whole text.
-fn whole(s: &Shared, rq: tiny_http::Request, events: Receiver<Event>) {
+fn whole(s: &Shared, reply: &mut Reply, events: Receiver<Event>) {
     let mut text = String::new();
     for e in events {
         match e {
@@ -374,16 +419,12 @@ fn whole(s: &Shared, rq: tiny_http::Request, events: Receiver<Event>) {
                     finish,
                     api::usage(prompt_tokens, completion_tokens),
                 );
-                return respond(rq, 200, &body);
+                return reply.json(200, &body);
             }
-            Event::Failed(m) => return respond(rq, 500, &ApiError::server(m).body()),
+            Event::Failed(m) => return respond(reply, &ApiError::server(m)),
         }
     }
-    respond(
-        rq,
-        500,
-        &ApiError::server("the model worker stopped").body(),
-    )
+    respond(reply, &ApiError::server("the model worker stopped"))
 }
 
 /// Writes one HTTP/1.1 chunk and flushes it, so that the client sees it now.
@@ -393,18 +434,14 @@ fn chunk(w: &mut dyn Write, data: &str) -> std::io::Result<()> {
 }
 
 /// A streamed answer: server-sent events, one `chat.completion.chunk` per piece of text, then
-/// `data: [DONE]`. Written by hand, chunked, because the server's own chunked writer holds
-/// data back until it has 8 KiB.
-fn stream(s: &Shared, rq: tiny_http::Request, req: &ChatRequest, events: Receiver<Event>) {
-    let mut w = rq.into_writer();
+/// `data: [DONE]`, each chunk flushed as it comes.
+fn stream(s: &Shared, reply: &mut Reply, req: &ChatRequest, events: Receiver<Event>) {
     let id = completion_id();
     let created = now();
     let usage = req.include_usage;
     let event = |v: &Value| format!("data: {v}\n\n");
-    let send = |w: &mut dyn Write| -> std::io::Result<()> {
-        w.write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n",
-        )?;
+    let send = |reply: &mut Reply| -> std::io::Result<()> {
+        let w = reply.chunked(200, "text/event-stream; charset=utf-8")?;
         let first = api::chunk(
             &id,
             created,
@@ -449,7 +486,9 @@ fn stream(s: &Shared, rq: tiny_http::Request, req: &ChatRequest, events: Receive
         w.flush()
     };
     // A failed write means the client left; dropping `events` tells the worker to stop.
-    let _ = send(&mut *w);
+    if send(reply).is_ok() {
+        reply.chunked_done();
+    }
 }
 
 /// `socratune serve`: loads the model (and adapter) and serves until the process ends.
@@ -466,6 +505,29 @@ pub fn serve(args: &crate::cli::chat::ServeArgs) -> Result<()> {
         device: args.model.device.device.clone(),
         dtype: args.model.device.dtype.clone(),
     };
+    // Checked before the model loads, so that a mistake costs no time.
+    let api_key = match &args.api_key_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(k) if !k.trim().is_empty() => Some(ApiKey::new(k.trim())),
+            _ => {
+                return Err(ChatError::Invalid(format!(
+                    "--api-key-env {var}: the environment variable {var} is not set or empty"
+                )))
+            }
+        },
+    };
+    if !is_loopback(&args.host) {
+        eprintln!(
+            "warning: serving on {}, not only this machine: anyone who can reach the port can use the model{} (plain HTTP, no TLS)",
+            args.host,
+            if api_key.is_some() {
+                " with the key"
+            } else {
+                "; set --api-key-env to require a key"
+            }
+        );
+    }
     let dirs: Vec<&std::path::Path> = args.adapter.iter().map(|p| p.as_path()).collect();
     let mut loaded = load_base(&spec, &dirs, &[run.as_ref()])?;
     use_adapter(&mut loaded.model, args.adapter.as_deref())?;
@@ -508,6 +570,8 @@ pub fn serve(args: &crate::cli::chat::ServeArgs) -> Result<()> {
             },
             format,
             threads: args.threads,
+            queue: args.queue,
+            api_key,
         },
     )?;
     eprintln!(
@@ -516,4 +580,37 @@ pub fn serve(args: &crate::cli::chat::ServeArgs) -> Result<()> {
     );
     server.wait();
     Ok(())
+}
+
+/// Whether a `--host` is reachable from this machine alone.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_compare_by_digest() {
+        let k = ApiKey::new("sk-secret");
+        assert!(k.accepts("sk-secret"));
+        assert!(!k.accepts("sk-secreT"));
+        assert!(!k.accepts(""));
+        assert_eq!(format!("{k:?}"), "ApiKey(..)");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["0.0.0.0", "::", "192.168.1.2", "example.com"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
 }

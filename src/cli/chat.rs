@@ -106,7 +106,15 @@ pub struct ServeArgs {
     /// The model id clients ask for (default: the adapter's run name, or the base model).
     #[arg(long)]
     pub name: Option<String>,
-    /// Connections handled at once; the model answers one request at a time, the rest queue.
-    #[arg(long, default_value_t = 8)]
+    /// Connections handled at once (one thread each); more are refused with 503.
+    #[arg(long, default_value_t = 64)]
     pub threads: usize,
+    /// Requests waiting for the model (which answers one at a time); more are refused with
+    /// 503 and `Retry-After`.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+    /// Require clients to send the key held in this environment variable, as
+    /// `Authorization: Bearer <key>`.
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
 }

@@ -193,6 +193,14 @@ impl DataArgs {
                 } else {
                     Selection::Named(variants_named)
                 };
+                let mut inputs = vec![
+                    ("dialogue file", corpus.dialogues.as_path()),
+                    ("variants folder", corpus.variants.as_path()),
+                ];
+                if Path::new(&corpus.tokenizer).exists() {
+                    inputs.push(("tokenizer", Path::new(&corpus.tokenizer)));
+                }
+                crate::fsutil::check_apart(&out, &inputs)?;
                 let p = dataset::prepare(corpus.inputs(selection))?;
                 warn_skipped(&p.corpus.skipped, &p.variants);
                 let reports = dataset::build(
@@ -213,6 +221,9 @@ impl DataArgs {
                         );
                     }
                     emit(&(line + "\n"))?;
+                    for w in r.warnings() {
+                        eprintln!("warning: {w}");
+                    }
                 }
             }
             DataCommand::Tokenizer {

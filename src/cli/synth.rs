@@ -40,7 +40,8 @@ pub struct CallArgs {
     #[arg(long)]
     pub rpm: Option<f64>,
     /// Ask again where the journal holds a reply that was cut off or empty, instead of
-    /// replaying it.
+    /// replaying it. Answers that made an item fail are asked again anyway; this also covers
+    /// journals written by versions that did not mark them.
     #[arg(long)]
     pub retry_failed: bool,
 }

@@ -57,7 +57,11 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Loaded<T>, CorpusE
                 continue;
             }
         };
-        let text = line.trim();
+        let mut text = line.trim();
+        if line_no == 1 {
+            // A byte-order mark (Notepad writes one) is an encoding signature, not JSON.
+            text = text.strip_prefix('\u{feff}').unwrap_or(text).trim_start();
+        }
         if text.is_empty() {
             continue;
         }
@@ -103,6 +107,16 @@ mod tests {
     #[derive(serde::Deserialize, serde::Serialize, Debug, PartialEq)]
     struct R {
         id: String,
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_ignored_but_not_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.jsonl");
+        std::fs::write(&p, "\u{feff}{\"id\":\"a\"}\n\u{feff}{\"id\":\"b\"}\n").unwrap();
+        let l = read_jsonl::<R>(&p).unwrap();
+        assert_eq!(l.records, vec![(1, R { id: "a".into() })]);
+        assert_eq!(l.skipped[0].line, 2);
     }
 
     #[test]

@@ -88,8 +88,14 @@ pub fn load_dialogues(path: &Path, opts: LoadOptions) -> Result<Loaded<Dialogue>
         |d: &Dialogue| &d.id,
         |d| {
             d.check()?;
+            // A transcript saved by `chat` (`/save`) was played by a person, not a persona
+            // (`persona: chat`), and may open with a line of its own (`question: custom`).
+            let chat = d.extra.get("source").and_then(|v| v.as_str()) == Some("chat");
             if let Some(cat) = opts.catalog {
-                if cat.persona(&d.persona).is_none() {
+                if chat && (d.question == "custom" || cat.question(&d.question).is_none()) {
+                    return Ok(());
+                }
+                if !chat && cat.persona(&d.persona).is_none() {
                     return Err(format!(
                         "dialogue {}: unknown persona `{}`",
                         d.id, d.persona
@@ -255,6 +261,34 @@ mod tests {
                 "{e} (wanted {want})"
             );
         }
+    }
+
+    #[test]
+    fn chat_transcripts_need_no_persona() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = line("c1", "chat", "custom", "やあ").replace(
+            "\"user_temperature\"",
+            "\"source\":\"chat\",\"user_temperature\"",
+        );
+        let quoted = line("c2", "chat", "q01", "正義とは？").replace(
+            "\"user_temperature\"",
+            "\"source\":\"chat\",\"user_temperature\"",
+        );
+        let p = write(dir.path(), "d.jsonl", &format!("{saved}\n{quoted}\n"));
+        let cat = catalog();
+        let opts = LoadOptions {
+            skip_bad: false,
+            catalog: Some(&cat),
+        };
+        assert_eq!(load_dialogues(&p, opts).unwrap().records.len(), 2);
+        // Without the mark, `chat` is an unknown persona like any other.
+        let p = write(
+            dir.path(),
+            "e.jsonl",
+            &format!("{}\n", line("c1", "chat", "q01", "正義とは？")),
+        );
+        let e = load_dialogues(&p, opts).unwrap_err().to_string();
+        assert!(e.contains("unknown persona `chat`"), "{e}");
     }
 
     #[test]

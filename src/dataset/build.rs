@@ -106,6 +106,37 @@ pub struct BuildReport {
     /// Examples cut to `max_len`, and examples left out by the max-length policy.
     pub truncated: usize,
     pub dropped: usize,
+    /// Tokens in the longest example written to train.jsonl or val.jsonl.
+    pub longest: usize,
+}
+
+/// An example longer than this many tokens is warned about: it exceeds Gemma-2's context.
+pub const LONG_EXAMPLE: usize = 8192;
+
+impl BuildReport {
+    /// What the user should know before training on this data: an empty split, or an
+    /// example too long to train on (made without `--max-len`).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let name = &self.variant;
+        if self.train == 0 {
+            w.push(format!(
+                "{name}: the training set is empty; nothing can be trained on it"
+            ));
+        }
+        if self.val == 0 {
+            w.push(format!(
+                "{name}: the validation set is empty (too few dialogues for the split); training cannot be evaluated or early-stopped"
+            ));
+        }
+        if self.longest > LONG_EXAMPLE {
+            w.push(format!(
+                "{name}: the longest example is {} tokens, more than Gemma-2's context of {LONG_EXAMPLE}; rebuild with --max-len to cut or drop such examples",
+                self.longest
+            ));
+        }
+        w
+    }
 }
 
 /// One line of train.jsonl / val.jsonl.
@@ -178,6 +209,7 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
             val: 0,
             truncated: 0,
             dropped: 0,
+            longest: 0,
         };
         let (mut train, mut val) = (Vec::new(), Vec::new());
         for (ex, f) in x.examples.iter().zip(fitted) {
@@ -192,6 +224,7 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
                     continue;
                 }
             };
+            report.longest = report.longest.max(t.input_ids.len());
             let r = Record {
                 id: &ex.id,
                 dialogue: &ex.dialogue,
@@ -238,4 +271,35 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
         reports.push(report);
     }
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_splits_and_overlong_examples_are_warned_about() {
+        let r = BuildReport {
+            variant: "model1".into(),
+            dir: PathBuf::from("runs/model1/data"),
+            train: 40,
+            val: 10,
+            truncated: 0,
+            dropped: 0,
+            longest: 900,
+        };
+        assert!(r.warnings().is_empty());
+        let w = BuildReport {
+            val: 0,
+            longest: 17_000_000,
+            ..r
+        }
+        .warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("validation set is empty"), "{w:?}");
+        assert!(
+            w[1].contains("17000000 tokens") && w[1].contains("--max-len"),
+            "{w:?}"
+        );
+    }
 }

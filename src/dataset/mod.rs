@@ -38,6 +38,8 @@ pub enum DatasetError {
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     File(#[from] crate::fsutil::FileError),
+    #[error(transparent)]
+    Overlap(#[from] crate::fsutil::Overlap),
     /// A variant file that does not parse or asks for something impossible (`line` when the
     /// fault can be pinned to one).
     #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]

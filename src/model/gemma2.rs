@@ -282,6 +282,24 @@ impl Gemma2 {
     /// Attaches fresh LoRA adapters (PEFT initialisation, seeded) to the configured targets.
     pub fn attach_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
         cfg.validate()?;
+        // A rank above min(in, out) adds parameters (and checkpoint size) but no capacity.
+        // The tightest bound is named, so one error says the whole limit.
+        let tightest = self
+            .linears()
+            .filter(|(_, t, _)| cfg.targets.contains(t))
+            .min_by_key(|(_, _, lin)| lin.in_dim().min(lin.out_dim()));
+        if let Some((_, t, lin)) = tightest {
+            let most = lin.in_dim().min(lin.out_dim());
+            if cfg.r > most {
+                return Err(ModelError::Invalid(format!(
+                    "LoRA rank r = {} is too large for {} ({} → {}): r must be at most min(in, out) = {most}",
+                    cfg.r,
+                    t.module(),
+                    lin.in_dim(),
+                    lin.out_dim()
+                )));
+            }
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         for (_, t, lin) in self.linears_mut() {
             if cfg.targets.contains(&t) {
@@ -667,6 +685,23 @@ fn normal(shape: &[usize], std: f32, rng: &mut ChaCha8Rng, dev: &Device) -> Resu
 mod tests {
     use super::*;
     use crate::model::loss::{loss_sum, Batch};
+
+    #[test]
+    fn lora_rank_is_bounded_by_the_smaller_side_of_each_target() {
+        let cfg = Gemma2Config::preset("tiny").unwrap();
+        let mut m = Gemma2::random(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
+        // k_proj is 64 → 32 in the tiny preset.
+        let lora = |r| crate::model::LoraConfig {
+            r,
+            ..Default::default()
+        };
+        m.attach_lora(&lora(32), 0).unwrap();
+        let e = m.attach_lora(&lora(100_000), 0).unwrap_err().to_string();
+        assert!(
+            e.contains("r = 100000") && e.contains("at most min(in, out) = 32"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn bf16_forward_and_backward_track_f32() {

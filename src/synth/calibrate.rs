@@ -87,6 +87,9 @@ pub fn report(
         items.len() - flagged,
         reviewed.len()
     );
+    if let Some(note) = super::review::scored_undecided_note(decisions) {
+        let _ = writeln!(out, "**Not counted:** {note}.\n");
+    }
     let _ = writeln!(
         out,
         "The queue over-samples low scores, so these numbers describe the judge on that queue, \
@@ -232,6 +235,16 @@ mod tests {
         h.insert("b".to_string(), hd(Decision::Drop, Some(1)));
         h.insert("c".to_string(), hd(Decision::Keep, None));
         let r = report(&ds, &items, &h);
+        assert!(!r.contains("Not counted"), "{r}");
+        h.get_mut("c").unwrap().decision = None;
+        h.get_mut("c").unwrap().socratic = Some(4);
+        let undecided = report(&ds, &items, &h);
+        assert!(
+            undecided.contains(
+                "**Not counted:** 1 dialogue(s) have human scores but no keep/drop decision (c)"
+            ),
+            "{undecided}"
+        );
         assert!(r.contains("| keep | 1 | 0 |"), "{r}");
         assert!(r.contains("| drop | 1 | 1 |"), "{r}");
         assert!(r.contains("Agreement: 66.7% (2 of 3)"), "{r}");

@@ -197,6 +197,9 @@ fn review_cmd(a: &ReviewArgs) -> Result<(), SynthError> {
     }
     session.save()?;
     let queue = &session.queue;
+    if let Some(note) = super::review::scored_undecided_note(&queue.decisions) {
+        eprintln!("warning: {note}");
+    }
     let reviewed = apply(&mut dialogues, &queue.decisions);
     write_jsonl(&a.out, &dialogues)?;
     let report = calibrate::report(&dialogues, &queue.items, &queue.decisions);

@@ -213,11 +213,15 @@ fn run_dialogue(ctx: &Ctx, job: &Job, p: &Persona, q: &Question) -> Result<Dialo
                 schema: None,
             };
             let label = format!("turn {}", turns.len());
-            let c = ctx
-                .journal
-                .call(client, ctx.stats, ctx.retry_failed, &job.id, &label, &req)?;
-            c.check()
-                .inspect_err(|_| Stats::add(&ctx.stats.failed_calls, 1))?;
+            let (key, c) =
+                ctx.journal
+                    .call(client, ctx.stats, ctx.retry_failed, &job.id, &label, &req)?;
+            if let Err(e) = c.check() {
+                Stats::add(&ctx.stats.failed_calls, 1);
+                // Asked again on the next run, not replayed as the same failure.
+                ctx.journal.reject(&key, &job.id, &label, &e.to_string())?;
+                return Err(e);
+            }
             turns.push(Turn {
                 role: me,
                 text: c.content.trim().to_string(),

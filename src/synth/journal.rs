@@ -29,6 +29,11 @@ pub struct Entry {
     pub label: String,
     pub model: String,
     pub completion: Completion,
+    /// Set on a later line for the same key when the answer led to a final failure (a
+    /// judgement that never parsed, a reply cut off): such an answer is asked again on the
+    /// next run, never replayed as final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }
 
 #[derive(Debug)]
@@ -157,7 +162,11 @@ impl Journal {
                 line: i + 1,
                 message: format!("unreadable journal entry: {e}"),
             })?;
-            entries.insert(e.key, e.completion);
+            if e.rejected.is_some() {
+                entries.remove(&e.key);
+            } else {
+                entries.insert(e.key, e.completion);
+            }
         }
         Ok(Self {
             path: path.into(),
@@ -186,7 +195,8 @@ impl Journal {
             .cloned()
     }
 
-    /// Appends and fsyncs one entry; only then is it visible to `get`.
+    /// Appends and fsyncs one entry; only then is it visible to `get` (or, for a rejection,
+    /// gone from it).
     pub fn append(&self, e: &Entry) -> Result<(), SynthError> {
         let mut line = serde_json::to_string(e).map_err(|x| SynthError::Config(x.to_string()))?;
         line.push('\n');
@@ -195,13 +205,42 @@ impl Journal {
             append_line(&mut f, &self.path, &line)?;
         }
         let mut m = self.entries.lock().unwrap_or_else(|x| x.into_inner());
-        m.insert(e.key.clone(), e.completion.clone());
+        if e.rejected.is_some() {
+            m.remove(&e.key);
+        } else {
+            m.insert(e.key.clone(), e.completion.clone());
+        }
         Ok(())
     }
 
+    /// Marks a journaled answer as having failed (why: `reason`), so that the next run asks
+    /// again instead of replaying it. Appended, like everything else: the answer stays in the
+    /// file for people to read.
+    pub fn reject(
+        &self,
+        key: &str,
+        scope: &str,
+        label: &str,
+        reason: &str,
+    ) -> Result<(), SynthError> {
+        let Some(completion) = self.get(key) else {
+            return Ok(());
+        };
+        let e = Entry {
+            key: key.into(),
+            scope: scope.into(),
+            label: label.into(),
+            model: String::new(),
+            completion,
+            rejected: Some(reason.into()),
+        };
+        self.append(&e)
+    }
+
     /// Answers a call from the journal, or makes it and journals the answer before returning
-    /// it. With `retry_failed`, a journaled answer that failed its check (cut off, empty) is
-    /// asked again instead of replayed.
+    /// it with its key (for `reject`). With `retry_failed`, a journaled answer that failed its
+    /// check (cut off, empty) is asked again instead of replayed, also in journals written
+    /// before failures were marked.
     pub fn call(
         &self,
         client: &Client,
@@ -210,29 +249,30 @@ impl Journal {
         scope: &str,
         label: &str,
         req: &ChatRequest,
-    ) -> Result<Completion, SynthError> {
+    ) -> Result<(String, Completion), SynthError> {
         let body = client.body(req);
         let key = call_key(client.url(), &body, scope);
         if let Some(c) = self.get(&key) {
             if !(retry_failed && c.check().is_err()) {
                 Stats::add(&stats.replayed, 1);
-                return Ok(c);
+                return Ok((key, c));
             }
         }
         let c = client
             .send(&body)
             .inspect_err(|_| Stats::add(&stats.failed_calls, 1))?;
         self.append(&Entry {
-            key,
+            key: key.clone(),
             scope: scope.into(),
             label: label.into(),
             model: client.model().into(),
             completion: c.clone(),
+            rejected: None,
         })?;
         Stats::add(&stats.calls, 1);
         Stats::add(&stats.prompt_tokens, c.prompt_tokens);
         Stats::add(&stats.completion_tokens, c.completion_tokens);
-        Ok(c)
+        Ok((key, c))
     }
 }
 
@@ -252,7 +292,36 @@ mod tests {
                 content: text.into(),
                 ..Default::default()
             },
+            rejected: None,
         }
+    }
+
+    #[test]
+    fn rejected_answers_are_forgotten_now_and_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.jsonl");
+        let log = stderr_log();
+        let j = Journal::open(&p, &log).unwrap();
+        j.append(&entry("k1", "bad json")).unwrap();
+        j.append(&entry("k2", "fine")).unwrap();
+        j.reject("k1", "d1", "judge attempt 1", "truncated JSON")
+            .unwrap();
+        // Unknown keys are nothing to reject.
+        j.reject("k9", "d1", "x", "y").unwrap();
+        assert!(j.get("k1").is_none());
+        drop(j);
+        let j = Journal::open(&p, &log).unwrap();
+        assert!(j.get("k1").is_none());
+        assert_eq!(j.get("k2").unwrap().content, "fine");
+        // A new answer for the same call is replayed again.
+        j.append(&entry("k1", "good")).unwrap();
+        drop(j);
+        assert_eq!(
+            Journal::open(&p, &log).unwrap().get("k1").unwrap().content,
+            "good"
+        );
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(r#""rejected":"truncated JSON""#), "{text}");
     }
 
     #[test]

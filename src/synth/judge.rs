@@ -190,6 +190,8 @@ fn judge_one(ctx: &Ctx, d: &Dialogue) -> Result<Judge, SynthError> {
     )]);
     let mut messages = vec![Message::new("user", &prompt)];
     let mut last = (String::new(), None);
+    // Journal keys and labels of the attempts, to un-journal them if all fail.
+    let mut asked: Vec<(String, String)> = Vec::new();
     let attempts = opts.max_reasks + 1;
     for attempt in 0..attempts {
         if halt.now() {
@@ -205,7 +207,8 @@ fn judge_one(ctx: &Ctx, d: &Dialogue) -> Result<Judge, SynthError> {
         };
         // The re-ask carries the previous answer, so every attempt is a distinct request.
         let label = format!("judge attempt {}", attempt + 1);
-        let c = journal.call(client, stats, opts.retry_failed, &d.id, &label, &req)?;
+        let (key, c) = journal.call(client, stats, opts.retry_failed, &d.id, &label, &req)?;
+        asked.push((key, label));
         match c
             .check()
             .map_err(|e| e.to_string())
@@ -233,6 +236,11 @@ fn judge_one(ctx: &Ctx, d: &Dialogue) -> Result<Judge, SynthError> {
                 last = (e, Some(shorten(&c.content, 2000)));
             }
         }
+    }
+    // None gave a usable judgement: the next run asks the judge again rather than replaying
+    // the same failure from the journal.
+    for (key, label) in &asked {
+        journal.reject(key, &d.id, label, &last.0)?;
     }
     Err(SynthError::InvalidJudgement {
         attempts,

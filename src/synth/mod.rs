@@ -101,7 +101,7 @@ pub enum SynthError {
         output: Option<String>,
     },
     /// The run finished, but some items failed (listed in `file`).
-    #[error("{failed} of {total} failed (see {}); rerun the same command to retry them", file.display())]
+    #[error("{failed} of {total} failed (see {}); rerun the same command to ask again for them (failed answers are not replayed)", file.display())]
     Incomplete {
         failed: usize,
         total: usize,

@@ -439,6 +439,31 @@ fn decisions_from(ds: &[Dialogue]) -> BTreeMap<String, HumanDecision> {
         .collect()
 }
 
+/// Ids of dialogues given human scores but no keep/drop decision: neither the reviewed file
+/// nor the calibration can use them, which the reviewer must be told.
+pub fn scored_undecided(decisions: &BTreeMap<String, HumanDecision>) -> Vec<&str> {
+    decisions
+        .iter()
+        .filter(|(_, h)| h.decision.is_none() && (h.socratic.is_some() || h.coherence.is_some()))
+        .map(|(id, _)| id.as_str())
+        .collect()
+}
+
+/// One line saying which scored dialogues lack a decision, if any.
+pub fn scored_undecided_note(decisions: &BTreeMap<String, HumanDecision>) -> Option<String> {
+    let ids = scored_undecided(decisions);
+    if ids.is_empty() {
+        return None;
+    }
+    let shown: Vec<&str> = ids.iter().take(10).copied().collect();
+    Some(format!(
+        "{} dialogue(s) have human scores but no keep/drop decision ({}{}): they are left out of the reviewed file and the calibration until you press k or d on them",
+        ids.len(),
+        shown.join(", "),
+        if ids.len() > shown.len() { ", …" } else { "" }
+    ))
+}
+
 /// Makes each dialogue's `review` what the decisions say: set where there is a keep/drop
 /// decision (human scores in the review's extra fields `socratic`, `coherence`; other extra
 /// fields of an earlier review kept), absent otherwise. Returns how many are set.
@@ -614,6 +639,42 @@ mod tests {
             },
         );
         assert_eq!(Queue::new(items, ds, None).cursor(), None);
+    }
+
+    #[test]
+    fn scores_without_a_decision_are_named() {
+        let mut h = BTreeMap::new();
+        h.insert(
+            "a".to_string(),
+            HumanDecision {
+                socratic: Some(3),
+                coherence: Some(2),
+                ..Default::default()
+            },
+        );
+        h.insert(
+            "b".to_string(),
+            HumanDecision {
+                decision: Some(Decision::Keep),
+                socratic: Some(4),
+                ..Default::default()
+            },
+        );
+        h.insert(
+            "c".to_string(),
+            HumanDecision {
+                note: Some("n".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(scored_undecided(&h), vec!["a"]);
+        let note = scored_undecided_note(&h).unwrap();
+        assert!(
+            note.starts_with("1 dialogue(s) have human scores but no keep/drop decision (a)"),
+            "{note}"
+        );
+        h.remove("a");
+        assert!(scored_undecided_note(&h).is_none());
     }
 
     #[test]

@@ -70,7 +70,56 @@ pub fn save(
     Ok(final_dir)
 }
 
-/// Reads and checks a checkpoint folder without changing anything.
+/// Checks that a safetensors file is whole without reading its tensors: a readable header
+/// whose tensors end exactly where the file does (a cut-off or overwritten file fails).
+fn check_safetensors(path: &Path) -> Result<(), TrainError> {
+    use std::io::Read;
+    let bad = |m: String| TrainError::file(path, m);
+    let mut f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let len = f.metadata().map_err(|e| bad(e.to_string()))?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| bad(format!("damaged: only {len} bytes, no safetensors header")))?;
+    let n = u64::from_le_bytes(n);
+    if n > len - 8 {
+        return Err(bad(format!(
+            "damaged: the header claims {n} bytes, but the file has {len}"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("damaged: unreadable safetensors header ({e})")))?;
+    let mut end = 0u64;
+    for (name, t) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        let offsets = t["data_offsets"]
+            .as_array()
+            .and_then(|a| Some((a.first()?.as_u64()?, a.get(1)?.as_u64()?)));
+        match offsets {
+            Some((b, e)) if b <= e => end = end.max(e),
+            _ => return Err(bad(format!("damaged: bad data_offsets for `{name}`"))),
+        }
+    }
+    if 8 + n + end != len {
+        return Err(bad(format!(
+            "damaged: {len} bytes, but its header describes {} (cut off or overwritten)",
+            8 + n + end
+        )));
+    }
+    Ok(())
+}
+
+/// The step a checkpoint folder's name says (`step-N`).
+fn folder_step(ckpt: &Path) -> Option<usize> {
+    ckpt.file_name()?
+        .to_str()?
+        .strip_prefix("step-")?
+        .parse()
+        .ok()
+}
+
+/// Reads and checks a checkpoint folder without changing anything: every part must be there
+/// and whole (weights, optimizer, state), and the state's step must be the folder's.
 pub fn read_state(ckpt: &Path) -> Result<State, TrainError> {
     let p = ckpt.join(STATE);
     let text = std::fs::read_to_string(&p).map_err(|e| TrainError::file(&p, e.to_string()))?;
@@ -79,6 +128,20 @@ pub fn read_state(ckpt: &Path) -> Result<State, TrainError> {
     for f in [OPTIMIZER, adapter::WEIGHTS_FILE, adapter::CONFIG_FILE] {
         if !ckpt.join(f).is_file() {
             return Err(TrainError::file(&ckpt.join(f), "missing"));
+        }
+    }
+    for f in [OPTIMIZER, adapter::WEIGHTS_FILE] {
+        check_safetensors(&ckpt.join(f))?;
+    }
+    if let Some(step) = folder_step(ckpt) {
+        if state.step != step {
+            return Err(TrainError::file(
+                &p,
+                format!(
+                    "says step {}, but it is in the folder of step {step}",
+                    state.step
+                ),
+            ));
         }
     }
     Ok(state)
@@ -114,7 +177,12 @@ pub fn newest_valid(dir: &Path) -> (Option<(PathBuf, State)>, Vec<String>) {
 
 /// Loads a checkpoint's adapter and optimizer state into the parameters `opt` holds.
 pub fn restore(ckpt: &Path, opt: &mut AdamW, state: &State) -> Result<(), TrainError> {
-    let saved = candle_core::safetensors::load(ckpt.join(adapter::WEIGHTS_FILE), &Device::Cpu)?;
+    let load = |name: &str| {
+        let p = ckpt.join(name);
+        candle_core::safetensors::load(&p, &Device::Cpu)
+            .map_err(|e| TrainError::file(&p, e.to_string()))
+    };
+    let saved = load(adapter::WEIGHTS_FILE)?;
     for (name, var) in opt.params() {
         let t: &Tensor = saved.get(name).ok_or_else(|| {
             TrainError::Checkpoint(format!("{}: adapter has no `{name}`", ckpt.display()))
@@ -129,8 +197,7 @@ pub fn restore(ckpt: &Path, opt: &mut AdamW, state: &State) -> Result<(), TrainE
         }
         var.set(&t.to_device(var.device())?)?;
     }
-    let moments: HashMap<String, Tensor> =
-        candle_core::safetensors::load(ckpt.join(OPTIMIZER), &Device::Cpu)?;
+    let moments: HashMap<String, Tensor> = load(OPTIMIZER)?;
     opt.load_state(moments, state.optimizer_t)?;
     Ok(())
 }
@@ -236,6 +303,31 @@ mod tests {
         assert_eq!(skipped.len(), 1);
         assert!(
             skipped[0].contains("step-5") && skipped[0].contains("optimizer.safetensors"),
+            "{skipped:?}"
+        );
+        // Weights cut short, a damaged header, a state that is not its folder's step.
+        let seven = save(dir.path(), &m, &lora, &opt, &state(7)).unwrap();
+        let w = seven.join(adapter::WEIGHTS_FILE);
+        let bytes = std::fs::read(&w).unwrap();
+        std::fs::write(&w, &bytes[..bytes.len() - 10]).unwrap();
+        let eight = save(dir.path(), &m, &lora, &opt, &state(8)).unwrap();
+        std::fs::write(eight.join(OPTIMIZER), b"\xff\xff\xff\xff\xff\xff\xff\x7f{}").unwrap();
+        let nine = save(dir.path(), &m, &lora, &opt, &state(3000)).unwrap();
+        std::fs::rename(&nine, dir.path().join("step-9")).unwrap();
+        let (found, skipped) = newest_valid(dir.path());
+        assert_eq!(found.unwrap().1.step, 4);
+        assert_eq!(skipped.len(), 4, "{skipped:?}");
+        assert!(
+            skipped[0].contains("step-9/state.json: says step 3000"),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped[1].contains("step-8/optimizer.safetensors: damaged: the header claims"),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped[2].contains("step-7/adapter_model.safetensors: damaged")
+                && skipped[2].contains("cut off"),
             "{skipped:?}"
         );
         prune(dir.path(), 1).unwrap();

@@ -47,6 +47,8 @@ pub enum TrainError {
     #[error(transparent)]
     Io(#[from] crate::fsutil::FileError),
     #[error(transparent)]
+    Locked(#[from] crate::lock::LockError),
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 

@@ -90,6 +90,9 @@ pub fn ensure_data(spec: &SweepSpec) -> Result<(), TrainError> {
                 "{}: built {} train / {} val examples",
                 r.variant, r.train, r.val
             );
+            for w in r.warnings() {
+                eprintln!("warning: {w}");
+            }
         }
     }
     let mut first: Option<(String, Manifest)> = None;

@@ -9,6 +9,7 @@ use super::metrics::MetricsLog;
 use super::schedule::learning_rate;
 use super::TrainError;
 use crate::fsutil::{sha256_hex, write_atomic, write_json};
+use crate::lock::RunLock;
 use crate::model::device::{device_name, parse_device, parse_dtype};
 use crate::model::lora::Mode;
 use crate::model::loss::{loss_sum, Batch};
@@ -83,6 +84,15 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     let (train_ex, val_ex) = (&train_file.examples, &val_file.examples);
 
     let out = &spec.out_dir;
+    // Held to the end of the run: a second train (or sweep) on this folder is refused, and
+    // `--fresh` can never delete a live run's files.
+    let lock = RunLock::acquire(out, &format!("train {}", spec.name))?;
+    if let Some(h) = &lock.stale {
+        eprintln!(
+            "{}: taking over the lock left by {h}, which is gone (crashed or killed)",
+            out.display()
+        );
+    }
     let ckpt_dir = out.join("checkpoints");
     if spec.fresh {
         for name in ["checkpoints", "adapter", "best"] {

@@ -26,3 +26,69 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// A running `socratune serve` child process; killed when dropped.
+pub struct ServeChild {
+    pub child: std::process::Child,
+    /// `host:port`
+    pub addr: String,
+}
+
+impl ServeChild {
+    /// Starts `serve` on the fixture (port 0, CPU) with the tokenizer file `tok` and `extra`
+    /// arguments, and waits for the address it prints.
+    pub fn start(tok: &std::path::Path, extra: &[&str]) -> Self {
+        use std::io::BufRead;
+        let f = fixture();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
+            .args(["serve", "--model", f.to_str().unwrap()])
+            .args(["--tokenizer", tok.to_str().unwrap(), "--device", "cpu"])
+            .args(["--port", "0"])
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut seen = String::new();
+        for _ in 0..20 {
+            let mut line = String::new();
+            if err.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            seen.push_str(&line);
+            if let Some(rest) = line.split("http://").nth(1) {
+                let addr = rest.split("/v1").next().unwrap().to_string();
+                // Keep draining stderr so that the child never blocks on it.
+                std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+                return Self { child, addr };
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no address in: {seen}")
+    }
+
+    /// Resident memory of the process, in MiB (Linux).
+    pub fn rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb / 1024
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for ServeChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
