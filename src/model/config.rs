@@ -278,7 +278,12 @@ impl Gemma2Config {
             "rope_theta": self.rope_theta,
             "attn_logit_softcapping": self.attn_logit_softcapping,
             "final_logit_softcapping": self.final_logit_softcapping,
-            "query_pre_attn_scalar": self.query_pre_attn_scalar,
+            // transformers (5.x) validates this field as an integer; Gemma's values are.
+            "query_pre_attn_scalar": if self.query_pre_attn_scalar.fract() == 0.0 {
+                serde_json::json!(self.query_pre_attn_scalar as i64)
+            } else {
+                serde_json::json!(self.query_pre_attn_scalar)
+            },
             "sliding_window": self.sliding_window,
             "layer_types": self.sliding_layers.iter()
                 .map(|s| if *s { "sliding_attention" } else { "full_attention" })
@@ -373,8 +378,11 @@ mod tests {
     #[test]
     fn round_trips_through_hub_json() {
         let c = Gemma2Config::from_json(HUB).unwrap();
-        let back = Gemma2Config::from_json(&c.to_hub_json().to_string()).unwrap();
+        let json = c.to_hub_json();
+        let back = Gemma2Config::from_json(&json.to_string()).unwrap();
         assert_eq!(c, back);
+        // transformers rejects a float here.
+        assert!(json["query_pre_attn_scalar"].is_i64(), "{json}");
     }
 
     #[test]
