@@ -241,3 +241,50 @@ def test_f16_greedy_generation_equals_socratune_chat(made):
         llm.eval([nxt])
     theirs = llm.detokenize(new).decode("utf-8", errors="replace").strip()
     assert theirs == ours, f"llama.cpp {theirs!r} != socratune {ours!r}"
+
+
+def test_sentencepiece_vocab_tokenizes_as_sentencepiece(tmp_path):
+    """Gemma's own tokenizer path (tokenizer.model → llama vocabulary with scores and types):
+    llama.cpp must split text exactly as SentencePiece does. Needs the `sentencepiece` package
+    to train a small model like Gemma's (BPE, byte fallback, no dummy prefix)."""
+    import json
+
+    spm = pytest.importorskip("sentencepiece")
+    sample = ROOT / "data" / "dialogues" / "sample.jsonl"
+    lines = [t["text"] for l in sample.read_text().splitlines() if l.strip() for t in json.loads(l)["turns"]]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines))
+    base = tmp_path / "base"
+    base.mkdir()
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(base / "tokenizer"), model_type="bpe",
+        vocab_size=2048, byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        control_symbols=["<start_of_turn>", "<end_of_turn>"], add_dummy_prefix=False,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
+        allow_whitespace_only_pieces=True, character_coverage=0.9995, minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(base / "tokenizer.model"))
+    torch.manual_seed(0)
+    cfg = transformers.Gemma2Config(
+        vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
+        sliding_window=16, max_position_embeddings=256, bos_token_id=2, eos_token_id=1,
+        pad_token_id=0,
+    )
+    model = transformers.Gemma2ForCausalLM(cfg)
+    model.save_pretrained(base)
+    peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(
+        tmp_path / "adapter"
+    )
+    out = tmp_path / "spm.gguf"
+    socratune("export", "--format", "gguf", "--quant", "f16", "--model", base,
+              "--adapter", tmp_path / "adapter", "--out", out)
+    f = {k: v.contents() for k, v in gguf.GGUFReader(out).fields.items() if k.startswith("tokenizer.")}
+    assert f["tokenizer.ggml.model"] == "llama" and f["tokenizer.ggml.add_space_prefix"] is False
+    assert f["tokenizer.ggml.token_type"][4] == 3  # <start_of_turn>: control
+
+    llm = llama_cpp.Llama(model_path=str(out), vocab_only=True, verbose=False)
+    samples = lines[:200] + ["Hello  world 12345 🦙 tab\there", "x\n\n  y"]
+    for s in samples:
+        assert llm.tokenize(s.encode(), add_bos=False, special=False) == sp.encode(s), s
+    assert llm.tokenize(b"<start_of_turn>user", add_bos=True, special=True)[:2] == [2, 4]
