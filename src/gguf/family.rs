@@ -8,6 +8,9 @@ use crate::model::{Activation, Gemma2Config};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::Tensor;
 
+/// GGUF key-value pairs.
+pub type Metadata = Vec<(String, Value)>;
+
 pub struct Family {
     /// `general.architecture`.
     pub arch: &'static str,
@@ -16,7 +19,7 @@ pub struct Family {
     /// Per-layer tensors: the name after `model.layers.{i}.` → after `blk.{i}.`.
     pub per_layer: &'static [(&'static str, &'static str)],
     /// The `{arch}.*` keys, or why llama.cpp could not run this configuration.
-    pub metadata: fn(&Gemma2Config) -> Result<Vec<(String, Value)>>,
+    pub metadata: fn(&Gemma2Config) -> Result<Metadata>,
     /// Turns a weight in the Hugging Face layout into what llama.cpp computes with.
     pub convert: fn(&Gemma2Config, &str, Tensor) -> Result<Tensor>,
     /// The chat template (Jinja), used when the tokenizer config has none.
@@ -99,7 +102,7 @@ fn llama_cpp_query_scalar(cfg: &Gemma2Config) -> f64 {
     }
 }
 
-fn gemma2_metadata(cfg: &Gemma2Config) -> Result<Vec<(String, Value)>> {
+fn gemma2_metadata(cfg: &Gemma2Config) -> Result<Metadata> {
     let refuse = |m: &str| Err(GgufError::Invalid(format!("llama.cpp's gemma2 {m}")));
     if cfg.activation != Activation::GeluTanh {
         return refuse("uses the tanh GELU; this model's hidden_activation is the exact one");
