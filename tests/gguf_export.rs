@@ -144,6 +144,13 @@ fn ollama_writes_a_modelfile_beside_the_gguf() {
         "opening = \"正義とは何だろうか？\"\n[sampling]\ntemperature = 0.5\ntop_k = 0\n",
     )
     .unwrap();
+    // The base model's template wins over Gemma's; a chat_template.jinja over the config's.
+    std::fs::write(
+        base.join("tokenizer_config.json"),
+        r#"{"chat_template": "from-config", "add_bos_token": true}"#,
+    )
+    .unwrap();
+    std::fs::write(base.join("chat_template.jinja"), "from-jinja").unwrap();
     let out = dir.path().join("exports").join("socrates.gguf");
     let (ok, stdout, err) = export(
         &base,
@@ -167,6 +174,11 @@ fn ollama_writes_a_modelfile_beside_the_gguf() {
     assert!(
         m.contains("MESSAGE assistant \"\"\"正義とは何だろうか？\"\"\""),
         "{m}"
+    );
+    let c = gguf_file::Content::read(&mut std::fs::File::open(&out).unwrap()).unwrap();
+    assert_eq!(
+        c.metadata["tokenizer.chat_template"].to_string().unwrap(),
+        "from-jinja"
     );
 }
 

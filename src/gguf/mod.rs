@@ -208,9 +208,16 @@ fn read_tokenizer(base: &Source, vocab_size: usize) -> Result<Tokenizer> {
             "{base}: no tokenizer.model or tokenizer.json to embed in the GGUF file"
         )));
     };
+    // Newer repositories keep the template in its own file.
+    let chat_template = match base.optional_file("chat_template.jinja")? {
+        Some(p) => {
+            Some(std::fs::read_to_string(&p).map_err(|e| GgufError::file(&p, e.to_string()))?)
+        }
+        None => config["chat_template"].as_str().map(str::to_string),
+    };
     Ok(Tokenizer {
         vocab,
-        chat_template: config["chat_template"].as_str().map(str::to_string),
+        chat_template,
         add_bos: config["add_bos_token"].as_bool().unwrap_or(true),
         add_eos: config["add_eos_token"].as_bool().unwrap_or(false),
     })
