@@ -10,6 +10,7 @@ pub mod corpus;
 pub mod dataset;
 pub mod demo;
 pub mod fsutil;
+pub mod gguf;
 pub mod lock;
 pub mod model;
 pub mod report;

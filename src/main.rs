@@ -4,8 +4,10 @@ use anyhow::Result;
 use candle_core::{DType, Device};
 use clap::Parser;
 use socratune::chat::bench::GenerateBench;
+use socratune::chat::session::ChatConfig;
 use socratune::chat::session::Interrupt;
 use socratune::cli::bench::BenchCommand;
+use socratune::cli::export::{ExportArgs, ExportFormat};
 use socratune::cli::model::{ModelCommand, ModelLoadArgs};
 use socratune::cli::sweep::{Emit, SweepArgs};
 use socratune::cli::train::{TrainArgs, TrainOverrides};
@@ -104,36 +106,7 @@ fn run(cli: Cli) -> Result<()> {
                 runs.join("loss.svg").display()
             );
         }
-        Command::Export(a) => {
-            let info = socratune::model::adapter::read_config(&a.adapter)?;
-            let spec = a.model.clone().or(info.base_model.clone()).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "{}: the adapter does not name its base model; pass --model",
-                    a.adapter.display()
-                )
-            })?;
-            let src = Source::parse(&spec, a.revision.as_deref())?;
-            // Before anything loads: the export must not write over the model or the adapter
-            // (the base model's folder is where its config lies, in the Hub cache too).
-            let config = src.file("config.json")?;
-            let base_dir = config.parent().unwrap_or(Path::new("."));
-            socratune::fsutil::check_apart(
-                &a.out,
-                &[("base model", base_dir), ("adapter", &a.adapter)],
-            )?;
-            let dtype = parse_dtype(&a.dtype, &Device::Cpu)?;
-            let mut m = socratune::model::load(&src, DType::F32, &Device::Cpu)?;
-            socratune::model::adapter::load(&mut m, &a.adapter)?;
-            m.merge_lora()?;
-            let shard = parse_size(&a.max_shard_size)?;
-            let files = socratune::model::export::export(&m, Some(&src), &a.out, dtype, shard)?;
-            println!(
-                "{}: merged {} into {src}; wrote {}",
-                a.out.display(),
-                a.adapter.display(),
-                files.join(", ")
-            );
-        }
+        Command::Export(a) => run_export(a)?,
         Command::Bench(b) => match b.command {
             BenchCommand::Train {
                 preset,
@@ -203,6 +176,96 @@ fn load_model(a: &ModelLoadArgs) -> Result<(Gemma2, Source, Device, Option<Adapt
         None => None,
     };
     Ok((m, src, dev, info))
+}
+
+fn run_export(a: ExportArgs) -> Result<()> {
+    // Flags that only make sense for the other format are mistakes, not silently ignored.
+    if a.format != ExportFormat::Gguf && a.ollama {
+        anyhow::bail!("--ollama needs --format gguf");
+    }
+    let quant: socratune::gguf::Quant = a.quant.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let info = socratune::model::adapter::read_config(&a.adapter)?;
+    let spec = a.model.clone().or(info.base_model.clone()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: the adapter does not name its base model; pass --model",
+            a.adapter.display()
+        )
+    })?;
+    let src = Source::parse(&spec, a.revision.as_deref())?;
+    // Before anything loads: the export must not write over the model or the adapter
+    // (the base model's folder is where its config lies, in the Hub cache too).
+    let config = src.file("config.json")?;
+    let base_dir = config.parent().unwrap_or(Path::new("."));
+    socratune::fsutil::check_apart(&a.out, &[("base model", base_dir), ("adapter", &a.adapter)])?;
+    // Read the chat defaults first: a bad config should fail before minutes of work.
+    let modelfile_inputs = if a.ollama {
+        let cfg = ChatConfig::load(&a.chat_config)?;
+        let opening = a.opening.clone().or(cfg.opening.clone()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the Modelfile needs an opening line: pass --opening TEXT or set `opening` in {}",
+                a.chat_config.display()
+            )
+        })?;
+        let sampling = socratune::chat::session::sampling(&Default::default(), &cfg.sampling, 0)?;
+        Some((opening, sampling))
+    } else {
+        None
+    };
+    let started = std::time::Instant::now();
+    let mut m = socratune::model::load(&src, DType::F32, &Device::Cpu)?;
+    socratune::model::adapter::load(&mut m, &a.adapter)?;
+    m.merge_lora()?;
+    match a.format {
+        ExportFormat::Safetensors => {
+            let dtype = parse_dtype(&a.dtype, &Device::Cpu)?;
+            let shard = parse_size(&a.max_shard_size)?;
+            let files = socratune::model::export::export(&m, Some(&src), &a.out, dtype, shard)?;
+            println!(
+                "{}: merged {} into {src}; wrote {}",
+                a.out.display(),
+                a.adapter.display(),
+                files.join(", ")
+            );
+        }
+        ExportFormat::Gguf => {
+            let name = a
+                .out
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "socratune".into());
+            let w = socratune::gguf::export(&m, &src, &a.out, quant, &name)?;
+            println!(
+                "{}: merged {} into {src}; GGUF {} ({:.1} MiB; {}) in {:.1} s",
+                a.out.display(),
+                a.adapter.display(),
+                quant.name(),
+                w.bytes as f64 / 1048576.0,
+                w.describe_types(),
+                started.elapsed().as_secs_f64()
+            );
+            if let Some((opening, sampling)) = modelfile_inputs {
+                let file = a
+                    .out
+                    .file_name()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let text = socratune::gguf::ollama::modelfile(
+                    &file,
+                    &socratune::gguf::family::GEMMA2,
+                    &sampling,
+                    &opening,
+                )?;
+                let path = a.out.parent().unwrap_or(Path::new(".")).join("Modelfile");
+                socratune::fsutil::write_atomic(&path, text.as_bytes())?;
+                println!(
+                    "{}: ollama create NAME -f {}",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A benchmark's JSON line on stdout, after a readable summary on stderr unless `--json`.

@@ -1,0 +1,234 @@
+//! What each model family needs in a GGUF file: its architecture name and `{arch}.*` keys,
+//! how its tensors are named, how its weights differ from the Hugging Face layout, and its
+//! chat format (for `tokenizer.chat_template` and an Ollama Modelfile). Gemma-2 is the one
+//! family today; each new one adds an entry here.
+
+use super::{GgufError, Result};
+use crate::model::{Activation, Gemma2Config};
+use candle_core::quantized::gguf_file::Value;
+use candle_core::Tensor;
+
+/// GGUF key-value pairs.
+pub type Metadata = Vec<(String, Value)>;
+
+pub struct Family {
+    /// `general.architecture`.
+    pub arch: &'static str,
+    /// Whole-model tensors: Hugging Face name → GGUF name.
+    pub globals: &'static [(&'static str, &'static str)],
+    /// Per-layer tensors: the name after `model.layers.{i}.` → after `blk.{i}.`.
+    pub per_layer: &'static [(&'static str, &'static str)],
+    /// The `{arch}.*` keys, or why llama.cpp could not run this configuration.
+    pub metadata: fn(&Gemma2Config) -> Result<Metadata>,
+    /// Turns a weight in the Hugging Face layout into what llama.cpp computes with.
+    pub convert: fn(&Gemma2Config, &str, Tensor) -> Result<Tensor>,
+    /// The chat template (Jinja), used when the tokenizer config has none.
+    pub chat_template: &'static str,
+    /// The same format in Ollama's Go-template language.
+    pub ollama_template: &'static str,
+    /// The token that ends a turn.
+    pub end_of_turn: &'static str,
+}
+
+impl Family {
+    /// The GGUF name of a Hugging Face tensor name, or None for one this family leaves out.
+    pub fn gguf_name(&self, hf: &str) -> Option<String> {
+        if let Some((_, g)) = self.globals.iter().find(|(h, _)| *h == hf) {
+            return Some(g.to_string());
+        }
+        let rest = hf.strip_prefix("model.layers.")?;
+        let (layer, suffix) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        let (_, g) = self.per_layer.iter().find(|(h, _)| *h == suffix)?;
+        Some(format!("blk.{layer}.{g}"))
+    }
+}
+
+/// The family of a `config.json`'s `model_type`.
+pub fn family(model_type: &str) -> Result<&'static Family> {
+    match model_type {
+        "gemma2" => Ok(&GEMMA2),
+        other => Err(GgufError::Invalid(format!(
+            "GGUF export does not know the model family `{other}`"
+        ))),
+    }
+}
+
+pub static GEMMA2: Family = Family {
+    arch: "gemma2",
+    globals: &[
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+    ],
+    per_layer: &[
+        ("input_layernorm.weight", "attn_norm.weight"),
+        ("self_attn.q_proj.weight", "attn_q.weight"),
+        ("self_attn.k_proj.weight", "attn_k.weight"),
+        ("self_attn.v_proj.weight", "attn_v.weight"),
+        ("self_attn.o_proj.weight", "attn_output.weight"),
+        ("post_attention_layernorm.weight", "post_attention_norm.weight"),
+        ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+        ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+        ("mlp.gate_proj.weight", "ffn_gate.weight"),
+        ("mlp.up_proj.weight", "ffn_up.weight"),
+        ("mlp.down_proj.weight", "ffn_down.weight"),
+    ],
+    metadata: gemma2_metadata,
+    convert: gemma2_convert,
+    // google/gemma-2-2b-it's template.
+    chat_template: "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}",
+    // Ollama's gemma2 template.
+    ollama_template: r#"{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if or (eq .Role "user") (eq .Role "system") }}<start_of_turn>user
+{{ .Content }}<end_of_turn>
+{{ if $last }}<start_of_turn>model
+{{ end }}
+{{- else if eq .Role "assistant" }}<start_of_turn>model
+{{ .Content }}{{ if not $last }}<end_of_turn>
+{{ end }}
+{{- end }}
+{{- end }}"#,
+    end_of_turn: "<end_of_turn>",
+};
+
+/// llama.cpp scales queries by 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the 46-layer
+/// (27B) model, whatever `query_pre_attn_scalar` says.
+fn llama_cpp_query_scalar(cfg: &Gemma2Config) -> f64 {
+    if cfg.num_hidden_layers == 46 {
+        (cfg.hidden_size / cfg.num_attention_heads) as f64
+    } else {
+        cfg.head_dim as f64
+    }
+}
+
+fn gemma2_metadata(cfg: &Gemma2Config) -> Result<Metadata> {
+    let refuse = |m: &str| Err(GgufError::Invalid(format!("llama.cpp's gemma2 {m}")));
+    if cfg.activation != Activation::GeluTanh {
+        return refuse("uses the tanh GELU; this model's hidden_activation is the exact one");
+    }
+    let (Some(attn_cap), Some(final_cap)) =
+        (cfg.attn_logit_softcapping, cfg.final_logit_softcapping)
+    else {
+        return refuse("always soft-caps attention and final logits; this config sets no cap");
+    };
+    let u = |k: &str, v: usize| (format!("gemma2.{k}"), Value::U32(v as u32));
+    let f = |k: &str, v: f64| (format!("gemma2.{k}"), Value::F32(v as f32));
+    let mut m = vec![
+        u("context_length", cfg.max_position_embeddings),
+        u("embedding_length", cfg.hidden_size),
+        u("block_count", cfg.num_hidden_layers),
+        u("feed_forward_length", cfg.intermediate_size),
+        u("attention.head_count", cfg.num_attention_heads),
+        u("attention.head_count_kv", cfg.num_key_value_heads),
+        f("attention.layer_norm_rms_epsilon", cfg.rms_norm_eps),
+        u("attention.key_length", cfg.head_dim),
+        u("attention.value_length", cfg.head_dim),
+        f("attn_logit_softcapping", attn_cap),
+        f("final_logit_softcapping", final_cap),
+        f("rope.freq_base", cfg.rope_theta),
+    ];
+    // Without a window every layer attends globally: a window as long as the context.
+    m.push(u(
+        "attention.sliding_window",
+        cfg.sliding_window.unwrap_or(cfg.max_position_embeddings),
+    ));
+    // llama.cpp's default pattern for gemma2 slides on even layers; say so only otherwise.
+    let default_pattern = (0..cfg.num_hidden_layers).all(|i| cfg.sliding_layers[i] == (i % 2 == 0));
+    if !default_pattern {
+        m.push((
+            "gemma2.attention.sliding_window_pattern".into(),
+            Value::Array(cfg.sliding_layers.iter().map(|&s| Value::Bool(s)).collect()),
+        ));
+    }
+    Ok(m)
+}
+
+fn gemma2_convert(cfg: &Gemma2Config, gguf_name: &str, t: Tensor) -> Result<Tensor> {
+    if gguf_name.ends_with("norm.weight") {
+        // Gemma's RMSNorm multiplies by (1 + w); llama.cpp by the stored weight.
+        return Ok((t + 1.0)?);
+    }
+    if gguf_name.ends_with(".attn_q.weight") {
+        // Fold the difference between the model's query scale and llama.cpp's fixed one into
+        // the query projection (RoPE is linear, so scaling before it is the same).
+        let factor = (llama_cpp_query_scalar(cfg) / cfg.query_pre_attn_scalar).sqrt();
+        if (factor - 1.0).abs() > 1e-12 {
+            return Ok((t * factor)?);
+        }
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemma2_names_follow_llama_cpp() {
+        let g = &GEMMA2;
+        assert_eq!(
+            g.gguf_name("model.embed_tokens.weight").as_deref(),
+            Some("token_embd.weight")
+        );
+        assert_eq!(
+            g.gguf_name("model.layers.12.self_attn.o_proj.weight")
+                .as_deref(),
+            Some("blk.12.attn_output.weight")
+        );
+        assert_eq!(
+            g.gguf_name("model.layers.0.pre_feedforward_layernorm.weight")
+                .as_deref(),
+            Some("blk.0.ffn_norm.weight")
+        );
+        assert_eq!(g.gguf_name("lm_head.weight"), None);
+        assert!(family("llama")
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("`llama`"));
+    }
+
+    #[test]
+    fn gemma2_metadata_and_refusals() {
+        let mut cfg = Gemma2Config::preset("gemma-2-2b").unwrap();
+        let m = gemma2_metadata(&cfg).unwrap();
+        let get = |k: &str| m.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("gemma2.block_count").unwrap().to_u32().unwrap(), 26);
+        assert_eq!(
+            get("gemma2.attention.sliding_window")
+                .unwrap()
+                .to_u32()
+                .unwrap(),
+            4096
+        );
+        assert_eq!(
+            get("gemma2.final_logit_softcapping")
+                .unwrap()
+                .to_f32()
+                .unwrap(),
+            30.0
+        );
+        assert!(get("gemma2.attention.sliding_window_pattern").is_none());
+        cfg.sliding_layers[0] = false;
+        let m = gemma2_metadata(&cfg).unwrap();
+        assert!(m.iter().any(|(k, _)| k.ends_with("sliding_window_pattern")));
+        cfg.final_logit_softcapping = None;
+        let e = gemma2_metadata(&cfg).unwrap_err().to_string();
+        assert!(e.contains("soft-caps"), "{e}");
+    }
+
+    #[test]
+    fn norms_shift_by_one_and_queries_take_the_scale_llama_cpp_lacks() {
+        let mut cfg = Gemma2Config::preset("tiny").unwrap();
+        let dev = candle_core::Device::Cpu;
+        let w = Tensor::new(&[0.5f32, -1.0], &dev).unwrap();
+        let n = gemma2_convert(&cfg, "blk.0.attn_norm.weight", w.clone()).unwrap();
+        assert_eq!(n.to_vec1::<f32>().unwrap(), [1.5, 0.0]);
+        let q = gemma2_convert(&cfg, "blk.0.attn_q.weight", w.clone()).unwrap();
+        assert_eq!(q.to_vec1::<f32>().unwrap(), [0.5, -1.0]);
+        cfg.query_pre_attn_scalar = cfg.head_dim as f64 * 4.0;
+        let q = gemma2_convert(&cfg, "blk.0.attn_q.weight", w).unwrap();
+        assert_eq!(q.to_vec1::<f32>().unwrap(), [0.25, -0.5]);
+    }
+}
