@@ -245,11 +245,11 @@ def test_f16_greedy_generation_equals_socratune_chat(made):
 
 def test_sentencepiece_vocab_tokenizes_as_sentencepiece(tmp_path):
     """Gemma's own tokenizer path (tokenizer.model → llama vocabulary with scores and types):
-    llama.cpp must split text exactly as SentencePiece does. Needs the `sentencepiece` package
-    to train a small model like Gemma's (BPE, byte fallback, no dummy prefix)."""
+    llama.cpp must split text exactly as SentencePiece does (the `sentencepiece` package, pinned
+    in requirements.txt, trains a small model like Gemma's: BPE, byte fallback, no dummy prefix)."""
     import json
 
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
     sample = ROOT / "data" / "dialogues" / "sample.jsonl"
     lines = [t["text"] for l in sample.read_text().splitlines() if l.strip() for t in json.loads(l)["turns"]]
     corpus = tmp_path / "corpus.txt"
