@@ -229,14 +229,23 @@ fn rms_norm_value(x: &Tensor, w1: &Tensor, eps: f64) -> Result<(Tensor, Tensor)>
 
 /// `d rms_norm(x) / dx · g`, in `dtype`.
 fn rms_norm_grad(x32: &Tensor, w1: &Tensor, eps: f64, g: &Tensor, dtype: DType) -> Result<Tensor> {
+    if dtype == DType::F32 && kernels::applies(x32) && kernels::applies(g) {
+        if let Some(dx) = kernels::rms_norm_backward(x32, w1, g, eps)? {
+            return Ok(dx);
+        }
+    }
+    rms_norm_grad_composed(x32, w1, eps, g)?.to_dtype(dtype)
+}
+
+/// [`rms_norm_grad`] as candle ops (other devices and dtypes), in f32.
+fn rms_norm_grad_composed(x32: &Tensor, w1: &Tensor, eps: f64, g: &Tensor) -> Result<Tensor> {
     let rstd = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?
         .sqrt()?
         .recip()?;
     let xhat = x32.broadcast_mul(&rstd)?;
     let gw = g.to_dtype(DType::F32)?.broadcast_mul(w1)?;
     let dot = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
-    let dx = (gw - xhat.broadcast_mul(&dot)?)?.broadcast_mul(&rstd)?;
-    dx.to_dtype(dtype)
+    (gw - xhat.broadcast_mul(&dot)?)?.broadcast_mul(&rstd)
 }
 
 /// Rotary embedding (rotate-half layout) of `x` `[B, H, T, D]` with `cos`/`sin` `[T, D/2]`;
@@ -563,6 +572,15 @@ mod tests {
             candle_nn::ops::softmax_last_dim(&capped.broadcast_add(&bias).unwrap()).unwrap();
         let d = crate::model::max_abs_diff(&fused, &plain);
         assert!(d < 1e-6, "softmax differs by {d}");
+        let (x, g) = (
+            (randn(&[5, 3000], 33) * 3.0).unwrap(),
+            randn(&[5, 3000], 34),
+        );
+        let w1 = (randn(&[3000], 35) + 1.0).unwrap();
+        let fused = rms_norm_grad(&x, &w1, 1e-6, &g, DType::F32).unwrap();
+        let plain = rms_norm_grad_composed(&x, &w1, 1e-6, &g).unwrap();
+        let d = crate::model::max_abs_diff(&fused, &plain);
+        assert!(d < 1e-5, "RMSNorm backward differs by {d}");
     }
 
     #[test]
