@@ -112,7 +112,7 @@ fn adapter(dir: &Path) -> HashMap<String, Tensor> {
 fn max_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
-        .map(|(k, t)| common::max_abs_diff(&t, &b[k]))
+        .map(|(k, t)| common::max_abs_diff(t, &b[k]))
         .fold(0.0, f32::max)
 }
 
@@ -325,8 +325,7 @@ fn resume_after_kill_9_ends_with_the_same_adapter() {
     run_ok(train_cmd(&data, &reference, &args));
 
     let run = dir.path().join("killed");
-    let mut kills = 0;
-    for target in [5usize, 17, 31] {
+    for (kills, target) in [5usize, 17, 31].into_iter().enumerate() {
         let mut c = train_cmd(&data, &run, &args);
         if kills > 0 {
             c.arg("--resume");
@@ -365,7 +364,6 @@ fn resume_after_kill_9_ends_with_the_same_adapter() {
             !run.join("summary.json").exists(),
             "the run finished before it was stopped"
         );
-        kills += 1;
     }
     let out = run_ok({
         let mut c = train_cmd(&data, &run, &args);
