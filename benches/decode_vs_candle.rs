@@ -117,6 +117,10 @@ fn main() {
         a.prompt_len + a.tokens <= cfg.sliding_window.unwrap_or(usize::MAX),
         "candle-transformers' gemma2 has no sliding window in its cached path: stay within it"
     );
+    assert_eq!(
+        cfg.query_pre_attn_scalar, cfg.head_dim as f64,
+        "candle-transformers' gemma2 scales by head_dim^-0.5 whatever query_pre_attn_scalar says"
+    );
     let dev = Device::Cpu;
     let model = Gemma2::random_with_embedding_std(&cfg, 0, 1.0, DType::F32, &dev).unwrap();
     let weights: HashMap<String, Tensor> = model.named_weights().into_iter().collect();
