@@ -125,7 +125,10 @@ fn main() {
     let model = Gemma2::random_with_embedding_std(&cfg, 0, 1.0, DType::F32, &dev).unwrap();
     let weights: HashMap<String, Tensor> = model.named_weights().into_iter().collect();
     let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
-    let ref_cfg: reference::Config = serde_json::from_value(cfg.to_hub_json()).unwrap();
+    // candle-transformers reads `query_pre_attn_scalar` as an integer (equal to head_dim here).
+    let mut hub = cfg.to_hub_json();
+    hub["query_pre_attn_scalar"] = cfg.head_dim.into();
+    let ref_cfg: reference::Config = serde_json::from_value(hub).unwrap();
     let mut candle = reference::Model::new(false, &ref_cfg, vb).unwrap();
     let prompt: Vec<u32> = (0..a.prompt_len)
         .map(|i| 3 + ((i * 7919 + 17) % (cfg.vocab_size - 3)) as u32)
