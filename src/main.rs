@@ -23,6 +23,8 @@ use std::sync::Arc;
 
 fn main() {
     socratune::fsutil::keep_freed_memory();
+    // Before any thread exists, so that every compute pool inherits it (see `fpenv`).
+    socratune::fpenv::flush_subnormals_everywhere();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

@@ -611,3 +611,18 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_newest_whole_one() {
         "resumed from step 10, the adapter differs by {d}"
     );
 }
+
+#[test]
+fn bench_train_runs_every_compute_pool_with_flush_to_zero() {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+    c.args(["bench", "train", "--preset", "tiny", "--steps", "1"])
+        .args(["--warmup", "0", "--device", "cpu", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(run_ok(c).trim()).unwrap();
+    assert!(v["tokens_per_s"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    let ftz = v["flush_to_zero"].as_object().expect("flush_to_zero");
+    assert_eq!(ftz.len(), socratune::fpenv::POOLS.len(), "{v}");
+    let supported = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+    for pool in socratune::fpenv::POOLS {
+        assert_eq!(ftz[pool], supported, "pool {pool}: {v}");
+    }
+}

@@ -42,11 +42,14 @@ impl Rope {
         Ok(Self { cos, sin, neg_sin })
     }
 
+    /// cos, sin and −sin of positions `offset..offset + t`.
+    fn tables(&self, offset: usize, t: usize) -> Result<[Tensor; 3]> {
+        let at = |x: &Tensor| x.narrow(0, offset, t);
+        Ok([at(&self.cos)?, at(&self.sin)?, at(&self.neg_sin)?])
+    }
+
     fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let t = x.dim(2)?;
-        let cos = self.cos.narrow(0, offset, t)?;
-        let sin = self.sin.narrow(0, offset, t)?;
-        let neg_sin = self.neg_sin.narrow(0, offset, t)?;
+        let [cos, sin, neg_sin] = self.tables(offset, x.dim(2)?)?;
         Ok(ops::rope(x, &cos, &sin, &neg_sin)?)
     }
 }
@@ -445,6 +448,23 @@ impl Gemma2 {
         Ok(ops::softcap(&z, self.cfg.final_logit_softcapping)?.squeeze(0)?)
     }
 
+    /// [`Gemma2::attention_bias`], built once per pass for all layers of a kind.
+    fn shared_bias(
+        &self,
+        pass: &Pass,
+        key_start: usize,
+        s: usize,
+        sliding: bool,
+    ) -> Result<Tensor> {
+        let key = (key_start, s, sliding);
+        if let Some((_, b)) = pass.biases.borrow().iter().find(|(k, _)| *k == key) {
+            return Ok(b.clone());
+        }
+        let b = self.attention_bias(pass, key_start, s, sliding)?;
+        pass.biases.borrow_mut().push((key, b.clone()));
+        Ok(b)
+    }
+
     /// The additive attention bias `[B or 1, 1, groups·T, S]`: 0 where query i may see key j
     /// (causal, within the window on sliding layers, key not padding), a large negative number
     /// elsewhere. Rows repeat per query group to match the grouped-query layout.
@@ -513,15 +533,13 @@ impl Layer {
         let eps = m.cfg.rms_norm_eps;
         let x = ops::rms_norm(h, &self.input_norm.0, eps)?;
         let x = self.attention(m, &x, pass, cache, mode)?;
-        let x = ops::rms_norm(&x, &self.post_attn_norm.0, eps)?;
-        let h = (h + x)?;
+        let h = ops::add_rms_norm(h, &x, &self.post_attn_norm.0, eps)?;
         let x = ops::rms_norm(&h, &self.pre_ff_norm.0, eps)?;
         let gate = self.mlp.gate.forward(&x, mode)?;
         let up = self.mlp.up.forward(&x, mode)?;
         let act = ops::geglu(&gate, &up, m.cfg.activation == Activation::GeluErf)?;
         let x = self.mlp.down.forward(&act, mode)?;
-        let x = ops::rms_norm(&x, &self.post_ff_norm.0, eps)?;
-        Ok((h + x)?)
+        Ok(ops::add_rms_norm(&h, &x, &self.post_ff_norm.0, eps)?)
     }
 
     /// `x` `[B·T, hidden]` → `[B·T, hidden]`.
@@ -536,71 +554,60 @@ impl Layer {
         let cfg = &m.cfg;
         let (b, t, d) = (pass.b, pass.t, cfg.head_dim);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let scale = cfg.query_pre_attn_scalar.powf(-0.5);
+        let sliding = self.sliding && cfg.sliding_window.is_some();
+        let (q, k, v) = (
+            self.attn.q.forward(x, mode)?,
+            self.attn.k.forward(x, mode)?,
+            self.attn.v.forward(x, mode)?,
+        );
+        let Some(cache) = cache else {
+            // The whole sequence at once (training, evaluation): one fused op.
+            let [cos, sin, neg_sin] = m.rope.tables(pass.offset, t)?;
+            let o = ops::attention(
+                &q,
+                &k,
+                &v,
+                ops::Heads { b, t, nh, nkv, d },
+                &ops::RopeTables {
+                    cos: &cos,
+                    sin: &sin,
+                    neg_sin: &neg_sin,
+                },
+                &m.shared_bias(pass, pass.offset, t, sliding)?,
+                scale,
+                cfg.attn_logit_softcapping,
+            )?;
+            return self.attn.o.forward(&o, mode);
+        };
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = heads(self.attn.q.forward(x, mode)?, nh)?;
-        let k = heads(self.attn.k.forward(x, mode)?, nkv)?;
-        let v = heads(self.attn.v.forward(x, mode)?, nkv)?;
+        let (q, k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
         let q = m.rope.apply(&q, pass.offset)?;
         let k = m.rope.apply(&k, pass.offset)?;
-        let (k, v, key_start) = match cache {
-            None => (k, v, 0),
-            Some(slot) => {
-                let (k, v, start) = match slot.take() {
-                    Some(c) => (
-                        Tensor::cat(&[&c.k, &k], 2)?,
-                        Tensor::cat(&[&c.v, &v], 2)?,
-                        c.start,
-                    ),
-                    None => (k, v, pass.offset),
-                };
-                // A sliding layer never looks further back than the window: drop older keys.
-                let keep = match (self.sliding, cfg.sliding_window) {
-                    (true, Some(w)) => w.min(k.dim(2)?),
-                    _ => k.dim(2)?,
-                };
-                let drop = k.dim(2)? - keep;
-                *slot = Some(LayerCache {
-                    k: k.narrow(2, drop, keep)?,
-                    v: v.narrow(2, drop, keep)?,
-                    start: start + drop,
-                });
-                (k, v, start)
-            }
+        let (k, v, key_start) = match cache.take() {
+            Some(c) => (
+                Tensor::cat(&[&c.k, &k], 2)?,
+                Tensor::cat(&[&c.v, &v], 2)?,
+                c.start,
+            ),
+            None => (k, v, pass.offset),
         };
-        let s = k.dim(2)?;
-        let g = cfg.groups();
-        // Grouped-query attention without copying keys: the G query heads that share a key/value
-        // head are stacked along the time axis.
-        let qg = q.reshape((b, nkv, g * t, d))?;
-        let scores = (qg.matmul(&k.t()?)? * cfg.query_pre_attn_scalar.powf(-0.5))?;
-        let sliding = self.sliding && cfg.sliding_window.is_some();
-        let key = (key_start, s, sliding);
-        let cached = pass
-            .biases
-            .borrow()
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, b)| b.clone());
-        let bias = match cached {
-            Some(b) => b,
-            None => {
-                let b = m.attention_bias(pass, key_start, s, sliding)?;
-                pass.biases.borrow_mut().push((key, b.clone()));
-                b
-            }
+        // A sliding layer never looks further back than the window: drop older keys.
+        let keep = match (self.sliding, cfg.sliding_window) {
+            (true, Some(w)) => w.min(k.dim(2)?),
+            _ => k.dim(2)?,
         };
-        let p = ops::capped_masked_softmax(
-            &scores.to_dtype(DType::F32)?,
-            cfg.attn_logit_softcapping,
-            &bias,
-        )?;
-        let o = p.to_dtype(m.dtype)?.matmul(&v)?; // [B, nkv, G·T, D]
-        let o = o
-            .reshape((b, nh, t, d))?
-            .transpose(1, 2)?
-            .reshape((b * t, nh * d))?;
+        let drop = k.dim(2)? - keep;
+        *cache = Some(LayerCache {
+            k: k.narrow(2, drop, keep)?,
+            v: v.narrow(2, drop, keep)?,
+            start: key_start + drop,
+        });
+        let bias = m.shared_bias(pass, key_start, k.dim(2)?, sliding)?;
+        let o = ops::attend(&q, &k, &v, &bias, scale, cfg.attn_logit_softcapping)?;
+        let o = o.transpose(1, 2)?.reshape((b * t, nh * d))?;
         self.attn.o.forward(&o, mode)
     }
 }

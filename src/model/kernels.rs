@@ -3,6 +3,11 @@
 //! passes through scalar libm calls (`tanhf` alone took a quarter of a CPU training step); one
 //! pass with a vectorisable rational tanh does the same work. Every kernel has a reference
 //! path made of candle ops, used on other devices and checked against it in the tests.
+//!
+//! No kernel writes a subnormal float: a value that underflows (a masked attention probability,
+//! a saturated GELU, a far-off logit's probability) is written as an exact zero. On Intel
+//! cores every FMA with a subnormal operand takes a microcode assist, and the matmuls that
+//! consume these outputs ran three times slower for it.
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
@@ -30,14 +35,29 @@ pub fn tanh(x: f32) -> f32 {
     p / q
 }
 
+/// `x`, or an exact zero where `|x|` is below the smallest normal float (see the module
+/// note); a compare and a select, so it vectorises.
+#[inline(always)]
+pub fn flush(x: f32) -> f32 {
+    if x.abs() < f32::MIN_POSITIVE {
+        0.0
+    } else {
+        x
+    }
+}
+
+/// ln of the smallest normal f32: below it e^x is subnormal.
+const EXP_UNDERFLOW: f32 = -87.336_55;
+
 /// e^x with Cephes' range reduction and polynomial (relative error about 2e-7 in
-/// [-87, 88]); vectorisable, unlike `f32::exp`.
+/// [-87, 88]); vectorisable, unlike `f32::exp`. Exactly 0 where e^x would be subnormal.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.336_55, 88.376_26);
+    let underflows = x < EXP_UNDERFLOW;
+    let x = x.clamp(EXP_UNDERFLOW, 88.376_26);
     // Round to nearest with the 1.5·2^23 trick: `floor` is a library call on baseline x86-64.
     const MAGIC: f32 = 12_582_912.0;
     let n = (x * LOG2E + MAGIC) - MAGIC;
@@ -48,8 +68,14 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let y = p * r2 + r + 1.0;
-    // 2^n through the exponent bits.
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n through the exponent bits; n ≥ −126 and y ≥ 1 there, so the result is normal.
+    let e = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // The polynomial can land a hair under 2^-126 at the boundary: that is flushed too.
+    if underflows || e < f32::MIN_POSITIVE {
+        0.0
+    } else {
+        e
+    }
 }
 
 /// Maximum of a slice, in eight independent lanes so that it vectorises (a plain fold cannot:
@@ -148,7 +174,7 @@ pub fn geglu_forward(g: &Tensor, u: &Tensor) -> candle_core::Result<Option<Tenso
                 for (i, yv) in ys.iter_mut().enumerate() {
                     let x = gs[o + i];
                     let t = tanh(GELU_K0 * (x + GELU_K1 * x * x * x));
-                    *yv = 0.5 * x * (1.0 + t) * us[o + i];
+                    *yv = flush(0.5 * x * (1.0 + t) * us[o + i]);
                 }
             });
             y
@@ -182,8 +208,8 @@ pub fn geglu_backward(
                             let dgelu = 0.5 * (1.0 + t)
                                 + 0.5 * x * (1.0 - t * t) * GELU_K0 * (1.0 + 3.0 * GELU_K1 * x * x);
                             let d = ds[o + i];
-                            dgs[i] = d * us[o + i] * dgelu;
-                            dus[i] = d * gelu;
+                            dgs[i] = flush(d * us[o + i] * dgelu);
+                            dus[i] = flush(d * gelu);
                         }
                     });
                 (dg, du)
@@ -242,7 +268,7 @@ pub fn capped_softmax_forward(
                         exp_shifted(yr, max);
                         let inv = 1.0 / sum_of(yr);
                         for v in yr.iter_mut() {
-                            *v *= inv;
+                            *v = flush(*v * inv);
                         }
                     }
                 });
@@ -284,12 +310,12 @@ pub fn capped_softmax_backward(
                                     let inv = 1.0 / c;
                                     for j in 0..n {
                                         let t = tanh(sr[j] * inv);
-                                        dr[j] = yr[j] * (gr[j] - dot) * (1.0 - t * t);
+                                        dr[j] = flush(yr[j] * (gr[j] - dot) * (1.0 - t * t));
                                     }
                                 }
                                 None => {
                                     for j in 0..n {
-                                        dr[j] = yr[j] * (gr[j] - dot);
+                                        dr[j] = flush(yr[j] * (gr[j] - dot));
                                     }
                                 }
                             }
@@ -302,6 +328,50 @@ pub fn capped_softmax_backward(
     .flatten()
     .flatten();
     out.map(|d| from_vec(d, &s)).transpose()
+}
+
+/// The gradient of Gemma's RMSNorm `y = x · rstd · w1` (rows of `x` `[n, H]`, f32) w.r.t. `x`
+/// for the output gradient `g`: `(g·w1 − x̂ · mean(g·w1·x̂)) · rstd`, one pass a row (about ten
+/// candle ops otherwise).
+pub fn rms_norm_backward(
+    x: &Tensor,
+    w1: &Tensor,
+    g: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Option<Tensor>> {
+    let h = x.dim(candle_core::D::Minus1)?;
+    let (x, w1, g) = (x.contiguous()?, w1.contiguous()?, g.contiguous()?);
+    let out = with_f32(&x, |xs| {
+        with_f32(&w1, |ws| {
+            with_f32(&g, |gs| {
+                let mut dx = vec![0f32; xs.len()];
+                let rows_per = chunk_rows(h);
+                dx.par_chunks_mut(rows_per * h)
+                    .enumerate()
+                    .for_each(|(c, dxc)| {
+                        for (k, dr) in dxc.chunks_mut(h).enumerate() {
+                            let o = (c * rows_per + k) * h;
+                            let (xr, gr) = (&xs[o..o + h], &gs[o..o + h]);
+                            for j in 0..h {
+                                dr[j] = xr[j] * xr[j];
+                            }
+                            let rstd = 1.0 / (sum_of(dr) / h as f32 + eps as f32).sqrt();
+                            for j in 0..h {
+                                dr[j] = gr[j] * ws[j] * xr[j];
+                            }
+                            let dot = sum_of(dr) * rstd / h as f32;
+                            for j in 0..h {
+                                dr[j] = flush((gr[j] * ws[j] - xr[j] * rstd * dot) * rstd);
+                            }
+                        }
+                    });
+                dx
+            })
+        })
+    })
+    .flatten()
+    .flatten();
+    out.map(|d| from_vec(d, &x)).transpose()
 }
 
 /// Cross-entropy rows of logits `z` `[n, V]` (soft-capped by `cap` first): the summed loss,
@@ -331,22 +401,25 @@ pub fn cross_entropy_rows(
                     let ic = 1.0 / c;
                     for (b, &x) in buf.iter_mut().zip(zr) {
                         let th = tanh(x * ic);
-                        *b = *b * inv * (1.0 - th * th);
+                        *b = flush(*b * inv * (1.0 - th * th));
                     }
                 }
                 None => {
                     for b in buf.iter_mut() {
-                        *b *= inv;
+                        *b = flush(*b * inv);
                     }
                 }
             }
-            buf[t] -= match capf {
-                Some(c) => {
-                    let th = tanh(zr[t] / c);
-                    1.0 - th * th
-                }
-                None => 1.0,
-            };
+            buf[t] = flush(
+                buf[t]
+                    - match capf {
+                        Some(c) => {
+                            let th = tanh(zr[t] / c);
+                            1.0 - th * th
+                        }
+                        None => 1.0,
+                    },
+            );
         }
         loss
     };
@@ -388,7 +461,13 @@ mod tests {
             worst = worst.max(rel);
         }
         assert!(worst < 5e-7, "max relative error {worst}");
-        assert_eq!(exp(-1000.0), exp(-87.336_55));
+        // Where e^x is subnormal the result is an exact zero, and never subnormal anywhere.
+        assert_eq!(exp(-1000.0), 0.0);
+        assert_eq!(exp(-87.4), 0.0);
+        for i in 0..200_000 {
+            let x = -100.0 + i as f32 * 1e-3;
+            assert!(!exp(x).is_subnormal(), "exp({x}) = {:e}", exp(x));
+        }
     }
 
     #[test]

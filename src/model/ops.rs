@@ -84,6 +84,72 @@ impl CustomOp3 for Inject {
     }
 }
 
+type Backward3 =
+    Box<dyn Fn(&Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> + Send + Sync>;
+
+/// The forward value is the held CPU tensor, copied; the backward sends gradients to all three
+/// inputs (whose own values the op does not read).
+struct Held {
+    value: Tensor,
+    backward: Backward3,
+}
+
+impl CustomOp3 for Held {
+    fn name(&self) -> &'static str {
+        "held-grad3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (storage, layout) = self.value.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(s) => copy_storage(s, layout),
+            _ => candle_core::bail!("held-grad3: the value is not on the CPU"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        (self.backward)(grad)
+    }
+}
+
+/// [`with_grad`] for a CPU value computed from three inputs.
+pub fn with_grad3(
+    value: Tensor,
+    inputs: [&Tensor; 3],
+    backward: impl Fn(&Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)>
+        + Send
+        + Sync
+        + 'static,
+) -> Result<Tensor> {
+    let [a, b, c] = inputs;
+    if !a.track_op() && !b.track_op() && !c.track_op() {
+        return Ok(value);
+    }
+    a.apply_op3(
+        b,
+        c,
+        Held {
+            value,
+            backward: Box::new(backward),
+        },
+    )
+}
+
 /// [`with_grad`] for a value computed from two inputs.
 pub fn with_grad2(
     value: Tensor,
@@ -135,20 +201,51 @@ pub fn linear_frozen(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// Gemma's RMSNorm: `x / rms(x) * w1` computed in f32 (`w1` is `1 + weight`, f32), returned in
 /// `x`'s dtype.
 pub fn rms_norm(x: &Tensor, w1: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x32 = x.detach().to_dtype(DType::F32)?.contiguous()?;
-    let y = candle_nn::ops::rms_norm(&x32, w1, eps as f32)?.to_dtype(dtype)?;
-    let w1 = w1.clone();
-    with_grad(y, x, move |g| {
-        let rstd = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?
-            .sqrt()?
-            .recip()?;
-        let xhat = x32.broadcast_mul(&rstd)?;
-        let gw = g.to_dtype(DType::F32)?.broadcast_mul(&w1)?;
-        let dot = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
-        let dx = (gw - xhat.broadcast_mul(&dot)?)?.broadcast_mul(&rstd)?;
-        dx.to_dtype(dtype)
+    let (x32, y) = rms_norm_value(x, w1, eps)?;
+    let (w1, dtype) = (w1.clone(), x.dtype());
+    with_grad(y, x, move |g| rms_norm_grad(&x32, &w1, eps, g, dtype))
+}
+
+/// `h + rms_norm(x, w1)`: a Gemma post-norm and the residual add after it, as one graph node
+/// (the add's node would zero-fill and add two full-size gradients for nothing: `dh = g`).
+pub fn add_rms_norm(h: &Tensor, x: &Tensor, w1: &Tensor, eps: f64) -> Result<Tensor> {
+    let (x32, y) = rms_norm_value(x, w1, eps)?;
+    let out = (h.detach() + y)?;
+    let (w1, dtype) = (w1.clone(), x.dtype());
+    with_grad2(out, h, x, move |g| {
+        Ok((
+            Some(g.clone()),
+            Some(rms_norm_grad(&x32, &w1, eps, g, dtype)?),
+        ))
     })
+}
+
+/// `x` as contiguous f32 (kept for the backward) and its norm, without a graph.
+fn rms_norm_value(x: &Tensor, w1: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let x32 = x.detach().to_dtype(DType::F32)?.contiguous()?;
+    let y = candle_nn::ops::rms_norm(&x32, w1, eps as f32)?.to_dtype(x.dtype())?;
+    Ok((x32, y))
+}
+
+/// `d rms_norm(x) / dx · g`, in `dtype`.
+fn rms_norm_grad(x32: &Tensor, w1: &Tensor, eps: f64, g: &Tensor, dtype: DType) -> Result<Tensor> {
+    if dtype == DType::F32 && kernels::applies(x32) && kernels::applies(g) {
+        if let Some(dx) = kernels::rms_norm_backward(x32, w1, g, eps)? {
+            return Ok(dx);
+        }
+    }
+    rms_norm_grad_composed(x32, w1, eps, g)?.to_dtype(dtype)
+}
+
+/// [`rms_norm_grad`] as candle ops (other devices and dtypes), in f32.
+fn rms_norm_grad_composed(x32: &Tensor, w1: &Tensor, eps: f64, g: &Tensor) -> Result<Tensor> {
+    let rstd = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
+    let xhat = x32.broadcast_mul(&rstd)?;
+    let gw = g.to_dtype(DType::F32)?.broadcast_mul(w1)?;
+    let dot = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
+    (gw - xhat.broadcast_mul(&dot)?)?.broadcast_mul(&rstd)
 }
 
 /// Rotary embedding (rotate-half layout) of `x` `[B, H, T, D]` with `cos`/`sin` `[T, D/2]`;
@@ -159,6 +256,124 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, neg_sin: &Tensor) -> Result<
     with_grad(y, x, move |g| {
         candle_nn::rotary_emb::rope(&g.contiguous()?, &cos, &neg_sin)
     })
+}
+
+/// The shape of one attention call: batch, time, query and key/value heads, head size.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub b: usize,
+    pub t: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub d: usize,
+}
+
+/// The rotary tables of the positions attended, `[T, D/2]` each: cos, sin and −sin.
+pub struct RopeTables<'a> {
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+    pub neg_sin: &'a Tensor,
+}
+
+/// Scaled, soft-capped, masked attention over `qh` `[B, nh, T, D]`, `kh` and `vh`
+/// `[B, nkv, S, D]` (already rotated): `[B, nh, T, D]`. The `nh / nkv` query heads that share
+/// a key/value head are stacked along the time axis, so keys are never copied.
+pub fn attend(
+    qh: &Tensor,
+    kh: &Tensor,
+    vh: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+    cap: Option<f64>,
+) -> Result<Tensor> {
+    let (b, nh, t, d) = qh.dims4()?;
+    let nkv = kh.dim(1)?;
+    let qg = qh.reshape((b, nkv, nh / nkv * t, d))?;
+    let scores = (qg.matmul(&kh.t()?)? * scale)?;
+    let p = capped_masked_softmax(&scores.to_dtype(DType::F32)?, cap, bias)?;
+    p.to_dtype(vh.dtype())?.matmul(vh)?.reshape((b, nh, t, d))
+}
+
+/// Self-attention of a whole sequence from the projections `q` `[B·T, nh·D]`, `k` and `v`
+/// `[B·T, nkv·D]`: heads split, RoPE, [`attend`], heads merged, `[B·T, nh·D]`.
+///
+/// On the CPU in f32 all of it is one graph node with the backward written out (two dozen
+/// candle nodes otherwise, each zero-filling and adding its inputs' gradients: at the `tiny`
+/// shape that bookkeeping costs more than the arithmetic).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    shape: Heads,
+    rope_tables: &RopeTables,
+    bias: &Tensor,
+    scale: f64,
+    cap: Option<f64>,
+) -> Result<Tensor> {
+    let Heads { b, t, nh, nkv, d } = shape;
+    let split = move |y: &Tensor, n: usize| -> Result<Tensor> {
+        y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()
+    };
+    let merge = move |y: &Tensor, n: usize| -> Result<Tensor> {
+        y.reshape((b, n, t, d))?
+            .transpose(1, 2)?
+            .reshape((b * t, n * d))
+    };
+    if !(kernels::applies(q) && bias.rank() == 4 && kernels::applies(bias)) {
+        return attention_composed(q, k, v, shape, rope_tables, bias, scale, cap);
+    }
+    let RopeTables { cos, sin, neg_sin } = rope_tables;
+    let g = nh / nkv;
+    let rot = |x: &Tensor, s: &Tensor| candle_nn::rotary_emb::rope(x, cos, s);
+    let qg = rot(&split(&q.detach(), nh)?, sin)?.reshape((b, nkv, g * t, d))?;
+    let kh = rot(&split(&k.detach(), nkv)?, sin)?;
+    let vh = split(&v.detach(), nkv)?;
+    let s = (qg.matmul(&kh.t()?)? * scale)?;
+    let p = kernels::capped_softmax_forward(&s, cap, bias)?
+        .ok_or_else(|| candle_core::Error::Msg("attention: bias layout".into()))?;
+    let out = merge(&p.matmul(&vh)?, nh)?;
+    let (cos, neg_sin) = ((*cos).clone(), (*neg_sin).clone());
+    with_grad3(out, [q, k, v], move |dout| {
+        let d_o = split(dout, nh)?.reshape((b, nkv, g * t, d))?;
+        let dv = p.t()?.matmul(&d_o)?;
+        let dp = d_o.matmul(&vh.t()?)?;
+        let ds = (kernels::capped_softmax_backward(&s, &p, &dp, cap)?
+            .ok_or_else(|| candle_core::Error::Msg("attention backward: not CPU f32".into()))?
+            * scale)?;
+        let unrot = |x: &Tensor| candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &neg_sin);
+        let dq = unrot(&ds.matmul(&kh)?.reshape((b, nh, t, d))?)?;
+        let dk = unrot(&ds.t()?.matmul(&qg)?)?;
+        Ok((
+            Some(merge(&dq, nh)?),
+            Some(merge(&dk, nkv)?),
+            Some(merge(&dv, nkv)?),
+        ))
+    })
+}
+
+/// [`attention`] as a composition of candle ops and the ops above (other devices and dtypes).
+#[allow(clippy::too_many_arguments)]
+fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    shape: Heads,
+    rope_tables: &RopeTables,
+    bias: &Tensor,
+    scale: f64,
+    cap: Option<f64>,
+) -> Result<Tensor> {
+    let Heads { b, t, nh, nkv, d } = shape;
+    let split = |y: &Tensor, n: usize| -> Result<Tensor> {
+        y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()
+    };
+    let RopeTables { cos, sin, neg_sin } = rope_tables;
+    let qh = rope(&split(q, nh)?, cos, sin, neg_sin)?;
+    let kh = rope(&split(k, nkv)?, cos, sin, neg_sin)?;
+    attend(&qh, &kh, &split(v, nkv)?, bias, scale, cap)?
+        .transpose(1, 2)?
+        .reshape((b * t, nh * d))
 }
 
 /// Attention probabilities: `softmax(cap · tanh(s / cap) + bias)` over the last dim, in f32.
@@ -357,6 +572,15 @@ mod tests {
             candle_nn::ops::softmax_last_dim(&capped.broadcast_add(&bias).unwrap()).unwrap();
         let d = crate::model::max_abs_diff(&fused, &plain);
         assert!(d < 1e-6, "softmax differs by {d}");
+        let (x, g) = (
+            (randn(&[5, 3000], 33) * 3.0).unwrap(),
+            randn(&[5, 3000], 34),
+        );
+        let w1 = (randn(&[3000], 35) + 1.0).unwrap();
+        let fused = rms_norm_grad(&x, &w1, 1e-6, &g, DType::F32).unwrap();
+        let plain = rms_norm_grad_composed(&x, &w1, 1e-6, &g).unwrap();
+        let d = crate::model::max_abs_diff(&fused, &plain);
+        assert!(d < 1e-5, "RMSNorm backward differs by {d}");
     }
 
     #[test]
@@ -377,6 +601,92 @@ mod tests {
             DType::F32,
             2e-3,
         );
+    }
+
+    #[test]
+    fn add_rms_norm_gradient_matches_finite_differences() {
+        let w1 = (randn(&[6], 4) + 1.0).unwrap();
+        let h = randn(&[3, 6], 40);
+        let x = randn(&[3, 6], 41);
+        check_grad_in(
+            &x,
+            &|x: &Tensor| weigh(&add_rms_norm(&h, x, &w1, 1e-6)?, 6),
+            DType::F32,
+            2e-3,
+        );
+        check_grad_in(
+            &h,
+            &|h: &Tensor| weigh(&add_rms_norm(h, &x, &w1, 1e-6)?, 6),
+            DType::F32,
+            2e-3,
+        );
+    }
+
+    /// Attention of `q` `[B·T, nh·D]`, `k`, `v` `[B·T, nkv·D]` with GQA (4 query heads, 2
+    /// key/value heads), a soft-cap and a causal bias with one padded key; fused or composed.
+    fn attention_case(q: &Tensor, k: &Tensor, v: &Tensor, fused: bool) -> Result<Tensor> {
+        let (b, t, d) = (2, 5, 4);
+        let shape = Heads {
+            b,
+            t,
+            nh: 4,
+            nkv: 2,
+            d,
+        };
+        let ang = (Tensor::arange(0f32, (t * d / 2) as f32, &Device::Cpu)? * 0.37)?
+            .reshape((t, d / 2))?;
+        let (cos, sin) = (ang.cos()?, ang.sin()?);
+        let neg_sin = sin.neg()?;
+        let mut bias = vec![0f32; b * 2 * t * t];
+        for (i, x) in bias.iter_mut().enumerate() {
+            let (row, key) = ((i / t) % t, i % t);
+            if key > row || (i / (2 * t * t) == 1 && key == 3) {
+                *x = -1e30;
+            }
+        }
+        let bias = Tensor::from_vec(bias, (b, 1, 2 * t, t), &Device::Cpu)?;
+        let tables = RopeTables {
+            cos: &cos,
+            sin: &sin,
+            neg_sin: &neg_sin,
+        };
+        if fused {
+            attention(q, k, v, shape, &tables, &bias, 0.5, Some(3.0))
+        } else {
+            attention_composed(q, k, v, shape, &tables, &bias, 0.5, Some(3.0))
+        }
+    }
+
+    #[test]
+    fn fused_attention_matches_finite_differences_and_the_composition() {
+        let qkv = [
+            (randn(&[10, 16], 50) * 2.0).unwrap(),
+            (randn(&[10, 8], 51) * 2.0).unwrap(),
+            randn(&[10, 8], 52),
+        ];
+        let with = |i: usize, x: &Tensor, fused: bool| {
+            let mut a = qkv.clone();
+            a[i] = x.clone();
+            weigh(&attention_case(&a[0], &a[1], &a[2], fused)?, 53)
+        };
+        for (i, x0) in qkv.iter().enumerate() {
+            // candle's rope kernel has no f64: checked in f32.
+            check_grad_in(x0, &|x: &Tensor| with(i, x, true), DType::F32, 2e-3);
+            // Value and autograd gradient equal those of the composed ops.
+            let grad = |fused: bool| {
+                let x = Var::from_tensor(x0).unwrap();
+                let y = with(i, x.as_tensor(), fused).unwrap();
+                let g = y.backward().unwrap().get(&x).unwrap().clone();
+                (y, g)
+            };
+            let ((y1, g1), (y2, g2)) = (grad(true), grad(false));
+            let dy = crate::model::max_abs_diff(&y1, &y2);
+            let dg = crate::model::max_abs_diff(&g1, &g2);
+            assert!(
+                dy < 1e-4 && dg < 1e-4,
+                "input {i}: value by {dy}, gradient by {dg}"
+            );
+        }
     }
 
     #[test]

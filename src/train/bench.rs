@@ -118,6 +118,11 @@ pub fn bench_train(o: &BenchOptions) -> Result<Value, TrainError> {
         "peak_mem_bytes": peak,
         "loss": (loss * 1e4).round() / 1e4,
         "threads": rayon::current_num_threads(),
+        // Per compute pool: whether its threads flush subnormals to zero (`fpenv`).
+        "flush_to_zero": crate::fpenv::flush_status()
+            .iter()
+            .map(|(pool, on)| (pool.to_string(), json!(on)))
+            .collect::<serde_json::Map<_, _>>(),
     }))
 }
 

@@ -6,6 +6,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod metrics;
+#[cfg(test)]
+mod no_subnormals;
 pub mod schedule;
 pub mod score;
 pub mod sweep;
