@@ -10,24 +10,14 @@ use socratune::model::{Gemma2, Gemma2Config};
 use socratune::train::adamw::{AdamW, AdamWParams};
 
 fn batch(cfg: &Gemma2Config, b: usize, t: usize) -> Batch {
-    let rows: Vec<(Vec<u32>, Vec<i64>)> = (0..b)
+    let rows: Vec<Vec<u32>> = (0..b)
         .map(|r| {
-            let ids: Vec<u32> = (0..t)
+            (0..t)
                 .map(|i| 3 + ((r * 7919 + i * 104729) % (cfg.vocab_size - 3)) as u32)
-                .collect();
-            let labels = ids
-                .iter()
-                .enumerate()
-                .map(|(i, &x)| if i < t * 2 / 5 { -100 } else { x as i64 })
-                .collect();
-            (ids, labels)
+                .collect()
         })
         .collect();
-    let refs: Vec<(&[u32], &[i64])> = rows
-        .iter()
-        .map(|(i, l)| (i.as_slice(), l.as_slice()))
-        .collect();
-    Batch::new(&refs, 0, cfg.vocab_size, &Device::Cpu).unwrap()
+    Batch::masked_prefix(&rows, 0.4, cfg.vocab_size, &Device::Cpu).unwrap()
 }
 
 fn layer(c: &mut Criterion) {

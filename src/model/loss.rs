@@ -90,6 +90,30 @@ impl Batch {
         })
     }
 
+    /// A batch of `rows` whose first `masked_fraction` of each row's labels are ignored and the
+    /// rest equal the ids: the synthetic work of benchmarks and speed tests.
+    pub fn masked_prefix(
+        rows: &[Vec<u32>],
+        masked_fraction: f64,
+        vocab: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let labels: Vec<Vec<i64>> = rows
+            .iter()
+            .map(|ids| {
+                let masked = (ids.len() as f64 * masked_fraction) as usize;
+                let label = |(i, &x): (usize, &u32)| if i < masked { IGNORE } else { x as i64 };
+                ids.iter().enumerate().map(label).collect()
+            })
+            .collect();
+        let seqs: Vec<(&[u32], &[i64])> = rows
+            .iter()
+            .zip(&labels)
+            .map(|(i, l)| (i.as_slice(), l.as_slice()))
+            .collect();
+        Self::new(&seqs, 0, vocab, device)
+    }
+
     /// Supervised tokens (the loss's denominator).
     pub fn supervised(&self) -> usize {
         self.targets.len()

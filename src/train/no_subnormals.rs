@@ -6,7 +6,7 @@
 
 use super::adamw::{AdamW, AdamWParams};
 use crate::model::lora::{LoraConfig, Mode, Target};
-use crate::model::loss::{loss_sum, Batch, IGNORE};
+use crate::model::loss::{loss_sum, Batch};
 use crate::model::{Gemma2, Gemma2Config};
 use candle_core::{DType, Device, Tensor};
 
@@ -48,26 +48,16 @@ fn check_preset(preset: &str) {
     };
     model.attach_lora(&lora, 12).unwrap();
     // Three sequences of different lengths: two are padded.
-    let rows: Vec<(Vec<u32>, Vec<i64>)> = [64usize, 41, 17]
+    let rows: Vec<Vec<u32>> = [64usize, 41, 17]
         .iter()
         .enumerate()
         .map(|(r, &len)| {
-            let ids: Vec<u32> = (0..len)
+            (0..len)
                 .map(|i| 3 + ((i * 37 + r * 101) % (cfg.vocab_size - 3)) as u32)
-                .collect();
-            let labels = ids
-                .iter()
-                .enumerate()
-                .map(|(i, &x)| if i < len / 3 { IGNORE } else { x as i64 })
-                .collect();
-            (ids, labels)
+                .collect()
         })
         .collect();
-    let refs: Vec<(&[u32], &[i64])> = rows
-        .iter()
-        .map(|(i, l)| (i.as_slice(), l.as_slice()))
-        .collect();
-    let batch = Batch::new(&refs, 0, cfg.vocab_size, &dev).unwrap();
+    let batch = Batch::masked_prefix(&rows, 1.0 / 3.0, cfg.vocab_size, &dev).unwrap();
     let hp = AdamWParams {
         beta1: 0.9,
         beta2: 0.999,
