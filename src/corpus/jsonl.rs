@@ -70,7 +70,14 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Loaded<T>, CorpusE
             Err(e) => skipped.push(BadLine {
                 path: path.into(),
                 line: line_no,
-                message: describe_json_error(&e),
+                // serde only says "expected value at column 1" for a mark it cannot see.
+                message: if text.starts_with('\u{feff}') {
+                    "starts with a byte-order mark (U+FEFF), allowed only at the start of the file; \
+                     save the file as UTF-8 without BOM"
+                        .into()
+                } else {
+                    describe_json_error(&e)
+                },
             }),
         }
     }
@@ -117,6 +124,11 @@ mod tests {
         let l = read_jsonl::<R>(&p).unwrap();
         assert_eq!(l.records, vec![(1, R { id: "a".into() })]);
         assert_eq!(l.skipped[0].line, 2);
+        assert!(
+            l.skipped[0].message.contains("byte-order mark"),
+            "{:?}",
+            l.skipped
+        );
     }
 
     #[test]
