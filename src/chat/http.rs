@@ -1,4 +1,5 @@
-//! The HTTP/1.1 layer of `serve`, written for hostile clients.
+//! The HTTP/1.1 connection layer of `serve`, written for hostile clients; `httparse` parses
+//! each request head, and this module owns the limits around it.
 //!
 //! - A body is read in small pieces up to a hard cap; a `Content-Length` over the cap is refused
 //!   with 413 before a byte of the body is read, and nothing is ever allocated from the
@@ -364,42 +365,34 @@ fn read_request(
         Ok(_) => {}
     }
     let deadline = Instant::now() + limits.request_timeout;
-    let mut budget = limits.max_head;
-    let line = read_line(input, &mut budget, deadline)?;
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ReadError::Refuse(
-            400,
-            format!("malformed request line: {line:?}"),
-        ));
-    };
-    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
-        return Err(ReadError::Refuse(
-            400,
-            format!("malformed request line: {line:?}"),
-        ));
-    }
-    let mut headers = Vec::new();
-    loop {
-        let line = read_line(input, &mut budget, deadline)?;
-        if line.is_empty() {
-            break;
-        }
-        if headers.len() == MAX_HEADERS {
+    let head = read_head(input, limits.max_head, deadline)?;
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    let malformed =
+        |what: String| ReadError::Refuse(400, format!("malformed request head: {what}"));
+    match parsed.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(malformed("incomplete".into())),
+        Err(httparse::Error::TooManyHeaders) => {
             return Err(ReadError::Refuse(
                 431,
                 format!("more than {MAX_HEADERS} headers"),
-            ));
+            ))
         }
-        let Some((k, v)) = line.split_once(':') else {
-            return Err(ReadError::Refuse(
-                400,
-                format!("malformed header line: {line:?}"),
-            ));
-        };
-        headers.push((k.trim().to_string(), v.trim().to_string()));
+        Err(e) => return Err(malformed(e.to_string())),
+    }
+    let (Some(method), Some(target), Some(minor)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(malformed("incomplete".into()));
+    };
+    if !target.starts_with('/') {
+        return Err(malformed(format!("target {target:?} is not a path")));
+    }
+    let mut headers = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| malformed(format!("header {} is not UTF-8", h.name)))?;
+        headers.push((h.name.to_string(), value.trim().to_string()));
     }
     let mut request = Request {
         method: method.to_string(),
@@ -410,7 +403,7 @@ fn read_request(
     let close = request
         .header("Connection")
         .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-    let keep_alive = version == "HTTP/1.1" && !close;
+    let keep_alive = minor == 1 && !close;
     if request.header("Transfer-Encoding").is_some() {
         return Err(ReadError::Refuse(
             411,
@@ -465,14 +458,14 @@ fn timed_out(e: &io::Error) -> bool {
     )
 }
 
-/// One head line without its CRLF, taking its bytes from `budget`.
-fn read_line(
+/// The request head up to and including its blank line, at most `max_head` bytes; body bytes
+/// that arrived with it stay in `input`.
+fn read_head(
     input: &mut BufReader<TcpStream>,
-    budget: &mut usize,
+    max_head: usize,
     deadline: Instant,
-) -> Result<String, ReadError> {
-    let too_big = || ReadError::Refuse(431, "the request head is too large".into());
-    let mut line = Vec::new();
+) -> Result<Vec<u8>, ReadError> {
+    let mut head = Vec::new();
     loop {
         until(input, deadline)?;
         let buf = match input.fill_buf() {
@@ -486,25 +479,37 @@ fn read_line(
             }
             Err(_) => return Err(ReadError::Gone),
         };
-        let (take, end) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (buf.len(), false),
-        };
-        if take > *budget {
-            return Err(too_big());
+        let old = head.len();
+        head.extend_from_slice(buf);
+        // The terminator may straddle two reads: look back three bytes.
+        let end = head_end(&head, old.saturating_sub(3));
+        let used = end.map_or(head.len(), |e| e) - old;
+        input.consume(used);
+        head.truncate(old + used);
+        if head.len() > max_head {
+            return Err(ReadError::Refuse(
+                431,
+                "the request head is too large".into(),
+            ));
         }
-        *budget -= take;
-        line.extend_from_slice(&buf[..take]);
-        input.consume(take);
-        if end {
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            return String::from_utf8(line)
-                .map_err(|_| ReadError::Refuse(400, "the request head is not UTF-8".into()));
+        if end.is_some() {
+            return Ok(head);
         }
     }
+}
+
+/// Where the head ends (after its `\r\n\r\n`, or the bare `\n\n` httparse also accepts).
+fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len()).find_map(|i| {
+        let rest = &bytes[i..];
+        if rest.starts_with(b"\r\n\r\n") {
+            Some(i + 4)
+        } else if rest.starts_with(b"\n\n") {
+            Some(i + 2)
+        } else {
+            None
+        }
+    })
 }
 
 /// Exactly `length` bytes (already checked against the cap), in pieces as they arrive.
