@@ -100,6 +100,18 @@ pub fn return_freed_memory() {
     }
 }
 
+/// Undoes `keep_freed_memory` for blocks of 1 MiB and more: they are mapped on their own and
+/// unmapped when freed. A server needs this: a thread arena never gives back its free top
+/// (`malloc_trim` only shrinks the main heap's), so every connection thread that once read a
+/// large body would keep it resident.
+pub fn large_blocks_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 /// Hex SHA-256 of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);

@@ -138,6 +138,8 @@ impl HttpServer {
     pub fn bind(addr: &str, limits: Limits, handler: Arc<Handler>) -> io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
+        // Request bodies of many megabytes must leave nothing resident behind them.
+        crate::fsutil::large_blocks_to_the_system();
         // Polled, so that dropping the server stops accepting.
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
