@@ -268,6 +268,22 @@ pub struct Heads {
     pub d: usize,
 }
 
+impl Heads {
+    /// `[B·T, n·D]` → `[B, n, T, D]`, contiguous.
+    fn split(self, y: &Tensor, n: usize) -> Result<Tensor> {
+        y.reshape((self.b, self.t, n, self.d))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// `[B, n, T, D]` → `[B·T, n·D]`.
+    fn merge(self, y: &Tensor, n: usize) -> Result<Tensor> {
+        y.reshape((self.b, n, self.t, self.d))?
+            .transpose(1, 2)?
+            .reshape((self.b * self.t, n * self.d))
+    }
+}
+
 /// The rotary tables of the positions attended, `[T, D/2]` each: cos, sin and −sin.
 pub struct RopeTables<'a> {
     pub cos: &'a Tensor,
@@ -312,14 +328,8 @@ pub fn attention(
     cap: Option<f64>,
 ) -> Result<Tensor> {
     let Heads { b, t, nh, nkv, d } = shape;
-    let split = move |y: &Tensor, n: usize| -> Result<Tensor> {
-        y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()
-    };
-    let merge = move |y: &Tensor, n: usize| -> Result<Tensor> {
-        y.reshape((b, n, t, d))?
-            .transpose(1, 2)?
-            .reshape((b * t, n * d))
-    };
+    let split = move |y: &Tensor, n: usize| shape.split(y, n);
+    let merge = move |y: &Tensor, n: usize| shape.merge(y, n);
     if !(kernels::applies(q) && bias.rank() == 4 && kernels::applies(bias)) {
         return attention_composed(q, k, v, shape, rope_tables, bias, scale, cap);
     }
@@ -364,16 +374,14 @@ fn attention_composed(
     scale: f64,
     cap: Option<f64>,
 ) -> Result<Tensor> {
-    let Heads { b, t, nh, nkv, d } = shape;
-    let split = |y: &Tensor, n: usize| -> Result<Tensor> {
-        y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()
-    };
+    let Heads { nh, nkv, .. } = shape;
     let RopeTables { cos, sin, neg_sin } = rope_tables;
-    let qh = rope(&split(q, nh)?, cos, sin, neg_sin)?;
-    let kh = rope(&split(k, nkv)?, cos, sin, neg_sin)?;
-    attend(&qh, &kh, &split(v, nkv)?, bias, scale, cap)?
-        .transpose(1, 2)?
-        .reshape((b * t, nh * d))
+    let qh = rope(&shape.split(q, nh)?, cos, sin, neg_sin)?;
+    let kh = rope(&shape.split(k, nkv)?, cos, sin, neg_sin)?;
+    shape.merge(
+        &attend(&qh, &kh, &shape.split(v, nkv)?, bias, scale, cap)?,
+        nh,
+    )
 }
 
 /// Attention probabilities: `softmax(cap · tanh(s / cap) + bias)` over the last dim, in f32.
