@@ -8,19 +8,9 @@ use candle_core::{DType, Device, Tensor};
 use common::fixture;
 use socratune::model::{adapter, load, Source};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn socratune(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_socratune"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    common::socratune_in(Path::new("."), args)
 }
 
 /// The fixture's model with a small byte-level tokenizer beside it.
@@ -118,13 +108,7 @@ fn gguf_round_trips_through_candles_reader_with_the_merged_weights() {
                 w.clone()
             };
             assert_eq!(got.dims(), want.dims(), "{name}");
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = common::max_abs(&want);
             let d = common::max_abs_diff(&got, &want);
             assert!(
                 d <= tol * scale,
