@@ -111,9 +111,7 @@ pub fn load_base(
         None => match runs.iter().flatten().find_map(|r| r.tokenizer.as_ref()) {
             Some(p) => ChatTokenizer::from_file(p)?,
             None => {
-                let path = src
-                    .file("tokenizer.json")
-                    .map_err(|e| ChatError::Invalid(format!("{e} (pass --tokenizer)")))?;
+                let path = src.file("tokenizer.json").map_err(ChatError::NoTokenizer)?;
                 ChatTokenizer::from_file(&path)?
             }
         },

@@ -29,6 +29,9 @@ use std::path::PathBuf;
 pub enum ChatError {
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    /// The base model has no tokenizer and none was given.
+    #[error("{0} (pass --tokenizer)")]
+    NoTokenizer(#[source] crate::model::ModelError),
     #[error(transparent)]
     Dataset(#[from] crate::dataset::DatasetError),
     #[error(transparent)]

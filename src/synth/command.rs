@@ -177,10 +177,7 @@ fn review_cmd(a: &ReviewArgs) -> Result<(), SynthError> {
     }
     if !a.apply {
         if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
-            return Err(SynthError::Terminal(
-                "review needs an interactive terminal; --apply writes the decisions saved so far"
-                    .into(),
-            ));
+            return Err(SynthError::NotInteractive);
         }
         let names: HashMap<String, String> = match load_personas(&a.personas) {
             Ok(ps) => ps.into_iter().map(|p| (p.id, p.name)).collect(),

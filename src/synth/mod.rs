@@ -89,7 +89,12 @@ pub enum SynthError {
     },
     /// The terminal could not be driven.
     #[error("terminal: {0}")]
-    Terminal(String),
+    Terminal(#[source] std::io::Error),
+    /// Review was asked for without a terminal to review in.
+    #[error(
+        "terminal: review needs an interactive terminal; --apply writes the decisions saved so far"
+    )]
+    NotInteractive,
     /// Too many items failed one after another; the run stopped.
     #[error("{count} items failed in a row, so the run stopped (a setting is probably wrong); last error: {last}")]
     FailureStreak { count: usize, last: String },

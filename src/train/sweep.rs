@@ -45,7 +45,7 @@ pub enum Outcome {
 
 /// The variant names in a folder of `*.toml` files.
 pub fn variant_names(dir: &Path) -> Result<Vec<String>, TrainError> {
-    let vs = dataset::Variant::load_dir(dir).map_err(|e| TrainError::Data(e.to_string()))?;
+    let vs = dataset::Variant::load_dir(dir)?;
     Ok(vs.into_iter().map(|v| v.name).collect())
 }
 
@@ -78,14 +78,13 @@ pub fn ensure_data(spec: &SweepSpec) -> Result<(), TrainError> {
             seed: src.seed,
             skip_bad: src.skip_bad,
             include_unjudged: src.include_unjudged,
-        })
-        .map_err(|e| TrainError::Data(e.to_string()))?;
+        })?;
         let opts = dataset::BuildOptions {
             out: spec.runs.clone(),
             max_len: src.max_len,
             overflow: src.overflow,
         };
-        for r in dataset::build(&prepared, &opts).map_err(|e| TrainError::Data(e.to_string()))? {
+        for r in dataset::build(&prepared, &opts)? {
             eprintln!(
                 "{}: built {} train / {} val examples",
                 r.variant, r.train, r.val
@@ -101,8 +100,7 @@ pub fn ensure_data(spec: &SweepSpec) -> Result<(), TrainError> {
         let Ok(text) = std::fs::read_to_string(&p) else {
             continue;
         };
-        let m: Manifest =
-            serde_json::from_str(&text).map_err(|e| TrainError::file(&p, e.to_string()))?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| TrainError::parse(&p, e))?;
         match &first {
             None => first = Some((v.clone(), m)),
             Some((w, f))

@@ -98,7 +98,7 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         for name in ["checkpoints", "adapter", "best"] {
             let p = out.join(name);
             if p.exists() {
-                std::fs::remove_dir_all(&p).map_err(|e| TrainError::file(&p, e.to_string()))?;
+                std::fs::remove_dir_all(&p).map_err(|e| TrainError::io(&p, e))?;
             }
         }
         for name in ["metrics.jsonl", SUMMARY, "config.json"] {
@@ -221,7 +221,7 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         },
     };
     state.config = cfg.clone();
-    std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::file(&ckpt_dir, e.to_string()))?;
+    std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
     let cfg_json = serde_json::to_string_pretty(cfg).expect("config serializes");
     write_atomic(&out.join("config.json"), cfg_json.as_bytes())?;
     let mut metrics = MetricsLog::open(
