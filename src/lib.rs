@@ -5,7 +5,6 @@
 //! (Gemma-2 + LoRA) → `train` (runs, checkpoints) → `report` (comparison) → `chat` (use).
 
 pub mod chat;
-pub mod cli;
 pub mod corpus;
 pub mod dataset;
 pub mod demo;

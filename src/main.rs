@@ -1,17 +1,18 @@
 //! The `socratune` binary: parse arguments, call the library, print one line per failure.
 
+mod cli;
+
 use anyhow::Result;
 use candle_core::{DType, Device};
 use clap::Parser;
+use cli::bench::BenchCommand;
+use cli::export::{ExportArgs, ExportFormat};
+use cli::model::{ModelCommand, ModelLoadArgs};
+use cli::sweep::{Emit, SweepArgs};
+use cli::train::{TrainArgs, TrainOverrides};
+use cli::{Cli, Command};
 use socratune::chat::bench::GenerateBench;
 use socratune::chat::session::ChatConfig;
-use socratune::chat::session::Interrupt;
-use socratune::cli::bench::BenchCommand;
-use socratune::cli::export::{ExportArgs, ExportFormat};
-use socratune::cli::model::{ModelCommand, ModelLoadArgs};
-use socratune::cli::sweep::{Emit, SweepArgs};
-use socratune::cli::train::{TrainArgs, TrainOverrides};
-use socratune::cli::{Cli, Command};
 use socratune::model::adapter::AdapterInfo;
 use socratune::model::device::{device_name, parse_device, parse_dtype};
 use socratune::model::{Gemma2, Gemma2Config, Source};
@@ -160,9 +161,9 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Data(d) => d.run()?,
-        Command::Synth(s) => socratune::synth::run(&s)?,
-        Command::Chat(a) => socratune::chat::session::chat(&a, Some(Interrupt::install()))?,
-        Command::Serve(a) => socratune::chat::server::serve(&a)?,
+        Command::Synth(s) => s.run()?,
+        Command::Chat(a) => a.run()?,
+        Command::Serve(a) => a.run()?,
     }
     Ok(())
 }

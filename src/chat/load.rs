@@ -2,7 +2,6 @@
 //! tokenizer the run's data was made with, and the variant that decides the prompt format.
 
 use super::{ChatError, PromptFormat, Result};
-use crate::cli::chat::PromptArgs;
 use crate::dataset::{ChatTokenizer, Variant};
 use crate::model::device::{device_name, parse_device, parse_dtype};
 use crate::model::{adapter, Gemma2, Source};
@@ -82,6 +81,18 @@ pub struct ModelSpec {
     pub tokenizer: Option<String>,
     pub device: String,
     pub dtype: String,
+}
+
+/// How the prompt is cut and prefixed, as asked (`--variant`, `--window`, `--prefix`); unset
+/// ones come from the run's variant.
+#[derive(Debug, Clone, Default)]
+pub struct PromptChoice {
+    /// A variant file whose window and prefix to use.
+    pub variant: Option<PathBuf>,
+    /// `variant` (the variant's window), `all` (the whole history) or a number of pairs.
+    pub window: Option<String>,
+    /// Put before the first user turn of the window instead of the variant's prefix.
+    pub prefix: Option<String>,
 }
 
 /// A base model in memory with its tokenizer.
@@ -188,7 +199,7 @@ pub fn use_adapter(model: &mut Gemma2, dir: Option<&Path>) -> Result<()> {
 /// its window unless `--window` says `all` or a number of pairs, its prefix unless `--prefix`.
 /// Returns the format and the variant's name.
 pub fn prompt_format(
-    args: &PromptArgs,
+    args: &PromptChoice,
     run_variant: Option<&Variant>,
 ) -> Result<(PromptFormat, Option<String>)> {
     let file = args.variant.as_deref().map(Variant::load).transpose()?;
@@ -277,7 +288,7 @@ mod tests {
         )
         .unwrap();
         let f = |window: Option<&str>, prefix: Option<&str>, v: Option<&Variant>| {
-            let args = PromptArgs {
+            let args = PromptChoice {
                 variant: None,
                 window: window.map(String::from),
                 prefix: prefix.map(String::from),

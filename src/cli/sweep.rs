@@ -1,8 +1,8 @@
 //! `socratune sweep`
 
 use super::train::TrainOverrides;
-use crate::dataset::{Overflow, DEFAULT_SEED};
 use clap::{Args, ValueEnum};
+use socratune::dataset::{Overflow, DEFAULT_SEED};
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]

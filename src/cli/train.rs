@@ -1,7 +1,7 @@
 //! `socratune train`: options from `configs/train.toml`, overridden by flags.
 
-use crate::train::{Schedule, TrainConfig};
 use clap::Args;
+use socratune::train::{Schedule, TrainConfig};
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]

@@ -8,7 +8,6 @@
 pub mod backend;
 pub mod calibrate;
 pub mod client;
-pub mod command;
 pub mod config;
 pub mod filter;
 pub mod generate;
@@ -23,10 +22,9 @@ pub mod prompts;
 pub mod retry;
 pub mod review;
 mod sidecar;
-mod tui;
+pub mod tui;
 
 pub use client::{ChatRequest, Client, Completion, Message, Sampling};
-pub use command::run;
 pub use config::{EndpointConfig, Limits, SynthConfig, Transcript};
 pub use journal::Journal;
 pub use sidecar::sidecar;
