@@ -5,7 +5,6 @@ use clap::Args;
 use socratune::chat::load::{ModelSpec, PromptChoice};
 use socratune::chat::server::ServeSpec;
 use socratune::chat::session::{ChatSpec, Interrupt, SamplingConfig};
-use socratune::chat::ChatError;
 use std::path::PathBuf;
 
 /// The model to talk to (chat and serve).
@@ -158,7 +157,7 @@ impl From<SamplingArgs> for SamplingConfig {
 }
 
 impl ChatArgs {
-    pub fn run(self) -> Result<(), ChatError> {
+    pub fn run(self) -> anyhow::Result<()> {
         let spec = ChatSpec {
             adapter: self.adapter,
             compare: self.compare,
@@ -171,12 +170,13 @@ impl ChatArgs {
             questions: self.questions,
             config: self.config,
         };
-        socratune::chat::session::chat(&spec, Some(Interrupt::install()))
+        socratune::chat::session::chat(&spec, Some(Interrupt::install()))?;
+        Ok(())
     }
 }
 
 impl ServeArgs {
-    pub fn run(self) -> Result<(), ChatError> {
+    pub fn run(self) -> anyhow::Result<()> {
         socratune::chat::server::serve(&ServeSpec {
             adapter: self.adapter,
             model: self.model.into(),
@@ -187,6 +187,7 @@ impl ServeArgs {
             threads: self.threads,
             queue: self.queue,
             api_key_env: self.api_key_env,
-        })
+        })?;
+        Ok(())
     }
 }

@@ -130,7 +130,7 @@ impl CorpusArgs {
 }
 
 impl DataArgs {
-    pub fn run(self) -> Result<(), DatasetError> {
+    pub fn run(self) -> anyhow::Result<()> {
         match self.command {
             DataCommand::Check {
                 dialogues,
@@ -149,12 +149,12 @@ impl DataArgs {
                     emit(&report.to_string())?;
                 }
                 if !skip_bad && !report.bad_lines.is_empty() {
-                    return Err(DatasetError::Invalid(format!(
+                    anyhow::bail!(
                         "{}: {} bad line(s); first: {} (--skip-bad to go on without them)",
                         dialogues.display(),
                         report.bad_lines.len(),
                         report.bad_lines[0]
-                    )));
+                    );
                 }
             }
             DataCommand::Stats {

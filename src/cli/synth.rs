@@ -177,13 +177,14 @@ pub struct FilterArgs {
 }
 
 impl SynthArgs {
-    pub fn run(&self) -> Result<(), SynthError> {
+    pub fn run(self) -> anyhow::Result<()> {
         match &self.command {
             SynthCommand::Generate(a) => generate_cmd(a),
             SynthCommand::Judge(a) => judge_cmd(a),
             SynthCommand::Review(a) => review_cmd(a),
             SynthCommand::Filter(a) => filter_cmd(a),
-        }
+        }?;
+        Ok(())
     }
 }
 
