@@ -14,5 +14,6 @@ pub mod gguf;
 pub mod lock;
 pub mod model;
 pub mod report;
+pub mod rundir;
 pub mod synth;
 pub mod train;

@@ -5,6 +5,7 @@ use super::{ChatError, PromptFormat, Result};
 use crate::dataset::{ChatTokenizer, Variant};
 use crate::model::device::{device_name, parse_device, parse_dtype};
 use crate::model::{adapter, Gemma2, Source};
+use crate::rundir::RunDir;
 use std::path::{Path, PathBuf};
 
 /// The base model when neither an adapter nor `--model` names one.
@@ -24,17 +25,10 @@ pub struct RunInfo {
 impl RunInfo {
     /// Looks for `data/stats.json` one and two folders above the adapter.
     pub fn find(adapter: &Path) -> Result<Option<Self>> {
-        let mut dir = adapter.to_path_buf();
-        for _ in 0..2 {
-            if !dir.pop() {
-                break;
-            }
-            let stats = dir.join("data").join("stats.json");
-            if stats.is_file() {
-                return Self::read(&stats).map(Some);
-            }
+        match RunDir::containing(adapter) {
+            Some(run) => Self::read(&run.data().stats()).map(Some),
+            None => Ok(None),
         }
-        Ok(None)
     }
 
     pub fn read(stats: &Path) -> Result<Self> {

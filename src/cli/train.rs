@@ -3,6 +3,7 @@
 use super::{exit_if_interrupted, interrupt_flag};
 use anyhow::Result;
 use clap::Args;
+use socratune::rundir::{DataDir, RunDir};
 use socratune::train::{RunSpec, Schedule, TrainConfig};
 use std::path::{Path, PathBuf};
 
@@ -162,26 +163,27 @@ impl TrainArgs {
         let config = train_config(&a.config, &a.overrides)?;
         let (name, data_dir, out_dir) = match (&a.variant, &a.data) {
             (Some(v), _) => {
-                let run = a.out.clone().unwrap_or_else(|| a.runs.join(v));
-                (v.clone(), a.runs.join(v).join("data"), run)
+                let variant_run = RunDir::of(&a.runs, v);
+                let run = a.out.clone().map(RunDir::new);
+                (v.clone(), variant_run.data(), run.unwrap_or(variant_run))
             }
             (None, Some(d)) => {
                 let parent = d
                     .parent()
                     .filter(|p| !p.as_os_str().is_empty())
                     .unwrap_or(Path::new("."));
-                let run = a.out.clone().unwrap_or_else(|| parent.to_path_buf());
-                let name = run
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_else(|| "run".into());
-                (name, d.clone(), run)
+                let run = RunDir::new(a.out.clone().unwrap_or_else(|| parent.to_path_buf()));
+                let name = run.name().unwrap_or_else(|| "run".into());
+                (name, DataDir::new(d), run)
             }
             (None, None) => anyhow::bail!("give --variant NAME or --data DIR"),
         };
         // `--fresh` deletes parts of the run folder, and a run writes adapters into it.
         if Path::new(&config.model).exists() {
-            socratune::fsutil::check_apart(&out_dir, &[("base model", Path::new(&config.model))])?;
+            socratune::fsutil::check_apart(
+                out_dir.root(),
+                &[("base model", Path::new(&config.model))],
+            )?;
         }
         let spec = RunSpec {
             name,
@@ -195,9 +197,9 @@ impl TrainArgs {
         };
         let s = exit_if_interrupted(socratune::train::train(spec))?;
         println!(
-            "{}: {} after {} steps; best val loss {:.4} at step {}, final {:.4}; adapters in {}/best and {}/adapter",
+            "{}: {} after {} steps; best val loss {:.4} at step {}, final {:.4}; adapters in {} and {}",
             s.variant, s.status, s.steps, s.best_val_loss, s.best_step, s.final_val_loss,
-            out_dir.display(), out_dir.display()
+            out_dir.best().display(), out_dir.adapter().display()
         );
         Ok(())
     }

@@ -9,6 +9,7 @@ use super::{
 };
 use crate::corpus::write_jsonl;
 use crate::fsutil::write_json;
+use crate::rundir::RunDir;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -196,7 +197,8 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
     )?;
     let mut reports = Vec::new();
     for (((v, x), stats), common) in p.variants.iter().zip(&stats).zip(&common) {
-        let dir = opts.out.join(&v.name).join("data");
+        let data = RunDir::of(&opts.out, &v.name).data();
+        let dir = data.root();
         let fitted: Vec<Fit> = x
             .examples
             .par_iter()
@@ -204,7 +206,7 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
             .collect();
         let mut report = BuildReport {
             variant: v.name.clone(),
-            dir: dir.clone(),
+            dir: dir.to_path_buf(),
             train: 0,
             val: 0,
             truncated: 0,
@@ -238,8 +240,8 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
             }
         }
         (report.train, report.val) = (train.len(), val.len());
-        write_jsonl(&dir.join("train.jsonl"), &train)?;
-        write_jsonl(&dir.join("val.jsonl"), &val)?;
+        write_jsonl(&data.train(), &train)?;
+        write_jsonl(&data.val(), &val)?;
         let whole: Vec<Record> = common
             .iter()
             .map(|ex| {
@@ -252,8 +254,8 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
                 }
             })
             .collect();
-        write_jsonl(&dir.join("common.jsonl"), &whole)?;
-        write_json(&dir.join("split.json"), &manifest)?;
+        write_jsonl(&data.common(), &whole)?;
+        write_json(&data.split(), &manifest)?;
         let file = StatsFile {
             stats,
             config: v,
@@ -267,7 +269,7 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
             written: &report,
             too_short: &x.too_short,
         };
-        write_json(&dir.join("stats.json"), &file)?;
+        write_json(&data.stats(), &file)?;
         reports.push(report);
     }
     Ok(reports)

@@ -6,6 +6,7 @@ use super::trainer::{read_summary, train, RunSpec, Summary};
 use super::TrainError;
 use crate::dataset::{self, Inputs, Manifest, Overflow, Selection};
 use crate::fsutil::write_atomic;
+use crate::rundir::RunDir;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -49,17 +50,13 @@ pub fn variant_names(dir: &Path) -> Result<Vec<String>, TrainError> {
     Ok(vs.into_iter().map(|v| v.name).collect())
 }
 
-fn data_dir(runs: &Path, v: &str) -> PathBuf {
-    runs.join(v).join("data")
-}
-
 /// Builds the data of variants that have none, then checks that every variant's data shares
 /// one split (same corpus, same seed).
 pub fn ensure_data(spec: &SweepSpec) -> Result<(), TrainError> {
     let missing: Vec<String> = spec
         .variants
         .iter()
-        .filter(|v| !data_dir(&spec.runs, v).join("train.jsonl").is_file())
+        .filter(|v| !RunDir::of(&spec.runs, v).data().train().is_file())
         .cloned()
         .collect();
     if !missing.is_empty() {
@@ -96,7 +93,7 @@ pub fn ensure_data(spec: &SweepSpec) -> Result<(), TrainError> {
     }
     let mut first: Option<(String, Manifest)> = None;
     for v in &spec.variants {
-        let p = data_dir(&spec.runs, v).join("split.json");
+        let p = RunDir::of(&spec.runs, v).data().split();
         let Ok(text) = std::fs::read_to_string(&p) else {
             continue;
         };
@@ -123,8 +120,8 @@ pub fn sweep(spec: &SweepSpec) -> Result<Vec<(String, Outcome)>, TrainError> {
     if spec.gpus.is_empty() {
         let mut out = Vec::new();
         for v in &spec.variants {
-            let run = spec.runs.join(v);
-            if let Some(s) = finished(&run) {
+            let run = RunDir::of(&spec.runs, v);
+            if let Some(s) = read_summary(&run) {
                 eprintln!(
                     "{v}: finished earlier (best val loss {:.4}); skipping",
                     s.best_val_loss
@@ -135,7 +132,7 @@ pub fn sweep(spec: &SweepSpec) -> Result<Vec<(String, Outcome)>, TrainError> {
             let r = train(RunSpec {
                 name: v.clone(),
                 config: spec.config.clone(),
-                data_dir: data_dir(&spec.runs, v),
+                data_dir: run.data(),
                 out_dir: run,
                 resume: true,
                 fresh: false,
@@ -154,10 +151,6 @@ pub fn sweep(spec: &SweepSpec) -> Result<Vec<(String, Outcome)>, TrainError> {
         return Ok(out);
     }
     sweep_on_gpus(spec)
-}
-
-fn finished(run: &Path) -> Option<Summary> {
-    read_summary(run)
 }
 
 /// The resolved config every child process and Slurm task reads.
@@ -186,14 +179,11 @@ fn sweep_on_gpus(spec: &SweepSpec) -> Result<Vec<(String, Outcome)>, TrainError>
                 let Some(v) = queue.lock().expect("queue").pop() else {
                     break;
                 };
-                let run = spec.runs.join(&v);
-                let outcome = if let Some(s) = finished(&run) {
+                let run = RunDir::of(&spec.runs, &v);
+                let outcome = if let Some(s) = read_summary(&run) {
                     Outcome::Skipped(s)
                 } else {
-                    eprintln!(
-                        "{v}: training on cuda:{gpu} (log: {})",
-                        run.join("train.log").display()
-                    );
+                    eprintln!("{v}: training on cuda:{gpu} (log: {})", run.log().display());
                     run_child(&exe, &config, spec, &v, gpu)
                 };
                 results.lock().expect("results").push((v, outcome));
@@ -209,17 +199,17 @@ fn sweep_on_gpus(spec: &SweepSpec) -> Result<Vec<(String, Outcome)>, TrainError>
 }
 
 fn run_child(exe: &Path, config: &Path, spec: &SweepSpec, v: &str, gpu: usize) -> Outcome {
-    let run = spec.runs.join(v);
-    if let Err(e) = std::fs::create_dir_all(&run) {
-        return Outcome::Failed(format!("{}: {e}", run.display()));
+    let run = RunDir::of(&spec.runs, v);
+    if let Err(e) = std::fs::create_dir_all(run.root()) {
+        return Outcome::Failed(format!("{}: {e}", run.root().display()));
     }
     let log = match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(run.join("train.log"))
+        .open(run.log())
     {
         Ok(f) => f,
-        Err(e) => return Outcome::Failed(format!("{}: {e}", run.join("train.log").display())),
+        Err(e) => return Outcome::Failed(format!("{}: {e}", run.log().display())),
     };
     let status = std::process::Command::new(exe)
         .args([
@@ -246,10 +236,7 @@ fn run_child(exe: &Path, config: &Path, spec: &SweepSpec, v: &str, gpu: usize) -
             Some(sum) => Outcome::Trained(sum),
             None => Outcome::Failed("finished without a summary.json".into()),
         },
-        Ok(s) => Outcome::Failed(format!(
-            "exited with {s}; see {}",
-            run.join("train.log").display()
-        )),
+        Ok(s) => Outcome::Failed(format!("exited with {s}; see {}", run.log().display())),
         Err(e) => Outcome::Failed(format!("cannot start {}: {e}", exe.display())),
     }
 }
