@@ -4,14 +4,14 @@
 use super::extract::common_examples;
 use super::template::fit;
 use super::{
-    extract, render, ChatTokenizer, Corpus, DatasetError, Extracted, Fit, Overflow, Result,
-    Segments, Split, TokenCounts, Variant, VariantStats,
+    extract, render, ChatTokenizer, Corpus, DatasetError, Example, Extracted, Fit, Overflow,
+    Result, Segments, Split, TokenCounts, Tokenized, Variant, VariantStats, IGNORE,
 };
 use crate::corpus::write_jsonl;
 use crate::fsutil::write_json;
 use crate::rundir::RunDir;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Which variants to use.
@@ -140,13 +140,32 @@ impl BuildReport {
     }
 }
 
-/// One line of train.jsonl / val.jsonl.
-#[derive(Serialize)]
-struct Record<'a> {
-    id: &'a str,
-    dialogue: &'a str,
-    input_ids: Vec<u32>,
-    labels: Vec<i64>,
+/// One line of train.jsonl, val.jsonl and common.jsonl: written here, read by training
+/// (`train::data`) and scoring. `labels[i]` is `input_ids[i]` or -100 (position i's logits
+/// predict `labels[i + 1]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    #[serde(default)]
+    pub dialogue: String,
+    pub input_ids: Vec<u32>,
+    pub labels: Vec<i64>,
+}
+
+impl Record {
+    fn new(ex: &Example, t: Tokenized) -> Self {
+        Record {
+            id: ex.id.clone(),
+            dialogue: ex.dialogue.clone(),
+            input_ids: t.input_ids,
+            labels: t.labels,
+        }
+    }
+
+    /// Tokens the loss is computed on.
+    pub fn supervised(&self) -> usize {
+        self.labels.iter().skip(1).filter(|l| **l != IGNORE).count()
+    }
 }
 
 /// `stats.json`: the statistics row, then how the data was made.
@@ -227,12 +246,7 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
                 }
             };
             report.longest = report.longest.max(t.input_ids.len());
-            let r = Record {
-                id: &ex.id,
-                dialogue: &ex.dialogue,
-                input_ids: t.input_ids,
-                labels: t.labels,
-            };
+            let r = Record::new(ex, t);
             if p.split.is_val(&ex.dialogue) {
                 val.push(r);
             } else {
@@ -244,15 +258,7 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
         write_jsonl(&data.val(), &val)?;
         let whole: Vec<Record> = common
             .iter()
-            .map(|ex| {
-                let t = render(ex, &segments);
-                Record {
-                    id: &ex.id,
-                    dialogue: &ex.dialogue,
-                    input_ids: t.input_ids,
-                    labels: t.labels,
-                }
-            })
+            .map(|ex| Record::new(ex, render(ex, &segments)))
             .collect();
         write_jsonl(&data.common(), &whole)?;
         write_json(&data.split(), &manifest)?;

@@ -2,30 +2,13 @@
 
 use super::TrainError;
 use crate::corpus::read_jsonl;
-use crate::model::loss::IGNORE;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// One tokenized example: `labels[i]` is `input_ids[i]` or -100 (position i's logits predict
-/// `labels[i + 1]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Example {
-    pub id: String,
-    #[serde(default)]
-    pub dialogue: String,
-    pub input_ids: Vec<u32>,
-    pub labels: Vec<i64>,
-}
-
-impl Example {
-    /// Tokens the loss is computed on.
-    pub fn supervised(&self) -> usize {
-        self.labels.iter().skip(1).filter(|l| **l != IGNORE).count()
-    }
-}
+/// One tokenized example, as `data build` writes it.
+pub use crate::dataset::build::Record as Example;
 
 /// A file of examples with its content hash.
 pub struct ExampleFile {
