@@ -11,7 +11,7 @@ pub mod demo;
 pub mod fpenv;
 pub mod fsutil;
 pub mod gguf;
-pub mod lock;
+pub(crate) mod lock;
 pub mod model;
 pub mod report;
 pub mod rundir;

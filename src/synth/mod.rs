@@ -5,21 +5,21 @@
 //! where it stopped without paying twice; every output file is written atomically or appended
 //! one whole line at a time.
 
-pub mod backend;
+pub(crate) mod backend;
 pub mod calibrate;
 pub mod client;
 pub mod config;
 pub mod filter;
 pub mod generate;
-pub mod journal;
+pub(crate) mod journal;
 pub mod judge;
 pub mod limiter;
-pub mod manifest;
+pub(crate) mod manifest;
 pub mod minhash;
 mod pool;
 pub mod progress;
-pub mod prompts;
-pub mod retry;
+pub(crate) mod prompts;
+pub(crate) mod retry;
 pub mod review;
 mod sidecar;
 pub mod tui;

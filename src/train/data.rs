@@ -5,14 +5,13 @@ use crate::corpus::read_jsonl;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One tokenized example, as `data build` writes it.
 pub use crate::dataset::build::Record as Example;
 
 /// A file of examples with its content hash.
 pub struct ExampleFile {
-    pub path: PathBuf,
     pub examples: Vec<Example>,
     pub sha256: String,
 }
@@ -63,11 +62,7 @@ pub fn load_examples(path: &Path, max_len: usize) -> Result<ExampleFile, TrainEr
         return Err(TrainError::Data(format!("{}: no examples", path.display())));
     }
     let sha256 = crate::fsutil::sha256_file(path)?;
-    Ok(ExampleFile {
-        path: path.to_path_buf(),
-        examples,
-        sha256,
-    })
+    Ok(ExampleFile { examples, sha256 })
 }
 
 /// The order of examples in epoch `epoch`: a permutation seeded by (seed, epoch), so that any

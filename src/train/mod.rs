@@ -3,12 +3,12 @@
 pub mod adamw;
 pub mod bench;
 pub mod checkpoint;
-pub mod config;
+pub(crate) mod config;
 pub mod data;
-pub mod metrics;
+pub(crate) mod metrics;
 #[cfg(test)]
 mod no_subnormals;
-pub mod schedule;
+pub(crate) mod schedule;
 pub mod score;
 pub mod sweep;
 pub mod trainer;
