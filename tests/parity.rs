@@ -1,5 +1,5 @@
 //! Parity with Hugging Face transformers + PEFT on a Gemma-2 fixture (any fixture made by
-//! `scripts/make_gemma2_fixture.py`; folder from `GEMMA2_FIXTURE`, default
+//! `scripts/make_fixture.py`; folder from `GEMMA2_FIXTURE`, default
 //! `tests/fixtures/gemma2-tiny`): base and adapter logits, the masked loss, every LoRA
 //! gradient, the greedy continuation, and no gradient for any frozen weight.
 

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use std::path::PathBuf;
 
 /// The Gemma-2 fixture: `GEMMA2_FIXTURE`, or the repository's own `tests/fixtures/gemma2-tiny`
-/// (made by `scripts/make_gemma2_fixture.py`).
+/// (made by `scripts/make_fixture.py`).
 pub fn fixture() -> PathBuf {
     match std::env::var("GEMMA2_FIXTURE") {
         Ok(p) => PathBuf::from(p),
