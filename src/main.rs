@@ -14,7 +14,7 @@ use socratune::cli::train::{TrainArgs, TrainOverrides};
 use socratune::cli::{Cli, Command};
 use socratune::model::adapter::AdapterInfo;
 use socratune::model::device::{device_name, parse_device, parse_dtype};
-use socratune::model::{Gemma2, Gemma2Config, Source};
+use socratune::model::{CausalLm, ModelConfig, Source};
 use socratune::train::bench::BenchOptions;
 use socratune::train::{RunSpec, TrainConfig, TrainError};
 use std::path::Path;
@@ -37,7 +37,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Model(m) => match m.command {
             ModelCommand::Info { source, json } => {
                 let src = Source::parse(&source.model, source.revision.as_deref())?;
-                let cfg = Gemma2Config::from_file(&src.file("config.json")?)?;
+                let cfg = ModelConfig::from_file(&src.file("config.json")?)?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&cfg.to_hub_json())?);
                 } else {
@@ -168,7 +168,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// The base model of `a` on its device, with the adapter loaded when one is given.
-fn load_model(a: &ModelLoadArgs) -> Result<(Gemma2, Source, Device, Option<AdapterInfo>)> {
+fn load_model(a: &ModelLoadArgs) -> Result<(CausalLm, Source, Device, Option<AdapterInfo>)> {
     let src = Source::parse(&a.source.model, a.source.revision.as_deref())?;
     let dev = parse_device(&a.device.device)?;
     let dtype = parse_dtype(&a.device.dtype, &dev)?;

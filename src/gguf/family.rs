@@ -4,7 +4,7 @@
 //! family today; each new one adds an entry here.
 
 use super::{GgufError, Result};
-use crate::model::{Activation, Gemma2Config};
+use crate::model::{Activation, ModelConfig};
 use candle_core::quantized::gguf_file::Value;
 use candle_core::Tensor;
 
@@ -19,9 +19,9 @@ pub struct Family {
     /// Per-layer tensors: the name after `model.layers.{i}.` → after `blk.{i}.`.
     pub per_layer: &'static [(&'static str, &'static str)],
     /// The `{arch}.*` keys, or why llama.cpp could not run this configuration.
-    pub metadata: fn(&Gemma2Config) -> Result<Metadata>,
+    pub metadata: fn(&ModelConfig) -> Result<Metadata>,
     /// Turns a weight in the Hugging Face layout into what llama.cpp computes with.
-    pub convert: fn(&Gemma2Config, &str, Tensor) -> Result<Tensor>,
+    pub convert: fn(&ModelConfig, &str, Tensor) -> Result<Tensor>,
     /// The chat template (Jinja), used when the tokenizer config has none.
     pub chat_template: &'static str,
     /// The same format in Ollama's Go-template language.
@@ -94,7 +94,7 @@ pub static GEMMA2: Family = Family {
 
 /// llama.cpp scales queries by 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the 46-layer
 /// (27B) model, whatever `query_pre_attn_scalar` says.
-fn llama_cpp_query_scalar(cfg: &Gemma2Config) -> f64 {
+fn llama_cpp_query_scalar(cfg: &ModelConfig) -> f64 {
     if cfg.num_hidden_layers == 46 {
         (cfg.hidden_size / cfg.num_attention_heads) as f64
     } else {
@@ -102,7 +102,7 @@ fn llama_cpp_query_scalar(cfg: &Gemma2Config) -> f64 {
     }
 }
 
-fn gemma2_metadata(cfg: &Gemma2Config) -> Result<Metadata> {
+fn gemma2_metadata(cfg: &ModelConfig) -> Result<Metadata> {
     let refuse = |m: &str| Err(GgufError::Invalid(format!("llama.cpp's gemma2 {m}")));
     if cfg.activation != Activation::GeluTanh {
         return refuse("uses the tanh GELU; this model's hidden_activation is the exact one");
@@ -126,7 +126,7 @@ fn gemma2_metadata(cfg: &Gemma2Config) -> Result<Metadata> {
         u("attention.value_length", cfg.head_dim),
         f("attn_logit_softcapping", attn_cap),
         f("final_logit_softcapping", final_cap),
-        f("rope.freq_base", cfg.rope_theta),
+        f("rope.freq_base", cfg.rope_global.theta),
     ];
     // Without a window every layer attends globally: a window as long as the context.
     m.push(u(
@@ -144,7 +144,7 @@ fn gemma2_metadata(cfg: &Gemma2Config) -> Result<Metadata> {
     Ok(m)
 }
 
-fn gemma2_convert(cfg: &Gemma2Config, gguf_name: &str, t: Tensor) -> Result<Tensor> {
+fn gemma2_convert(cfg: &ModelConfig, gguf_name: &str, t: Tensor) -> Result<Tensor> {
     if gguf_name.ends_with("norm.weight") {
         // Gemma's RMSNorm multiplies by (1 + w); llama.cpp by the stored weight.
         return Ok((t + 1.0)?);
@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn gemma2_metadata_and_refusals() {
-        let mut cfg = Gemma2Config::preset("gemma-2-2b").unwrap();
+        let mut cfg = ModelConfig::preset("gemma-2-2b").unwrap();
         let m = gemma2_metadata(&cfg).unwrap();
         let get = |k: &str| m.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         assert_eq!(get("gemma2.block_count").unwrap().to_u32().unwrap(), 26);
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn norms_shift_by_one_and_queries_take_the_scale_llama_cpp_lacks() {
-        let mut cfg = Gemma2Config::preset("tiny").unwrap();
+        let mut cfg = ModelConfig::preset("tiny").unwrap();
         let dev = candle_core::Device::Cpu;
         let w = Tensor::new(&[0.5f32, -1.0], &dev).unwrap();
         let n = gemma2_convert(&cfg, "blk.0.attn_norm.weight", w.clone()).unwrap();

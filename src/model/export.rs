@@ -2,7 +2,7 @@
 //! generation config, tokenizer files), loadable by transformers, vLLM and llama.cpp's
 //! converter.
 
-use super::gemma2::Gemma2;
+use super::causal_lm::CausalLm;
 use super::hub::Source;
 use super::{ModelError, Result};
 use crate::fsutil::{write_atomic, write_json};
@@ -22,7 +22,7 @@ const TOKENIZER_FILES: [&str; 4] = [
 /// Writes `model`'s weights (merge adapters first) to `out` in `dtype`, in shards of at most
 /// `max_shard_bytes`, plus config and tokenizer files from `base`.
 pub fn export(
-    model: &Gemma2,
+    model: &CausalLm,
     base: Option<&Source>,
     out: &Path,
     dtype: DType,
@@ -35,7 +35,7 @@ pub fn export(
     }
     std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, e.to_string()))?;
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    for (name, t) in model.named_weights() {
+    for (name, t) in model.named_weights()? {
         tensors.push((
             name,
             t.to_dtype(dtype)?.to_device(&Device::Cpu)?.contiguous()?,
@@ -117,7 +117,7 @@ pub fn export(
 /// The export's `config.json`: the base model's own, every field kept as written (peers
 /// validate types strictly: `query_pre_attn_scalar` must stay an int), with only the weight
 /// dtype changed; from scratch (no base) the typed config in transformers' declared types.
-fn config_json(model: &Gemma2, base: Option<&Source>, dtype: DType) -> Result<Value> {
+fn config_json(model: &CausalLm, base: Option<&Source>, dtype: DType) -> Result<Value> {
     let mut config = match base {
         Some(src) => {
             let path = src.file("config.json")?;

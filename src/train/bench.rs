@@ -9,7 +9,7 @@ use super::TrainError;
 use crate::model::device::{device_name, parse_device};
 use crate::model::lora::{LoraConfig, Target};
 use crate::model::loss::Batch;
-use crate::model::{Gemma2, Gemma2Config};
+use crate::model::{CausalLm, ModelConfig};
 use candle_core::{DType, Device};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -36,7 +36,7 @@ fn preset_batch(preset: &str) -> (usize, usize) {
 }
 
 pub fn bench_train(o: &BenchOptions) -> Result<Value, TrainError> {
-    let cfg = Gemma2Config::preset(&o.preset).ok_or_else(|| {
+    let cfg = ModelConfig::preset(&o.preset).ok_or_else(|| {
         TrainError::Config(format!(
             "unknown preset `{}`; use tiny, small or gemma-2-2b",
             o.preset
@@ -53,7 +53,7 @@ pub fn bench_train(o: &BenchOptions) -> Result<Value, TrainError> {
     } else {
         DType::BF16
     };
-    let mut model = Gemma2::random(&cfg, 0, dtype, &device)?;
+    let mut model = CausalLm::random(&cfg, 0, dtype, &device)?;
     let lora = LoraConfig {
         r: 16,
         alpha: 32.0,

@@ -13,6 +13,15 @@ pub fn fixture() -> PathBuf {
     }
 }
 
+/// The Gemma-3 (text) fixture: `GEMMA3_FIXTURE`, or the repository's own
+/// `tests/fixtures/gemma3-tiny` (made by `scripts/make_fixture.py --family gemma3`).
+pub fn gemma3_fixture() -> PathBuf {
+    match std::env::var("GEMMA3_FIXTURE") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-tiny"),
+    }
+}
+
 /// Runs the binary offline with `args` in `cwd`: (success, stdout, stderr).
 pub fn socratune_in(cwd: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
