@@ -32,8 +32,9 @@ fn round(x: f64, places: i32) -> f64 {
 pub fn bench_generate(o: &GenerateBench) -> Result<Value> {
     let cfg = ModelConfig::preset(&o.preset).ok_or_else(|| {
         ChatError::Invalid(format!(
-            "unknown preset `{}`; use tiny, small or gemma-2-2b",
-            o.preset
+            "unknown preset `{}`; use one of {}",
+            o.preset,
+            ModelConfig::preset_names().join(", ")
         ))
     })?;
     if o.tokens < 2 || o.prompt_len == 0 {

@@ -29,7 +29,7 @@ pub struct BenchOptions {
 /// The reference's batch and sequence length per preset.
 fn preset_batch(preset: &str) -> (usize, usize) {
     match preset {
-        "tiny" => (2, 64),
+        "tiny" | "tiny-gemma3" => (2, 64),
         "small" => (4, 256),
         _ => (8, 512),
     }
@@ -38,8 +38,9 @@ fn preset_batch(preset: &str) -> (usize, usize) {
 pub fn bench_train(o: &BenchOptions) -> Result<Value, TrainError> {
     let cfg = ModelConfig::preset(&o.preset).ok_or_else(|| {
         TrainError::Config(format!(
-            "unknown preset `{}`; use tiny, small or gemma-2-2b",
-            o.preset
+            "unknown preset `{}`; use one of {}",
+            o.preset,
+            ModelConfig::preset_names().join(", ")
         ))
     })?;
     if o.steps == 0 {
