@@ -276,14 +276,17 @@ fn gemma3_exports_to_safetensors_and_gguf() {
     assert_eq!(md("gemma3.rope.scaling.factor").to_f32().unwrap(), 4.0);
     assert_eq!(md("gemma3.attention.sliding_window").to_u32().unwrap(), 7);
     assert_eq!(c.tensor_infos.len(), 2 + 13 * 6);
-    // Gemma's (1 + w) norms, q/k norms included, are stored as llama.cpp multiplies.
+    // Gemma's (1 + w) norms, q/k norms included, are stored as llama.cpp multiplies; the
+    // fixture's query_pre_attn_scalar (20, not head_dim 16) is folded into the q-norm.
     let weights: HashMap<String, Tensor> = merged_weights(&base, &adapter_dir);
     let q_norm = c
         .tensor(&mut file, "blk.2.attn_q_norm.weight", &Device::Cpu)
         .unwrap()
         .dequantize(&Device::Cpu)
         .unwrap();
-    let want = (&weights["model.layers.2.self_attn.q_norm.weight"] + 1.0).unwrap();
+    let want = ((&weights["model.layers.2.self_attn.q_norm.weight"] + 1.0).unwrap()
+        * (16f64 / 20.0).sqrt())
+    .unwrap();
     assert!(common::max_abs_diff(&q_norm, &want) < 2e-3);
 }
 

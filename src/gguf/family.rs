@@ -254,13 +254,21 @@ fn gemma3_convert(cfg: &ModelConfig, gguf_name: &str, t: Tensor) -> Result<Tenso
 }
 
 fn gemma_convert(cfg: &ModelConfig, arch: &str, gguf_name: &str, t: Tensor) -> Result<Tensor> {
-    if gguf_name.ends_with("norm.weight") {
-        // Gemma's RMSNorm multiplies by (1 + w); llama.cpp by the stored weight.
-        return Ok((t + 1.0)?);
-    }
-    if gguf_name.ends_with(".attn_q.weight") {
-        // Fold the difference between the model's query scale and llama.cpp's fixed one into
-        // the query projection (RoPE is linear, so scaling before it is the same).
+    // Gemma's RMSNorm multiplies by (1 + w); llama.cpp by the stored weight.
+    let t = if gguf_name.ends_with("norm.weight") {
+        (t + 1.0)?
+    } else {
+        t
+    };
+    // Fold the difference between the model's query scale and llama.cpp's fixed one into the
+    // queries before RoPE (linear, so scaling before it is the same): into the projection, or
+    // with a q-norm (which would normalise that away) into the norm's weight.
+    let carrier = if cfg.qk_norm {
+        ".attn_q_norm.weight"
+    } else {
+        ".attn_q.weight"
+    };
+    if gguf_name.ends_with(carrier) {
         let factor = (llama_cpp_query_scalar(cfg, arch) / cfg.query_pre_attn_scalar).sqrt();
         if (factor - 1.0).abs() > 1e-12 {
             return Ok((t * factor)?);
@@ -358,10 +366,19 @@ mod tests {
         capped.attn_logit_softcapping = Some(50.0);
         let e = gemma3_metadata(&capped).unwrap_err().to_string();
         assert!(e.contains("attn_logit_softcapping"), "{e}");
-        // Gemma-3's q/k norms are `1 + w` too.
+        // Gemma-3's q/k norms are `1 + w` too; a query scale other than llama.cpp's goes into
+        // the q-norm (the projection's scale would be normalised away).
         let w = Tensor::new(&[0.5f32], &candle_core::Device::Cpu).unwrap();
-        let n = gemma3_convert(&cfg, "blk.0.attn_q_norm.weight", w).unwrap();
-        assert_eq!(n.to_vec1::<f32>().unwrap(), [1.5]);
+        let mut odd = cfg.clone();
+        odd.query_pre_attn_scalar = cfg.head_dim as f64 * 4.0;
+        for (c, q_norm) in [(&cfg, 1.5), (&odd, 0.75)] {
+            let n = gemma3_convert(c, "blk.0.attn_q_norm.weight", w.clone()).unwrap();
+            assert_eq!(n.to_vec1::<f32>().unwrap(), [q_norm]);
+            let n = gemma3_convert(c, "blk.0.attn_k_norm.weight", w.clone()).unwrap();
+            assert_eq!(n.to_vec1::<f32>().unwrap(), [1.5]);
+            let q = gemma3_convert(c, "blk.0.attn_q.weight", w.clone()).unwrap();
+            assert_eq!(q.to_vec1::<f32>().unwrap(), [0.5]);
+        }
     }
 
     #[test]
