@@ -1,6 +1,6 @@
 //! Gemma-3 (text) through every command on its fixture (`tests/fixtures/gemma3-tiny`): train,
-//! killed and resumed; `model score` against transformers + PEFT; chat; export to safetensors
-//! (reloaded) and to GGUF (read back). Gemma-2 runs the same commands in the other files.
+//! killed and resumed; `model score` against transformers + PEFT; chat; serve; export to
+//! safetensors (reloaded) and to GGUF (read back). Gemma-2 runs the same commands in the other files.
 
 mod common;
 use candle_core::quantized::gguf_file;
@@ -206,6 +206,28 @@ fn gemma3_chats_with_its_adapter() {
     let turns = saved["turns"].as_array().unwrap();
     let roles: Vec<&str> = turns.iter().map(|t| t["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["user", "model", "user", "model"]);
+}
+
+#[test]
+fn gemma3_serves_the_openai_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tokenizer.json");
+    tokenizer(&tok);
+    let f = gemma3_fixture();
+    let server = common::ServeChild::start_on(
+        &f,
+        &tok,
+        &["--adapter", s(&f.join("adapter")), "--name", "g3"],
+    );
+    let r = ureq::post(&format!("http://{}/v1/chat/completions", server.addr)).send_json(
+        serde_json::json!({"model": "g3", "messages": [{"role": "user", "content": "正義とは？"}],
+            "max_tokens": 4}),
+    );
+    // Read the whole answer before stopping the server: its body may still be on the way.
+    let v: serde_json::Value = r.unwrap().into_json().unwrap();
+    drop(server);
+    assert_eq!(v["model"], "g3");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 4);
 }
 
 #[test]
