@@ -6,7 +6,7 @@
 use crate::dataset::{self, tokenizer::train_small, BuildOptions, Inputs, Overflow, Selection};
 use crate::fsutil::write_atomic;
 use crate::model::export::export;
-use crate::model::{Gemma2, Gemma2Config};
+use crate::model::{CausalLm, ModelConfig};
 use crate::train::sweep::{sweep, SweepSpec};
 use crate::train::{TrainConfig, TrainError};
 use candle_core::{DType, Device};
@@ -110,11 +110,11 @@ pub fn run(o: &DemoOptions) -> Result<String, DemoError> {
 
     // A tiny Gemma-2 whose context holds the longest held-out dialogue.
     let longest = longest_example(out, &reports)?;
-    let mut cfg = Gemma2Config::preset("tiny").expect("tiny preset");
+    let mut cfg = ModelConfig::preset("tiny").expect("tiny preset");
     cfg.vocab_size = tokenizer.get_vocab_size(true).max(VOCAB);
     cfg.max_position_embeddings = longest.next_power_of_two().max(512);
     cfg.sliding_window = Some(128);
-    let model = Gemma2::random_with_embedding_std(&cfg, 7, 0.3, DType::F32, &Device::Cpu)?;
+    let model = CausalLm::random_with_embedding_std(&cfg, 7, 0.3, DType::F32, &Device::Cpu)?;
     export(&model, None, &base, DType::F32, usize::MAX)?;
     say(format!(
         "wrote a random tiny Gemma-2 ({}) to {}",

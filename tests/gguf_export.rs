@@ -61,7 +61,7 @@ fn gguf_round_trips_through_candles_reader_with_the_merged_weights() {
     adapter::load(&mut merged, &fixture().join("adapter")).unwrap();
     merged.merge_lora().unwrap();
     let weights: std::collections::HashMap<String, Tensor> =
-        merged.named_weights().into_iter().collect();
+        merged.named_weights().unwrap().into_iter().collect();
     // The fixture's query_pre_attn_scalar is 20 and its head_dim 16: llama.cpp scales by
     // 1/sqrt(16), so the export folds sqrt(16/20) into attn_q.
     let q_fold = (16f64 / 20.0).sqrt();

@@ -1,15 +1,16 @@
-//! Parity with Hugging Face transformers + PEFT on a Gemma-2 fixture (any fixture made by
-//! `scripts/make_gemma2_fixture.py`; folder from `GEMMA2_FIXTURE`, default
-//! `tests/fixtures/gemma2-tiny`): base and adapter logits, the masked loss, every LoRA
-//! gradient, the greedy continuation, and no gradient for any frozen weight.
+//! Parity with Hugging Face transformers + PEFT, one suite per family, each on a fixture made
+//! by `scripts/make_fixture.py` (Gemma-2: `GEMMA2_FIXTURE`, default
+//! `tests/fixtures/gemma2-tiny`; Gemma-3: `GEMMA3_FIXTURE`, default
+//! `tests/fixtures/gemma3-tiny`): base and adapter logits, the masked loss, every LoRA
+//! gradient, the greedy continuation, the KV cache against recomputing, no gradient for any
+//! frozen weight, and the reference kernels (the CUDA/Metal path) against the fused ones.
 
 mod common;
 use candle_core::{DType, Device, Tensor};
-use common::fixture;
 use socratune::model::generate::{generate, SamplingParams};
 use socratune::model::lora::Mode;
 use socratune::model::loss::{loss_sum, Batch};
-use socratune::model::{adapter, load, Gemma2, KvCache, Source};
+use socratune::model::{adapter, load_with_kernels, CausalLm, Kernels, KvCache, Source};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -19,8 +20,7 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn open() -> Self {
-        let dir = fixture();
+    fn open(dir: PathBuf) -> Self {
         let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu)
             .unwrap_or_else(|e| panic!("cannot read {}/io.safetensors: {e}", dir.display()));
         Self { io, dir }
@@ -32,8 +32,13 @@ impl Fixture {
             .unwrap_or_else(|| panic!("fixture has no `{k}`"))
     }
 
-    fn model(&self, with_adapter: bool) -> Gemma2 {
-        let mut m = load(&Source::Local(self.dir.clone()), DType::F32, &Device::Cpu).unwrap();
+    fn model(&self, with_adapter: bool) -> CausalLm {
+        self.model_with(with_adapter, Kernels::Fused)
+    }
+
+    fn model_with(&self, with_adapter: bool, kernels: Kernels) -> CausalLm {
+        let src = Source::Local(self.dir.clone());
+        let mut m = load_with_kernels(&src, DType::F32, &Device::Cpu, kernels).unwrap();
         if with_adapter {
             adapter::load(&mut m, &self.dir.join("adapter")).unwrap();
         }
@@ -104,25 +109,19 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     (num / den.max(1e-30)).sqrt()
 }
 
-#[test]
-fn base_logits_match() {
-    let f = Fixture::open();
+fn base_logits_match(f: &Fixture) {
     let logits = f.model(false).logits(&f.ids(), Some(&f.mask())).unwrap();
     let err = rel_l2_masked(&logits, f.get("base_logits"), &f.mask());
     assert!(err <= 1e-4, "base logits: relative L2 error {err:.3e}");
 }
 
-#[test]
-fn adapter_logits_match() {
-    let f = Fixture::open();
+fn adapter_logits_match(f: &Fixture) {
     let logits = f.model(true).logits(&f.ids(), Some(&f.mask())).unwrap();
     let err = rel_l2_masked(&logits, f.get("lora_logits"), &f.mask());
     assert!(err <= 1e-4, "adapter logits: relative L2 error {err:.3e}");
 }
 
-#[test]
-fn merged_logits_equal_adapter_logits() {
-    let f = Fixture::open();
+fn merged_logits_equal_adapter_logits(f: &Fixture) {
     let mut m = f.model(true);
     let with_adapter = m.logits(&f.ids(), Some(&f.mask())).unwrap();
     m.merge_lora().unwrap();
@@ -135,9 +134,7 @@ fn merged_logits_equal_adapter_logits() {
     );
 }
 
-#[test]
-fn loss_and_every_lora_gradient_match() {
-    let f = Fixture::open();
+fn loss_and_every_lora_gradient_match(f: &Fixture) {
     let m = f.model(true);
     let batch = f.batch();
     let loss = (loss_sum(&m, &batch, &mut Mode::grad_only()).unwrap() / batch.supervised() as f64)
@@ -172,7 +169,7 @@ fn loss_and_every_lora_gradient_match() {
     // No frozen weight received a gradient: nothing in the store has a base weight's shape or
     // its transpose (candle would store a frozen weight's gradient under `w.t()`).
     let mut frozen: Vec<Vec<usize>> = Vec::new();
-    for (_, w) in m.named_weights() {
+    for (_, w) in m.named_weights().unwrap() {
         if w.rank() == 2 {
             frozen.push(w.dims().to_vec());
             frozen.push(vec![w.dims()[1], w.dims()[0]]);
@@ -191,9 +188,7 @@ fn loss_and_every_lora_gradient_match() {
     }
 }
 
-#[test]
-fn greedy_continuation_matches() {
-    let f = Fixture::open();
+fn greedy_continuation_matches(f: &Fixture) {
     let m = f.model(true);
     let prompt: Vec<u32> = f
         .get("gen_prompt")
@@ -226,9 +221,7 @@ fn greedy_continuation_matches() {
     assert_eq!(got, want);
 }
 
-#[test]
-fn kv_cache_gives_the_same_logits_as_recomputing() {
-    let f = Fixture::open();
+fn kv_cache_gives_the_same_logits_as_recomputing(f: &Fixture) {
     let m = f.model(true);
     let ids: Vec<u32> = f.get("input_ids").to_vec2::<i64>().unwrap()[0]
         .iter()
@@ -257,3 +250,85 @@ fn kv_cache_gives_the_same_logits_as_recomputing() {
         );
     }
 }
+
+/// The reference kernels (candle ops only: what CUDA and Metal run) give the fused CPU
+/// kernels' logits, loss and LoRA gradients.
+fn reference_kernels_match_fused(f: &Fixture) {
+    let batch = f.batch();
+    let run = |k: Kernels| {
+        let m = f.model_with(true, k);
+        assert_eq!(m.kernels(), k);
+        let logits = m.logits(&f.ids(), Some(&f.mask())).unwrap();
+        let loss = loss_sum(&m, &batch, &mut Mode::grad_only()).unwrap();
+        loss.backward().unwrap();
+        let grads: Vec<Tensor> = m
+            .take_lora_grads()
+            .into_iter()
+            .map(|g| g.expect("every LoRA tensor has a gradient"))
+            .collect();
+        (logits, loss.to_scalar::<f32>().unwrap(), grads)
+    };
+    let (l1, s1, g1) = run(Kernels::Fused);
+    let (l2, s2, g2) = run(Kernels::Reference);
+    let err = rel_l2_masked(&l2, &l1, &f.mask());
+    assert!(err <= 1e-5, "logits: relative L2 error {err:.3e}");
+    assert!((s1 - s2).abs() <= 1e-4 * s1.abs(), "loss {s2} vs {s1}");
+    assert_eq!(g1.len(), g2.len());
+    for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+        let err = rel_l2(b, a);
+        assert!(
+            err <= 1e-4,
+            "LoRA gradient {i}: relative L2 error {err:.3e}"
+        );
+    }
+}
+
+macro_rules! parity_suite {
+    ($family:ident, $dir:expr) => {
+        mod $family {
+            use super::Fixture;
+
+            fn fixture() -> Fixture {
+                Fixture::open($dir)
+            }
+
+            #[test]
+            fn base_logits_match() {
+                super::base_logits_match(&fixture())
+            }
+
+            #[test]
+            fn adapter_logits_match() {
+                super::adapter_logits_match(&fixture())
+            }
+
+            #[test]
+            fn merged_logits_equal_adapter_logits() {
+                super::merged_logits_equal_adapter_logits(&fixture())
+            }
+
+            #[test]
+            fn loss_and_every_lora_gradient_match() {
+                super::loss_and_every_lora_gradient_match(&fixture())
+            }
+
+            #[test]
+            fn greedy_continuation_matches() {
+                super::greedy_continuation_matches(&fixture())
+            }
+
+            #[test]
+            fn kv_cache_gives_the_same_logits_as_recomputing() {
+                super::kv_cache_gives_the_same_logits_as_recomputing(&fixture())
+            }
+
+            #[test]
+            fn reference_kernels_match_fused() {
+                super::reference_kernels_match_fused(&fixture())
+            }
+        }
+    };
+}
+
+parity_suite!(gemma2, crate::common::fixture());
+parity_suite!(gemma3, crate::common::gemma3_fixture());

@@ -81,7 +81,7 @@ fn train_cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {
 
 /// An empty config file: every option at its default unless a flag says otherwise.
 /// The fixture model with its adapter, f32 on the CPU.
-fn fixture_with_adapter() -> socratune::model::Gemma2 {
+fn fixture_with_adapter() -> socratune::model::CausalLm {
     let src = socratune::model::Source::Local(fixture());
     let mut model = socratune::model::load(&src, candle_core::DType::F32, &Device::Cpu).unwrap();
     socratune::model::adapter::load(&mut model, &fixture().join("adapter")).unwrap();

@@ -1,11 +1,11 @@
-//! `socratune bench generate`: greedy decoding speed with the KV cache on a random Gemma-2 of
+//! `socratune bench generate`: greedy decoding speed with the KV cache on a random model of
 //! a preset shape, through the same `generate` the chat and the server use. The prompt's
 //! forward pass (up to the first token) and the token-by-token decoding are timed apart.
 
 use super::{ChatError, Result};
 use crate::model::device::{device_name, parse_device, parse_dtype};
 use crate::model::generate::{generate, SamplingParams};
-use crate::model::{Gemma2, Gemma2Config, KvCache};
+use crate::model::{CausalLm, KvCache, ModelConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -30,10 +30,11 @@ fn round(x: f64, places: i32) -> f64 {
 }
 
 pub fn bench_generate(o: &GenerateBench) -> Result<Value> {
-    let cfg = Gemma2Config::preset(&o.preset).ok_or_else(|| {
+    let cfg = ModelConfig::preset(&o.preset).ok_or_else(|| {
         ChatError::Invalid(format!(
-            "unknown preset `{}`; use tiny, small or gemma-2-2b",
-            o.preset
+            "unknown preset `{}`; use one of {}",
+            o.preset,
+            ModelConfig::preset_names().join(", ")
         ))
     })?;
     if o.tokens < 2 || o.prompt_len == 0 {
@@ -50,7 +51,7 @@ pub fn bench_generate(o: &GenerateBench) -> Result<Value> {
     }
     let device = parse_device(&o.device)?;
     let dtype = parse_dtype(&o.dtype, &device)?;
-    let model = Gemma2::random(&cfg, 0, dtype, &device)?;
+    let model = CausalLm::random(&cfg, 0, dtype, &device)?;
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let prompt: Vec<u32> = (0..o.prompt_len)
         .map(|_| rng.random_range(3..cfg.vocab_size as u32))

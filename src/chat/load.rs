@@ -4,7 +4,7 @@
 use super::{ChatError, PromptFormat, Result};
 use crate::dataset::{ChatTokenizer, Variant};
 use crate::model::device::{device_name, parse_device, parse_dtype};
-use crate::model::{adapter, Gemma2, Source};
+use crate::model::{adapter, CausalLm, Source};
 use crate::rundir::RunDir;
 use std::path::{Path, PathBuf};
 
@@ -91,7 +91,7 @@ pub struct PromptChoice {
 
 /// A base model in memory with its tokenizer.
 pub struct Loaded {
-    pub model: Gemma2,
+    pub model: CausalLm,
     pub tokenizer: ChatTokenizer,
     /// How the base model was named (for transcripts and messages).
     pub base: String,
@@ -175,7 +175,7 @@ fn base_of(adapters: &[&Path]) -> Result<String> {
 }
 
 /// Puts `dir`'s adapter on the model, or takes every adapter off (`None`, the base model).
-pub fn use_adapter(model: &mut Gemma2, dir: Option<&Path>) -> Result<()> {
+pub fn use_adapter(model: &mut CausalLm, dir: Option<&Path>) -> Result<()> {
     match dir {
         Some(d) => {
             adapter::load(model, d)?;

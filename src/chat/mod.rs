@@ -21,7 +21,7 @@ pub use session::{Opening, Session};
 
 use crate::dataset::ChatTokenizer;
 use crate::model::generate::{generate, SamplingParams, Stop, TextStream};
-use crate::model::{Gemma2, Gemma2Config, KvCache};
+use crate::model::{CausalLm, KvCache, ModelConfig};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
@@ -57,7 +57,7 @@ pub enum ChatError {
 pub type Result<T, E = ChatError> = std::result::Result<T, E>;
 
 /// The tokens that end a reply: the model's EOS ids, `<end_of_turn>` and `<eos>`.
-pub fn stop_tokens(cfg: &Gemma2Config, tok: &ChatTokenizer) -> Vec<u32> {
+pub fn stop_tokens(cfg: &ModelConfig, tok: &ChatTokenizer) -> Vec<u32> {
     let mut v = cfg.eos_token_ids.clone();
     v.extend([tok.specials.end_of_turn, tok.specials.eos]);
     v.sort_unstable();
@@ -79,7 +79,7 @@ pub struct Reply {
 /// UTF-8 piece of text to `on_text` as it comes (it may stop generation). The pieces always
 /// add up to `Reply::text`: whatever the stream held back at the end is handed out last.
 pub fn reply(
-    model: &Gemma2,
+    model: &CausalLm,
     tok: &ChatTokenizer,
     prompt: &[u32],
     params: &SamplingParams,

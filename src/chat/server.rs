@@ -14,7 +14,7 @@ use super::stop::StopStrings;
 use super::{reply, stop_tokens, ChatError, Result};
 use crate::dataset::ChatTokenizer;
 use crate::model::generate::{SamplingParams, Stop};
-use crate::model::Gemma2;
+use crate::model::CausalLm;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -129,7 +129,7 @@ fn max_token_bytes(tok: &ChatTokenizer) -> usize {
 
 impl Server {
     /// Binds `opts.addr` and starts answering.
-    pub fn start(model: Gemma2, tok: ChatTokenizer, opts: ServeOptions) -> Result<Self> {
+    pub fn start(model: CausalLm, tok: ChatTokenizer, opts: ServeOptions) -> Result<Self> {
         let tok = Arc::new(tok);
         let stops = stop_tokens(&model.cfg, &tok);
         let context = model.cfg.max_position_embeddings;
@@ -195,7 +195,7 @@ impl Drop for Server {
 
 /// The model's side: one job at a time, each streamed back piece by piece.
 fn work(
-    model: Gemma2,
+    model: CausalLm,
     tok: &ChatTokenizer,
     stops: &[u32],
     queue: Receiver<Job>,

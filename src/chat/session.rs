@@ -14,7 +14,7 @@ use super::{reply, stop_tokens, ChatError, Result};
 use crate::corpus::{load_questions, Dialogue, Role, Turn};
 use crate::dataset::{ChatTokenizer, Utterance};
 use crate::model::generate::{SamplingParams, Stop};
-use crate::model::Gemma2;
+use crate::model::CausalLm;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
@@ -236,7 +236,7 @@ impl Interrupt {
 }
 
 pub struct Session {
-    model: Gemma2,
+    model: CausalLm,
     tok: ChatTokenizer,
     /// How the base model was named.
     base: String,
@@ -256,7 +256,7 @@ const HELP: &str =
 
 impl Session {
     pub fn new(
-        model: Gemma2,
+        model: CausalLm,
         tok: ChatTokenizer,
         base: String,
         branches: Vec<Branch>,

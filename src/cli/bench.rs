@@ -13,10 +13,10 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// LoRA training throughput on a random Gemma-2 of a preset shape, doing exactly the work of
+    /// LoRA training throughput on a random model of a preset shape, doing exactly the work of
     /// benches/hf_peft_reference.py; prints one JSON line with the same keys.
     Train {
-        /// tiny, small or gemma-2-2b.
+        /// tiny, small, gemma-2-2b, tiny-gemma3, gemma-3-1b or gemma-3-4b.
         #[arg(long, default_value = "small")]
         preset: String,
         /// Timed steps.
@@ -38,10 +38,10 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Greedy decoding speed with the KV cache on a random Gemma-2 of a preset shape: the
+    /// Greedy decoding speed with the KV cache on a random model of a preset shape: the
     /// prompt's forward pass and the decoding timed apart; prints one JSON line.
     Generate {
-        /// tiny, small or gemma-2-2b.
+        /// tiny, small, gemma-2-2b, tiny-gemma3, gemma-3-1b or gemma-3-4b.
         #[arg(long, default_value = "small")]
         preset: String,
         /// Tokens to generate.

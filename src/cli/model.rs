@@ -5,7 +5,7 @@ use candle_core::Device;
 use clap::{Args, Subcommand};
 use socratune::model::adapter::AdapterInfo;
 use socratune::model::device::{device_name, parse_device, parse_dtype};
-use socratune::model::{Gemma2, Gemma2Config, Source};
+use socratune::model::{CausalLm, ModelConfig, Source};
 
 #[derive(Debug, Args)]
 pub struct ModelArgs {
@@ -84,7 +84,7 @@ impl ModelArgs {
         match self.command {
             ModelCommand::Info { source, json } => {
                 let src = Source::parse(&source.model, source.revision.as_deref())?;
-                let cfg = Gemma2Config::from_file(&src.file("config.json")?)?;
+                let cfg = ModelConfig::from_file(&src.file("config.json")?)?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&cfg.to_hub_json())?);
                 } else {
@@ -138,7 +138,7 @@ impl ModelArgs {
 }
 
 /// The base model of `a` on its device, with the adapter loaded when one is given.
-fn load_model(a: &ModelLoadArgs) -> Result<(Gemma2, Source, Device, Option<AdapterInfo>)> {
+fn load_model(a: &ModelLoadArgs) -> Result<(CausalLm, Source, Device, Option<AdapterInfo>)> {
     let src = Source::parse(&a.source.model, a.source.revision.as_deref())?;
     let dev = parse_device(&a.device.device)?;
     let dtype = parse_dtype(&a.device.dtype, &dev)?;

@@ -9,7 +9,7 @@ pub mod vocab;
 
 pub use quant::Quant;
 
-use crate::model::{Gemma2, ModelError, Source};
+use crate::model::{CausalLm, ModelError, Source};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device};
@@ -69,7 +69,7 @@ impl Written {
 /// Writes `model` (adapters merged) to `out` as `quant`, with the tokenizer from `base`;
 /// `name` goes in `general.name`.
 pub fn export(
-    model: &Gemma2,
+    model: &CausalLm,
     base: &Source,
     out: &Path,
     quant: Quant,
@@ -80,7 +80,7 @@ pub fn export(
             "merge the adapter before exporting".into(),
         ));
     }
-    let fam = family::family("gemma2")?;
+    let fam = family::family(model.cfg.family.model_type())?;
     let cfg = &model.cfg;
     let tok = read_tokenizer(base, cfg.vocab_size)?;
     let mut meta: Vec<(String, Value)> = vec![
@@ -125,10 +125,10 @@ pub fn export(
 }
 
 /// Every weight under its GGUF name, converted and encoded in the type llama.cpp would give it.
-fn convert_tensors(model: &Gemma2, fam: &Family, quant: Quant) -> Result<Vec<(String, QTensor)>> {
+fn convert_tensors(model: &CausalLm, fam: &Family, quant: Quant) -> Result<Vec<(String, QTensor)>> {
     let cfg = &model.cfg;
     let mut out = Vec::new();
-    for (hf, t) in model.named_weights() {
+    for (hf, t) in model.named_weights()? {
         let Some(name) = fam.gguf_name(&hf) else {
             return Err(GgufError::Invalid(if hf == "lm_head.weight" {
                 format!(
@@ -226,7 +226,7 @@ fn read_tokenizer(base: &Source, vocab_size: usize) -> Result<Tokenizer> {
 /// `tokenizer.ggml.*_token_id` and the BOS/EOS flags.
 fn special_ids(
     tok: &Tokenizer,
-    cfg: &crate::model::Gemma2Config,
+    cfg: &crate::model::ModelConfig,
     fam: &Family,
 ) -> Vec<(String, Value)> {
     let mut m = Vec::new();

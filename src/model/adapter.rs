@@ -2,7 +2,7 @@
 //! keys `base_model.model.model.layers.{i}.{self_attn|mlp}.{module}.lora_{A|B}.weight`, so that
 //! Hugging Face PEFT, vLLM and mistral.rs load ours and we load theirs.
 
-use super::gemma2::Gemma2;
+use super::causal_lm::CausalLm;
 use super::lora::{LoraConfig, Target};
 use super::{ModelError, Result};
 use crate::fsutil::write_atomic;
@@ -32,7 +32,12 @@ pub struct AdapterInfo {
 }
 
 /// Writes the model's adapters (every attached LoRA) to `dir`, each file atomically.
-pub fn save(model: &Gemma2, lora: &LoraConfig, base_model: Option<&str>, dir: &Path) -> Result<()> {
+pub fn save(
+    model: &CausalLm,
+    lora: &LoraConfig,
+    base_model: Option<&str>,
+    dir: &Path,
+) -> Result<()> {
     let vars = model.lora_vars();
     if vars.is_empty() {
         return Err(ModelError::Invalid(
@@ -153,7 +158,7 @@ fn parse_config(text: &str) -> std::result::Result<AdapterInfo, String> {
                     let s = x.as_str().ok_or("target_modules holds a non-string")?;
                     // PEFT also accepts dotted suffixes such as `self_attn.q_proj`.
                     Target::parse(s.rsplit('.').next().unwrap_or(s)).map_err(|_| {
-                        format!("target module `{s}` is not a Gemma-2 projection socratune supports (q,k,v,o,gate,up,down)")
+                        format!("target module `{s}` is not a projection socratune adapts (q,k,v,o,gate,up,down)")
                     })
                 })
                 .collect::<std::result::Result<Vec<_>, String>>()?;
@@ -199,7 +204,7 @@ fn parse_key(key: &str) -> Option<(usize, Target, bool)> {
 }
 
 /// Loads the adapter in `dir` into `model` (replacing any attached one).
-pub fn load(model: &mut Gemma2, dir: &Path) -> Result<AdapterInfo> {
+pub fn load(model: &mut CausalLm, dir: &Path) -> Result<AdapterInfo> {
     let info = read_config(dir)?;
     let path = dir.join(WEIGHTS_FILE);
     if !path.is_file() {
@@ -213,7 +218,7 @@ pub fn load(model: &mut Gemma2, dir: &Path) -> Result<AdapterInfo> {
     for (key, t) in tensors {
         let (layer, target, is_a) = parse_key(&key).ok_or_else(|| {
             bad(format!(
-                "tensor `{key}` is not the LoRA weight of a Gemma-2 projection socratune supports"
+                "tensor `{key}` is not the LoRA weight of a projection socratune adapts"
             ))
         })?;
         if layer >= layers {

@@ -1,21 +1,71 @@
-//! Gemma-2 `config.json`, read as the Hugging Face Hub spells it.
+//! A model's `config.json`, read as the Hugging Face Hub spells it, into one family-agnostic
+//! description. `model_type` picks the family reader (`gemma2`, `gemma3`); each reader fills
+//! the same [`ModelConfig`], so nothing past loading needs to know the family.
 
-use super::ModelError;
+use super::{gemma2, gemma3, ModelError};
 use serde::Deserialize;
+use serde_json::Value;
 use std::path::Path;
+
+/// The model families socratune runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Gemma2,
+    /// Gemma-3's text model (`gemma3_text`, or the text part of a `gemma3` checkpoint).
+    Gemma3,
+}
+
+impl Family {
+    /// The `model_type` that names this family in a text-only `config.json`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Gemma2 => "gemma2",
+            Family::Gemma3 => "gemma3_text",
+        }
+    }
+}
 
 /// The activation of the feed-forward gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
-    /// GELU, tanh approximation (`gelu_pytorch_tanh`, Gemma's own).
+    /// GELU, tanh approximation (`gelu_pytorch_tanh`, Gemma's own): GeGLU.
     GeluTanh,
-    /// GELU, exact (erf).
+    /// GELU, exact (erf): GeGLU.
     GeluErf,
+    /// SiLU: SwiGLU.
+    Silu,
 }
 
-/// The model's shape and numerics.
+/// How an RMSNorm applies its stored weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormWeight {
+    /// `x̂ · (1 + w)`: Gemma stores the offset from one.
+    OnePlus,
+    /// `x̂ · w`.
+    Plain,
+}
+
+/// How RoPE frequencies are scaled for long contexts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor` (transformers' `linear`).
+    Linear {
+        factor: f64,
+    },
+}
+
+/// The RoPE of one kind of layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeSpec {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+/// The model's shape and numerics, whatever its family.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Gemma2Config {
+pub struct ModelConfig {
+    pub family: Family,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -26,7 +76,15 @@ pub struct Gemma2Config {
     pub activation: Activation,
     pub max_position_embeddings: usize,
     pub rms_norm_eps: f64,
-    pub rope_theta: f64,
+    pub norm_weight: NormWeight,
+    /// RMSNorm of each query and key head before RoPE.
+    pub qk_norm: bool,
+    /// Embeddings multiplied by sqrt(hidden_size).
+    pub scale_embeddings: bool,
+    /// RoPE of the full-attention layers.
+    pub rope_global: RopeSpec,
+    /// RoPE of the sliding-window layers.
+    pub rope_local: RopeSpec,
     pub attn_logit_softcapping: Option<f64>,
     pub final_logit_softcapping: Option<f64>,
     pub query_pre_attn_scalar: f64,
@@ -41,61 +99,9 @@ pub struct Gemma2Config {
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum OneOrMany {
+pub(super) enum OneOrMany {
     One(u32),
     Many(Vec<u32>),
-}
-
-#[derive(Deserialize)]
-struct RopeParameters {
-    rope_theta: Option<f64>,
-    rope_type: Option<String>,
-}
-
-/// The file's fields; unknown ones are ignored.
-#[derive(Deserialize)]
-struct RawConfig {
-    model_type: Option<String>,
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    hidden_activation: Option<String>,
-    hidden_act: Option<String>,
-    #[serde(default = "default_max_positions")]
-    max_position_embeddings: usize,
-    #[serde(default = "default_eps")]
-    rms_norm_eps: f64,
-    rope_theta: Option<f64>,
-    rope_parameters: Option<RopeParameters>,
-    rope_scaling: Option<serde_json::Value>,
-    #[serde(default)]
-    attn_logit_softcapping: Option<f64>,
-    #[serde(default)]
-    final_logit_softcapping: Option<f64>,
-    query_pre_attn_scalar: Option<f64>,
-    sliding_window: Option<usize>,
-    layer_types: Option<Vec<String>>,
-    #[serde(default = "default_true")]
-    tie_word_embeddings: bool,
-    #[serde(default)]
-    attention_bias: bool,
-    bos_token_id: Option<OneOrMany>,
-    eos_token_id: Option<OneOrMany>,
-    pad_token_id: Option<u32>,
-}
-
-fn default_max_positions() -> usize {
-    8192
-}
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_true() -> bool {
-    true
 }
 
 impl OneOrMany {
@@ -107,7 +113,261 @@ impl OneOrMany {
     }
 }
 
-impl Gemma2Config {
+/// The fields every family reads; unknown ones are ignored. Missing ones take the family's
+/// defaults (Gemma-3's Hub configs leave most fields to transformers' defaults).
+#[derive(Deserialize)]
+pub(super) struct RawConfig {
+    pub vocab_size: Option<usize>,
+    pub hidden_size: Option<usize>,
+    pub intermediate_size: Option<usize>,
+    pub num_hidden_layers: Option<usize>,
+    pub num_attention_heads: Option<usize>,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub hidden_activation: Option<String>,
+    pub hidden_act: Option<String>,
+    pub max_position_embeddings: Option<usize>,
+    pub rms_norm_eps: Option<f64>,
+    pub rope_theta: Option<f64>,
+    pub rope_local_base_freq: Option<f64>,
+    pub rope_parameters: Option<Value>,
+    pub rope_scaling: Option<Value>,
+    #[serde(default)]
+    pub attn_logit_softcapping: Option<f64>,
+    #[serde(default)]
+    pub final_logit_softcapping: Option<f64>,
+    pub query_pre_attn_scalar: Option<f64>,
+    pub sliding_window: Option<usize>,
+    pub sliding_window_pattern: Option<usize>,
+    pub layer_types: Option<Vec<String>>,
+    pub tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub use_bidirectional_attention: Option<bool>,
+    pub bos_token_id: Option<OneOrMany>,
+    pub eos_token_id: Option<OneOrMany>,
+    pub pad_token_id: Option<u32>,
+}
+
+/// A family's values for the fields a `config.json` may leave out.
+pub(super) struct Defaults {
+    pub vocab_size: Option<usize>,
+    pub hidden_size: Option<usize>,
+    pub intermediate_size: Option<usize>,
+    pub num_hidden_layers: Option<usize>,
+    pub num_attention_heads: Option<usize>,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub max_position_embeddings: usize,
+    pub query_pre_attn_scalar: Option<f64>,
+    pub sliding_window: Option<usize>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: &'static [u32],
+    pub pad_token_id: Option<u32>,
+}
+
+/// What a family decides after the common fields are read.
+pub(super) struct FamilyParts {
+    pub family: Family,
+    pub rope_global: RopeSpec,
+    pub rope_local: RopeSpec,
+    pub sliding_layers: Vec<bool>,
+    pub qk_norm: bool,
+}
+
+impl RawConfig {
+    /// The common fields, checked, with the family's defaults and decisions.
+    pub(super) fn build(
+        self,
+        d: &Defaults,
+        parts: impl FnOnce(&Self, usize, usize) -> Result<FamilyParts, String>,
+    ) -> Result<ModelConfig, String> {
+        if self.attention_bias {
+            return Err("attention_bias = true is not supported (Gemma has none)".into());
+        }
+        let need = |name: &str, v: Option<usize>, dflt: Option<usize>| {
+            v.or(dflt).ok_or_else(|| format!("missing field `{name}`"))
+        };
+        let vocab_size = need("vocab_size", self.vocab_size, d.vocab_size)?;
+        let hidden_size = need("hidden_size", self.hidden_size, d.hidden_size)?;
+        let intermediate_size = need(
+            "intermediate_size",
+            self.intermediate_size,
+            d.intermediate_size,
+        )?;
+        let n = need(
+            "num_hidden_layers",
+            self.num_hidden_layers,
+            d.num_hidden_layers,
+        )?;
+        let heads = need(
+            "num_attention_heads",
+            self.num_attention_heads,
+            d.num_attention_heads,
+        )?;
+        let kv_heads = self
+            .num_key_value_heads
+            .or(d.num_key_value_heads)
+            .unwrap_or(heads);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(format!(
+                "num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv_heads})"
+            ));
+        }
+        let head_dim = self
+            .head_dim
+            .or(d.head_dim)
+            .unwrap_or(hidden_size / heads.max(1));
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(format!(
+                "head_dim must be a positive even number, got {head_dim}"
+            ));
+        }
+        let max_position_embeddings = self
+            .max_position_embeddings
+            .unwrap_or(d.max_position_embeddings);
+        for (name, v) in [
+            ("vocab_size", vocab_size),
+            ("hidden_size", hidden_size),
+            ("intermediate_size", intermediate_size),
+            ("num_hidden_layers", n),
+            ("max_position_embeddings", max_position_embeddings),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        let act_name = self
+            .hidden_activation
+            .clone()
+            .or(self.hidden_act.clone())
+            .unwrap_or_else(|| "gelu_pytorch_tanh".into());
+        let activation = match act_name.as_str() {
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
+            "gelu" => Activation::GeluErf,
+            other => return Err(format!("hidden_activation `{other}` is not supported")),
+        };
+        let sliding_window = self.sliding_window.or(d.sliding_window);
+        if sliding_window == Some(0) {
+            return Err("sliding_window must be positive".into());
+        }
+        let positive_cap = |name: &str, c: Option<f64>| match c {
+            Some(c) if c <= 0.0 => Err(format!("{name} must be positive, got {c}")),
+            _ => Ok(c),
+        };
+        let p = parts(&self, n, head_dim)?;
+        Ok(ModelConfig {
+            family: p.family,
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers: n,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            activation,
+            max_position_embeddings,
+            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
+            norm_weight: NormWeight::OnePlus,
+            qk_norm: p.qk_norm,
+            scale_embeddings: true,
+            rope_global: p.rope_global,
+            rope_local: p.rope_local,
+            attn_logit_softcapping: positive_cap(
+                "attn_logit_softcapping",
+                self.attn_logit_softcapping,
+            )?,
+            final_logit_softcapping: positive_cap(
+                "final_logit_softcapping",
+                self.final_logit_softcapping,
+            )?,
+            query_pre_attn_scalar: self
+                .query_pre_attn_scalar
+                .or(d.query_pre_attn_scalar)
+                .unwrap_or(head_dim as f64),
+            sliding_window,
+            sliding_layers: p.sliding_layers,
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(true),
+            bos_token_id: match self.bos_token_id {
+                Some(b) => b.into_vec().first().copied(),
+                None => d.bos_token_id,
+            },
+            eos_token_ids: self
+                .eos_token_id
+                .map(OneOrMany::into_vec)
+                .unwrap_or_else(|| d.eos_token_ids.to_vec()),
+            pad_token_id: self.pad_token_id.or(d.pad_token_id),
+        })
+    }
+
+    /// `layer_types` when present (checked), else `fallback` for each layer index.
+    pub(super) fn sliding_layers(
+        &self,
+        n: usize,
+        fallback: impl Fn(usize) -> bool,
+    ) -> Result<Vec<bool>, String> {
+        let Some(types) = &self.layer_types else {
+            return Ok((0..n).map(fallback).collect());
+        };
+        if types.len() != n {
+            return Err(format!(
+                "layer_types has {} entries for {n} layers",
+                types.len()
+            ));
+        }
+        types
+            .iter()
+            .map(|t| match t.as_str() {
+                "sliding_attention" => Ok(true),
+                "full_attention" => Ok(false),
+                o => Err(format!("layer_types: unknown layer type `{o}`")),
+            })
+            .collect()
+    }
+}
+
+/// One RoPE parameter object (`rope_scaling`, or a `rope_parameters` entry): its type and
+/// factor, and its `rope_theta` when it has one. `field` names it in errors.
+pub(super) fn rope_object(v: &Value, field: &str) -> Result<(RopeScaling, Option<f64>), String> {
+    let Some(o) = v.as_object() else {
+        return Err(format!("{field} must be an object, got {v}"));
+    };
+    // `type` is the pre-4.45 spelling of `rope_type`.
+    let kind = o
+        .get("rope_type")
+        .or_else(|| o.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let theta = match o.get("rope_theta") {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(
+            t.as_f64()
+                .ok_or_else(|| format!("{field}.rope_theta must be a number, got {t}"))?,
+        ),
+    };
+    let scaling = match kind {
+        "default" => RopeScaling::None,
+        "linear" => {
+            let factor = o
+                .get("factor")
+                .and_then(Value::as_f64)
+                .ok_or_else(|| format!("{field}: linear RoPE scaling needs a numeric `factor`"))?;
+            if factor <= 0.0 {
+                return Err(format!("{field}.factor must be positive, got {factor}"));
+            }
+            RopeScaling::Linear { factor }
+        }
+        other => {
+            return Err(format!(
+                "{field}: rope_type `{other}` is not supported (default and linear are)"
+            ))
+        }
+    };
+    Ok((scaling, theta))
+}
+
+impl ModelConfig {
     /// Reads and validates a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(path)
@@ -117,153 +377,47 @@ impl Gemma2Config {
 
     /// Parses the text of a `config.json`; the error says which field is wrong.
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let raw: RawConfig =
+        let v: Value =
             serde_json::from_str(text).map_err(|e| format!("malformed config.json: {e}"))?;
-        if let Some(t) = &raw.model_type {
-            if t != "gemma2" {
-                return Err(format!("model_type is `{t}`; socratune supports `gemma2`"));
-            }
+        if !v.is_object() {
+            return Err("malformed config.json: not a JSON object".into());
         }
-        if raw.attention_bias {
-            return Err("attention_bias = true is not supported (Gemma-2 has none)".into());
+        // A config without `model_type` is taken for the default family.
+        match v.get("model_type").and_then(Value::as_str) {
+            None | Some("gemma2") => gemma2::read_config(&v),
+            Some("gemma3_text") => gemma3::read_config(&v),
+            Some("gemma3") => gemma3::read_multimodal_config(&v),
+            Some(t) => Err(format!(
+                "model_type is `{t}`; socratune supports `gemma2`, `gemma3_text` and `gemma3` (its text part)"
+            )),
         }
-        let rope_from_params = raw.rope_parameters.as_ref().and_then(|p| {
-            if p.rope_type.as_deref().is_some_and(|t| t != "default") {
-                Some(Err(format!(
-                    "rope_parameters.rope_type `{}` is not supported (only default RoPE)",
-                    p.rope_type.as_deref().unwrap_or_default()
-                )))
-            } else {
-                p.rope_theta.map(Ok)
-            }
-        });
-        let rope_theta = match (raw.rope_theta, rope_from_params) {
-            (_, Some(Err(e))) => return Err(e),
-            (Some(t), _) | (None, Some(Ok(t))) => t,
-            (None, None) => 10_000.0,
-        };
-        if raw.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err("rope_scaling is not supported by Gemma-2".into());
-        }
-        let act_name = raw
-            .hidden_activation
-            .or(raw.hidden_act)
-            .unwrap_or_else(|| "gelu_pytorch_tanh".into());
-        let activation = match act_name.as_str() {
-            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
-            "gelu" => Activation::GeluErf,
-            other => return Err(format!("hidden_activation `{other}` is not supported")),
-        };
-        let heads = raw.num_attention_heads;
-        let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(format!(
-                "num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv_heads})"
-            ));
-        }
-        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
-        if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(format!(
-                "head_dim must be a positive even number, got {head_dim}"
-            ));
-        }
-        for (name, v) in [
-            ("vocab_size", raw.vocab_size),
-            ("hidden_size", raw.hidden_size),
-            ("intermediate_size", raw.intermediate_size),
-            ("num_hidden_layers", raw.num_hidden_layers),
-            ("max_position_embeddings", raw.max_position_embeddings),
-        ] {
-            if v == 0 {
-                return Err(format!("{name} must be positive"));
-            }
-        }
-        let n = raw.num_hidden_layers;
-        let sliding_layers = match raw.layer_types {
-            Some(types) => {
-                if types.len() != n {
-                    return Err(format!(
-                        "layer_types has {} entries for {n} layers",
-                        types.len()
-                    ));
-                }
-                types
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        "sliding_attention" => Ok(true),
-                        "full_attention" => Ok(false),
-                        o => Err(format!("layer_types: unknown layer type `{o}`")),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-            // Gemma-2: even layers slide, odd layers are global.
-            None => (0..n).map(|i| i % 2 == 0).collect(),
-        };
-        if raw.sliding_window == Some(0) {
-            return Err("sliding_window must be positive".into());
-        }
-        let positive_cap = |name: &str, c: Option<f64>| match c {
-            Some(c) if c <= 0.0 => Err(format!("{name} must be positive, got {c}")),
-            _ => Ok(c),
-        };
-        Ok(Self {
-            vocab_size: raw.vocab_size,
-            hidden_size: raw.hidden_size,
-            intermediate_size: raw.intermediate_size,
-            num_hidden_layers: n,
-            num_attention_heads: heads,
-            num_key_value_heads: kv_heads,
-            head_dim,
-            activation,
-            max_position_embeddings: raw.max_position_embeddings,
-            rms_norm_eps: raw.rms_norm_eps,
-            rope_theta,
-            attn_logit_softcapping: positive_cap(
-                "attn_logit_softcapping",
-                raw.attn_logit_softcapping,
-            )?,
-            final_logit_softcapping: positive_cap(
-                "final_logit_softcapping",
-                raw.final_logit_softcapping,
-            )?,
-            query_pre_attn_scalar: raw.query_pre_attn_scalar.unwrap_or(head_dim as f64),
-            sliding_window: raw.sliding_window,
-            sliding_layers,
-            tie_word_embeddings: raw.tie_word_embeddings,
-            bos_token_id: raw.bos_token_id.and_then(|b| b.into_vec().first().copied()),
-            eos_token_ids: raw
-                .eos_token_id
-                .map(OneOrMany::into_vec)
-                .unwrap_or_default(),
-            pad_token_id: raw.pad_token_id,
-        })
     }
 
-    /// The shape preset used by benchmarks and the demo (same fields as the Hub's files).
+    /// A shape preset for benchmarks and the demo (the same fields as the Hub's files):
+    /// `tiny`, `small`, `gemma-2-2b`, `tiny-gemma3`, `gemma-3-1b`, `gemma-3-4b`.
     pub fn preset(name: &str) -> Option<Self> {
-        let (v, h, i, l, heads, kv, d, window) = match name {
-            "tiny" => (384, 64, 160, 4, 4, 2, 16, 4096),
-            "small" => (32000, 512, 2048, 6, 8, 4, 64, 4096),
-            "gemma-2-2b" => (256000, 2304, 9216, 26, 8, 4, 256, 4096),
-            _ => return None,
-        };
-        let json = serde_json::json!({
-            "model_type": "gemma2", "vocab_size": v, "hidden_size": h, "intermediate_size": i,
-            "num_hidden_layers": l, "num_attention_heads": heads, "num_key_value_heads": kv,
-            "head_dim": d, "query_pre_attn_scalar": d, "sliding_window": window,
-            "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
-            "hidden_activation": "gelu_pytorch_tanh", "rope_theta": 10000.0,
-            "max_position_embeddings": 8192, "rms_norm_eps": 1e-6,
-            "bos_token_id": 2, "eos_token_id": [1, 107], "pad_token_id": 0
-        });
-        Some(Self::from_json(&json.to_string()).expect("presets are valid"))
+        gemma2::preset(name).or_else(|| gemma3::preset(name))
+    }
+
+    /// Every preset name.
+    pub fn preset_names() -> Vec<&'static str> {
+        let mut v = gemma2::PRESETS.to_vec();
+        v.extend_from_slice(gemma3::PRESETS);
+        v
     }
 
     /// Writes the config in the Hub's spelling (for exports and random models).
-    pub fn to_hub_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "architectures": ["Gemma2ForCausalLM"],
-            "model_type": "gemma2",
+    pub fn to_hub_json(&self) -> Value {
+        match self.family {
+            Family::Gemma2 => gemma2::hub_json(self),
+            Family::Gemma3 => gemma3::hub_json(self),
+        }
+    }
+
+    /// The Hub fields every family writes alike.
+    pub(super) fn common_hub_json(&self) -> serde_json::Map<String, Value> {
+        let v = serde_json::json!({
+            "model_type": self.family.model_type(),
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -271,11 +425,9 @@ impl Gemma2Config {
             "num_attention_heads": self.num_attention_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "head_dim": self.head_dim,
-            "hidden_act": self.activation_name(),
             "hidden_activation": self.activation_name(),
             "max_position_embeddings": self.max_position_embeddings,
             "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
             "attn_logit_softcapping": self.attn_logit_softcapping,
             "final_logit_softcapping": self.final_logit_softcapping,
             "query_pre_attn_scalar": self.query_pre_attn_scalar_json(),
@@ -289,12 +441,16 @@ impl Gemma2Config {
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_ids,
             "pad_token_id": self.pad_token_id,
-        })
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!("a JSON object literal"),
+        }
     }
 
     /// transformers declares `query_pre_attn_scalar: int` and refuses `16.0`; a (non-standard)
     /// fractional value can only be written as it is.
-    fn query_pre_attn_scalar_json(&self) -> serde_json::Value {
+    fn query_pre_attn_scalar_json(&self) -> Value {
         let s = self.query_pre_attn_scalar;
         if s.fract() == 0.0 && s >= 0.0 && s < u32::MAX as f64 {
             serde_json::json!(s as u64)
@@ -303,17 +459,19 @@ impl Gemma2Config {
         }
     }
 
-    fn activation_name(&self) -> &'static str {
+    pub(super) fn activation_name(&self) -> &'static str {
         match self.activation {
             Activation::GeluTanh => "gelu_pytorch_tanh",
             Activation::GeluErf => "gelu",
+            Activation::Silu => "silu",
         }
     }
 
-    /// One line: layers, widths, heads, vocabulary and parameter count.
+    /// One line: family, layers, widths, heads, vocabulary and parameter count.
     pub fn summary(&self) -> String {
         format!(
-            "gemma2, {} layers, hidden {}, intermediate {}, {} heads ({} kv) of {}, vocab {}, {:.2}M parameters",
+            "{}, {} layers, hidden {}, intermediate {}, {} heads ({} kv) of {}, vocab {}, {:.2}M parameters",
+            self.family.model_type(),
             self.num_hidden_layers,
             self.hidden_size,
             self.intermediate_size,
@@ -330,7 +488,8 @@ impl Gemma2Config {
         let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let q = self.num_attention_heads * d;
         let kv = self.num_key_value_heads * d;
-        let layer = h * q * 2 + h * kv * 2 + 3 * h * i + 4 * h;
+        let qk_norms = if self.qk_norm { 2 * d } else { 0 };
+        let layer = h * q * 2 + h * kv * 2 + 3 * h * i + 4 * h + qk_norms;
         let head = if self.tie_word_embeddings {
             0
         } else {
@@ -343,102 +502,54 @@ impl Gemma2Config {
     pub fn groups(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
     }
+
+    /// The RoPE of layer `l`.
+    pub fn rope_of_layer(&self, l: usize) -> &RopeSpec {
+        if self.sliding_layers[l] {
+            &self.rope_local
+        } else {
+            &self.rope_global
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const HUB: &str = r#"{"model_type":"gemma2","vocab_size":10,"hidden_size":8,"intermediate_size":16,
-      "num_hidden_layers":3,"num_attention_heads":2,"num_key_value_heads":1,"head_dim":4,
-      "hidden_act":"gelu_pytorch_tanh","rope_theta":500.0,"eos_token_id":[1,107],"bos_token_id":2,
-      "query_pre_attn_scalar":6,"sliding_window":4,"attn_logit_softcapping":50.0,
-      "final_logit_softcapping":null,"torch_dtype":"bfloat16"}"#;
-
     #[test]
-    fn reads_the_hub_spelling() {
-        let c = Gemma2Config::from_json(HUB).unwrap();
-        assert_eq!(c.rope_theta, 500.0);
-        assert_eq!(c.eos_token_ids, vec![1, 107]);
-        assert_eq!(c.sliding_layers, vec![true, false, true]);
-        assert_eq!(c.activation, Activation::GeluTanh);
-        assert_eq!(c.final_logit_softcapping, None);
-        assert_eq!(c.query_pre_attn_scalar, 6.0);
-        assert!(c.tie_word_embeddings);
-    }
-
-    #[test]
-    fn reads_nested_rope_parameters_and_scalar_eos() {
-        let t = HUB
-            .replace(
-                "\"rope_theta\":500.0",
-                "\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":7.0}",
-            )
-            .replace("[1,107]", "1")
-            .replace("\"hidden_act\"", "\"hidden_activation\"");
-        let c = Gemma2Config::from_json(&t).unwrap();
-        assert_eq!(c.rope_theta, 7.0);
-        assert_eq!(c.eos_token_ids, vec![1]);
-    }
-
-    #[test]
-    fn round_trips_through_hub_json() {
-        let c = Gemma2Config::from_json(HUB).unwrap();
-        let json = c.to_hub_json();
-        let back = Gemma2Config::from_json(&json.to_string()).unwrap();
-        assert_eq!(c, back);
-        // transformers rejects a float here.
-        assert!(json["query_pre_attn_scalar"].is_i64(), "{json}");
-    }
-
-    #[test]
-    fn hub_json_uses_the_declared_types() {
-        let v = Gemma2Config::preset("gemma-2-2b").unwrap().to_hub_json();
-        for int_field in [
-            "query_pre_attn_scalar",
-            "head_dim",
-            "sliding_window",
-            "max_position_embeddings",
-            "vocab_size",
-        ] {
-            assert!(v[int_field].is_u64(), "{int_field}: {}", v[int_field]);
-        }
-        assert_eq!(v["query_pre_attn_scalar"], serde_json::json!(256));
-        for float_field in ["rms_norm_eps", "rope_theta", "attn_logit_softcapping"] {
-            assert!(v[float_field].is_f64(), "{float_field}: {}", v[float_field]);
+    fn model_type_picks_the_family_and_unknown_ones_are_named() {
+        let e = ModelConfig::from_json(r#"{"model_type":"llama"}"#).unwrap_err();
+        assert!(e.contains("model_type is `llama`"), "{e}");
+        assert!(ModelConfig::from_json("[1]")
+            .unwrap_err()
+            .contains("not a JSON object"));
+        for name in ModelConfig::preset_names() {
+            let c = ModelConfig::preset(name).unwrap();
+            let back = ModelConfig::from_json(&c.to_hub_json().to_string()).unwrap();
+            assert_eq!(c, back, "{name}");
         }
     }
 
     #[test]
-    fn rejects_what_it_cannot_run() {
-        let cases = [
-            (HUB.replace("gemma2", "llama"), "model_type is `llama`"),
-            (
-                HUB.replace("\"num_key_value_heads\":1", "\"num_key_value_heads\":3"),
-                "multiple of num_key_value_heads",
-            ),
-            (
-                HUB.replace("gelu_pytorch_tanh", "silu"),
-                "hidden_activation `silu`",
-            ),
-            (
-                HUB.replace("\"vocab_size\":10,", ""),
-                "missing field `vocab_size`",
-            ),
-            ("{".to_string(), "malformed config.json"),
-        ];
-        for (text, want) in cases {
-            let e = Gemma2Config::from_json(&text).unwrap_err();
-            assert!(e.contains(want), "{e}");
-        }
-    }
-
-    #[test]
-    fn presets_exist() {
-        assert_eq!(
-            Gemma2Config::preset("gemma-2-2b").unwrap().hidden_size,
-            2304
-        );
-        assert!(Gemma2Config::preset("huge").is_none());
+    fn rope_objects_are_read_and_refused_by_field() {
+        let (s, t) = rope_object(
+            &serde_json::json!({"rope_type": "linear", "factor": 8.0}),
+            "rope_scaling",
+        )
+        .unwrap();
+        assert_eq!(s, RopeScaling::Linear { factor: 8.0 });
+        assert_eq!(t, None);
+        let (s, _) = rope_object(&serde_json::json!({"type": "linear", "factor": 2}), "x").unwrap();
+        assert_eq!(s, RopeScaling::Linear { factor: 2.0 });
+        let e = rope_object(
+            &serde_json::json!({"rope_type": "yarn", "factor": 8.0}),
+            "rope_scaling",
+        )
+        .unwrap_err();
+        assert!(e.contains("rope_scaling: rope_type `yarn`"), "{e}");
+        let e =
+            rope_object(&serde_json::json!({"rope_type": "linear"}), "rope_scaling").unwrap_err();
+        assert!(e.contains("`factor`"), "{e}");
     }
 }

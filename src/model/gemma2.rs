@@ -1,760 +1,189 @@
-//! Gemma-2 written for training: full-sequence forward with a padding mask, every Gemma-2
-//! detail (RMSNorm with `1 + w` in f32, scaled embeddings, `query_pre_attn_scalar`, attention
-//! and final soft-capping, alternating sliding-window layers, GeGLU, GQA), LoRA on any of the
-//! seven projections, and a KV-cached path for generation.
+//! Gemma-2: how its `config.json` reads, its presets and its Hub spelling. The network itself
+//! is the shared decoder ([`super::CausalLm`]) with soft-caps on, no q/k norms, one RoPE base
+//! and alternating sliding-window layers.
 
-use super::config::{Activation, Gemma2Config};
-use super::lora::{LoraConfig, LoraLinear, Mode, Target};
-use super::ops;
-use super::weights::Weights;
-use super::{ModelError, Result};
-use candle_core::{DType, Device, Tensor, Var};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use super::config::{
+    rope_object, Defaults, Family, FamilyParts, ModelConfig, RawConfig, RopeScaling, RopeSpec,
+};
+use serde_json::{json, Value};
 
-/// Cosine and sine tables for every position, `[max_positions, head_dim / 2]`, in the model dtype.
-struct Rope {
-    cos: Tensor,
-    sin: Tensor,
-    neg_sin: Tensor,
-}
+pub(super) const PRESETS: &[&str] = &["tiny", "small", "gemma-2-2b"];
 
-impl Rope {
-    fn new(cfg: &Gemma2Config, dtype: DType, dev: &Device) -> Result<Self> {
-        let half = cfg.head_dim / 2;
-        // As transformers: inverse frequencies and angles in f32, then cast to the model dtype.
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / cfg.head_dim as f32))
-            .collect();
-        let n = cfg.max_position_embeddings;
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for p in 0..n {
-            for f in &inv {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
-        let cos = Tensor::from_vec(cos, (n, half), dev)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (n, half), dev)?.to_dtype(dtype)?;
-        let neg_sin = sin.neg()?;
-        Ok(Self { cos, sin, neg_sin })
-    }
-
-    /// cos, sin and −sin of positions `offset..offset + t`.
-    fn tables(&self, offset: usize, t: usize) -> Result<[Tensor; 3]> {
-        let at = |x: &Tensor| x.narrow(0, offset, t);
-        Ok([at(&self.cos)?, at(&self.sin)?, at(&self.neg_sin)?])
-    }
-
-    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let [cos, sin, neg_sin] = self.tables(offset, x.dim(2)?)?;
-        Ok(ops::rope(x, &cos, &sin, &neg_sin)?)
-    }
-}
-
-struct Attention {
-    q: LoraLinear,
-    k: LoraLinear,
-    v: LoraLinear,
-    o: LoraLinear,
-}
-
-struct Mlp {
-    gate: LoraLinear,
-    up: LoraLinear,
-    down: LoraLinear,
-}
-
-/// RMSNorm weights kept as `1 + w` in f32, as Gemma applies them.
-/// The checkpoint's weight is kept as loaded too, so that exports write it back unchanged.
-struct Norm(Tensor, Tensor);
-
-impl Norm {
-    fn load(w: Tensor) -> Result<Self> {
-        Ok(Norm((w.to_dtype(DType::F32)? + 1.0)?, w))
-    }
-}
-
-struct Layer {
-    input_norm: Norm,
-    attn: Attention,
-    post_attn_norm: Norm,
-    pre_ff_norm: Norm,
-    mlp: Mlp,
-    post_ff_norm: Norm,
-    sliding: bool,
-}
-
-/// The keys and values a layer has seen, for generation.
-#[derive(Clone)]
-struct LayerCache {
-    k: Tensor,
-    v: Tensor,
-    /// Absolute position of the first cached key (sliding layers drop old keys).
-    start: usize,
-}
-
-/// The KV cache of one sequence.
-#[derive(Clone, Default)]
-pub struct KvCache {
-    layers: Vec<Option<LayerCache>>,
-    /// Tokens processed so far (the position of the next token).
-    pub len: usize,
-}
-
-impl KvCache {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-/// (first key position, number of keys, sliding window?) of an attention bias.
-type BiasKey = (usize, usize, bool);
-
-/// What the layers need to know about the batch being processed.
-struct Pass<'a> {
-    b: usize,
-    t: usize,
-    /// Absolute position of the first query.
-    offset: usize,
-    /// Per sequence, whether each key position is real (None: all are).
-    key_mask: Option<&'a [Vec<bool>]>,
-    /// Attention biases already built in this pass, by (first key, keys, sliding): every layer
-    /// of a kind shares one.
-    biases: std::cell::RefCell<Vec<(BiasKey, Tensor)>>,
-}
-
-pub struct Gemma2 {
-    pub cfg: Gemma2Config,
-    embed: Tensor,
-    /// An untied output projection, when the checkpoint has one.
-    lm_head: Option<Tensor>,
-    layers: Vec<Layer>,
-    final_norm: Norm,
-    rope: Rope,
-    dtype: DType,
-    device: Device,
-}
-
-const MASKED: f32 = -1e30;
-
-impl Gemma2 {
-    /// Loads the base model from checked weights.
-    pub fn from_weights(
-        cfg: &Gemma2Config,
-        w: &Weights,
-        dtype: DType,
-        dev: &Device,
-    ) -> Result<Self> {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let q_dim = cfg.num_attention_heads * cfg.head_dim;
-        let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
-        let get = |name: &str, shape: &[usize]| w.get(name, shape, dtype, dev);
-        let norm = |name: &str| -> Result<Norm> { Norm::load(w.get(name, &[h], DType::F32, dev)?) };
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for l in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{l}");
-            let lin = |name: &str, shape: &[usize]| -> Result<LoraLinear> {
-                Ok(LoraLinear::new(get(&format!("{p}.{name}.weight"), shape)?))
-            };
-            layers.push(Layer {
-                input_norm: norm(&format!("{p}.input_layernorm.weight"))?,
-                attn: Attention {
-                    q: lin("self_attn.q_proj", &[q_dim, h])?,
-                    k: lin("self_attn.k_proj", &[kv_dim, h])?,
-                    v: lin("self_attn.v_proj", &[kv_dim, h])?,
-                    o: lin("self_attn.o_proj", &[h, q_dim])?,
-                },
-                post_attn_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
-                pre_ff_norm: norm(&format!("{p}.pre_feedforward_layernorm.weight"))?,
-                mlp: Mlp {
-                    gate: lin("mlp.gate_proj", &[i, h])?,
-                    up: lin("mlp.up_proj", &[i, h])?,
-                    down: lin("mlp.down_proj", &[h, i])?,
-                },
-                post_ff_norm: norm(&format!("{p}.post_feedforward_layernorm.weight"))?,
-                sliding: cfg.sliding_layers[l],
-            });
-        }
-        let embed = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let lm_head = if !cfg.tie_word_embeddings && w.contains("lm_head.weight") {
-            Some(get("lm_head.weight", &[cfg.vocab_size, h])?)
-        } else {
-            None
+pub(super) fn read_config(v: &Value) -> Result<ModelConfig, String> {
+    let raw: RawConfig =
+        serde_json::from_value(v.clone()).map_err(|e| format!("malformed config.json: {e}"))?;
+    let defaults = Defaults {
+        vocab_size: None,
+        hidden_size: None,
+        intermediate_size: None,
+        num_hidden_layers: None,
+        num_attention_heads: None,
+        num_key_value_heads: None,
+        head_dim: None,
+        max_position_embeddings: 8192,
+        query_pre_attn_scalar: None,
+        sliding_window: None,
+        bos_token_id: None,
+        eos_token_ids: &[],
+        pad_token_id: None,
+    };
+    raw.build(&defaults, |raw, n, _| {
+        // transformers 5 writes `rope_parameters` (one object); the Hub's files `rope_theta`.
+        let (scaling, nested_theta) = match &raw.rope_parameters {
+            Some(p) if !p.is_null() => rope_object(p, "rope_parameters")?,
+            _ => (RopeScaling::None, None),
         };
-        Ok(Self {
-            cfg: cfg.clone(),
-            embed,
-            lm_head,
-            layers,
-            final_norm: norm("model.norm.weight")?,
-            rope: Rope::new(cfg, dtype, dev)?,
-            dtype,
-            device: dev.clone(),
+        if raw.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err("rope_scaling is not supported by Gemma-2".into());
+        }
+        if scaling != RopeScaling::None {
+            return Err("rope_parameters: only default RoPE is supported by Gemma-2".into());
+        }
+        let rope = RopeSpec {
+            theta: raw.rope_theta.or(nested_theta).unwrap_or(10_000.0),
+            scaling,
+        };
+        Ok(FamilyParts {
+            family: Family::Gemma2,
+            rope_global: rope,
+            rope_local: rope,
+            // Gemma-2: even layers slide, odd layers are global.
+            sliding_layers: raw.sliding_layers(n, |i| i % 2 == 0)?,
+            qk_norm: false,
         })
-    }
-
-    /// A randomly initialised model (weights N(0, 0.02), norms 0 as transformers does), seeded;
-    /// for benchmarks and the offline demo.
-    pub fn random(cfg: &Gemma2Config, seed: u64, dtype: DType, dev: &Device) -> Result<Self> {
-        Self::random_with_embedding_std(cfg, seed, 0.02, dtype, dev)
-    }
-
-    /// Like [`Gemma2::random`] with another spread for the (tied) embedding: at 0.02 a tiny
-    /// model's output logits can hardly move from uniform, so the demo uses a wider one.
-    pub fn random_with_embedding_std(
-        cfg: &Gemma2Config,
-        seed: u64,
-        embedding_std: f32,
-        dtype: DType,
-        dev: &Device,
-    ) -> Result<Self> {
-        let tensors = random_weights(cfg, seed, embedding_std, dev)?;
-        let w = Weights::from_tensors(tensors);
-        Self::from_weights(cfg, &w, dtype, dev)
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// The base weights by their Hugging Face names (for merged exports).
-    pub fn named_weights(&self) -> Vec<(String, Tensor)> {
-        let mut v = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
-        if let Some(head) = &self.lm_head {
-            v.push(("lm_head.weight".into(), head.clone()));
-        }
-        let unnorm = |n: &Norm| n.1.to_dtype(self.dtype);
-        for (l, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{l}");
-            for (t, lin) in layer.linears() {
-                v.push((
-                    format!("{p}.{}.{}.weight", t.block(), t.module()),
-                    lin.weight.clone(),
-                ));
-            }
-            for (name, n) in [
-                ("input_layernorm", &layer.input_norm),
-                ("post_attention_layernorm", &layer.post_attn_norm),
-                ("pre_feedforward_layernorm", &layer.pre_ff_norm),
-                ("post_feedforward_layernorm", &layer.post_ff_norm),
-            ] {
-                if let Ok(t) = unnorm(n) {
-                    v.push((format!("{p}.{name}.weight"), t));
-                }
-            }
-        }
-        if let Ok(t) = unnorm(&self.final_norm) {
-            v.push(("model.norm.weight".into(), t));
-        }
-        v
-    }
-
-    /// Every adaptable projection: (layer, target, layer object).
-    pub fn linears_mut(&mut self) -> impl Iterator<Item = (usize, Target, &mut LoraLinear)> {
-        self.layers.iter_mut().enumerate().flat_map(|(l, layer)| {
-            let Layer { attn, mlp, .. } = layer;
-            [
-                (Target::QProj, &mut attn.q),
-                (Target::KProj, &mut attn.k),
-                (Target::VProj, &mut attn.v),
-                (Target::OProj, &mut attn.o),
-                (Target::GateProj, &mut mlp.gate),
-                (Target::UpProj, &mut mlp.up),
-                (Target::DownProj, &mut mlp.down),
-            ]
-            .into_iter()
-            .map(move |(t, lin)| (l, t, lin))
-        })
-    }
-
-    /// Every adaptable projection, read-only.
-    pub fn linears(&self) -> impl Iterator<Item = (usize, Target, &LoraLinear)> {
-        self.layers
-            .iter()
-            .enumerate()
-            .flat_map(|(l, layer)| layer.linears().into_iter().map(move |(t, lin)| (l, t, lin)))
-    }
-
-    /// Attaches fresh LoRA adapters (PEFT initialisation, seeded) to the configured targets.
-    pub fn attach_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<()> {
-        cfg.validate()?;
-        // A rank above min(in, out) adds parameters (and checkpoint size) but no capacity.
-        // The tightest bound is named, so one error says the whole limit.
-        let tightest = self
-            .linears()
-            .filter(|(_, t, _)| cfg.targets.contains(t))
-            .min_by_key(|(_, _, lin)| lin.in_dim().min(lin.out_dim()));
-        if let Some((_, t, lin)) = tightest {
-            let most = lin.in_dim().min(lin.out_dim());
-            if cfg.r > most {
-                return Err(ModelError::Invalid(format!(
-                    "LoRA rank r = {} is too large for {} ({} → {}): r must be at most min(in, out) = {most}",
-                    cfg.r,
-                    t.module(),
-                    lin.in_dim(),
-                    lin.out_dim()
-                )));
-            }
-        }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        for (_, t, lin) in self.linears_mut() {
-            if cfg.targets.contains(&t) {
-                lin.attach(cfg, &mut rng)?;
-            } else {
-                lin.lora = None;
-            }
-        }
-        Ok(())
-    }
-
-    /// The trainable tensors with their PEFT names (`base_model.model.model.layers.{i}…`).
-    pub fn lora_vars(&self) -> Vec<(String, Var)> {
-        let mut v = Vec::new();
-        for (l, t, lin) in self.linears() {
-            if let Some(lora) = &lin.lora {
-                let p = super::adapter::peft_prefix(l, t);
-                v.push((format!("{p}.lora_A.weight"), lora.a.clone()));
-                v.push((format!("{p}.lora_B.weight"), lora.b.clone()));
-            }
-        }
-        v
-    }
-
-    /// The LoRA gradients of the backward passes since the last call, aligned with
-    /// [`Gemma2::lora_vars`]; the accumulators are reset.
-    pub fn take_lora_grads(&self) -> Vec<Option<Tensor>> {
-        let mut v = Vec::new();
-        for (_, _, lin) in self.linears() {
-            if let Some((a, b)) = lin.take_grads() {
-                v.push(a);
-                v.push(b);
-            }
-        }
-        v
-    }
-
-    /// Folds every adapter into the base weights.
-    pub fn merge_lora(&mut self) -> Result<()> {
-        for (_, _, lin) in self.linears_mut() {
-            lin.merge()?;
-        }
-        Ok(())
-    }
-
-    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        let flat = ids.flatten_all()?;
-        let x = self.embed.index_select(&flat, 0)?;
-        // transformers multiplies by sqrt(hidden) rounded to the model dtype.
-        let normalizer = Tensor::new((self.cfg.hidden_size as f32).sqrt(), &self.device)?
-            .to_dtype(self.dtype)?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
-        Ok((x * normalizer)?)
-    }
-
-    /// Hidden states after the last layer, before the final norm: `[B·T, hidden]`.
-    /// `attention_mask` (per sequence, per position: a real token?) masks padded keys;
-    /// `mode` says whether to build the gradient graph and draw dropout.
-    pub fn hidden_states(
-        &self,
-        ids: &Tensor,
-        attention_mask: Option<&[Vec<bool>]>,
-        mode: &mut Mode,
-    ) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        if t > self.cfg.max_position_embeddings {
-            return Err(ModelError::Invalid(format!(
-                "sequence of {t} tokens exceeds max_position_embeddings {}",
-                self.cfg.max_position_embeddings
-            )));
-        }
-        let pass = Pass {
-            b,
-            t,
-            offset: 0,
-            key_mask: attention_mask,
-            biases: Default::default(),
-        };
-        let mut h = self.embed(ids)?;
-        for layer in &self.layers {
-            h = layer.forward(self, &h, &pass, None, mode)?;
-        }
-        Ok(h)
-    }
-
-    /// Applies the final norm.
-    pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
-        Ok(ops::rms_norm(h, &self.final_norm.0, self.cfg.rms_norm_eps)?)
-    }
-
-    /// The output projection (tied embedding unless the checkpoint has its own), `[vocab, hidden]`.
-    pub fn output_weight(&self) -> &Tensor {
-        self.lm_head.as_ref().unwrap_or(&self.embed)
-    }
-
-    /// Full logits `[B, T, vocab]` in f32 (soft-capped). For tests and short inputs; training
-    /// computes the loss at supervised positions only (see `loss`).
-    pub fn logits(&self, ids: &Tensor, attention_mask: Option<&[Vec<bool>]>) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let h = self.final_norm(&self.hidden_states(ids, attention_mask, &mut Mode::eval())?)?;
-        let z = ops::linear_frozen(&h, self.output_weight())?.to_dtype(DType::F32)?;
-        Ok(
-            ops::softcap(&z, self.cfg.final_logit_softcapping)?.reshape((
-                b,
-                t,
-                self.cfg.vocab_size,
-            ))?,
-        )
-    }
-
-    /// Feeds `ids` after what `cache` holds; returns the f32 logits of the last position.
-    pub fn forward_cached(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        if ids.is_empty() {
-            return Err(ModelError::Invalid("no tokens to feed".into()));
-        }
-        let t = ids.len();
-        if cache.len + t > self.cfg.max_position_embeddings {
-            return Err(ModelError::Invalid(format!(
-                "context of {} tokens exceeds max_position_embeddings {}",
-                cache.len + t,
-                self.cfg.max_position_embeddings
-            )));
-        }
-        if cache.layers.len() != self.layers.len() {
-            cache.layers = vec![None; self.layers.len()];
-        }
-        let x = Tensor::new(ids, &self.device)?.reshape((1, t))?;
-        let pass = Pass {
-            b: 1,
-            t,
-            offset: cache.len,
-            key_mask: None,
-            biases: Default::default(),
-        };
-        let mut h = self.embed(&x)?;
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            h = layer.forward(self, &h, &pass, Some(lc), &mut Mode::eval())?;
-        }
-        cache.len += t;
-        let last = self.final_norm(&h.narrow(0, t - 1, 1)?)?;
-        let z = ops::linear_frozen(&last, self.output_weight())?.to_dtype(DType::F32)?;
-        Ok(ops::softcap(&z, self.cfg.final_logit_softcapping)?.squeeze(0)?)
-    }
-
-    /// [`Gemma2::attention_bias`], built once per pass for all layers of a kind.
-    fn shared_bias(
-        &self,
-        pass: &Pass,
-        key_start: usize,
-        s: usize,
-        sliding: bool,
-    ) -> Result<Tensor> {
-        let key = (key_start, s, sliding);
-        if let Some((_, b)) = pass.biases.borrow().iter().find(|(k, _)| *k == key) {
-            return Ok(b.clone());
-        }
-        let b = self.attention_bias(pass, key_start, s, sliding)?;
-        pass.biases.borrow_mut().push((key, b.clone()));
-        Ok(b)
-    }
-
-    /// The additive attention bias `[B or 1, 1, groups·T, S]`: 0 where query i may see key j
-    /// (causal, within the window on sliding layers, key not padding), a large negative number
-    /// elsewhere. Rows repeat per query group to match the grouped-query layout.
-    fn attention_bias(
-        &self,
-        pass: &Pass,
-        key_start: usize,
-        s: usize,
-        sliding: bool,
-    ) -> Result<Tensor> {
-        let g = self.cfg.groups();
-        let window = if sliding {
-            self.cfg.sliding_window
-        } else {
-            None
-        };
-        let rows = match pass.key_mask {
-            Some(m) => m.len(),
-            None => 1,
-        };
-        let mut bias = Vec::with_capacity(rows * g * pass.t * s);
-        for r in 0..rows {
-            for _ in 0..g {
-                for qi in 0..pass.t {
-                    let i = pass.offset + qi;
-                    for kj in 0..s {
-                        let j = key_start + kj;
-                        let mut ok = j <= i && window.is_none_or(|w| j + w > i);
-                        if let Some(m) = pass.key_mask {
-                            ok &= m[r].get(kj).copied().unwrap_or(false);
-                        }
-                        bias.push(if ok { 0.0 } else { MASKED });
-                    }
-                }
-            }
-        }
-        Ok(Tensor::from_vec(
-            bias,
-            (rows, 1, g * pass.t, s),
-            &self.device,
-        )?)
-    }
+    })
 }
 
-impl Layer {
-    fn linears(&self) -> [(Target, &LoraLinear); 7] {
-        [
-            (Target::QProj, &self.attn.q),
-            (Target::KProj, &self.attn.k),
-            (Target::VProj, &self.attn.v),
-            (Target::OProj, &self.attn.o),
-            (Target::GateProj, &self.mlp.gate),
-            (Target::UpProj, &self.mlp.up),
-            (Target::DownProj, &self.mlp.down),
-        ]
-    }
-
-    fn forward(
-        &self,
-        m: &Gemma2,
-        h: &Tensor,
-        pass: &Pass,
-        cache: Option<&mut Option<LayerCache>>,
-        mode: &mut Mode,
-    ) -> Result<Tensor> {
-        let eps = m.cfg.rms_norm_eps;
-        let x = ops::rms_norm(h, &self.input_norm.0, eps)?;
-        let x = self.attention(m, &x, pass, cache, mode)?;
-        let h = ops::add_rms_norm(h, &x, &self.post_attn_norm.0, eps)?;
-        let x = ops::rms_norm(&h, &self.pre_ff_norm.0, eps)?;
-        let gate = self.mlp.gate.forward(&x, mode)?;
-        let up = self.mlp.up.forward(&x, mode)?;
-        let act = ops::geglu(&gate, &up, m.cfg.activation == Activation::GeluErf)?;
-        let x = self.mlp.down.forward(&act, mode)?;
-        Ok(ops::add_rms_norm(&h, &x, &self.post_ff_norm.0, eps)?)
-    }
-
-    /// `x` `[B·T, hidden]` → `[B·T, hidden]`.
-    fn attention(
-        &self,
-        m: &Gemma2,
-        x: &Tensor,
-        pass: &Pass,
-        cache: Option<&mut Option<LayerCache>>,
-        mode: &mut Mode,
-    ) -> Result<Tensor> {
-        let cfg = &m.cfg;
-        let (b, t, d) = (pass.b, pass.t, cfg.head_dim);
-        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let scale = cfg.query_pre_attn_scalar.powf(-0.5);
-        let sliding = self.sliding && cfg.sliding_window.is_some();
-        let (q, k, v) = (
-            self.attn.q.forward(x, mode)?,
-            self.attn.k.forward(x, mode)?,
-            self.attn.v.forward(x, mode)?,
-        );
-        let Some(cache) = cache else {
-            // The whole sequence at once (training, evaluation): one fused op.
-            let [cos, sin, neg_sin] = m.rope.tables(pass.offset, t)?;
-            let o = ops::attention(
-                &q,
-                &k,
-                &v,
-                ops::Heads { b, t, nh, nkv, d },
-                &ops::RopeTables {
-                    cos: &cos,
-                    sin: &sin,
-                    neg_sin: &neg_sin,
-                },
-                &m.shared_bias(pass, pass.offset, t, sliding)?,
-                scale,
-                cfg.attn_logit_softcapping,
-            )?;
-            return self.attn.o.forward(&o, mode);
-        };
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
-        };
-        let (q, k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
-        let q = m.rope.apply(&q, pass.offset)?;
-        let k = m.rope.apply(&k, pass.offset)?;
-        let (k, v, key_start) = match cache.take() {
-            Some(c) => (
-                Tensor::cat(&[&c.k, &k], 2)?,
-                Tensor::cat(&[&c.v, &v], 2)?,
-                c.start,
-            ),
-            None => (k, v, pass.offset),
-        };
-        // A sliding layer never looks further back than the window: drop older keys.
-        let keep = match (self.sliding, cfg.sliding_window) {
-            (true, Some(w)) => w.min(k.dim(2)?),
-            _ => k.dim(2)?,
-        };
-        let drop = k.dim(2)? - keep;
-        *cache = Some(LayerCache {
-            k: k.narrow(2, drop, keep)?,
-            v: v.narrow(2, drop, keep)?,
-            start: key_start + drop,
-        });
-        let bias = m.shared_bias(pass, key_start, k.dim(2)?, sliding)?;
-        let o = ops::attend(&q, &k, &v, &bias, scale, cfg.attn_logit_softcapping)?;
-        let o = o.transpose(1, 2)?.reshape((b * t, nh * d))?;
-        self.attn.o.forward(&o, mode)
-    }
+pub(super) fn preset(name: &str) -> Option<ModelConfig> {
+    let (v, h, i, l, heads, kv, d, window) = match name {
+        "tiny" => (384, 64, 160, 4, 4, 2, 16, 4096),
+        "small" => (32000, 512, 2048, 6, 8, 4, 64, 4096),
+        "gemma-2-2b" => (256000, 2304, 9216, 26, 8, 4, 256, 4096),
+        _ => return None,
+    };
+    let json = json!({
+        "model_type": "gemma2", "vocab_size": v, "hidden_size": h, "intermediate_size": i,
+        "num_hidden_layers": l, "num_attention_heads": heads, "num_key_value_heads": kv,
+        "head_dim": d, "query_pre_attn_scalar": d, "sliding_window": window,
+        "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+        "hidden_activation": "gelu_pytorch_tanh", "rope_theta": 10000.0,
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-6,
+        "bos_token_id": 2, "eos_token_id": [1, 107], "pad_token_id": 0
+    });
+    Some(ModelConfig::from_json(&json.to_string()).expect("presets are valid"))
 }
 
-/// Random weights as transformers initialises Gemma-2 (normal 0.02; norms 0), generated with a
-/// seeded generator so that benchmarks and the demo are reproducible.
-fn random_weights(
-    cfg: &Gemma2Config,
-    seed: u64,
-    embedding_std: f32,
-    dev: &Device,
-) -> Result<Vec<(String, Tensor)>> {
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let q_dim = cfg.num_attention_heads * cfg.head_dim;
-    let kv_dim = cfg.num_key_value_heads * cfg.head_dim;
-    let mut shapes: Vec<(String, Vec<usize>)> =
-        vec![("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h])];
-    for l in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{l}");
-        for (name, shape) in [
-            ("self_attn.q_proj", vec![q_dim, h]),
-            ("self_attn.k_proj", vec![kv_dim, h]),
-            ("self_attn.v_proj", vec![kv_dim, h]),
-            ("self_attn.o_proj", vec![h, q_dim]),
-            ("mlp.gate_proj", vec![i, h]),
-            ("mlp.up_proj", vec![i, h]),
-            ("mlp.down_proj", vec![h, i]),
-        ] {
-            shapes.push((format!("{p}.{name}.weight"), shape));
-        }
-    }
-    let mut out = Vec::with_capacity(shapes.len());
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    for (name, shape) in shapes {
-        let std = if name == "model.embed_tokens.weight" {
-            embedding_std
-        } else {
-            0.02
-        };
-        out.push((name, normal(&shape, std, &mut rng, dev)?));
-    }
-    let zeros = Tensor::zeros(h, DType::F32, dev)?;
-    for l in 0..cfg.num_hidden_layers {
-        for n in [
-            "input_layernorm",
-            "post_attention_layernorm",
-            "pre_feedforward_layernorm",
-            "post_feedforward_layernorm",
-        ] {
-            out.push((format!("model.layers.{l}.{n}.weight"), zeros.clone()));
-        }
-    }
-    out.push(("model.norm.weight".into(), zeros));
-    Ok(out)
-}
-
-/// Normal samples; on an accelerator the device generator (seeded from `rng`) avoids a host
-/// round trip for billions of values.
-fn normal(shape: &[usize], std: f32, rng: &mut ChaCha8Rng, dev: &Device) -> Result<Tensor> {
-    use rand::Rng;
-    if !dev.is_cpu() {
-        dev.set_seed(rng.random())?;
-        return Ok(Tensor::randn(0f32, std, shape, dev)?);
-    }
-    let n: usize = shape.iter().product();
-    let mut v = Vec::with_capacity(n);
-    while v.len() < n {
-        // Box–Muller: two normals from two uniforms.
-        let u1: f32 = rng.random_range(f32::MIN_POSITIVE..1.0);
-        let u2: f32 = rng.random();
-        let r = (-2.0 * u1.ln()).sqrt() * std;
-        let a = std::f32::consts::TAU * u2;
-        v.push(r * a.cos());
-        if v.len() < n {
-            v.push(r * a.sin());
-        }
-    }
-    Ok(Tensor::from_vec(v, shape, dev)?)
+pub(super) fn hub_json(cfg: &ModelConfig) -> Value {
+    let mut m = cfg.common_hub_json();
+    m.insert("architectures".into(), json!(["Gemma2ForCausalLM"]));
+    m.insert("hidden_act".into(), json!(cfg.activation_name()));
+    m.insert("rope_theta".into(), json!(cfg.rope_global.theta));
+    Value::Object(m)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::loss::{loss_sum, Batch};
 
-    #[test]
-    fn lora_rank_is_bounded_by_the_smaller_side_of_each_target() {
-        let cfg = Gemma2Config::preset("tiny").unwrap();
-        let mut m = Gemma2::random(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
-        // k_proj is 64 → 32 in the tiny preset.
-        let lora = |r| crate::model::LoraConfig {
-            r,
-            ..Default::default()
-        };
-        m.attach_lora(&lora(32), 0).unwrap();
-        let e = m.attach_lora(&lora(100_000), 0).unwrap_err().to_string();
-        assert!(
-            e.contains("r = 100000") && e.contains("at most min(in, out) = 32"),
-            "{e}"
-        );
+    const HUB: &str = r#"{"model_type":"gemma2","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+      "num_hidden_layers":3,"num_attention_heads":2,"num_key_value_heads":1,"head_dim":4,
+      "hidden_act":"gelu_pytorch_tanh","rope_theta":500.0,"eos_token_id":[1,107],"bos_token_id":2,
+      "query_pre_attn_scalar":6,"sliding_window":4,"attn_logit_softcapping":50.0,
+      "final_logit_softcapping":null,"torch_dtype":"bfloat16"}"#;
+
+    fn parse(t: &str) -> Result<ModelConfig, String> {
+        ModelConfig::from_json(t)
     }
 
     #[test]
-    fn bf16_forward_and_backward_track_f32() {
-        let cfg = Gemma2Config::preset("tiny").unwrap();
-        let dev = Device::Cpu;
-        let ids = Tensor::new(&[[2u32, 50, 60, 70, 80, 90], [2, 51, 61, 71, 0, 0]], &dev).unwrap();
-        let mask = vec![vec![true; 6], vec![true, true, true, true, false, false]];
-        let mut logits = Vec::new();
-        for dtype in [DType::F32, DType::BF16] {
-            let mut m = Gemma2::random(&cfg, 3, dtype, &dev).unwrap();
-            m.attach_lora(
-                &LoraConfig {
-                    dropout: 0.1,
-                    ..Default::default()
-                },
-                5,
+    fn reads_the_hub_spelling() {
+        let c = parse(HUB).unwrap();
+        assert_eq!(c.family, Family::Gemma2);
+        assert_eq!(c.rope_global.theta, 500.0);
+        assert_eq!(c.rope_local, c.rope_global);
+        assert_eq!(c.eos_token_ids, vec![1, 107]);
+        assert_eq!(c.sliding_layers, vec![true, false, true]);
+        assert_eq!(c.activation, super::super::Activation::GeluTanh);
+        assert_eq!(c.final_logit_softcapping, None);
+        assert_eq!(c.query_pre_attn_scalar, 6.0);
+        assert!(c.tie_word_embeddings && !c.qk_norm);
+    }
+
+    #[test]
+    fn reads_nested_rope_parameters_and_scalar_eos() {
+        let t = HUB
+            .replace(
+                "\"rope_theta\":500.0",
+                "\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":7.0}",
             )
-            .unwrap();
-            logits.push(
-                m.logits(&ids, Some(&mask))
-                    .unwrap()
-                    .narrow(0, 0, 1)
-                    .unwrap(),
-            );
-            let seqs: [(&[u32], &[i64]); 2] = [
-                (&[2, 50, 60, 70, 80, 90], &[-100, -100, 60, 70, 80, 90]),
-                (&[2, 51, 61, 71], &[-100, 51, 61, 71]),
-            ];
-            let batch = Batch::new(&seqs, 0, cfg.vocab_size, &dev).unwrap();
-            let loss = loss_sum(&m, &batch, &mut Mode::train(1)).unwrap();
-            loss.backward().unwrap();
-            for ((name, _), g) in m.lora_vars().iter().zip(m.take_lora_grads()) {
-                let g = g.unwrap_or_else(|| panic!("{name} has no gradient"));
-                assert_eq!(g.dtype(), DType::F32);
-            }
+            .replace("[1,107]", "1")
+            .replace("\"hidden_act\"", "\"hidden_activation\"");
+        let c = parse(&t).unwrap();
+        assert_eq!(c.rope_global.theta, 7.0);
+        assert_eq!(c.eos_token_ids, vec![1]);
+    }
+
+    #[test]
+    fn round_trips_through_hub_json() {
+        let c = parse(HUB).unwrap();
+        let json = c.to_hub_json();
+        let back = parse(&json.to_string()).unwrap();
+        assert_eq!(c, back);
+        // transformers rejects a float here.
+        assert!(json["query_pre_attn_scalar"].is_i64(), "{json}");
+    }
+
+    #[test]
+    fn hub_json_uses_the_declared_types() {
+        let v = ModelConfig::preset("gemma-2-2b").unwrap().to_hub_json();
+        for int_field in [
+            "query_pre_attn_scalar",
+            "head_dim",
+            "sliding_window",
+            "max_position_embeddings",
+            "vocab_size",
+        ] {
+            assert!(v[int_field].is_u64(), "{int_field}: {}", v[int_field]);
         }
-        let diff = (&logits[0] - &logits[1])
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .sqrt()
-            .unwrap();
-        let norm = logits[0].sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
-        let rel = (diff / norm).unwrap().to_scalar::<f32>().unwrap();
-        assert!(rel < 3e-2, "bf16 logits differ from f32 by {rel}");
+        assert_eq!(v["query_pre_attn_scalar"], json!(256));
+        for float_field in ["rms_norm_eps", "rope_theta", "attn_logit_softcapping"] {
+            assert!(v[float_field].is_f64(), "{float_field}: {}", v[float_field]);
+        }
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_run() {
+        let cases = [
+            (
+                HUB.replace("\"num_key_value_heads\":1", "\"num_key_value_heads\":3"),
+                "multiple of num_key_value_heads",
+            ),
+            (
+                HUB.replace("gelu_pytorch_tanh", "silu"),
+                "hidden_activation `silu`",
+            ),
+            (
+                HUB.replace("\"vocab_size\":10,", ""),
+                "missing field `vocab_size`",
+            ),
+            (
+                HUB.replace(
+                    "\"rope_theta\":500.0",
+                    "\"rope_scaling\":{\"rope_type\":\"linear\",\"factor\":2.0}",
+                ),
+                "rope_scaling is not supported by Gemma-2",
+            ),
+            ("{".to_string(), "malformed config.json"),
+        ];
+        for (text, want) in cases {
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn presets_exist() {
+        assert_eq!(ModelConfig::preset("gemma-2-2b").unwrap().hidden_size, 2304);
+        assert!(ModelConfig::preset("huge").is_none());
     }
 }

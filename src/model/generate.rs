@@ -1,7 +1,7 @@
 //! Decoding with the KV cache: greedy or sampled (temperature, top-p, top-k, repetition
 //! penalty, seed), stopping at `<end_of_turn>` / EOS, streaming each token to a callback.
 
-use super::gemma2::{Gemma2, KvCache};
+use super::causal_lm::{CausalLm, KvCache};
 use super::{ModelError, Result};
 use candle_core::{DType, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
@@ -102,7 +102,7 @@ pub enum Stop {
 /// token. Returns the new tokens (without the stop token) and why it stopped. On return the
 /// cache holds the prompt and every generated token except the last one produced.
 pub fn generate(
-    model: &Gemma2,
+    model: &CausalLm,
     cache: &mut KvCache,
     prompt: &[u32],
     params: &SamplingParams,
@@ -200,15 +200,15 @@ impl<'a> TextStream<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Gemma2Config;
+    use crate::model::{CausalLm, ModelConfig};
     use candle_core::Device;
 
-    fn model() -> Gemma2 {
-        let cfg = Gemma2Config::preset("tiny").unwrap();
-        Gemma2::random(&cfg, 1, DType::F32, &Device::Cpu).unwrap()
+    fn model() -> CausalLm {
+        let cfg = ModelConfig::preset("tiny").unwrap();
+        CausalLm::random(&cfg, 1, DType::F32, &Device::Cpu).unwrap()
     }
 
-    fn run(m: &Gemma2, p: &SamplingParams, stop: &[u32]) -> (Vec<u32>, Stop) {
+    fn run(m: &CausalLm, p: &SamplingParams, stop: &[u32]) -> (Vec<u32>, Stop) {
         generate(m, &mut KvCache::new(), &[2, 10, 11, 12], p, stop, |_| {
             ControlFlow::Continue(())
         })

@@ -2,7 +2,8 @@
 //! softmax, soft-capping and the cross-entropy rows. candle runs each of these as several
 //! passes through scalar libm calls (`tanhf` alone took a quarter of a CPU training step); one
 //! pass with a vectorisable rational tanh does the same work. Every kernel has a reference
-//! path made of candle ops, used on other devices and checked against it in the tests.
+//! path made of candle ops, used on other devices and checked against it in the tests; which
+//! of the two a model runs is its [`Kernels`], chosen once at load.
 //!
 //! No kernel writes a subnormal float: a value that underflows (a masked attention probability,
 //! a saturated GELU, a far-off logit's probability) is written as an exact zero. On Intel
@@ -149,9 +150,61 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     }
 }
 
-/// True when the fused kernels apply (f32 on the CPU).
-pub fn applies(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+/// Which implementation of the element-wise work a model runs, chosen once when it loads and
+/// carried through every pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// The fused CPU kernels of this module wherever an operand is f32 (a bf16 model still
+    /// has f32 attention scores and logits); candle ops for the rest.
+    Fused,
+    /// candle ops only: the path CUDA and Metal run, also runnable on the CPU.
+    Reference,
+}
+
+/// The environment variable that overrides the choice: `fused` or `reference`.
+pub const KERNELS_ENV: &str = "SOCRATUNE_KERNELS";
+
+impl Kernels {
+    /// Fused on the CPU, the reference path elsewhere (the fused kernels are CPU code).
+    pub fn for_device(device: &Device) -> Self {
+        if device.is_cpu() {
+            Kernels::Fused
+        } else {
+            Kernels::Reference
+        }
+    }
+
+    /// `SOCRATUNE_KERNELS` when set, else [`Kernels::for_device`]; checked against the device.
+    pub fn from_env(device: &Device) -> Result<Self, String> {
+        let k = match std::env::var(KERNELS_ENV) {
+            Ok(v) => Self::parse(&v).map_err(|e| format!("{KERNELS_ENV}: {e}"))?,
+            Err(_) => Self::for_device(device),
+        };
+        k.check(device)?;
+        Ok(k)
+    }
+
+    /// `fused` or `reference`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "fused" => Ok(Kernels::Fused),
+            "reference" => Ok(Kernels::Reference),
+            other => Err(format!("unknown kernels `{other}` (fused or reference)")),
+        }
+    }
+
+    /// The fused kernels run on the CPU only.
+    pub fn check(self, device: &Device) -> Result<(), String> {
+        if self == Kernels::Fused && !device.is_cpu() {
+            return Err("the fused kernels run on the CPU only; use reference".into());
+        }
+        Ok(())
+    }
+
+    /// Whether an op may use its fused kernel on operand `t` (f32 on the CPU).
+    pub fn fuse(self, t: &Tensor) -> bool {
+        self == Kernels::Fused && t.dtype() == DType::F32 && t.device().is_cpu()
+    }
 }
 
 fn from_vec(v: Vec<f32>, like: &Tensor) -> candle_core::Result<Tensor> {

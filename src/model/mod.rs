@@ -1,11 +1,19 @@
-//! Gemma-2 with LoRA: config, loading (local folder or Hub), the training forward pass, the
-//! cached generation path, PEFT adapter IO and merging.
+//! Causal language models with LoRA: config, loading (local folder or Hub), the training
+//! forward pass, the cached generation path, PEFT adapter IO and merging.
+//!
+//! Every family is the one decoder [`CausalLm`] built from the shared [`blocks`]; a family is
+//! a config reader (`gemma2`, `gemma3`) that fills the family-agnostic [`ModelConfig`].
+//! `model::load` picks the reader from `config.json`'s `model_type`; nothing outside this
+//! module needs to know which family it runs.
 
 pub mod adapter;
+mod blocks;
+mod causal_lm;
 pub mod config;
 pub mod device;
 pub mod export;
-pub mod gemma2;
+mod gemma2;
+mod gemma3;
 pub mod generate;
 pub mod hub;
 pub mod kernels;
@@ -14,9 +22,10 @@ pub mod loss;
 pub mod ops;
 pub mod weights;
 
-pub use config::{Activation, Gemma2Config};
-pub use gemma2::{Gemma2, KvCache};
+pub use causal_lm::{CausalLm, KvCache};
+pub use config::{Activation, Family, ModelConfig, NormWeight, RopeScaling, RopeSpec};
 pub use hub::Source;
+pub use kernels::Kernels;
 pub use lora::{LoraConfig, Target};
 
 use candle_core::{DType, Device};
@@ -68,9 +77,23 @@ pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> 
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
-/// Loads a base model (config + weights) from a folder or the Hub.
-pub fn load(src: &Source, dtype: DType, device: &Device) -> Result<Gemma2> {
-    let cfg = Gemma2Config::from_file(&src.file("config.json")?)?;
+/// Loads a base model (config + weights) from a folder or the Hub, its family from
+/// `config.json`'s `model_type`; the kernels are the device's unless `SOCRATUNE_KERNELS`
+/// (`fused` or `reference`) says otherwise.
+pub fn load(src: &Source, dtype: DType, device: &Device) -> Result<CausalLm> {
+    let cfg = ModelConfig::from_file(&src.file("config.json")?)?;
     let weights = weights::Weights::open(src)?;
-    Gemma2::from_weights(&cfg, &weights, dtype, device)
+    CausalLm::from_weights(&cfg, &weights, dtype, device)
+}
+
+/// [`load`] with the kernels chosen by the caller.
+pub fn load_with_kernels(
+    src: &Source,
+    dtype: DType,
+    device: &Device,
+    kernels: Kernels,
+) -> Result<CausalLm> {
+    let mut m = load(src, dtype, device)?;
+    m.set_kernels(kernels)?;
+    Ok(m)
 }

@@ -6,7 +6,7 @@
 //! inputs and attaches its own backward through [`with_grad`], so gradients flow only where
 //! they are needed.
 
-use super::kernels;
+use super::kernels::{self, Kernels};
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 
@@ -198,24 +198,30 @@ pub fn linear_frozen(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// Gemma's RMSNorm: `x / rms(x) * w1` computed in f32 (`w1` is `1 + weight`, f32), returned in
-/// `x`'s dtype.
-pub fn rms_norm(x: &Tensor, w1: &Tensor, eps: f64) -> Result<Tensor> {
+/// RMSNorm: `x / rms(x) * w1` computed in f32 (`w1` is the effective weight in f32: Gemma's
+/// `1 + weight`, or the weight itself), returned in `x`'s dtype.
+pub fn rms_norm(x: &Tensor, w1: &Tensor, eps: f64, kern: Kernels) -> Result<Tensor> {
     let (x32, y) = rms_norm_value(x, w1, eps)?;
     let (w1, dtype) = (w1.clone(), x.dtype());
-    with_grad(y, x, move |g| rms_norm_grad(&x32, &w1, eps, g, dtype))
+    with_grad(y, x, move |g| rms_norm_grad(&x32, &w1, eps, g, dtype, kern))
 }
 
 /// `h + rms_norm(x, w1)`: a Gemma post-norm and the residual add after it, as one graph node
 /// (the add's node would zero-fill and add two full-size gradients for nothing: `dh = g`).
-pub fn add_rms_norm(h: &Tensor, x: &Tensor, w1: &Tensor, eps: f64) -> Result<Tensor> {
+pub fn add_rms_norm(
+    h: &Tensor,
+    x: &Tensor,
+    w1: &Tensor,
+    eps: f64,
+    kern: Kernels,
+) -> Result<Tensor> {
     let (x32, y) = rms_norm_value(x, w1, eps)?;
     let out = (h.detach() + y)?;
     let (w1, dtype) = (w1.clone(), x.dtype());
     with_grad2(out, h, x, move |g| {
         Ok((
             Some(g.clone()),
-            Some(rms_norm_grad(&x32, &w1, eps, g, dtype)?),
+            Some(rms_norm_grad(&x32, &w1, eps, g, dtype, kern)?),
         ))
     })
 }
@@ -228,8 +234,15 @@ fn rms_norm_value(x: &Tensor, w1: &Tensor, eps: f64) -> Result<(Tensor, Tensor)>
 }
 
 /// `d rms_norm(x) / dx · g`, in `dtype`.
-fn rms_norm_grad(x32: &Tensor, w1: &Tensor, eps: f64, g: &Tensor, dtype: DType) -> Result<Tensor> {
-    if dtype == DType::F32 && kernels::applies(x32) && kernels::applies(g) {
+fn rms_norm_grad(
+    x32: &Tensor,
+    w1: &Tensor,
+    eps: f64,
+    g: &Tensor,
+    dtype: DType,
+    kern: Kernels,
+) -> Result<Tensor> {
+    if dtype == DType::F32 && kern.fuse(x32) && kern.fuse(g) {
         if let Some(dx) = kernels::rms_norm_backward(x32, w1, g, eps)? {
             return Ok(dx);
         }
@@ -237,7 +250,7 @@ fn rms_norm_grad(x32: &Tensor, w1: &Tensor, eps: f64, g: &Tensor, dtype: DType) 
     rms_norm_grad_composed(x32, w1, eps, g)?.to_dtype(dtype)
 }
 
-/// [`rms_norm_grad`] as candle ops (other devices and dtypes), in f32.
+/// [`rms_norm_grad`] as candle ops (the reference path), in f32.
 fn rms_norm_grad_composed(x32: &Tensor, w1: &Tensor, eps: f64, g: &Tensor) -> Result<Tensor> {
     let rstd = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?
         .sqrt()?
@@ -301,19 +314,20 @@ pub fn attend(
     bias: &Tensor,
     scale: f64,
     cap: Option<f64>,
+    kern: Kernels,
 ) -> Result<Tensor> {
     let (b, nh, t, d) = qh.dims4()?;
     let nkv = kh.dim(1)?;
     let qg = qh.reshape((b, nkv, nh / nkv * t, d))?;
     let scores = (qg.matmul(&kh.t()?)? * scale)?;
-    let p = capped_masked_softmax(&scores.to_dtype(DType::F32)?, cap, bias)?;
+    let p = capped_masked_softmax(&scores.to_dtype(DType::F32)?, cap, bias, kern)?;
     p.to_dtype(vh.dtype())?.matmul(vh)?.reshape((b, nh, t, d))
 }
 
 /// Self-attention of a whole sequence from the projections `q` `[B·T, nh·D]`, `k` and `v`
 /// `[B·T, nkv·D]`: heads split, RoPE, [`attend`], heads merged, `[B·T, nh·D]`.
 ///
-/// On the CPU in f32 all of it is one graph node with the backward written out (two dozen
+/// With the fused kernels (CPU, f32) all of it is one graph node with the backward written out (two dozen
 /// candle nodes otherwise, each zero-filling and adding its inputs' gradients: at the `tiny`
 /// shape that bookkeeping costs more than the arithmetic).
 #[allow(clippy::too_many_arguments)]
@@ -326,12 +340,13 @@ pub fn attention(
     bias: &Tensor,
     scale: f64,
     cap: Option<f64>,
+    kern: Kernels,
 ) -> Result<Tensor> {
     let Heads { b, t, nh, nkv, d } = shape;
     let split = move |y: &Tensor, n: usize| shape.split(y, n);
     let merge = move |y: &Tensor, n: usize| shape.merge(y, n);
-    if !(kernels::applies(q) && bias.rank() == 4 && kernels::applies(bias)) {
-        return attention_composed(q, k, v, shape, rope_tables, bias, scale, cap);
+    if !(kern.fuse(q) && bias.rank() == 4 && kern.fuse(bias)) {
+        return attention_composed(q, k, v, shape, rope_tables, bias, scale, cap, kern);
     }
     let RopeTables { cos, sin, neg_sin } = rope_tables;
     let g = nh / nkv;
@@ -362,7 +377,8 @@ pub fn attention(
     })
 }
 
-/// [`attention`] as a composition of candle ops and the ops above (other devices and dtypes).
+/// [`attention`] as a composition of candle ops and the ops above (the reference path; the
+/// softmax inside may still be fused when `kern` allows).
 #[allow(clippy::too_many_arguments)]
 fn attention_composed(
     q: &Tensor,
@@ -373,13 +389,14 @@ fn attention_composed(
     bias: &Tensor,
     scale: f64,
     cap: Option<f64>,
+    kern: Kernels,
 ) -> Result<Tensor> {
     let Heads { nh, nkv, .. } = shape;
     let RopeTables { cos, sin, neg_sin } = rope_tables;
     let qh = rope(&shape.split(q, nh)?, cos, sin, neg_sin)?;
     let kh = rope(&shape.split(k, nkv)?, cos, sin, neg_sin)?;
     shape.merge(
-        &attend(&qh, &kh, &shape.split(v, nkv)?, bias, scale, cap)?,
+        &attend(&qh, &kh, &shape.split(v, nkv)?, bias, scale, cap, kern)?,
         nh,
     )
 }
@@ -387,8 +404,13 @@ fn attention_composed(
 /// Attention probabilities: `softmax(cap · tanh(s / cap) + bias)` over the last dim, in f32.
 /// `bias` holds 0 for allowed and a large negative number for masked positions; it takes no
 /// gradient.
-pub fn capped_masked_softmax(s: &Tensor, cap: Option<f64>, bias: &Tensor) -> Result<Tensor> {
-    if s.rank() == 4 && kernels::applies(s) && kernels::applies(bias) {
+pub fn capped_masked_softmax(
+    s: &Tensor,
+    cap: Option<f64>,
+    bias: &Tensor,
+    kern: Kernels,
+) -> Result<Tensor> {
+    if s.rank() == 4 && kern.fuse(s) && kern.fuse(bias) {
         let s_in = s.detach();
         if let Some(y) = kernels::capped_softmax_forward(&s_in, cap, bias)? {
             let y_saved = y.clone();
@@ -418,9 +440,9 @@ pub fn capped_masked_softmax(s: &Tensor, cap: Option<f64>, bias: &Tensor) -> Res
 }
 
 /// GeGLU: `gelu_tanh(gate) · up` (or exact GELU), with one fused backward for both inputs.
-pub fn geglu(gate: &Tensor, up: &Tensor, exact: bool) -> Result<Tensor> {
+pub fn geglu(gate: &Tensor, up: &Tensor, exact: bool, kern: Kernels) -> Result<Tensor> {
     let (g, u) = (gate.detach(), up.detach());
-    if !exact && kernels::applies(&g) {
+    if !exact && kern.fuse(&g) {
         if let Some(y) = kernels::geglu_forward(&g, &u)? {
             return with_grad2(y, gate, up, move |dy| {
                 let (dg, du) = kernels::geglu_backward(&g, &u, dy)?
@@ -437,6 +459,19 @@ pub fn geglu(gate: &Tensor, up: &Tensor, exact: bool) -> Result<Tensor> {
         } else {
             gelu_tanh_grad(&g)?
         };
+        Ok((Some((dy * &u)?.mul(&dact)?), Some(dy.mul(&act)?)))
+    })
+}
+
+/// SwiGLU: `silu(gate) · up`, one backward for both inputs (candle ops on every device).
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let (g, u) = (gate.detach(), up.detach());
+    let act = g.silu()?;
+    let y = (&act * &u)?;
+    with_grad2(y, gate, up, move |dy| {
+        // d silu(x)/dx = σ(x) (1 + x (1 − σ(x))).
+        let sig = candle_nn::ops::sigmoid(&g)?;
+        let dact = (&sig * (&g * (1.0 - &sig)?)?.affine(1.0, 1.0)?)?;
         Ok((Some((dy * &u)?.mul(&dact)?), Some(dy.mul(&act)?)))
     })
 }
@@ -548,20 +583,35 @@ mod tests {
         let up = (randn(&[3, 5], 21) * 2.0).unwrap();
         for exact in [false, true] {
             check_grad(&(randn(&[3, 5], 20) * 3.0).unwrap(), |g| {
-                weigh(&geglu(g, &up.to_dtype(g.dtype())?, exact)?, 22)
+                weigh(
+                    &geglu(g, &up.to_dtype(g.dtype())?, exact, Kernels::Fused)?,
+                    22,
+                )
             });
             check_grad(&up, |u| {
                 let g = (randn(&[3, 5], 20) * 3.0)?.to_dtype(u.dtype())?;
-                weigh(&geglu(&g, u, exact)?, 22)
+                weigh(&geglu(&g, u, exact, Kernels::Fused)?, 22)
             });
         }
+    }
+
+    #[test]
+    fn swiglu_gradient_matches_finite_differences() {
+        let up = (randn(&[3, 5], 24) * 2.0).unwrap();
+        check_grad(&(randn(&[3, 5], 25) * 3.0).unwrap(), |g| {
+            weigh(&swiglu(g, &up.to_dtype(g.dtype())?)?, 26)
+        });
+        check_grad(&up, |u| {
+            let g = (randn(&[3, 5], 25) * 3.0)?.to_dtype(u.dtype())?;
+            weigh(&swiglu(&g, u)?, 26)
+        });
     }
 
     #[test]
     fn fused_kernels_match_candle_ops() {
         let g = (randn(&[4, 300], 30) * 4.0).unwrap();
         let u = randn(&[4, 300], 31);
-        let fused = geglu(&g, &u, false).unwrap();
+        let fused = geglu(&g, &u, false, Kernels::Fused).unwrap();
         let plain = (g.gelu().unwrap() * &u).unwrap();
         let d = crate::model::max_abs_diff(&fused, &plain);
         assert!(d < 1e-5, "geglu differs by {d}");
@@ -574,7 +624,7 @@ mod tests {
             .unwrap()
             .contiguous()
             .unwrap();
-        let fused = capped_masked_softmax(&s, Some(50.0), &bias).unwrap();
+        let fused = capped_masked_softmax(&s, Some(50.0), &bias, Kernels::Fused).unwrap();
         let capped = ((&s / 50.0).unwrap().tanh().unwrap() * 50.0).unwrap();
         let plain =
             candle_nn::ops::softmax_last_dim(&capped.broadcast_add(&bias).unwrap()).unwrap();
@@ -585,7 +635,7 @@ mod tests {
             randn(&[5, 3000], 34),
         );
         let w1 = (randn(&[3000], 35) + 1.0).unwrap();
-        let fused = rms_norm_grad(&x, &w1, 1e-6, &g, DType::F32).unwrap();
+        let fused = rms_norm_grad(&x, &w1, 1e-6, &g, DType::F32, Kernels::Fused).unwrap();
         let plain = rms_norm_grad_composed(&x, &w1, 1e-6, &g).unwrap();
         let d = crate::model::max_abs_diff(&fused, &plain);
         assert!(d < 1e-5, "RMSNorm backward differs by {d}");
@@ -605,7 +655,7 @@ mod tests {
         // Gemma's norm computes in f32 whatever the input dtype: checked in f32 only.
         check_grad_in(
             &randn(&[3, 6], 5),
-            &|x: &Tensor| weigh(&rms_norm(x, &w1, 1e-6)?, 6),
+            &|x: &Tensor| weigh(&rms_norm(x, &w1, 1e-6, Kernels::Fused)?, 6),
             DType::F32,
             2e-3,
         );
@@ -618,13 +668,13 @@ mod tests {
         let x = randn(&[3, 6], 41);
         check_grad_in(
             &x,
-            &|x: &Tensor| weigh(&add_rms_norm(&h, x, &w1, 1e-6)?, 6),
+            &|x: &Tensor| weigh(&add_rms_norm(&h, x, &w1, 1e-6, Kernels::Fused)?, 6),
             DType::F32,
             2e-3,
         );
         check_grad_in(
             &h,
-            &|h: &Tensor| weigh(&add_rms_norm(h, &x, &w1, 1e-6)?, 6),
+            &|h: &Tensor| weigh(&add_rms_norm(h, &x, &w1, 1e-6, Kernels::Fused)?, 6),
             DType::F32,
             2e-3,
         );
@@ -659,9 +709,29 @@ mod tests {
             neg_sin: &neg_sin,
         };
         if fused {
-            attention(q, k, v, shape, &tables, &bias, 0.5, Some(3.0))
+            attention(
+                q,
+                k,
+                v,
+                shape,
+                &tables,
+                &bias,
+                0.5,
+                Some(3.0),
+                Kernels::Fused,
+            )
         } else {
-            attention_composed(q, k, v, shape, &tables, &bias, 0.5, Some(3.0))
+            attention_composed(
+                q,
+                k,
+                v,
+                shape,
+                &tables,
+                &bias,
+                0.5,
+                Some(3.0),
+                Kernels::Reference,
+            )
         }
     }
 
@@ -720,7 +790,7 @@ mod tests {
         for cap in [None, Some(1.5)] {
             check_grad(&(randn(&[2, 1, 3, 4], 10) * 3.0).unwrap(), |x| {
                 weigh(
-                    &capped_masked_softmax(x, cap, &bias.to_dtype(x.dtype())?)?,
+                    &capped_masked_softmax(x, cap, &bias.to_dtype(x.dtype())?, Kernels::Fused)?,
                     11,
                 )
             });

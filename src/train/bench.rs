@@ -1,4 +1,4 @@
-//! `socratune bench train`: the work of `benches/hf_peft_reference.py` (a random Gemma-2
+//! `socratune bench train`: the work of `benches/hf_peft_reference.py` (a random model
 //! of a preset shape, LoRA r=16/alpha=32 on all seven projections, AdamW lr 1e-4, B×T tokens a
 //! step with the first 40% of each sequence masked; f32 on CPU, bf16 base + f32 LoRA on GPUs),
 //! done through the trainer's own step, reported with the reference's JSON keys.
@@ -9,7 +9,7 @@ use super::TrainError;
 use crate::model::device::{device_name, parse_device};
 use crate::model::lora::{LoraConfig, Target};
 use crate::model::loss::Batch;
-use crate::model::{Gemma2, Gemma2Config};
+use crate::model::{CausalLm, ModelConfig};
 use candle_core::{DType, Device};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -29,17 +29,18 @@ pub struct BenchOptions {
 /// The reference's batch and sequence length per preset.
 fn preset_batch(preset: &str) -> (usize, usize) {
     match preset {
-        "tiny" => (2, 64),
+        "tiny" | "tiny-gemma3" => (2, 64),
         "small" => (4, 256),
         _ => (8, 512),
     }
 }
 
 pub fn bench_train(o: &BenchOptions) -> Result<Value, TrainError> {
-    let cfg = Gemma2Config::preset(&o.preset).ok_or_else(|| {
+    let cfg = ModelConfig::preset(&o.preset).ok_or_else(|| {
         TrainError::Config(format!(
-            "unknown preset `{}`; use tiny, small or gemma-2-2b",
-            o.preset
+            "unknown preset `{}`; use one of {}",
+            o.preset,
+            ModelConfig::preset_names().join(", ")
         ))
     })?;
     if o.steps == 0 {
@@ -53,7 +54,7 @@ pub fn bench_train(o: &BenchOptions) -> Result<Value, TrainError> {
     } else {
         DType::BF16
     };
-    let mut model = Gemma2::random(&cfg, 0, dtype, &device)?;
+    let mut model = CausalLm::random(&cfg, 0, dtype, &device)?;
     let lora = LoraConfig {
         r: 16,
         alpha: 32.0,

@@ -7,7 +7,7 @@ use super::config::TrainConfig;
 use super::TrainError;
 use crate::fsutil::{sync_dir, write_json};
 use crate::model::lora::LoraConfig;
-use crate::model::{adapter, Gemma2};
+use crate::model::{adapter, CausalLm};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -42,7 +42,7 @@ pub struct State {
 /// Writes checkpoint `step` under `dir` atomically; returns its folder.
 pub fn save(
     dir: &Path,
-    model: &Gemma2,
+    model: &CausalLm,
     lora: &LoraConfig,
     opt: &AdamW,
     state: &State,
@@ -223,7 +223,7 @@ pub fn prune(dir: &Path, keep: usize) -> Result<(), TrainError> {
 /// Writes an adapter folder (`adapter/`, `best/`) by building it aside and swapping it in.
 pub fn write_adapter_dir(
     dest: &Path,
-    model: &Gemma2,
+    model: &CausalLm,
     lora: &LoraConfig,
     base_model: &str,
 ) -> Result<(), TrainError> {
@@ -256,14 +256,14 @@ pub fn write_adapter_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Gemma2Config, LoraConfig};
+    use crate::model::{LoraConfig, ModelConfig};
     use crate::train::adamw::AdamWParams;
 
     #[test]
     fn a_half_written_or_damaged_checkpoint_is_never_taken_for_a_valid_one() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Gemma2Config::preset("tiny").unwrap();
-        let mut m = Gemma2::random(&cfg, 0, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let cfg = ModelConfig::preset("tiny").unwrap();
+        let mut m = CausalLm::random(&cfg, 0, candle_core::DType::F32, &Device::Cpu).unwrap();
         let lora = LoraConfig::default();
         m.attach_lora(&lora, 0).unwrap();
         let hp = AdamWParams {

@@ -7,7 +7,7 @@
 use super::adamw::{AdamW, AdamWParams};
 use crate::model::lora::{LoraConfig, Mode, Target};
 use crate::model::loss::{loss_sum, Batch};
-use crate::model::{Gemma2, Gemma2Config};
+use crate::model::{CausalLm, ModelConfig};
 use candle_core::{DType, Device, Tensor};
 
 /// Subnormal values in `t` (any float dtype), as (count, first one).
@@ -33,12 +33,12 @@ fn assert_none(what: &str, t: &Tensor) {
 }
 
 fn check_preset(preset: &str) {
-    let mut cfg = Gemma2Config::preset(preset).unwrap();
+    let mut cfg = ModelConfig::preset(preset).unwrap();
     // A window shorter than the sequence, so that sliding layers mask old keys too.
     cfg.sliding_window = Some(24);
     assert!(cfg.sliding_layers.iter().any(|s| *s) && cfg.sliding_layers.iter().any(|s| !*s));
     let dev = Device::Cpu;
-    let mut model = Gemma2::random(&cfg, 11, DType::F32, &dev).unwrap();
+    let mut model = CausalLm::random(&cfg, 11, DType::F32, &dev).unwrap();
     let lora = LoraConfig {
         r: 8,
         alpha: 16.0,

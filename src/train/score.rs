@@ -5,7 +5,7 @@
 use super::data::{load_examples, Example};
 use super::trainer::evaluate;
 use super::TrainError;
-use crate::model::Gemma2;
+use crate::model::CausalLm;
 use candle_core::Device;
 use serde::Serialize;
 use std::path::Path;
@@ -22,7 +22,7 @@ pub struct Score {
 
 /// Scores `model` on the examples of `data`, `batch` at a time, without a gradient graph.
 pub fn score_file(
-    model: &Gemma2,
+    model: &CausalLm,
     data: &Path,
     batch: usize,
     device: &Device,

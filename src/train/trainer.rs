@@ -13,7 +13,7 @@ use crate::lock::RunLock;
 use crate::model::device::{device_name, parse_device, parse_dtype};
 use crate::model::lora::Mode;
 use crate::model::loss::{loss_sum, Batch};
-use crate::model::{load, Gemma2, Source};
+use crate::model::{load, CausalLm, Source};
 use crate::rundir::{DataDir, RunDir};
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -401,7 +401,7 @@ pub struct StepResult {
 /// token-weighted loss, exact under accumulation, then clipping and an AdamW update. A
 /// non-finite loss skips the update and is returned for the caller to report.
 pub fn optimizer_step(
-    model: &Gemma2,
+    model: &CausalLm,
     opt: &mut AdamW,
     batches: &[Batch],
     dropout_key: impl Fn(usize) -> u64,
@@ -451,7 +451,7 @@ pub fn optimizer_step(
 /// over the held-out dialogues in full (`common.jsonl`, written by `socratune data build`).
 fn common_metric(
     spec: &RunSpec,
-    model: &mut Gemma2,
+    model: &mut CausalLm,
     pad: u32,
     vocab: usize,
     device: &Device,
@@ -481,7 +481,7 @@ fn common_metric(
 /// Logs an evaluation, keeps `best/` up to date; returns whether early stopping triggers.
 fn record_eval(
     spec: &RunSpec,
-    model: &Gemma2,
+    model: &CausalLm,
     lora: &crate::model::LoraConfig,
     state: &mut State,
     metrics: &mut MetricsLog,
@@ -531,7 +531,7 @@ fn make_batch(
 /// Mean token loss over every supervised token of `examples`, without a gradient graph. The
 /// sum of per-batch sums divided by the token count: independent of the batch size.
 pub fn evaluate(
-    model: &Gemma2,
+    model: &CausalLm,
     examples: &[Example],
     batch: usize,
     pad: u32,

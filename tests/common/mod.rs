@@ -5,11 +5,20 @@ use candle_core::Tensor;
 use std::path::PathBuf;
 
 /// The Gemma-2 fixture: `GEMMA2_FIXTURE`, or the repository's own `tests/fixtures/gemma2-tiny`
-/// (made by `scripts/make_gemma2_fixture.py`).
+/// (made by `scripts/make_fixture.py`).
 pub fn fixture() -> PathBuf {
     match std::env::var("GEMMA2_FIXTURE") {
         Ok(p) => PathBuf::from(p),
         Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma2-tiny"),
+    }
+}
+
+/// The Gemma-3 (text) fixture: `GEMMA3_FIXTURE`, or the repository's own
+/// `tests/fixtures/gemma3-tiny` (made by `scripts/make_fixture.py --family gemma3`).
+pub fn gemma3_fixture() -> PathBuf {
+    match std::env::var("GEMMA3_FIXTURE") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-tiny"),
     }
 }
 
@@ -66,8 +75,12 @@ impl ServeChild {
     /// Starts `serve` on the fixture (port 0, CPU) with the tokenizer file `tok` and `extra`
     /// arguments, and waits for the address it prints.
     pub fn start(tok: &std::path::Path, extra: &[&str]) -> Self {
+        Self::start_on(&fixture(), tok, extra)
+    }
+
+    /// [`ServeChild::start`] on the model folder `f`.
+    pub fn start_on(f: &std::path::Path, tok: &std::path::Path, extra: &[&str]) -> Self {
         use std::io::BufRead;
-        let f = fixture();
         let mut child = bin()
             .args(["serve", "--model", f.to_str().unwrap()])
             .args(["--tokenizer", tok.to_str().unwrap(), "--device", "cpu"])

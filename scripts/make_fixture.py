@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
-"""Makes the tiny Gemma-2 + LoRA fixture that the parity tests compare socratune against:
-a random model and adapter, and reference outputs computed by Hugging Face transformers
-(eager attention) and PEFT on the CPU in float32.
+"""Makes a tiny model + LoRA fixture that the parity tests compare socratune against: a
+random model of one family (Gemma-2 or Gemma-3 text) and adapter, and reference outputs
+computed by Hugging Face transformers (eager attention) and PEFT on the CPU in float32.
 
-Usage: python scripts/make_gemma2_fixture.py OUT_DIR [--seed N] [--shape tiny|odd]
+Usage: python scripts/make_fixture.py OUT_DIR [--family gemma2|gemma3] [--seed N]
+                                              [--shape tiny|odd]
 
 Deterministic: the same seed, shape and library versions give byte-identical files (one
 CPU thread, deterministic algorithms, no timestamps). The versions and the command are
 written to OUT_DIR/GENERATED.md.
 
 Files written into OUT_DIR:
-  config.json                  a Gemma-2 config spelled as the Hub's gemma-2 repositories
-                               spell it (top-level rope_theta, torch_dtype, eos list, no
-                               layer_types: even layers slide)
+  config.json                  the config spelled as the Hub's repositories of the family
+                               spell it (gemma2: top-level rope_theta, torch_dtype, eos
+                               list, no layer_types: even layers slide; gemma3: rope_theta,
+                               rope_local_base_freq, rope_scaling, sliding_window_pattern)
   model.safetensors            the weights (float32, Hugging Face names)
   generation_config.json       as transformers writes it
   adapter/                     a PEFT LoRA adapter on all seven projections, lora_B non-zero
@@ -37,7 +39,8 @@ import sys
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from transformers import Gemma2Config, Gemma2ForCausalLM
+from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM,
+                          Gemma3TextConfig)
 
 # sliding_window < T so that local and global layers really differ; query_pre_attn_scalar !=
 # head_dim so that its use is tested; both softcaps active.
@@ -52,22 +55,43 @@ SHAPES = {
                 query_pre_attn_scalar=12, attn_logit_softcapping=20.0,
                 final_logit_softcapping=15.0, rope_theta=500.0),
 }
+# Gemma-3 text: q/k norms, no soft-caps, a local and a global RoPE base with linear scaling on
+# the global layers, two sliding layers to one global (six layers: both kinds twice),
+# sliding_window < T, query_pre_attn_scalar != head_dim.
+GEMMA3_SHAPES = {
+    "tiny": dict(vocab_size=384, hidden_size=64, intermediate_size=160, num_hidden_layers=6,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=7,
+                 query_pre_attn_scalar=20, sliding_window_pattern=3, rope_theta=10000.0,
+                 rope_local_base_freq=100.0, rope_scaling={"rope_type": "linear", "factor": 4.0}),
+    "odd": dict(vocab_size=301, hidden_size=48, intermediate_size=96, num_hidden_layers=4,
+                num_attention_heads=6, num_key_value_heads=3, head_dim=8, sliding_window=5,
+                query_pre_attn_scalar=12, sliding_window_pattern=2, rope_theta=500.0,
+                rope_local_base_freq=50.0, rope_scaling={"rope_type": "linear", "factor": 2.0}),
+}
 BATCH = {"tiny": (2, 21, 4, 8), "odd": (3, 17, 3, 5)}  # B, T, LoRA r, LoRA alpha
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PAD, BOS, EOS = 0, 2, 1
 
 
-def hub_spelling(path):
-    """Rewrites config.json as the Hub's gemma-2 repositories spell it, so the tests read
-    (and exports keep) the spelling real base models have."""
+def hub_spelling(path, family, shape):
+    """Rewrites config.json as the Hub's repositories of the family spell it, so the tests
+    read (and exports keep) the spelling real base models have."""
     with open(path) as f:
         c = json.load(f)
-    c["rope_theta"] = c.pop("rope_parameters")["rope_theta"]
-    c["hidden_act"] = c["hidden_activation"]
-    c["eos_token_id"] = [EOS, 107]
+    if family == "gemma3":
+        # As google/gemma-3-1b-it: the pre-transformers-5 RoPE keys and the layer pattern.
+        want = GEMMA3_SHAPES[shape]
+        c.pop("rope_parameters")
+        for k in ("rope_theta", "rope_local_base_freq", "rope_scaling", "sliding_window_pattern"):
+            c[k] = want[k]
+        c["eos_token_id"] = [EOS, 106]
+    else:
+        c["rope_theta"] = c.pop("rope_parameters")["rope_theta"]
+        c["hidden_act"] = c["hidden_activation"]
+        c["eos_token_id"] = [EOS, 107]
     c["cache_implementation"] = "hybrid"
     c["torch_dtype"] = c.pop("dtype", "float32")
-    for k in ("layer_types", "use_bidirectional_attention"):
+    for k in ("layer_types", "use_bidirectional_attention", "_sliding_window_pattern"):
         c.pop(k, None)
     with open(path, "w") as f:
         json.dump(c, f, indent=2, sort_keys=True)
@@ -90,6 +114,7 @@ def inputs(vocab, b, t):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out")
+    ap.add_argument("--family", default="gemma2", choices=["gemma2", "gemma3"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     a = ap.parse_args()
@@ -98,12 +123,18 @@ def main():
     torch.manual_seed(a.seed)
     b, t, r, alpha = BATCH[a.shape]
 
-    cfg = Gemma2Config(max_position_embeddings=256, rms_norm_eps=1e-6,
-                       hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
-                       pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
-                       attention_bias=False, attention_dropout=0.0, **SHAPES[a.shape])
+    common = dict(max_position_embeddings=256, rms_norm_eps=1e-6,
+                  hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+                  pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+                  attention_bias=False, attention_dropout=0.0)
+    if a.family == "gemma3":
+        cfg = Gemma3TextConfig(**common, **GEMMA3_SHAPES[a.shape])
+        model_class = Gemma3ForCausalLM
+    else:
+        cfg = Gemma2Config(**common, **SHAPES[a.shape])
+        model_class = Gemma2ForCausalLM
     cfg._attn_implementation = "eager"
-    model = Gemma2ForCausalLM(cfg).float().eval()
+    model = model_class(cfg).float().eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
             # Random norm weights too, so that Gemma's (1 + weight) RMSNorm is exercised.
@@ -143,7 +174,14 @@ def main():
     out["gen_prompt"] = prompt
     out["gen_greedy"] = g[0, 6:].clone()
     save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(a.out, "io.safetensors"))
-    hub_spelling(os.path.join(a.out, "config.json"))
+    hub_spelling(os.path.join(a.out, "config.json"), a.family, a.shape)
+    if a.family == "gemma3":
+        # The Hub spelling must mean the same model to transformers as the config it came from.
+        again = model_class.from_pretrained(a.out, attn_implementation="eager").float().eval()
+        assert again.config.layer_types == cfg.layer_types, again.config.layer_types
+        assert again.config.rope_parameters == cfg.rope_parameters, again.config.rope_parameters
+        with torch.no_grad():
+            assert torch.equal(again(input_ids=ids, attention_mask=mask).logits, base_logits)
     adir = os.path.join(a.out, "adapter")
     pm.save_pretrained(adir)
     os.remove(os.path.join(adir, "README.md"))  # PEFT's empty model card
@@ -156,15 +194,17 @@ def main():
         f.write("\n")
 
     with open(os.path.join(a.out, "README.md"), "w") as f:
-        f.write("# Gemma-2 parity fixture\n\nMade by `scripts/make_gemma2_fixture.py` "
+        title = {"gemma2": "Gemma-2", "gemma3": "Gemma-3 (text)"}[a.family]
+        f.write(f"# {title} parity fixture\n\nMade by `scripts/make_fixture.py` "
                 "(see GENERATED.md). Files:\n\n```\n")
         f.write(__doc__.split("Files written into OUT_DIR:\n")[1].rstrip() + "\n```\n")
         f.write(f"\nshape {a.shape}, seed {a.seed}, lora_loss {loss.item():.6f}\n")
     versions = {p: md.version(p) for p in ("torch", "transformers", "peft", "safetensors")}
     with open(os.path.join(a.out, "GENERATED.md"), "w") as f:
         f.write("# How this fixture was made\n\n")
-        f.write(f"Command, from the repository root:\n\n    python scripts/make_gemma2_fixture.py "
-                f"{os.path.relpath(a.out)} --seed {a.seed} --shape {a.shape}\n\n")
+        family = "" if a.family == "gemma2" else f" --family {a.family}"
+        f.write(f"Command, from the repository root:\n\n    python scripts/make_fixture.py "
+                f"{os.path.relpath(a.out)}{family} --seed {a.seed} --shape {a.shape}\n\n")
         f.write(f"Python {platform.python_version()} on {platform.machine()}, CPU, float32, "
                 "eager attention, one thread.\n\n")
         f.writelines(f"- {k} {v}\n" for k, v in versions.items())

@@ -1,0 +1,288 @@
+//! The building blocks every family is made of, written once: RMSNorm with either weight
+//! convention, RoPE with scaling, attention with optional soft-cap, sliding window and q/k
+//! norms, and the gated MLP (GeGLU or SwiGLU). The LoRA projection they use is
+//! [`super::lora::LoraLinear`].
+
+use super::config::{Activation, NormWeight, RopeScaling, RopeSpec};
+use super::kernels::Kernels;
+use super::lora::{LoraLinear, Mode};
+use super::ops;
+use super::Result;
+use candle_core::{DType, Device, Tensor};
+
+/// An RMSNorm: the effective weight in f32 (`1 + w` for Gemma, `w` otherwise) and the
+/// checkpoint's weight as loaded, so that exports write it back unchanged.
+pub(super) struct Norm {
+    w1: Tensor,
+    stored: Tensor,
+}
+
+impl Norm {
+    /// `w` is the stored weight in f32.
+    pub fn load(w: Tensor, convention: NormWeight) -> Result<Self> {
+        let w1 = match convention {
+            NormWeight::OnePlus => (&w + 1.0)?,
+            NormWeight::Plain => w.clone(),
+        };
+        Ok(Norm { w1, stored: w })
+    }
+
+    pub fn forward(&self, x: &Tensor, eps: f64, kern: Kernels) -> Result<Tensor> {
+        Ok(ops::rms_norm(x, &self.w1, eps, kern)?)
+    }
+
+    /// `h + norm(x)`: a post-norm and the residual add after it.
+    pub fn add_forward(&self, h: &Tensor, x: &Tensor, eps: f64, kern: Kernels) -> Result<Tensor> {
+        Ok(ops::add_rms_norm(h, x, &self.w1, eps, kern)?)
+    }
+
+    /// The weight as the checkpoint stores it (f32).
+    pub fn stored(&self) -> &Tensor {
+        &self.stored
+    }
+}
+
+/// Rotary position embedding: inverse frequencies, tables made for the positions a pass needs
+/// (a 128k context would otherwise keep hundreds of MB of tables per RoPE kind).
+pub(super) struct Rope {
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    pub fn new(spec: &RopeSpec, head_dim: usize) -> Self {
+        // As transformers: inverse frequencies and angles in f32, then cast to the model dtype.
+        let theta = spec.theta as f32;
+        let divisor = match spec.scaling {
+            RopeScaling::None => 1.0,
+            // Linear scaling divides positions by the factor, i.e. the frequencies.
+            RopeScaling::Linear { factor } => factor as f32,
+        };
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32) / divisor)
+            .collect();
+        Self { inv_freq }
+    }
+
+    /// cos, sin and −sin of positions `offset..offset + t`, `[t, head_dim / 2]` each.
+    pub fn tables(
+        &self,
+        offset: usize,
+        t: usize,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<[Tensor; 3]> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in offset..offset + t {
+            for f in &self.inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (t, half), dev)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (t, half), dev)?.to_dtype(dtype)?;
+        let neg_sin = sin.neg()?;
+        Ok([cos, sin, neg_sin])
+    }
+}
+
+/// The keys and values an attention layer has seen, for generation.
+#[derive(Clone)]
+pub(super) struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+    /// Absolute position of the first cached key (sliding layers drop old keys).
+    start: usize,
+}
+
+/// What an attention layer is, besides its weights.
+pub(super) struct AttnShape {
+    pub nh: usize,
+    pub nkv: usize,
+    pub d: usize,
+    /// Multiplies the scores (`query_pre_attn_scalar^-1/2` for Gemma).
+    pub scale: f64,
+    /// Soft-cap of the scores.
+    pub cap: Option<f64>,
+    /// The window of a sliding layer.
+    pub window: Option<usize>,
+    pub eps: f64,
+}
+
+/// What an attention call needs from its pass.
+pub(super) struct AttnCall<'a> {
+    pub b: usize,
+    pub t: usize,
+    /// Absolute position of the first query.
+    pub offset: usize,
+    /// cos, sin, −sin of the queries' positions, for this layer's RoPE.
+    pub rope: &'a [Tensor; 3],
+    /// The additive bias for keys from `key_start`, `s` of them (causal, window, padding).
+    pub bias: &'a dyn Fn(usize, usize) -> Result<Tensor>,
+    pub kern: Kernels,
+}
+
+pub(super) struct Attention {
+    pub q: LoraLinear,
+    pub k: LoraLinear,
+    pub v: LoraLinear,
+    pub o: LoraLinear,
+    /// RMSNorm of each query and key head before RoPE (Gemma-3).
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
+}
+
+impl Attention {
+    /// `x` `[B·T, hidden]` → `[B·T, hidden]`; with a cache, keys and values are appended to it.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        s: &AttnShape,
+        c: &AttnCall,
+        cache: Option<&mut Option<LayerCache>>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        let (b, t, d) = (c.b, c.t, s.d);
+        let (nh, nkv) = (s.nh, s.nkv);
+        let q = head_norm(self.q.forward(x, mode)?, nh, d, self.q_norm.as_ref(), s, c)?;
+        let k = head_norm(self.k.forward(x, mode)?, nkv, d, self.k_norm.as_ref(), s, c)?;
+        let v = self.v.forward(x, mode)?;
+        let [cos, sin, neg_sin] = c.rope;
+        let tables = ops::RopeTables { cos, sin, neg_sin };
+        let Some(cache) = cache else {
+            // The whole sequence at once (training, evaluation): one fused op where allowed.
+            let o = ops::attention(
+                &q,
+                &k,
+                &v,
+                ops::Heads { b, t, nh, nkv, d },
+                &tables,
+                &(c.bias)(c.offset, t)?,
+                s.scale,
+                s.cap,
+                c.kern,
+            )?;
+            return self.o.forward(&o, mode);
+        };
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let (q, k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
+        let q = ops::rope(&q, cos, sin, neg_sin)?;
+        let k = ops::rope(&k, cos, sin, neg_sin)?;
+        let (k, v, key_start) = match cache.take() {
+            Some(lc) => (
+                Tensor::cat(&[&lc.k, &k], 2)?,
+                Tensor::cat(&[&lc.v, &v], 2)?,
+                lc.start,
+            ),
+            None => (k, v, c.offset),
+        };
+        // A sliding layer never looks further back than the window: drop older keys.
+        let keep = match s.window {
+            Some(w) => w.min(k.dim(2)?),
+            None => k.dim(2)?,
+        };
+        let drop = k.dim(2)? - keep;
+        *cache = Some(LayerCache {
+            k: k.narrow(2, drop, keep)?,
+            v: v.narrow(2, drop, keep)?,
+            start: key_start + drop,
+        });
+        let bias = (c.bias)(key_start, k.dim(2)?)?;
+        let o = ops::attend(&q, &k, &v, &bias, s.scale, s.cap, c.kern)?;
+        let o = o.transpose(1, 2)?.reshape((b * t, nh * d))?;
+        self.o.forward(&o, mode)
+    }
+}
+
+/// RMSNorm of each head of a projection `[B·T, n·D]` (rows of D), or the projection as is.
+fn head_norm(
+    y: Tensor,
+    n: usize,
+    d: usize,
+    norm: Option<&Norm>,
+    s: &AttnShape,
+    c: &AttnCall,
+) -> Result<Tensor> {
+    let Some(norm) = norm else {
+        return Ok(y);
+    };
+    let rows = y.dim(0)?;
+    norm.forward(&y.reshape((rows * n, d))?, s.eps, c.kern)?
+        .reshape((rows, n * d))
+        .map_err(Into::into)
+}
+
+/// The gated feed-forward block: `down(act(gate(x)) · up(x))`.
+pub(super) struct Mlp {
+    pub gate: LoraLinear,
+    pub up: LoraLinear,
+    pub down: LoraLinear,
+    pub activation: Activation,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: &Tensor, kern: Kernels, mode: &mut Mode) -> Result<Tensor> {
+        let gate = self.gate.forward(x, mode)?;
+        let up = self.up.forward(x, mode)?;
+        let act = match self.activation {
+            Activation::GeluTanh => ops::geglu(&gate, &up, false, kern)?,
+            Activation::GeluErf => ops::geglu(&gate, &up, true, kern)?,
+            Activation::Silu => ops::swiglu(&gate, &up)?,
+        };
+        self.down.forward(&act, mode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_scaling_divides_the_frequencies() {
+        let plain = Rope::new(
+            &RopeSpec {
+                theta: 100.0,
+                scaling: RopeScaling::None,
+            },
+            8,
+        );
+        let scaled = Rope::new(
+            &RopeSpec {
+                theta: 100.0,
+                scaling: RopeScaling::Linear { factor: 4.0 },
+            },
+            8,
+        );
+        // Position 8 with scaling is position 2 without.
+        let dev = Device::Cpu;
+        let a = scaled.tables(8, 1, DType::F32, &dev).unwrap();
+        let b = plain.tables(2, 1, DType::F32, &dev).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert!(crate::model::max_abs_diff(x, y) < 1e-6);
+        }
+    }
+
+    #[test]
+    fn norm_conventions() {
+        let w = Tensor::new(&[0.5f32, -0.5], &Device::Cpu).unwrap();
+        let x = Tensor::new(&[[3f32, 4.0]], &Device::Cpu).unwrap();
+        let rms = (12.5f32 + 1e-6).sqrt();
+        for (conv, want) in [
+            (NormWeight::OnePlus, [1.5 * 3.0 / rms, 0.5 * 4.0 / rms]),
+            (NormWeight::Plain, [0.5 * 3.0 / rms, -0.5 * 4.0 / rms]),
+        ] {
+            let n = Norm::load(w.clone(), conv).unwrap();
+            let y = n
+                .forward(&x, 1e-6, Kernels::Fused)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            assert!((y[0][0] - want[0]).abs() < 1e-5 && (y[0][1] - want[1]).abs() < 1e-5);
+            assert_eq!(n.stored().to_vec1::<f32>().unwrap(), vec![0.5, -0.5]);
+        }
+    }
+}
