@@ -9,6 +9,7 @@ pub mod cli;
 pub mod corpus;
 pub mod dataset;
 pub mod demo;
+pub mod eval;
 pub mod fpenv;
 pub mod fsutil;
 pub mod gguf;

@@ -99,6 +99,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{md}");
             eprintln!("demo: everything is in {}", out.display());
         }
+        Command::Eval(a) => run_eval(a)?,
         Command::Compare { runs } => {
             let md = socratune::report::compare(&runs)?;
             println!("{md}");
@@ -310,15 +311,65 @@ fn train_config(path: &Path, overrides: &TrainOverrides) -> Result<TrainConfig> 
 
 /// Ctrl-C asks the loop to checkpoint and stop; a second one exits at once.
 fn interrupt_flag() -> Arc<AtomicBool> {
+    stop_flag("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to quit now)")
+}
+
+/// A flag set by the first Ctrl-C (announced with `message`); the second one exits at once.
+fn stop_flag(message: &'static str) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     let _ = ctrlc::set_handler(move || {
         if f.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to quit now)");
+        eprintln!("{message}");
     });
     flag
+}
+
+fn run_eval(a: socratune::cli::eval::EvalArgs) -> Result<()> {
+    use socratune::eval::{self, EvalConfig, EvalOptions};
+    let mut config = EvalConfig::load(&a.eval_config)?;
+    if let Some(n) = a.prompts {
+        anyhow::ensure!(n >= 1, "--prompts must be at least 1");
+        config.prompts = n;
+    }
+    if let Some(s) = a.seed {
+        config.seed = s;
+    }
+    let judge = match a.judge.as_str() {
+        "none" => None,
+        "config" => Some(a.config.clone()),
+        other => anyhow::bail!("--judge `{other}` is not `config` or `none`"),
+    };
+    let o = EvalOptions {
+        runs: a.runs.clone(),
+        variants: a.variants,
+        base: a.base,
+        config,
+        judge,
+        prompts_dir: a.prompt_templates,
+        pairwise: a.pairwise,
+        dialogues: a.dialogues,
+        model: socratune::chat::load::ModelSpec {
+            model: a.model,
+            revision: a.revision,
+            tokenizer: a.tokenizer,
+            device: a.device.device,
+            dtype: a.device.dtype,
+        },
+        stop: stop_flag(
+            "\ninterrupt: stopping after this reply (Ctrl-C again to quit now; rerun to resume)",
+        ),
+    };
+    let report = eval::run(&o)?;
+    println!("{}", eval::report::markdown(&report));
+    eprintln!(
+        "wrote {} and {}",
+        a.runs.join("eval.md").display(),
+        a.runs.join("eval.json").display()
+    );
+    Ok(())
 }
 
 fn run_sweep(a: SweepArgs) -> Result<()> {

@@ -41,7 +41,7 @@ pub struct ChatConfig {
     pub sampling: SamplingConfig,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplingConfig {
     pub temperature: Option<f64>,

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod chat;
 pub mod data;
+pub mod eval;
 pub mod export;
 pub mod model;
 pub mod sweep;
@@ -48,6 +49,9 @@ pub enum Command {
         #[arg(default_value = "runs")]
         runs: std::path::PathBuf,
     },
+    /// Judge what each finished run says on held-out prompts: scores with intervals beside
+    /// validation loss (runs/eval.md, runs/eval.json).
+    Eval(eval::EvalArgs),
     /// Train every variant with the same settings and split (skips finished runs, resumes others).
     Sweep(sweep::SweepArgs),
     /// Train one LoRA run on a dataset variant (resumable).

@@ -110,6 +110,7 @@ fn judge_cmd(a: &JudgeArgs) -> Result<(), SynthError> {
     let opts = JudgeOptions {
         config,
         prompts: a.call.prompts.clone(),
+        template: super::judge::JUDGE_PROMPT.into(),
         input: a.input.clone(),
         out: a.out.clone(),
         max_reasks: a.max_reasks,

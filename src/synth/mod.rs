@@ -17,7 +17,7 @@ pub mod judge;
 pub mod limiter;
 pub mod manifest;
 pub mod minhash;
-mod pool;
+pub(crate) mod pool;
 pub mod progress;
 pub mod prompts;
 pub mod retry;

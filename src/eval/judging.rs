@@ -1,0 +1,113 @@
+//! Judging the replies with `synth judge` itself: each reply becomes a dialogue in the corpus
+//! format (the conversation it answers, then the reply as the last model turn) in
+//! `runs/eval/dialogues.jsonl`, and the synth judge scores them into `runs/eval/judged.jsonl`
+//! with its client, schema, re-asks and journal — so a rerun pays for nothing twice, and
+//! `synth review` opens the result like any judged file.
+
+use super::prompts::EvalPrompt;
+use super::replies::Generated;
+use super::{Entry, EvalError, Result};
+use crate::corpus::{load_dialogues, write_jsonl, Dialogue, Judge, LoadOptions, Role, Turn};
+use crate::synth::judge::{judge, JudgeOptions};
+use crate::synth::SynthConfig;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// The id of one reply as a dialogue: `<entry>/<prompt>`.
+pub fn reply_id(entry: &str, prompt: &str) -> String {
+    format!("{entry}/{prompt}")
+}
+
+/// The conversation a reply answers, with the reply as its last turn.
+pub fn as_dialogue(entry: &Entry, p: &EvalPrompt, g: &Generated) -> Dialogue {
+    let mut turns: Vec<Turn> = p.dialogue.turns[..=2 * p.pair].to_vec();
+    turns.push(Turn {
+        role: Role::Model,
+        text: g.reply.clone(),
+    });
+    let mut extra = serde_json::Map::new();
+    extra.insert("source".into(), json!("eval"));
+    extra.insert("run".into(), json!(entry.name));
+    extra.insert("prompt".into(), json!(p.id));
+    Dialogue {
+        id: reply_id(&entry.name, &p.id),
+        persona: p.dialogue.persona.clone(),
+        question: p.dialogue.question.clone(),
+        user_temperature: p.dialogue.user_temperature,
+        turns,
+        judge: None,
+        review: None,
+        extra,
+    }
+}
+
+pub struct JudgeRun {
+    pub config: SynthConfig,
+    pub prompts_dir: PathBuf,
+    pub template: String,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What the judge said, by reply id, and what it cost.
+pub struct Judged {
+    pub scores: HashMap<String, Judge>,
+    pub failed: usize,
+    pub counts: Value,
+    pub file: PathBuf,
+}
+
+/// Scores every non-empty reply (an empty one has nothing to judge and is not sent).
+pub fn judge_replies(
+    dir: &Path,
+    entries: &[Entry],
+    prompts: &[EvalPrompt],
+    replies: &[Vec<Generated>],
+    run: &JudgeRun,
+) -> Result<Judged> {
+    let dialogues: Vec<Dialogue> = entries
+        .iter()
+        .zip(replies)
+        .flat_map(|(e, rs)| {
+            prompts
+                .iter()
+                .zip(rs)
+                .filter(|(_, g)| !g.reply.trim().is_empty())
+                .map(move |(p, g)| as_dialogue(e, p, g))
+        })
+        .collect();
+    let input = dir.join("dialogues.jsonl");
+    let out = dir.join("judged.jsonl");
+    write_jsonl(&input, &dialogues)?;
+    let t = &run.config.transcript;
+    let s = judge(&JudgeOptions {
+        config: run.config.clone(),
+        prompts: run.prompts_dir.clone(),
+        template: run.template.clone(),
+        input: input.clone(),
+        out: out.clone(),
+        max_reasks: 2,
+        rejudge: false,
+        user_label: t.user_label.clone(),
+        model_label: t.model_label.clone(),
+        retry_failed: false,
+        stop: Arc::clone(&run.stop),
+    })?;
+    eprintln!("eval judge: {}", s.stats);
+    if s.interrupted {
+        return Err(EvalError::Interrupted);
+    }
+    let scores = load_dialogues(&out, LoadOptions::default())?
+        .records
+        .into_iter()
+        .filter_map(|(_, d)| Some((d.id, d.judge?)))
+        .collect();
+    Ok(Judged {
+        scores,
+        failed: s.failures.len(),
+        counts: s.counts,
+        file: out,
+    })
+}
