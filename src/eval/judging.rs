@@ -59,14 +59,14 @@ pub struct Judged {
     pub file: PathBuf,
 }
 
-/// Scores every non-empty reply (an empty one has nothing to judge and is not sent).
-pub fn judge_replies(
+/// Writes every non-empty reply as a dialogue to `runs/eval/dialogues.jsonl` (an empty one
+/// has nothing to read or judge); returns the file.
+pub fn write_dialogues(
     dir: &Path,
     entries: &[Entry],
     prompts: &[EvalPrompt],
     replies: &[Vec<Generated>],
-    run: &JudgeRun,
-) -> Result<Judged> {
+) -> Result<PathBuf> {
     let dialogues: Vec<Dialogue> = entries
         .iter()
         .zip(replies)
@@ -78,15 +78,20 @@ pub fn judge_replies(
                 .map(move |(p, g)| as_dialogue(e, p, g))
         })
         .collect();
-    let input = dir.join("dialogues.jsonl");
+    let file = dir.join("dialogues.jsonl");
+    write_jsonl(&file, &dialogues)?;
+    Ok(file)
+}
+
+/// Scores the dialogues of `input` (from [`write_dialogues`]) into `runs/eval/judged.jsonl`.
+pub fn judge_replies(dir: &Path, input: &Path, run: &JudgeRun) -> Result<Judged> {
     let out = dir.join("judged.jsonl");
-    write_jsonl(&input, &dialogues)?;
     let t = &run.config.transcript;
     let s = judge(&JudgeOptions {
         config: run.config.clone(),
         prompts: run.prompts_dir.clone(),
         template: run.template.clone(),
-        input: input.clone(),
+        input: input.to_path_buf(),
         out: out.clone(),
         max_reasks: 2,
         rejudge: false,

@@ -211,6 +211,7 @@ pub fn run(o: &EvalOptions) -> Result<EvalReport> {
     let dir = o.runs.join("eval");
     let all = replies::generate_all(&dir, &entries, &prompts, &params, &o.model, &o.stop, &say)?;
 
+    let dialogues = judging::write_dialogues(&dir, &entries, &prompts, &all.replies)?;
     let mut judged = None;
     let mut pairwise = None;
     if let Some(synth) = &o.judge {
@@ -220,13 +221,7 @@ pub fn run(o: &EvalOptions) -> Result<EvalReport> {
             template: cfg.judge.reply.clone(),
             stop: Arc::clone(&o.stop),
         };
-        judged = Some(judging::judge_replies(
-            &dir,
-            &entries,
-            &prompts,
-            &all.replies,
-            &run,
-        )?);
+        judged = Some(judging::judge_replies(&dir, &dialogues, &run)?);
         if o.pairwise {
             let run = judging::JudgeRun {
                 template: cfg.judge.pair.clone(),
