@@ -92,7 +92,7 @@ pub fn compare_pairs(
         &["dialogue", "reply_a", "reply_b"],
     )?;
     let mut tasks = Vec::new();
-    for p in 0..prompts.len() {
+    for (p, _) in prompts.iter().enumerate() {
         let ok: Vec<usize> = (0..entries.len())
             .filter(|&e| !replies[e][p].reply.trim().is_empty())
             .collect();
