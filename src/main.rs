@@ -352,11 +352,11 @@ fn run_eval(a: socratune::cli::eval::EvalArgs) -> Result<()> {
         pairwise: a.pairwise,
         dialogues: a.dialogues,
         model: socratune::chat::load::ModelSpec {
-            model: a.model,
-            revision: a.revision,
-            tokenizer: a.tokenizer,
-            device: a.device.device,
-            dtype: a.device.dtype,
+            model: a.model.model,
+            revision: a.model.revision,
+            tokenizer: a.model.tokenizer,
+            device: a.model.device.device,
+            dtype: a.model.device.dtype,
         },
         stop: stop_flag(
             "\ninterrupt: stopping after this reply (Ctrl-C again to quit now; rerun to resume)",

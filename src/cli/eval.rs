@@ -1,6 +1,6 @@
 //! `socratune eval`: judged replies of every finished run beside validation loss.
 
-use super::model::DeviceArgs;
+use super::chat::TalkModelArgs;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -40,14 +40,6 @@ pub struct EvalArgs {
     /// The corpus the split was made from, if it moved since `data build`.
     #[arg(long)]
     pub dialogues: Option<PathBuf>,
-    /// Base model: Hub repo id or local folder (default: what the adapters name).
-    #[arg(long)]
-    pub model: Option<String>,
-    #[arg(long)]
-    pub revision: Option<String>,
-    /// tokenizer.json, a folder holding one, or a Hub repo id (default: the runs' own).
-    #[arg(long)]
-    pub tokenizer: Option<String>,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub model: TalkModelArgs,
 }

@@ -8,19 +8,15 @@ use super::prompts::EvalPrompt;
 use super::replies::Generated;
 use super::{Entry, EvalError, Result};
 use crate::corpus::Dialogue;
-use crate::synth::client::Client;
-use crate::synth::client::{JsonSchema, Sampling};
-use crate::synth::journal::Journal;
-use crate::synth::judge::{render_dialogue, Asker};
-use crate::synth::limiter::Limiter;
+use crate::synth::client::JsonSchema;
+use crate::synth::judge::{render_dialogue, Session};
 use crate::synth::pool::{self, Halt};
-use crate::synth::progress::{Progress, Stats};
 use crate::synth::prompts::Template;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// One verdict: which of two entries' replies to a prompt the judge preferred.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,7 +81,6 @@ pub fn compare_pairs(
     replies: &[Vec<Generated>],
     run: &JudgeRun,
 ) -> Result<(Vec<Verdict>, usize, Value)> {
-    let cfg = run.config.role("judge")?;
     let template = Template::load(
         &run.prompts_dir,
         &run.template,
@@ -111,34 +106,16 @@ pub fn compare_pairs(
             }
         }
     }
-    let stats = Arc::new(Stats::default());
-    let limits = &run.config.limits;
-    let progress = Progress::new("pairwise", tasks.len() as u64, Arc::clone(&stats));
-    let log = progress.log();
-    let limiter = Arc::new(Limiter::new(limits.concurrency, limits.rpm));
-    let client = Client::new(
-        "judge",
-        cfg,
-        limiter,
-        limits,
-        Arc::clone(&stats),
-        log.clone(),
+    let session = Session::open(
+        &run.config,
+        "pairwise",
+        tasks.len() as u64,
+        &dir.join("pairwise.journal.jsonl"),
     )?;
-    let journal = Journal::open(&dir.join("pairwise.journal.jsonl"), &log)?;
-    let sampling = Sampling {
-        temperature: Some(cfg.temperature.unwrap_or(0.0)),
-        ..Sampling::from_config(cfg)
-    };
+    let (progress, log) = (&session.progress, &session.log);
+    let limits = &run.config.limits;
     let halt = Halt::new(&run.stop);
-    let asker = Asker {
-        client: &client,
-        journal: &journal,
-        stats: &stats,
-        sampling: &sampling,
-        halt: &halt,
-        max_reasks: 2,
-        retry_failed: false,
-    };
+    let asker = session.asker(&halt, 2, false);
     let t = &run.config.transcript;
     let verdicts: Mutex<Vec<Option<Verdict>>> = Mutex::new(vec![None; tasks.len()]);
     let failed = std::sync::atomic::AtomicUsize::new(0);
@@ -193,7 +170,7 @@ pub fn compare_pairs(
         },
     );
     progress.finish();
-    eprintln!("eval pairwise: {}", stats.summary());
+    eprintln!("eval pairwise: {}", session.stats.summary());
     res?;
     if run.stop.load(Ordering::SeqCst) {
         return Err(EvalError::Interrupted);
@@ -208,7 +185,7 @@ pub fn compare_pairs(
     Ok((
         verdicts,
         failed.into_inner(),
-        crate::synth::manifest::counts(&stats),
+        crate::synth::manifest::counts(&session.stats),
     ))
 }
 

@@ -12,7 +12,7 @@ use super::journal::Journal;
 use super::limiter::Limiter;
 use super::manifest;
 use super::pool::{self, Halt};
-use super::progress::{Progress, Stats};
+use super::progress::{Log, Progress, Stats};
 use super::prompts::Template;
 use super::{sidecar, SynthError};
 use crate::corpus::{load_dialogues, write_jsonl, Dialogue, Judge, LoadOptions, Role};
@@ -167,6 +167,74 @@ fn shorten(s: &str, max_chars: usize) -> String {
     }
 }
 
+/// The judge endpoint of one run: its client, counters, progress display and journal.
+pub struct Session {
+    pub stats: Arc<Stats>,
+    pub progress: Arc<Progress>,
+    pub log: Log,
+    pub client: Client,
+    pub journal: Journal,
+    /// Temperature 0 unless the configuration says otherwise: the same item should get the
+    /// same verdict.
+    pub sampling: Sampling,
+}
+
+impl Session {
+    /// Opens the `[judge]` client of `config` and the journal at `journal`, with a progress
+    /// display `label` over `total` items.
+    pub fn open(
+        config: &SynthConfig,
+        label: &str,
+        total: u64,
+        journal: &std::path::Path,
+    ) -> Result<Self, SynthError> {
+        let cfg = config.role("judge")?;
+        let limits = &config.limits;
+        let stats = Arc::new(Stats::default());
+        let progress = Progress::new(label, total, Arc::clone(&stats));
+        let log = progress.log();
+        let limiter = Arc::new(Limiter::new(limits.concurrency, limits.rpm));
+        let client = Client::new(
+            "judge",
+            cfg,
+            limiter,
+            limits,
+            Arc::clone(&stats),
+            log.clone(),
+        )?;
+        let journal = Journal::open(journal, &log)?;
+        let sampling = Sampling {
+            temperature: Some(cfg.temperature.unwrap_or(0.0)),
+            ..Sampling::from_config(cfg)
+        };
+        Ok(Self {
+            stats,
+            progress,
+            log,
+            client,
+            journal,
+            sampling,
+        })
+    }
+
+    pub fn asker<'a>(
+        &'a self,
+        halt: &'a Halt<'a>,
+        max_reasks: u32,
+        retry_failed: bool,
+    ) -> Asker<'a> {
+        Asker {
+            client: &self.client,
+            journal: &self.journal,
+            stats: &self.stats,
+            sampling: &self.sampling,
+            halt,
+            max_reasks,
+            retry_failed,
+        }
+    }
+}
+
 /// What every judge call of a run shares: the endpoint, the journal that makes a rerun free,
 /// the counters, and how often an invalid answer is asked again.
 pub struct Asker<'a> {
@@ -295,39 +363,15 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
     let failures_path = sidecar(&opts.out, "failures.jsonl");
     let manifest_path = sidecar(&opts.out, "manifest.json");
     let journal_path = sidecar(&opts.out, "journal.jsonl");
-    let stats = Arc::new(Stats::default());
+    let session = Session::open(&opts.config, "judge", todo.len() as u64, &journal_path)?;
+    let (stats, progress, log) = (&session.stats, &session.progress, &session.log);
     let limits = &opts.config.limits;
-    let progress = Progress::new("judge", todo.len() as u64, Arc::clone(&stats));
-    let log = progress.log();
-    let limiter = Arc::new(Limiter::new(limits.concurrency, limits.rpm));
-    let client = Client::new(
-        "judge",
-        cfg,
-        limiter,
-        limits,
-        Arc::clone(&stats),
-        log.clone(),
-    )?;
-    let journal = Journal::open(&journal_path, &log)?;
-    // Temperature 0 unless the configuration says otherwise: the same dialogue should get
-    // the same scores.
-    let sampling = Sampling {
-        temperature: Some(cfg.temperature.unwrap_or(0.0)),
-        ..Sampling::from_config(cfg)
-    };
+    let sampling = &session.sampling;
 
     let results: Mutex<Vec<Option<Judge>>> = Mutex::new(vec![None; dialogues.len()]);
     let failures: Mutex<Vec<JudgeFailure>> = Mutex::new(Vec::new());
     let halt = Halt::new(&opts.stop);
-    let asker = Asker {
-        client: &client,
-        journal: &journal,
-        stats: &stats,
-        sampling: &sampling,
-        halt: &halt,
-        max_reasks: opts.max_reasks,
-        retry_failed: opts.retry_failed,
-    };
+    let asker = session.asker(&halt, opts.max_reasks, opts.retry_failed);
     progress.start();
     let run = pool::for_each(
         &todo,
@@ -401,7 +445,7 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
                     "judged": judged,
                     "flagged": flagged,
                     "failed": failures.len(),
-                    "calls": manifest::counts(&stats),
+                    "calls": manifest::counts(stats),
                 },
                 "files": {"out": opts.out, "journal": journal_path, "failures": failures_path},
             }),
@@ -449,7 +493,7 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
         out: opts.out.clone(),
         failures_file: failures_path,
         stats: stats.summary(),
-        counts: manifest::counts(&stats),
+        counts: manifest::counts(stats),
     })
 }
 
