@@ -53,6 +53,10 @@ pub fn prompt_seed(seed: u64, prompt: &str) -> u64 {
     seed.wrapping_add(u64::from_str_radix(&h[..16], 16).unwrap_or(0))
 }
 
+/// Prompts handed to the generator at once (and stored together). Decoding is one prompt at
+/// a time today, so this only bounds what a Ctrl-C waits for.
+const BATCH: usize = 4;
+
 fn replies_file(dir: &Path, entry: &str) -> PathBuf {
     dir.join("replies").join(format!("{entry}.jsonl"))
 }
@@ -139,12 +143,11 @@ fn generate_entry(
     let stored = read_stored(&path)?;
     let log: crate::synth::progress::Log = std::sync::Arc::new(|m: &str| eprintln!("{m}"));
     let mut file = open_append(&path, &log)?;
-    let mut out = Vec::with_capacity(prompts.len());
-    let (mut generated, mut tokens, mut seconds) = (0usize, 0usize, 0.0f64);
+    // Every prompt rendered and keyed first; the stored replies are taken, the rest generated
+    // in batches, each batch appended as soon as it is done.
+    let mut out: Vec<Option<Generated>> = Vec::with_capacity(prompts.len());
+    let mut todo = Vec::new();
     for p in prompts {
-        if stop.load(Ordering::SeqCst) {
-            return Err(EvalError::Interrupted);
-        }
         let prompt = replier.prompt(&e.format, &p.history(), params.max_new_tokens)?;
         let mut job_params = params.clone();
         job_params.seed = prompt_seed(params.seed, &p.id);
@@ -158,39 +161,54 @@ fn generate_entry(
             .to_string()
             .as_bytes(),
         );
-        if let Some(g) = stored.get(&(p.id.clone(), key.clone())) {
-            out.push(g.clone());
-            continue;
-        }
-        let t = Instant::now();
-        let r = replier
-            .generate(&[Job {
-                ids: &prompt.ids,
-                params: job_params,
-            }])?
-            .remove(0);
-        seconds += t.elapsed().as_secs_f64();
-        generated += 1;
-        tokens += r.tokens;
-        let g = Generated {
-            prompt: p.id.clone(),
-            key,
-            reply: r.text,
-            reply_tokens: r.tokens,
-            prompt_tokens: prompt.ids.len(),
-            dropped: prompt.dropped,
-            finish: if r.stop == Stop::MaxTokens {
-                "length"
-            } else {
-                "stop"
+        match stored.get(&(p.id.clone(), key.clone())) {
+            Some(g) => out.push(Some(g.clone())),
+            None => {
+                todo.push((out.len(), p, prompt, job_params, key));
+                out.push(None);
             }
-            .into(),
-        };
-        let mut line = serde_json::to_string(&g).map_err(|x| EvalError::Invalid(x.to_string()))?;
-        line.push('\n');
-        append_line(&mut file, &path, &line)?;
-        out.push(g);
+        }
     }
+    let (mut generated, mut tokens, mut seconds) = (0usize, 0usize, 0.0f64);
+    for batch in todo.chunks(BATCH) {
+        if stop.load(Ordering::SeqCst) {
+            return Err(EvalError::Interrupted);
+        }
+        let jobs: Vec<Job> = batch
+            .iter()
+            .map(|(_, _, prompt, params, _)| Job {
+                ids: &prompt.ids,
+                params: params.clone(),
+            })
+            .collect();
+        let t = Instant::now();
+        let replies = replier.generate(&jobs)?;
+        seconds += t.elapsed().as_secs_f64();
+        for ((slot, p, prompt, _, key), r) in batch.iter().zip(replies) {
+            generated += 1;
+            tokens += r.tokens;
+            let g = Generated {
+                prompt: p.id.clone(),
+                key: key.clone(),
+                reply: r.text,
+                reply_tokens: r.tokens,
+                prompt_tokens: prompt.ids.len(),
+                dropped: prompt.dropped,
+                finish: if r.stop == Stop::MaxTokens {
+                    "length"
+                } else {
+                    "stop"
+                }
+                .into(),
+            };
+            let mut line =
+                serde_json::to_string(&g).map_err(|x| EvalError::Invalid(x.to_string()))?;
+            line.push('\n');
+            append_line(&mut file, &path, &line)?;
+            out[*slot] = Some(g);
+        }
+    }
+    let out: Vec<Generated> = out.into_iter().flatten().collect();
     let speed = (generated > 0).then(|| Speed {
         generated,
         seconds,
