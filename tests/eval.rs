@@ -181,6 +181,28 @@ fn the_judge_sees_exactly_the_generated_replies_and_a_rerun_pays_nothing() {
     let replies = stored_replies(d);
     assert_eq!(replies.len(), 15);
 
+    // Killed mid-generation (two of model4's replies stored, a third torn): the rerun makes
+    // only the missing ones, and they are the same as without the kill.
+    let f = d.join("runs/eval/replies/model4.jsonl");
+    let text = std::fs::read_to_string(&f).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(
+        &f,
+        format!("{}\n{}\n{}", lines[0], lines[1], &lines[2][..20]),
+    )
+    .unwrap();
+    let (_, err) = ok(&bin(d, &eval_args(&["--judge", "none"])));
+    assert!(err.contains("model4: 3 replies in"), "{err}");
+    assert!(
+        err.contains("model6: all 5 replies stored already"),
+        "{err}"
+    );
+    let sorted = |mut v: Vec<(String, String, String)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(stored_replies(d)), sorted(replies.clone()));
+
     // With the judge: the stored replies are reused, and the judge gets each non-empty one.
     let (out, err) = ok(&bin(d, &eval_args(&[])));
     assert!(
