@@ -283,6 +283,12 @@ fn the_judge_sees_exactly_the_generated_replies_and_a_rerun_pays_nothing() {
     let again = read_json(&d.join("runs/eval.json"));
     assert_eq!(again["entries"], report["entries"]);
     assert_eq!(again["judge"]["calls"]["replayed"], judged.len());
+    // What was spent in all stays: every call once, 10 + 5 tokens each from the fake.
+    assert_eq!(again["judge"]["calls"]["spent"]["calls"], judged.len());
+    assert_eq!(
+        again["judge"]["calls"]["spent"]["prompt_tokens"],
+        10 * judged.len()
+    );
 
     // compare now shows the judged columns and names the best by judged score.
     let (after, _) = ok(&bin(d, &["compare", "runs"]));

@@ -8,6 +8,7 @@ use super::prompts::EvalPrompt;
 use super::replies::Generated;
 use super::{Entry, EvalError, Result};
 use crate::corpus::{load_dialogues, write_jsonl, Dialogue, Judge, LoadOptions, Role, Turn};
+use crate::synth::journal::Entry as JournalEntry;
 use crate::synth::judge::{judge, JudgeOptions};
 use crate::synth::SynthConfig;
 use serde_json::{json, Value};
@@ -49,6 +50,29 @@ pub struct JudgeRun {
     pub prompts_dir: PathBuf,
     pub template: String,
     pub stop: Arc<AtomicBool>,
+}
+
+/// Everything a journal's calls cost, over all runs that wrote it: (calls, prompt tokens,
+/// completion tokens). Rejection marks repeat an answer already counted and are skipped.
+pub fn spent(journal: &Path) -> Result<Value> {
+    let text = match std::fs::read_to_string(journal) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(crate::fsutil::FileError::new(journal, e).into()),
+    };
+    let (mut calls, mut prompt, mut completion) = (0u64, 0u64, 0u64);
+    for line in text.lines() {
+        // A torn last line is not a finished call.
+        let Ok(e) = serde_json::from_str::<JournalEntry>(line) else {
+            continue;
+        };
+        if e.rejected.is_none() {
+            calls += 1;
+            prompt += e.completion.prompt_tokens;
+            completion += e.completion.completion_tokens;
+        }
+    }
+    Ok(json!({"calls": calls, "prompt_tokens": prompt, "completion_tokens": completion}))
 }
 
 /// What the judge said, by reply id, and what it cost.
@@ -109,10 +133,12 @@ pub fn judge_replies(dir: &Path, input: &Path, run: &JudgeRun) -> Result<Judged>
         .into_iter()
         .filter_map(|(_, d)| Some((d.id, d.judge?)))
         .collect();
+    let mut counts = s.counts;
+    counts["spent"] = spent(&crate::synth::sidecar(&out, "journal.jsonl"))?;
     Ok(Judged {
         scores,
         failed: s.failures.len(),
-        counts: s.counts,
+        counts,
         file: out,
     })
 }

@@ -182,11 +182,9 @@ pub fn compare_pairs(
         .flatten()
         .collect();
     crate::corpus::write_jsonl(&dir.join("pairwise.jsonl"), &verdicts)?;
-    Ok((
-        verdicts,
-        failed.into_inner(),
-        crate::synth::manifest::counts(&session.stats),
-    ))
+    let mut counts = crate::synth::manifest::counts(&session.stats);
+    counts["spent"] = super::judging::spent(&dir.join("pairwise.journal.jsonl"))?;
+    Ok((verdicts, failed.into_inner(), counts))
 }
 
 #[cfg(test)]

@@ -314,14 +314,19 @@ fn loss(x: Option<f64>) -> String {
 }
 
 fn calls_line(label: &str, c: &Value) -> String {
-    let g = |k: &str| c[k].as_u64().unwrap_or(0);
+    let g = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+    let s = &c["spent"];
     format!(
-        "{label}: {} calls now ({} answered from the journal, {} failed), {} prompt + {} completion tokens.\n",
-        g("calls"),
-        g("replayed"),
-        g("failed_calls"),
-        g("prompt_tokens"),
-        g("completion_tokens")
+        "{label}: {} calls now ({} answered from the journal, {} failed), {} prompt + {} completion tokens; \
+in all (the journal): {} calls, {} prompt + {} completion tokens.\n",
+        g(c, "calls"),
+        g(c, "replayed"),
+        g(c, "failed_calls"),
+        g(c, "prompt_tokens"),
+        g(c, "completion_tokens"),
+        g(s, "calls"),
+        g(s, "prompt_tokens"),
+        g(s, "completion_tokens")
     )
 }
 
