@@ -476,6 +476,135 @@ pub fn read(runs: &Path) -> Option<EvalReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::PromptFormat;
+    use crate::corpus::{Dialogue, Judge, Role, Turn};
+    use crate::eval::replies::Generated;
+
+    fn entry(name: &str, loss: Option<f64>) -> Entry {
+        Entry {
+            name: name.into(),
+            adapter: None,
+            base: "m".into(),
+            format: PromptFormat::whole(),
+            variant: None,
+            common_val_loss: loss,
+            split: None,
+        }
+    }
+
+    fn prompt(i: usize) -> EvalPrompt {
+        EvalPrompt {
+            id: format!("d{i}#p0"),
+            dialogue: Dialogue {
+                id: format!("d{i}"),
+                persona: "p".into(),
+                question: "q".into(),
+                user_temperature: 0.3,
+                turns: vec![Turn {
+                    role: Role::User,
+                    text: "問い".into(),
+                }],
+                judge: None,
+                review: None,
+                extra: Default::default(),
+            },
+            pair: 0,
+        }
+    }
+
+    fn reply(p: &EvalPrompt, text: &str) -> Generated {
+        Generated {
+            prompt: p.id.clone(),
+            key: "k".into(),
+            reply: text.into(),
+            reply_tokens: text.chars().count(),
+            prompt_tokens: 5,
+            dropped: 0,
+            finish: "stop".into(),
+        }
+    }
+
+    #[test]
+    fn scores_wins_against_base_best_and_rank_agreement_by_hand() {
+        let entries = [
+            entry(BASE, None),
+            entry("a", Some(2.0)),
+            entry("b", Some(1.0)),
+        ];
+        let prompts: Vec<EvalPrompt> = (0..3).map(prompt).collect();
+        // Scores (socratic, coherence) per prompt; "" is an empty reply (0, 0, no call).
+        let plan: [[(&str, u8, u8); 3]; 3] = [
+            [("そうだ。", 2, 2), ("", 0, 0), ("なぜ？", 3, 3)], // base
+            [("なぜかね？", 3, 3), ("それは？", 1, 1), ("ふむ。", 3, 3)], // a
+            [("どうして？", 4, 4), ("君は？", 4, 2), ("本当に？", 4, 4)], // b
+        ];
+        let mut scores = HashMap::new();
+        let replies: Vec<Vec<Generated>> = plan
+            .iter()
+            .zip(&entries)
+            .map(|(row, e)| {
+                row.iter()
+                    .zip(&prompts)
+                    .map(|((text, s, c), p)| {
+                        if !text.is_empty() {
+                            scores.insert(
+                                reply_id(&e.name, &p.id),
+                                Judge {
+                                    socratic: *s,
+                                    coherence: *c,
+                                    comment: "c".into(),
+                                    model: None,
+                                    extra: Default::default(),
+                                },
+                            );
+                        }
+                        reply(p, text)
+                    })
+                    .collect()
+            })
+            .collect();
+        let judged = Judged {
+            scores,
+            failed: 0,
+            counts: json!({}),
+            file: "j".into(),
+        };
+        let all = AllReplies {
+            replies,
+            speed: vec![None; 3],
+        };
+        let cfg = EvalConfig::default();
+        let r = build(Inputs {
+            entries: &entries,
+            prompts: &prompts,
+            replies: &all,
+            judged: Some(&judged),
+            pairwise: None,
+            config: &cfg,
+            params: &SamplingParams::default(),
+        });
+        let by = |n: &str| r.entries.iter().find(|e| e.name == n).unwrap();
+        // base: the empty reply counts as 0 on both scales; socratic (2 + 0 + 3) / 3.
+        assert_eq!(by(BASE).empty, 1);
+        assert_eq!(by(BASE).judged, 3);
+        assert!((by(BASE).socratic.unwrap().value - 5.0 / 3.0).abs() < 1e-12);
+        // a against base, per prompt: 3 > 2 win, 1 > 0 win, 3 = 3 tie: (1 + 1 + ½) / 3.
+        assert!((by("a").win_vs_base.unwrap().value - 2.5 / 3.0).abs() < 1e-12);
+        assert_eq!(by("b").win_vs_base.unwrap().value, 1.0);
+        assert!(by(BASE).win_vs_base.is_none());
+        // b: scores 4, 3, 4 → 11 / 3; question share 3 / 3; a: 2 / 3.
+        assert!((by("b").score.unwrap().value - 11.0 / 3.0).abs() < 1e-12);
+        assert_eq!(by("b").question_share.unwrap().value, 1.0);
+        assert!((by("a").question_share.unwrap().value - 2.0 / 3.0).abs() < 1e-12);
+        // The best run is b (never the base model); b also has the lower loss: ρ = 1.
+        let best = r.best.as_ref().unwrap();
+        assert_eq!((best.name.as_str(), best.by.as_str()), ("b", "score"));
+        let a = r.rank_agreement.as_ref().unwrap();
+        assert_eq!((a.spearman, a.runs), (1.0, 2));
+        let md = markdown(&r);
+        assert!(md.contains("**Best by judged score: b**"), "{md}");
+        assert!(md.contains("Spearman ρ = 1.00"), "{md}");
+    }
 
     #[test]
     fn questions_are_recognised_through_closing_quotes() {
