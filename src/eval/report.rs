@@ -607,6 +607,72 @@ mod tests {
     }
 
     #[test]
+    fn pairwise_verdicts_rank_the_winner_first() {
+        let entries = [
+            entry(BASE, None),
+            entry("a", Some(1.0)),
+            entry("b", Some(2.0)),
+        ];
+        let prompts: Vec<EvalPrompt> = (0..4).map(prompt).collect();
+        let replies: Vec<Vec<Generated>> = (0..3)
+            .map(|_| prompts.iter().map(|p| reply(p, "なぜ？")).collect())
+            .collect();
+        // On every prompt, in both orders: b beats a and base, a beats base.
+        let mut verdicts = Vec::new();
+        for p in &prompts {
+            for (w, l) in [("b", "a"), ("b", BASE), ("a", BASE)] {
+                for (x, y) in [(w, l), (l, w)] {
+                    verdicts.push(Verdict {
+                        prompt: p.id.clone(),
+                        a: x.into(),
+                        b: y.into(),
+                        winner: w.into(),
+                        comment: "c".into(),
+                    });
+                }
+            }
+        }
+        let pairwise = (verdicts, 0, json!({}));
+        let judged = Judged {
+            scores: HashMap::new(),
+            failed: 0,
+            counts: json!({}),
+            file: "j".into(),
+        };
+        let all = AllReplies {
+            replies,
+            speed: vec![None; 3],
+        };
+        let cfg = EvalConfig::default();
+        let r = build(Inputs {
+            entries: &entries,
+            prompts: &prompts,
+            replies: &all,
+            judged: Some(&judged),
+            pairwise: Some(&pairwise),
+            config: &cfg,
+            params: &SamplingParams::default(),
+        });
+        let rank = |n: &str| {
+            let e = r.entries.iter().find(|e| e.name == n).unwrap();
+            (e.pairwise.as_ref().unwrap().rank, e.pairwise_win_vs_base)
+        };
+        assert_eq!(rank("b").0, 1);
+        assert_eq!(rank("a").0, 2);
+        assert_eq!(rank(BASE).0, 3);
+        assert_eq!(rank("b").1.unwrap().value, 1.0);
+        assert_eq!(rank("a").1.unwrap().value, 1.0);
+        let best = r.best.as_ref().unwrap();
+        assert_eq!(
+            (best.name.as_str(), best.by.as_str()),
+            ("b", "bradley_terry")
+        );
+        // b is judged best but has the higher loss: the two rankings disagree.
+        assert_eq!(r.rank_agreement.as_ref().unwrap().spearman, -1.0);
+        assert!(markdown(&r).contains("| 1 | b |"));
+    }
+
+    #[test]
     fn questions_are_recognised_through_closing_quotes() {
         for q in [
             "君はどう思う？",
