@@ -52,6 +52,26 @@ pub struct JudgeRun {
     pub stop: Arc<AtomicBool>,
 }
 
+/// Checks before any reply is generated (minutes of work) what would stop the judge later:
+/// the `[judge]` section, its API key in the environment, and the prompt templates.
+pub fn preflight(run: &JudgeRun, pair_template: Option<&str>) -> Result<()> {
+    use crate::synth::{limiter::Limiter, progress::Stats, prompts::Template, Client};
+    let cfg = run.config.role("judge")?;
+    Client::new(
+        "judge",
+        cfg,
+        Arc::new(Limiter::new(1, None)),
+        &run.config.limits,
+        Arc::new(Stats::default()),
+        crate::synth::progress::stderr_log(),
+    )?;
+    Template::load(&run.prompts_dir, &run.template, &["dialogue"])?;
+    if let Some(pair) = pair_template {
+        Template::load(&run.prompts_dir, pair, &["dialogue", "reply_a", "reply_b"])?;
+    }
+    Ok(())
+}
+
 /// Everything a journal's calls cost, over all runs that wrote it: (calls, prompt tokens,
 /// completion tokens). Rejection marks repeat an answer already counted and are skipped.
 pub fn spent(journal: &Path) -> Result<Value> {

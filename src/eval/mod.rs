@@ -208,19 +208,31 @@ pub fn run(o: &EvalOptions) -> Result<EvalReport> {
         held_out.len()
     ));
     let params = crate::chat::session::sampling(&Default::default(), &cfg.sampling, cfg.seed)?;
+    if o.pairwise && o.judge.is_none() {
+        return Err(EvalError::Invalid(
+            "--pairwise needs a judge (not --judge none)".into(),
+        ));
+    }
+    let judge_run = match &o.judge {
+        Some(synth) => {
+            let run = judging::JudgeRun {
+                config: crate::synth::SynthConfig::load(synth)?,
+                prompts_dir: o.prompts_dir.clone(),
+                template: cfg.judge.reply.clone(),
+                stop: Arc::clone(&o.stop),
+            };
+            judging::preflight(&run, o.pairwise.then_some(cfg.judge.pair.as_str()))?;
+            Some(run)
+        }
+        None => None,
+    };
     let dir = o.runs.join("eval");
     let all = replies::generate_all(&dir, &entries, &prompts, &params, &o.model, &o.stop, &say)?;
 
     let dialogues = judging::write_dialogues(&dir, &entries, &prompts, &all.replies)?;
     let mut judged = None;
     let mut pairwise = None;
-    if let Some(synth) = &o.judge {
-        let run = judging::JudgeRun {
-            config: crate::synth::SynthConfig::load(synth)?,
-            prompts_dir: o.prompts_dir.clone(),
-            template: cfg.judge.reply.clone(),
-            stop: Arc::clone(&o.stop),
-        };
+    if let Some(run) = judge_run {
         judged = Some(judging::judge_replies(&dir, &dialogues, &run)?);
         if o.pairwise {
             let run = judging::JudgeRun {
@@ -235,10 +247,6 @@ pub fn run(o: &EvalOptions) -> Result<EvalReport> {
                 &run,
             )?);
         }
-    } else if o.pairwise {
-        return Err(EvalError::Invalid(
-            "--pairwise needs a judge (not --judge none)".into(),
-        ));
     }
     let report = report::build(report::Inputs {
         entries: &entries,
