@@ -219,18 +219,12 @@ pub fn build(i: Inputs) -> EvalReport {
             pairwise_win_vs_base,
         });
     }
-    let by_bt = ranked.is_some();
-    let judged_value = |r: &EntryReport| -> Option<f64> {
-        if by_bt {
-            r.pairwise
-                .as_ref()
-                .map(|p| p.strength.value)
-                .filter(|v| v.is_finite())
-        } else {
-            r.score.map(|s| s.value)
-        }
+    let by = if ranked.is_some() {
+        "bradley_terry"
+    } else {
+        "score"
     };
-    let by = if by_bt { "bradley_terry" } else { "score" };
+    let judged_value = |r: &EntryReport| judged_value(r, by);
     let best = entries
         .iter()
         .filter(|r| r.name != BASE)
@@ -281,6 +275,18 @@ pub fn build(i: Inputs) -> EvalReport {
         entries,
         best,
         rank_agreement,
+    }
+}
+
+/// What "best" means: the pairwise strength (`by` = `bradley_terry`) or the mean score.
+fn judged_value(r: &EntryReport, by: &str) -> Option<f64> {
+    if by == "bradley_terry" {
+        r.pairwise
+            .as_ref()
+            .map(|p| p.strength.value)
+            .filter(|v| v.is_finite())
+    } else {
+        r.score.map(|s| s.value)
     }
 }
 
@@ -416,16 +422,27 @@ Strength: log-odds scale, mean 0; P(a beats b) = 1 / (1 + e^(b − a)).\n\n",
         ));
     }
     match &r.best {
-        Some(b) => md.push_str(&format!(
-            "**Best by judged {}: {}** ({:.2}).\n\n",
-            if b.by == "bradley_terry" {
-                "pairwise strength"
-            } else {
-                "score"
-            },
-            b.name,
-            b.value
-        )),
+        Some(b) => {
+            let base = r
+                .entries
+                .iter()
+                .find(|e| e.name == BASE)
+                .and_then(|e| judged_value(e, &b.by));
+            let note = match base {
+                Some(v) if v > b.value => " The base model is judged higher than every run.",
+                _ => "",
+            };
+            md.push_str(&format!(
+                "**Best by judged {}: {}** ({:.2}).{note}\n\n",
+                if b.by == "bradley_terry" {
+                    "pairwise strength"
+                } else {
+                    "score"
+                },
+                b.name,
+                b.value
+            ))
+        }
         None if judged => md.push_str("No run has a judged score.\n\n"),
         None => md.push_str(
             "Not judged (`--judge none`): the columns above need no judge; read the replies in \
