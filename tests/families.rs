@@ -70,7 +70,7 @@ fn adapter_tensors(dir: &Path) -> HashMap<String, Tensor> {
 fn train_cmd(data: &Path, out: &Path) -> Command {
     let config = out.with_extension("toml");
     std::fs::write(&config, "# defaults\n").unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+    let mut c = common::bin();
     c.args(["train", "--data", s(data), "--out", s(out)])
         .args(["--model", s(&gemma3_fixture()), "--device", "cpu"])
         .args(["--dtype", "f32", "--config", s(&config)])
@@ -171,7 +171,7 @@ fn gemma3_chats_with_its_adapter() {
     let tok = dir.path().join("tokenizer.json");
     tokenizer(&tok);
     let f = gemma3_fixture();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_socratune"))
+    let mut child = common::bin()
         .args(["chat", "--model", s(&f), "--tokenizer", s(&tok)])
         .args(["--adapter", s(&f.join("adapter")), "--device", "cpu"])
         .args([
