@@ -20,6 +20,16 @@ fn vocab() -> usize {
 
 /// Deterministic pseudo-random examples: BOS, then tokens; the first 40% is "user" (masked).
 fn write_data(dir: &Path, n_train: usize, n_val: usize, len: usize) -> PathBuf {
+    write_data_with(dir, n_train, n_val, |i| len - (i % 3))
+}
+
+/// As `write_data`, example `i` of each file `length(i)` tokens long.
+fn write_data_with(
+    dir: &Path,
+    n_train: usize,
+    n_val: usize,
+    length: impl Fn(usize) -> usize,
+) -> PathBuf {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let v = vocab() as u64;
@@ -33,7 +43,7 @@ fn write_data(dir: &Path, n_train: usize, n_val: usize, len: usize) -> PathBuf {
     for (file, n) in [("train.jsonl", n_train), ("val.jsonl", n_val)] {
         let mut text = String::new();
         for i in 0..n {
-            let l = len - (i % 3);
+            let l = length(i);
             let mut ids = vec![2u32];
             // A learnable pattern: each example repeats a short motif.
             let motif: Vec<u32> = (0..4).map(|_| next()).collect();
@@ -305,26 +315,56 @@ fn evaluation_does_not_depend_on_the_batch_size() {
 fn resume_after_kill_9_ends_with_the_same_adapter() {
     let dir = tempfile::tempdir().unwrap();
     let data = write_data(dir.path(), 24, 4, 48);
+    resume_after_kills(dir.path(), &data, &["--micro-batch", "2"]);
+}
+
+/// Grouped micro-batches filled up to a token budget, on examples of 12 to 47 tokens: the
+/// epochs have different numbers of steps, and a resumed run still lands on the same adapter.
+#[test]
+fn resume_with_grouped_token_budget_batches_ends_with_the_same_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data_with(dir.path(), 24, 4, |i| 12 + (i * 7) % 36);
+    resume_after_kills(
+        dir.path(),
+        &data,
+        &["--batching", "grouped", "--micro-batch-tokens", "100"],
+    );
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("killed/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&cfg["batching"], &cfg["micro_batch_tokens"]),
+        (&serde_json::json!("grouped"), &serde_json::json!(100))
+    );
+}
+
+/// Trains 60 steps once uninterrupted and once stopped three times (SIGKILL, Ctrl-C,
+/// SIGKILL) and resumed; the adapters must be identical.
+fn resume_after_kills(dir: &Path, data: &Path, batching: &[&str]) {
+    let data = data.to_path_buf();
     let args = [
-        "--max-steps",
-        "60",
-        "--micro-batch",
-        "2",
-        "--grad-accum",
-        "2",
-        "--save-every",
-        "1",
-        "--eval-every",
-        "7",
-        "--lora-dropout",
-        "0.1",
-        "--lr",
-        "5e-3",
-    ];
-    let reference = dir.path().join("ref");
+        batching,
+        &[
+            "--max-steps",
+            "60",
+            "--grad-accum",
+            "2",
+            "--save-every",
+            "1",
+            "--eval-every",
+            "7",
+            "--lora-dropout",
+            "0.1",
+            "--lr",
+            "5e-3",
+        ],
+    ]
+    .concat();
+    let reference = dir.join("ref");
     run_ok(train_cmd(&data, &reference, &args));
 
-    let run = dir.path().join("killed");
+    let run = dir.join("killed");
     for (kills, target) in [5usize, 17, 31].into_iter().enumerate() {
         let mut c = train_cmd(&data, &run, &args);
         if kills > 0 {

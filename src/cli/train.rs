@@ -1,5 +1,6 @@
 //! `socratune train`: options from `configs/train.toml`, overridden by flags.
 
+use crate::train::batching::Batching;
 use crate::train::{Schedule, TrainConfig};
 use clap::Args;
 use std::path::PathBuf;
@@ -64,6 +65,13 @@ pub struct TrainOverrides {
     pub micro_batch: Option<usize>,
     #[arg(long)]
     pub grad_accum: Option<usize>,
+    /// random, or grouped (similar lengths share a micro-batch).
+    #[arg(long, value_enum)]
+    pub batching: Option<BatchingArg>,
+    /// Fill micro-batches up to this many tokens (rows × longest row) instead of
+    /// --micro-batch examples.
+    #[arg(long)]
+    pub micro_batch_tokens: Option<usize>,
     #[arg(long)]
     pub max_seq_len: Option<usize>,
     #[arg(long)]
@@ -92,6 +100,12 @@ pub struct TrainOverrides {
     /// Early-stopping patience in evaluations (0: off).
     #[arg(long)]
     pub patience: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BatchingArg {
+    Random,
+    Grouped,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -147,6 +161,15 @@ impl TrainOverrides {
                 ScheduleArg::Linear => Schedule::Linear,
                 ScheduleArg::Cosine => Schedule::Cosine,
             };
+        }
+        if let Some(b) = self.batching {
+            c.batching = match b {
+                BatchingArg::Random => Batching::Random,
+                BatchingArg::Grouped => Batching::Grouped,
+            };
+        }
+        if let Some(v) = self.micro_batch_tokens {
+            c.micro_batch_tokens = Some(v);
         }
         if let Some(p) = self.patience {
             c.early_stopping_patience = p;

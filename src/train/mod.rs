@@ -1,6 +1,7 @@
 //! Training: one LoRA run per dataset variant, exact resume from checkpoints, sweeps.
 
 pub mod adamw;
+pub mod batching;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
