@@ -16,6 +16,7 @@ use socratune::model::adapter::AdapterInfo;
 use socratune::model::device::{device_name, parse_device, parse_dtype};
 use socratune::model::{Gemma2, Gemma2Config, Source};
 use socratune::train::bench::BenchOptions;
+use socratune::train::bench_data::DataBenchOptions;
 use socratune::train::{RunSpec, TrainConfig, TrainError};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,7 +118,42 @@ fn run(cli: Cli) -> Result<()> {
                 device,
                 batch,
                 seq,
+                data: Some(data),
+                micro_batch,
+                micro_batch_tokens,
+                grad_accum,
+                length_profile,
+                seed,
                 json,
+            } => {
+                let o = DataBenchOptions {
+                    data,
+                    preset,
+                    device,
+                    micro_batch,
+                    micro_batch_tokens,
+                    grad_accum,
+                    steps,
+                    warmup,
+                    length_profile,
+                    seed,
+                };
+                let _ = (batch, seq);
+                let r = socratune::train::bench_data::bench_data(&o)?;
+                if !json {
+                    print_layouts(&r);
+                }
+                println!("{r}");
+            }
+            BenchCommand::Train {
+                preset,
+                steps,
+                warmup,
+                device,
+                batch,
+                seq,
+                json,
+                ..
             } => {
                 let o = BenchOptions {
                     preset,
@@ -268,6 +304,35 @@ fn run_export(a: ExportArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `bench train --data`: one line a batching layout on stderr.
+fn print_layouts(r: &serde_json::Value) {
+    eprintln!(
+        "{} on {}: {} examples, mean {} tokens, longest {}",
+        r["preset"].as_str().unwrap_or_default(),
+        r["device"].as_str().unwrap_or_default(),
+        r["examples"],
+        r["mean_tokens"],
+        r["max_tokens"]
+    );
+    eprintln!("layout           padding  steps/epoch  real tokens/s  epoch s  vs padded");
+    for name in socratune::train::bench_data::LAYOUT_NAMES {
+        let l = &r["layouts"][name];
+        if l.is_null() {
+            eprintln!("{name:<15}  (not implemented)");
+            continue;
+        }
+        let f = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
+        eprintln!(
+            "{name:<15}  {:>6.1}%  {:>11}  {:>13.0}  {:>7.1}  {:>8.2}x",
+            f("padding_share") * 100.0,
+            f("steps_per_epoch"),
+            f("real_tokens_per_s"),
+            f("epoch_s"),
+            f("speedup_vs_padded")
+        );
+    }
 }
 
 /// A benchmark's JSON line on stdout, after a readable summary on stderr unless `--json`.

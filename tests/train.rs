@@ -666,3 +666,60 @@ fn bench_train_runs_every_compute_pool_with_flush_to_zero() {
         assert_eq!(ftz[pool], supported, "pool {pool}: {v}");
     }
 }
+
+/// `bench train --data`: every layout reported; padding shares and steps per epoch as the
+/// lengths dictate; the profile corpus has the profile's extremes.
+#[test]
+fn bench_train_on_data_reports_each_batching_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    // Lengths 12 to 47: random micro-batches of 4 pad a lot, sorted ones almost nothing.
+    let data = write_data_with(dir.path(), 40, 2, |i| 12 + (i * 7) % 36);
+    let train = data.join("train.jsonl");
+    let bench = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+        c.args([
+            "bench", "train", "--preset", "tiny", "--device", "cpu", "--json",
+        ])
+        .args([
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--data",
+            train.to_str().unwrap(),
+        ])
+        .args(extra);
+        serde_json::from_str::<serde_json::Value>(run_ok(c).trim()).unwrap()
+    };
+    let v = bench(&[]);
+    let l = &v["layouts"];
+    assert!(l["packed"].is_null(), "{v}");
+    let share = |k: &str| l[k]["padding_share"].as_f64().unwrap();
+    assert!(share("padded") > 0.2 && share("grouped") < 0.1, "{v}");
+    assert!(share("budget_grouped") < share("budget_padded"), "{v}");
+    // 40 examples, 4 a micro-batch, 4 micro-batches a step.
+    assert_eq!(l["padded"]["steps_per_epoch"], 3, "{v}");
+    assert_eq!(l["budget_grouped"]["micro_batch_tokens"], 4 * 47, "{v}");
+    for k in ["padded", "grouped", "budget_padded", "budget_grouped"] {
+        assert!(l[k]["real_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    let v = bench(&["--length-profile", "8,20,60"]);
+    assert_eq!(
+        (v["min_tokens"].as_u64(), v["max_tokens"].as_u64()),
+        (Some(8), Some(60))
+    );
+    let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+    c.args(["bench", "train", "--preset", "tiny", "--device", "cpu"])
+        .args([
+            "--data",
+            train.to_str().unwrap(),
+            "--micro-batch-tokens",
+            "30",
+        ]);
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("longest example (47 tokens)"),
+        "{err}"
+    );
+}

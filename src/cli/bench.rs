@@ -1,6 +1,8 @@
 //! `socratune bench …`
 
+use crate::train::bench_data::LengthProfile;
 use clap::{Args, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -31,6 +33,27 @@ pub enum BenchCommand {
         /// Tokens a sequence (default: the preset's).
         #[arg(long)]
         seq: Option<usize>,
+        /// Measure on the lengths of a tokenized examples file (runs/<variant>/data/train.jsonl)
+        /// instead: padding share, real tokens/s and steps per epoch of each batching layout.
+        #[arg(long, conflicts_with_all = ["batch", "seq"])]
+        data: Option<PathBuf>,
+        /// With --data: examples a micro-batch of the padded and grouped layouts.
+        #[arg(long, default_value_t = 4, requires = "data")]
+        micro_batch: usize,
+        /// With --data: the token budget of the budget layouts (default: --micro-batch × the
+        /// longest example).
+        #[arg(long, requires = "data")]
+        micro_batch_tokens: Option<usize>,
+        /// With --data: micro-batches an optimizer step (for steps per epoch).
+        #[arg(long, default_value_t = 4, requires = "data")]
+        grad_accum: usize,
+        /// With --data: first rebuild the examples with a triangular length profile MIN,MODE,MAX
+        /// by concatenating them (60,203,535: the seed's model1, mean 266, longest 535).
+        #[arg(long, requires = "data")]
+        length_profile: Option<LengthProfile>,
+        /// With --data: the seed of the layouts and of the profile corpus.
+        #[arg(long, default_value_t = 42, requires = "data")]
+        seed: u64,
         /// Print only the JSON line (the default prints it too, after a one-line summary on stderr).
         #[arg(long)]
         json: bool,

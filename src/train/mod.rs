@@ -3,6 +3,7 @@
 pub mod adamw;
 pub mod batching;
 pub mod bench;
+pub mod bench_data;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
