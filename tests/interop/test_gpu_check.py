@@ -10,8 +10,6 @@ import os
 import subprocess
 import sys
 
-
-
 from conftest import BIN, ROOT, figure
 
 
