@@ -4,16 +4,13 @@
 //! running optimizer steps on micro-batches drawn evenly across the epoch, and counts only
 //! real tokens, so the layouts compare by the time an epoch takes.
 
-use super::adamw::{AdamW, AdamWParams};
 use super::batching::{padding, Batching, Plan};
+use super::bench::BenchModel;
 use super::data::{load_examples, Example};
 use super::trainer::{make_batch, optimizer_step};
 use super::TrainError;
-use crate::model::device::{device_name, parse_device};
-use crate::model::lora::{LoraConfig, Target};
+use crate::model::device::device_name;
 use crate::model::loss::IGNORE;
-use crate::model::{Gemma2, Gemma2Config};
-use candle_core::DType;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -172,12 +169,6 @@ const LAYOUTS: [(&str, Batching, bool); 4] = [
 ];
 
 pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
-    let cfg = Gemma2Config::preset(&o.preset).ok_or_else(|| {
-        TrainError::Config(format!(
-            "unknown preset `{}`; use tiny, small or gemma-2-2b",
-            o.preset
-        ))
-    })?;
     for (name, v) in [
         ("--steps", o.steps),
         ("--micro-batch", o.micro_batch),
@@ -187,6 +178,7 @@ pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
             return Err(TrainError::Config(format!("{name} must be at least 1")));
         }
     }
+    let cfg = BenchModel::config(&o.preset)?;
     let file = load_examples(&o.data, cfg.max_position_embeddings)?;
     let mut examples = match o.length_profile {
         Some(p) => profile_corpus(&file.examples, p, o.seed)?,
@@ -215,28 +207,13 @@ pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
         )));
     }
 
-    let device = parse_device(&o.device)?;
-    let dtype = if device.is_cpu() {
-        DType::F32
-    } else {
-        DType::BF16
-    };
-    let mut model = Gemma2::random(&cfg, 0, dtype, &device)?;
-    let lora = LoraConfig {
-        r: 16,
-        alpha: 32.0,
-        dropout: 0.0,
-        targets: Target::ALL.to_vec(),
-        use_rslora: false,
-    };
-    model.attach_lora(&lora, 0)?;
-    let hp = AdamWParams {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    };
-    let mut opt = AdamW::new(model.lora_vars(), hp)?;
+    let BenchModel {
+        cfg,
+        model,
+        mut opt,
+        device,
+        dtype,
+    } = BenchModel::new(cfg, &o.device)?;
     let pad = cfg.pad_token_id.unwrap_or(0);
 
     let mut layouts = serde_json::Map::new();
