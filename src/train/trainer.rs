@@ -281,8 +281,8 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         state.step += 1;
         state.optimizer_t = opt.t;
         state.lr = lr;
-        let at = plan.locate(state.step);
-        (state.epoch, state.step_in_epoch) = (at.epoch, at.within);
+        let pos = plan.locate(state.step);
+        (state.epoch, state.step_in_epoch) = (pos.epoch, pos.within);
         state.tokens_trained += tokens;
         state.supervised_trained += r.supervised;
         state.elapsed_s = base_elapsed + t0.elapsed().as_secs_f64();
