@@ -69,11 +69,23 @@ out=${out:-$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")}
 mkdir -p "$out" || fail "cannot create $out"
 echo "gpu-check: $bin on $device (preset $preset), outputs in $out" >&2
 
+# Every step has its own limit, and all of them together at most $budget seconds: the summary
+# comes within 8 minutes whatever hangs.
+budget=${GPU_CHECK_BUDGET_S:-470}
+deadline=$((SECONDS + budget))
+
 # run NAME SECONDS CMD...: stdout to $out/NAME.out, stderr to $out/NAME.log, status to NAME.rc.
 run() {
   local name=$1 limit=$2
   shift 2
-  local t0=$SECONDS
+  local t0=$SECONDS left=$((deadline - SECONDS))
+  [ "$limit" -gt "$left" ] && limit=$left
+  if [ "$limit" -le 0 ]; then
+    echo "the check's time ($budget s) ran out before this step" >"$out/$name.log"
+    : >"$out/$name.out"; echo 124 >"$out/$name.rc"; echo 0 >"$out/$name.s"
+    echo "gpu-check: $name: skipped (no time left)" >&2
+    return
+  fi
   timeout "$limit" "$@" >"$out/$name.out" 2>"$out/$name.log"
   local rc=$?
   echo "$rc" >"$out/$name.rc"
@@ -96,10 +108,10 @@ run generate 60 "$bin" bench generate --preset "$preset" --device "$device" --to
 gpu=""
 [ "$device" != cpu ] && gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 
-"$py" - "$out" "$preset" "$device" "$gpu" <<'PY'
+"$py" - "$out" "$preset" "$device" "$gpu" "$SECONDS" <<'PY'
 import json, os, sys
 
-out, preset, device, gpu = sys.argv[1:5]
+out, preset, device, gpu, wall_s = sys.argv[1:6]
 
 def step(name):
     """(ok, last JSON line of stdout or None, seconds, last log line)"""
@@ -187,6 +199,7 @@ if not ok or js is None:
 summary["generate"] = None if js is None else {
     k: js[k] for k in ("prefill_tokens_per_s", "decode_tokens_per_s", "ms_per_token")}
 summary["failed"] = failed
+summary["wall_s"] = int(wall_s)
 summary["outputs"] = out
 print(json.dumps(summary))
 sys.exit(1 if failed else 0)

@@ -44,3 +44,15 @@ def test_gpu_check_refuses_a_missing_binary(tmp_path):
                         "--bin", str(tmp_path / "nothing")], capture_output=True, text=True,
                        cwd=ROOT, timeout=60)
     assert r.returncode == 2 and "no socratune binary" in r.stderr, r.stderr
+
+
+def test_gpu_check_keeps_its_time_budget_and_still_reports(tmp_path):
+    """Steps past the budget are skipped and named; the summary still comes, exit status 1."""
+    r = subprocess.run([str(ROOT / "scripts" / "gpu-check.sh"), "--device", "cpu", "--bin",
+                        str(BIN), "--out", str(tmp_path / "out")], capture_output=True,
+                       text=True, timeout=120, cwd=ROOT,
+                       env={**os.environ, "PYTHON": sys.executable, "GPU_CHECK_BUDGET_S": "2"})
+    assert r.returncode == 1, r.stderr
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "generate" in s["failed"] and s["generate"] is None, s
+    assert "skipped (no time left)" in r.stderr
