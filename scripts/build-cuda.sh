@@ -4,6 +4,10 @@
 # (default 90: H100/H200). Run from the repository root:
 #
 #   scripts/build-cuda.sh [extra cargo build args...]     -> target-cuda/release/socratune
+#                                                            and target-cuda/release/parity
+#
+# `parity` is tests/parity.rs built as a binary with the same features, for
+# scripts/gpu-check.sh on the GPU machine, where there is no cargo.
 #
 # The CUDA 13.0 toolkit comes from PyPI's nvidia-* wheels, installed into $CUDA_VENV
 # (default ~/.cache/cuda13). The driver library libcuda.so.1 belongs to the target machine, so
@@ -37,4 +41,9 @@ fi
 export PATH="$cuda/bin:$PATH" CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_TOOLKIT_ROOT_DIR="$cuda" \
   CUDA_COMPUTE_CAP="$cap" CUDARC_CUDA_VERSION=13000 LIBRARY_PATH="$link" \
   RUSTFLAGS="${RUSTFLAGS:-} -L $link" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target-cuda}"
-exec cargo build --release --features cuda "$@"
+cargo build --release --features cuda "$@"
+exe=$(cargo test --release --features cuda --no-run --test parity --message-format=json "$@" |
+  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+[ -n "$exe" ] || { echo "build-cuda: cargo built no parity test binary" >&2; exit 1; }
+cp "$exe" "$CARGO_TARGET_DIR/release/parity"
+echo "build-cuda: $CARGO_TARGET_DIR/release/socratune and $CARGO_TARGET_DIR/release/parity" >&2

@@ -20,6 +20,16 @@ fn vocab() -> usize {
 
 /// Deterministic pseudo-random examples: BOS, then tokens; the first 40% is "user" (masked).
 fn write_data(dir: &Path, n_train: usize, n_val: usize, len: usize) -> PathBuf {
+    write_data_with(dir, n_train, n_val, |i| len - (i % 3))
+}
+
+/// As `write_data`, example `i` of each file `length(i)` tokens long.
+fn write_data_with(
+    dir: &Path,
+    n_train: usize,
+    n_val: usize,
+    length: impl Fn(usize) -> usize,
+) -> PathBuf {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let v = vocab() as u64;
@@ -33,7 +43,7 @@ fn write_data(dir: &Path, n_train: usize, n_val: usize, len: usize) -> PathBuf {
     for (file, n) in [("train.jsonl", n_train), ("val.jsonl", n_val)] {
         let mut text = String::new();
         for i in 0..n {
-            let l = len - (i % 3);
+            let l = length(i);
             let mut ids = vec![2u32];
             // A learnable pattern: each example repeats a short motif.
             let motif: Vec<u32> = (0..4).map(|_| next()).collect();
@@ -304,26 +314,56 @@ fn evaluation_does_not_depend_on_the_batch_size() {
 fn resume_after_kill_9_ends_with_the_same_adapter() {
     let dir = tempfile::tempdir().unwrap();
     let data = write_data(dir.path(), 24, 4, 48);
+    resume_after_kills(dir.path(), &data, &["--micro-batch", "2"]);
+}
+
+/// Grouped micro-batches filled up to a token budget, on examples of 12 to 47 tokens: the
+/// epochs have different numbers of steps, and a resumed run still lands on the same adapter.
+#[test]
+fn resume_with_grouped_token_budget_batches_ends_with_the_same_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data_with(dir.path(), 24, 4, |i| 12 + (i * 7) % 36);
+    resume_after_kills(
+        dir.path(),
+        &data,
+        &["--batching", "grouped", "--micro-batch-tokens", "100"],
+    );
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("killed/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&cfg["batching"], &cfg["micro_batch_tokens"]),
+        (&serde_json::json!("grouped"), &serde_json::json!(100))
+    );
+}
+
+/// Trains 60 steps once uninterrupted and once stopped three times (SIGKILL, Ctrl-C,
+/// SIGKILL) and resumed; the adapters must be identical.
+fn resume_after_kills(dir: &Path, data: &Path, batching: &[&str]) {
+    let data = data.to_path_buf();
     let args = [
-        "--max-steps",
-        "60",
-        "--micro-batch",
-        "2",
-        "--grad-accum",
-        "2",
-        "--save-every",
-        "1",
-        "--eval-every",
-        "7",
-        "--lora-dropout",
-        "0.1",
-        "--lr",
-        "5e-3",
-    ];
-    let reference = dir.path().join("ref");
+        batching,
+        &[
+            "--max-steps",
+            "60",
+            "--grad-accum",
+            "2",
+            "--save-every",
+            "1",
+            "--eval-every",
+            "7",
+            "--lora-dropout",
+            "0.1",
+            "--lr",
+            "5e-3",
+        ],
+    ]
+    .concat();
+    let reference = dir.join("ref");
     run_ok(train_cmd(&data, &reference, &args));
 
-    let run = dir.path().join("killed");
+    let run = dir.join("killed");
     for (kills, target) in [5usize, 17, 31].into_iter().enumerate() {
         let mut c = train_cmd(&data, &run, &args);
         if kills > 0 {
@@ -624,4 +664,61 @@ fn bench_train_runs_every_compute_pool_with_flush_to_zero() {
     for pool in socratune::fpenv::POOLS {
         assert_eq!(ftz[pool], supported, "pool {pool}: {v}");
     }
+}
+
+/// `bench train --data`: every layout reported; padding shares and steps per epoch as the
+/// lengths dictate; the profile corpus has the profile's extremes.
+#[test]
+fn bench_train_on_data_reports_each_batching_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    // Lengths 12 to 47: random micro-batches of 4 pad a lot, sorted ones almost nothing.
+    let data = write_data_with(dir.path(), 40, 2, |i| 12 + (i * 7) % 36);
+    let train = data.join("train.jsonl");
+    let bench = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+        c.args([
+            "bench", "train", "--preset", "tiny", "--device", "cpu", "--json",
+        ])
+        .args([
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--data",
+            train.to_str().unwrap(),
+        ])
+        .args(extra);
+        serde_json::from_str::<serde_json::Value>(run_ok(c).trim()).unwrap()
+    };
+    let v = bench(&[]);
+    let l = &v["layouts"];
+    assert!(l["packed"].is_null(), "{v}");
+    let share = |k: &str| l[k]["padding_share"].as_f64().unwrap();
+    assert!(share("padded") > 0.2 && share("grouped") < 0.1, "{v}");
+    assert!(share("budget_grouped") < share("budget_padded"), "{v}");
+    // 40 examples, 4 a micro-batch, 4 micro-batches a step.
+    assert_eq!(l["padded"]["steps_per_epoch"], 3, "{v}");
+    assert_eq!(l["budget_grouped"]["micro_batch_tokens"], 4 * 47, "{v}");
+    for k in ["padded", "grouped", "budget_padded", "budget_grouped"] {
+        assert!(l[k]["real_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    let v = bench(&["--length-profile", "8,20,60"]);
+    assert_eq!(
+        (v["min_tokens"].as_u64(), v["max_tokens"].as_u64()),
+        (Some(8), Some(60))
+    );
+    let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+    c.args(["bench", "train", "--preset", "tiny", "--device", "cpu"])
+        .args([
+            "--data",
+            train.to_str().unwrap(),
+            "--micro-batch-tokens",
+            "30",
+        ]);
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("longest example (47 tokens)"),
+        "{err}"
+    );
 }

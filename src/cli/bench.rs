@@ -4,6 +4,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use socratune::chat::bench::GenerateBench;
 use socratune::train::bench::BenchOptions;
+use socratune::train::bench_data::{DataBenchOptions, LengthProfile};
+use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -34,6 +36,27 @@ pub enum BenchCommand {
         /// Tokens a sequence (default: the preset's).
         #[arg(long)]
         seq: Option<usize>,
+        /// Measure on the lengths of a tokenized examples file (runs/<variant>/data/train.jsonl)
+        /// instead: padding share, real tokens/s and steps per epoch of each batching layout.
+        #[arg(long, conflicts_with_all = ["batch", "seq"])]
+        data: Option<PathBuf>,
+        /// With --data: examples a micro-batch of the padded and grouped layouts.
+        #[arg(long, default_value_t = 4, requires = "data")]
+        micro_batch: usize,
+        /// With --data: the token budget of the budget layouts (default: --micro-batch × the
+        /// longest example).
+        #[arg(long, requires = "data")]
+        micro_batch_tokens: Option<usize>,
+        /// With --data: micro-batches an optimizer step (for steps per epoch).
+        #[arg(long, default_value_t = 4, requires = "data")]
+        grad_accum: usize,
+        /// With --data: first rebuild the examples with a triangular length profile MIN,MODE,MAX
+        /// by concatenating them (60,203,535: the seed's model1, mean 266, longest 535).
+        #[arg(long, requires = "data")]
+        length_profile: Option<LengthProfile>,
+        /// With --data: the seed of the layouts and of the profile corpus.
+        #[arg(long, default_value_t = 42, requires = "data")]
+        seed: u64,
         /// Print only the JSON line (the default prints it too, after a one-line summary on stderr).
         #[arg(long)]
         json: bool,
@@ -70,9 +93,42 @@ impl BenchArgs {
                 steps,
                 warmup,
                 device,
+                data: Some(data),
+                micro_batch,
+                micro_batch_tokens,
+                grad_accum,
+                length_profile,
+                seed,
+                json,
+                ..
+            } => {
+                let o = DataBenchOptions {
+                    data,
+                    preset,
+                    device,
+                    micro_batch,
+                    micro_batch_tokens,
+                    grad_accum,
+                    steps,
+                    warmup,
+                    length_profile,
+                    seed,
+                };
+                let r = socratune::train::bench_data::bench_data(&o)?;
+                if !json {
+                    print_layouts(&r);
+                }
+                println!("{r}");
+            }
+            BenchCommand::Train {
+                preset,
+                steps,
+                warmup,
+                device,
                 batch,
                 seq,
                 json,
+                ..
             } => {
                 let o = BenchOptions {
                     preset,
@@ -115,6 +171,35 @@ impl BenchArgs {
             }
         }
         Ok(())
+    }
+}
+
+/// `bench train --data`: one line a batching layout on stderr.
+fn print_layouts(r: &serde_json::Value) {
+    eprintln!(
+        "{} on {}: {} examples, mean {} tokens, longest {}",
+        r["preset"].as_str().unwrap_or_default(),
+        r["device"].as_str().unwrap_or_default(),
+        r["examples"],
+        r["mean_tokens"],
+        r["max_tokens"]
+    );
+    eprintln!("layout           padding  steps/epoch  real tokens/s  epoch s  vs padded");
+    for name in socratune::train::bench_data::LAYOUT_NAMES {
+        let l = &r["layouts"][name];
+        if l.is_null() {
+            eprintln!("{name:<15}  (not implemented)");
+            continue;
+        }
+        let f = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
+        eprintln!(
+            "{name:<15}  {:>6.1}%  {:>11}  {:>13.0}  {:>7.1}  {:>8.2}x",
+            f("padding_share") * 100.0,
+            f("steps_per_epoch"),
+            f("real_tokens_per_s"),
+            f("epoch_s"),
+            f("speedup_vs_padded")
+        );
     }
 }
 

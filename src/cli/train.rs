@@ -2,6 +2,7 @@
 
 use super::{exit_if_interrupted, interrupt_flag};
 use anyhow::Result;
+use socratune::train::batching::Batching;
 use clap::Args;
 use socratune::rundir::{DataDir, RunDir};
 use socratune::train::{RunSpec, Schedule, TrainConfig};
@@ -67,6 +68,13 @@ pub struct TrainOverrides {
     pub micro_batch: Option<usize>,
     #[arg(long)]
     pub grad_accum: Option<usize>,
+    /// random, or grouped (similar lengths share a micro-batch).
+    #[arg(long, value_enum)]
+    pub batching: Option<BatchingArg>,
+    /// Fill micro-batches up to this many tokens (rows × longest row) instead of
+    /// --micro-batch examples.
+    #[arg(long)]
+    pub micro_batch_tokens: Option<usize>,
     #[arg(long)]
     pub max_seq_len: Option<usize>,
     #[arg(long)]
@@ -95,6 +103,12 @@ pub struct TrainOverrides {
     /// Early-stopping patience in evaluations (0: off).
     #[arg(long)]
     pub patience: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BatchingArg {
+    Random,
+    Grouped,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -150,6 +164,15 @@ impl TrainOverrides {
                 ScheduleArg::Linear => Schedule::Linear,
                 ScheduleArg::Cosine => Schedule::Cosine,
             };
+        }
+        if let Some(b) = self.batching {
+            c.batching = match b {
+                BatchingArg::Random => Batching::Random,
+                BatchingArg::Grouped => Batching::Grouped,
+            };
+        }
+        if let Some(v) = self.micro_batch_tokens {
+            c.micro_batch_tokens = Some(v);
         }
         if let Some(p) = self.patience {
             c.early_stopping_patience = p;

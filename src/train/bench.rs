@@ -35,41 +35,75 @@ fn preset_batch(preset: &str) -> (usize, usize) {
     }
 }
 
+/// The benchmarks' model: a random model of a preset shape with the reference's LoRA
+/// (r=16, alpha=32, all seven projections, no dropout) and AdamW; f32 on the CPU, bf16 base
+/// and f32 LoRA elsewhere.
+pub(crate) struct BenchModel {
+    pub cfg: ModelConfig,
+    pub model: CausalLm,
+    pub opt: AdamW,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl BenchModel {
+    /// The shape of a preset, or an error naming the presets.
+    pub(crate) fn config(preset: &str) -> Result<ModelConfig, TrainError> {
+        ModelConfig::preset(preset).ok_or_else(|| {
+            TrainError::Config(format!(
+                "unknown preset `{preset}`; use one of {}",
+                ModelConfig::preset_names().join(", ")
+            ))
+        })
+    }
+
+    pub(crate) fn new(cfg: ModelConfig, device: &str) -> Result<Self, TrainError> {
+        let device = parse_device(device)?;
+        let dtype = if device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        };
+        let mut model = CausalLm::random(&cfg, 0, dtype, &device)?;
+        let lora = LoraConfig {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.0,
+            targets: Target::ALL.to_vec(),
+            use_rslora: false,
+        };
+        model.attach_lora(&lora, 0)?;
+        let hp = AdamWParams {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let opt = AdamW::new(model.lora_vars(), hp)?;
+        Ok(Self {
+            cfg,
+            model,
+            opt,
+            device,
+            dtype,
+        })
+    }
+}
+
 pub fn bench_train(o: &BenchOptions) -> Result<Value, TrainError> {
-    let cfg = ModelConfig::preset(&o.preset).ok_or_else(|| {
-        TrainError::Config(format!(
-            "unknown preset `{}`; use one of {}",
-            o.preset,
-            ModelConfig::preset_names().join(", ")
-        ))
-    })?;
+    let cfg = BenchModel::config(&o.preset)?;
     if o.steps == 0 {
         return Err(TrainError::Config("--steps must be at least 1".into()));
     }
+    let BenchModel {
+        cfg,
+        model,
+        mut opt,
+        device,
+        dtype,
+    } = BenchModel::new(cfg, &o.device)?;
     let (b0, t0) = preset_batch(&o.preset);
     let (b, t) = (o.batch.unwrap_or(b0), o.seq.unwrap_or(t0));
-    let device = parse_device(&o.device)?;
-    let dtype = if device.is_cpu() {
-        DType::F32
-    } else {
-        DType::BF16
-    };
-    let mut model = CausalLm::random(&cfg, 0, dtype, &device)?;
-    let lora = LoraConfig {
-        r: 16,
-        alpha: 32.0,
-        dropout: 0.0,
-        targets: Target::ALL.to_vec(),
-        use_rslora: false,
-    };
-    model.attach_lora(&lora, 0)?;
-    let hp = AdamWParams {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    };
-    let mut opt = AdamW::new(model.lora_vars(), hp)?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     // The reference's work: random ids, the first 40 % of each row's labels masked.

@@ -1,5 +1,6 @@
 //! Training options: `configs/train.toml`, overridden by command-line flags, validated once.
 
+use super::batching::Batching;
 use super::TrainError;
 use crate::model::lora::{LoraConfig, Target};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,15 @@ pub struct TrainConfig {
     pub max_steps: Option<usize>,
     pub micro_batch: usize,
     pub grad_accum: usize,
+    /// `random` or `grouped` (similar lengths share a micro-batch); see `train::batching`.
+    /// Left out of the serialized config at its default, so that the hashes of runs made
+    /// before it existed do not change.
+    #[serde(skip_serializing_if = "Batching::is_random")]
+    pub batching: Batching,
+    /// When set, micro-batches are filled up to this many tokens (rows × longest row, padding
+    /// included) instead of `micro_batch` examples each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub micro_batch_tokens: Option<usize>,
     /// Longest example (tokens); longer ones are refused, not cut.
     pub max_seq_len: usize,
     pub eval_batch: usize,
@@ -78,6 +88,8 @@ impl Default for TrainConfig {
             max_steps: None,
             micro_batch: 4,
             grad_accum: 4,
+            batching: Batching::Random,
+            micro_batch_tokens: None,
             max_seq_len: 1024,
             eval_batch: 8,
             learning_rate: 2e-4,
@@ -103,10 +115,14 @@ impl Default for TrainConfig {
 const RESUMABLE_CHANGES: [&str; 4] = ["save_every", "keep_checkpoints", "device", "eval_batch"];
 
 impl TrainConfig {
-    /// Reads a TOML file; unknown keys are refused with their name.
+    /// Reads a TOML file; unknown keys are refused with their name, and invalid values with
+    /// the file's name and the field's.
     pub fn from_toml_file(path: &Path) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        toml::from_str(&text).map_err(|e| TrainError::parse(path, e))
+        let c: Self = toml::from_str(&text).map_err(|e| TrainError::parse(path, e))?;
+        c.validate()
+            .map_err(|e| TrainError::file(path, e.to_string()))?;
+        Ok(c)
     }
 
     pub fn lora(&self) -> Result<LoraConfig, TrainError> {
@@ -143,6 +159,9 @@ impl TrainConfig {
         }
         if self.max_steps.is_none() && self.epochs == 0 {
             return bad("epochs must be at least 1 (or set max_steps)".into());
+        }
+        if self.micro_batch_tokens == Some(0) {
+            return bad("micro_batch_tokens must be at least 1 (or left out)".into());
         }
         if self.max_steps == Some(0) {
             return bad("max_steps must be at least 1".into());
@@ -183,9 +202,14 @@ impl TrainConfig {
             a.as_object().expect("object"),
             b.as_object().expect("object"),
         );
-        a.iter()
-            .filter(|(k, v)| !RESUMABLE_CHANGES.contains(&k.as_str()) && b.get(*k) != Some(v))
-            .map(|(k, v)| format!("{k}: {} → {}", b.get(k).cloned().unwrap_or_default(), v))
+        // Both sides' keys: a field left out at its default on one side still counts.
+        let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        let value = |m: &serde_json::Map<String, serde_json::Value>, k: &String| {
+            m.get(k).cloned().unwrap_or_default()
+        };
+        keys.into_iter()
+            .filter(|k| !RESUMABLE_CHANGES.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+            .map(|k| format!("{k}: {} → {}", value(b, k), value(a, k)))
             .collect()
     }
 }
@@ -211,6 +235,20 @@ mod tests {
             vec![Target::QProj, Target::VProj]
         );
         assert_eq!(c.micro_batch, 4);
+        std::fs::write(&p, "batching = \"grouped\"\nmicro_batch_tokens = 4096\n").unwrap();
+        let c = TrainConfig::from_toml_file(&p).unwrap();
+        assert_eq!(
+            (c.batching, c.micro_batch_tokens),
+            (Batching::Grouped, Some(4096))
+        );
+        for (text, field) in [
+            ("batching = \"sorted\"\n", "batching"),
+            ("micro_batch_tokens = 0\n", "micro_batch_tokens"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = TrainConfig::from_toml_file(&p).unwrap_err().to_string();
+            assert!(e.contains("train.toml") && e.contains(field), "{e}");
+        }
         std::fs::write(&p, "learning_rat = 1e-3\n").unwrap();
         let e = TrainConfig::from_toml_file(&p).unwrap_err().to_string();
         assert!(
@@ -236,6 +274,26 @@ mod tests {
         };
         assert!(c.validate().unwrap_err().to_string().contains("lm_head"));
         assert!(TrainConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn default_batching_leaves_the_serialized_config_as_before() {
+        // Runs made before `batching` existed must keep their config hash.
+        let v = serde_json::to_value(TrainConfig::default()).unwrap();
+        assert!(v.get("batching").is_none() && v.get("micro_batch_tokens").is_none());
+        let g = TrainConfig {
+            batching: Batching::Grouped,
+            micro_batch_tokens: Some(2048),
+            ..Default::default()
+        };
+        assert_eq!(
+            g.resume_conflicts(&TrainConfig::default()),
+            vec![
+                "batching: null → \"grouped\"".to_string(),
+                "micro_batch_tokens: null → 2048".to_string()
+            ]
+        );
+        assert_eq!(TrainConfig::default().resume_conflicts(&g).len(), 2);
     }
 
     #[test]

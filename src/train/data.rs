@@ -75,62 +75,9 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-/// How examples are grouped: micro-batches of `micro` examples, `accum` micro-batches a step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Plan {
-    pub examples: usize,
-    pub micro: usize,
-    pub accum: usize,
-}
-
-impl Plan {
-    pub fn steps_per_epoch(&self) -> usize {
-        self.examples.div_ceil(self.micro * self.accum)
-    }
-
-    /// The micro-batches (example indices) of global step `step` (0-based).
-    pub fn step_batches(&self, seed: u64, step: usize) -> (usize, Vec<Vec<usize>>) {
-        let spe = self.steps_per_epoch();
-        let (epoch, within) = (step / spe, step % spe);
-        let order = epoch_order(self.examples, seed, epoch);
-        let per_step = self.micro * self.accum;
-        let start = within * per_step;
-        let end = (start + per_step).min(self.examples);
-        let batches = order[start..end]
-            .chunks(self.micro)
-            .map(<[usize]>::to_vec)
-            .collect();
-        (epoch, batches)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_example_once_per_epoch_and_reproducible() {
-        let plan = Plan {
-            examples: 10,
-            micro: 2,
-            accum: 2,
-        };
-        assert_eq!(plan.steps_per_epoch(), 3);
-        let mut seen = Vec::new();
-        for step in 0..3 {
-            let (epoch, b) = plan.step_batches(7, step);
-            assert_eq!(epoch, 0);
-            seen.extend(b.into_iter().flatten());
-        }
-        seen.sort();
-        assert_eq!(seen, (0..10).collect::<Vec<_>>());
-        assert_eq!(plan.step_batches(7, 4), plan.step_batches(7, 4));
-        assert_eq!(
-            plan.step_batches(7, 2).1,
-            vec![vec![epoch_order(10, 7, 0)[8], epoch_order(10, 7, 0)[9]]]
-        );
-        assert_ne!(epoch_order(10, 7, 0), epoch_order(10, 7, 1));
-    }
 
     #[test]
     fn bad_examples_are_refused_with_their_line() {

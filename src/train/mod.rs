@@ -1,7 +1,9 @@
 //! Training: one LoRA run per dataset variant, exact resume from checkpoints, sweeps.
 
 pub mod adamw;
+pub mod batching;
 pub mod bench;
+pub mod bench_data;
 pub mod checkpoint;
 pub(crate) mod config;
 pub mod data;

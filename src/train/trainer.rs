@@ -2,9 +2,10 @@
 //! AdamW, clipping, schedule, evaluation, checkpoints, exact resume, early stopping.
 
 use super::adamw::{AdamW, AdamWParams};
+use super::batching::Plan;
 use super::checkpoint::{self, State};
 use super::config::TrainConfig;
-use super::data::{load_examples, Example, Plan};
+use super::data::{load_examples, Example};
 use super::metrics::MetricsLog;
 use super::schedule::learning_rate;
 use super::TrainError;
@@ -184,13 +185,18 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     };
     let mut opt = AdamW::new(model.lora_vars(), hp)?;
 
-    let plan = Plan {
-        examples: train_ex.len(),
-        micro: cfg.micro_batch,
-        accum: cfg.grad_accum,
-    };
-    let spe = plan.steps_per_epoch();
-    let total = cfg.max_steps.unwrap_or(cfg.epochs * spe);
+    let plan = Plan::new(
+        train_ex,
+        &train_file.path,
+        cfg.micro_batch,
+        cfg.grad_accum,
+        cfg.micro_batch_tokens,
+        cfg.batching,
+        cfg.seed,
+    )?;
+    let total = cfg
+        .max_steps
+        .unwrap_or_else(|| plan.total_steps(cfg.epochs));
     let warmup = cfg
         .warmup_steps
         .unwrap_or((cfg.warmup_ratio * total as f64).ceil() as usize);
@@ -244,7 +250,7 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
 
     while state.step < total {
         let step_start = Instant::now();
-        let (epoch, batches) = plan.step_batches(cfg.seed, state.step);
+        let (_, batches) = plan.step_batches(state.step);
         let lr = learning_rate(cfg.schedule, cfg.learning_rate, state.step, warmup, total);
         let batches = batches
             .iter()
@@ -270,14 +276,14 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         state.step += 1;
         state.optimizer_t = opt.t;
         state.lr = lr;
-        state.epoch = state.step / spe;
-        state.step_in_epoch = state.step % spe;
+        let pos = plan.locate(state.step);
+        (state.epoch, state.step_in_epoch) = (pos.epoch, pos.within);
         state.tokens_trained += tokens;
         state.supervised_trained += r.supervised;
         state.elapsed_s = base_elapsed + t0.elapsed().as_secs_f64();
         let tps = tokens as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
         metrics.log(json!({
-            "event": "train", "step": state.step, "epoch": epoch as f64 + (state.step - epoch * spe) as f64 / spe as f64,
+            "event": "train", "step": state.step, "epoch": plan.epochs_done(state.step),
             "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": tps,
             "elapsed_s": state.elapsed_s,
         }))?;
@@ -366,7 +372,7 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         final_val_loss: state.last_val_loss.unwrap_or(f64::NAN),
         best_step: state.best_step.unwrap_or(state.step),
         steps: state.step,
-        epochs: state.step as f64 / spe as f64,
+        epochs: plan.epochs_done(state.step),
         train_examples: train_ex.len(),
         val_examples: val_ex.len(),
         tokens_trained: state.tokens_trained,
@@ -503,7 +509,7 @@ fn record_eval(
     Ok(p > 0 && state.evals_since_best >= p)
 }
 
-fn make_batch(
+pub(crate) fn make_batch(
     examples: &[Example],
     idx: &[usize],
     pad: u32,

@@ -1,0 +1,336 @@
+//! `socratune bench train --data train.jsonl`: what each batching layout costs on real
+//! lengths. For every layout, the padding share and the steps of a whole epoch are exact
+//! (computed from the lengths); tokens/s is measured on a random Gemma-2 of a preset shape by
+//! running optimizer steps on micro-batches drawn evenly across the epoch, and counts only
+//! real tokens, so the layouts compare by the time an epoch takes.
+
+use super::batching::{padding, Batching, Plan};
+use super::bench::BenchModel;
+use super::data::{load_examples, Example};
+use super::trainer::{make_batch, optimizer_step};
+use super::TrainError;
+use crate::model::device::device_name;
+use crate::model::loss::IGNORE;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct DataBenchOptions {
+    pub data: PathBuf,
+    pub preset: String,
+    pub device: String,
+    /// Examples a micro-batch in the `padded` and `grouped` layouts.
+    pub micro_batch: usize,
+    /// The budget of the token-budget layouts (default: `micro_batch` × the longest example,
+    /// the worst case of the padded layout, so that every layout has the same memory bound).
+    pub micro_batch_tokens: Option<usize>,
+    /// Micro-batches an optimizer step (for steps per epoch only; each timed micro-batch is
+    /// its own step).
+    pub grad_accum: usize,
+    /// Micro-batches timed per layout.
+    pub steps: usize,
+    /// Untimed micro-batches first (per layout).
+    pub warmup: usize,
+    /// Rebuild the corpus with these lengths before measuring (see [`profile_corpus`]).
+    pub length_profile: Option<LengthProfile>,
+    pub seed: u64,
+}
+
+/// A triangular length distribution (min, mode, max); its mean is (min + mode + max) / 3.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LengthProfile {
+    pub min: usize,
+    pub mode: usize,
+    pub max: usize,
+}
+
+impl std::str::FromStr for LengthProfile {
+    type Err = String;
+
+    /// `MIN,MODE,MAX`, e.g. `60,203,535` (the seed's model1: mean 266, longest 535).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let v: Vec<usize> = s
+            .split(',')
+            .map(|x| x.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("`{s}`: expected MIN,MODE,MAX token counts, e.g. 60,203,535"))?;
+        match v[..] {
+            [min, mode, max] if 2 <= min && min <= mode && mode <= max && min < max => {
+                Ok(Self { min, mode, max })
+            }
+            _ => Err(format!(
+                "`{s}`: expected three token counts MIN ≤ MODE ≤ MAX with MIN ≥ 2 and MIN < MAX"
+            )),
+        }
+    }
+}
+
+impl LengthProfile {
+    /// The `q`-quantile (0 ≤ q ≤ 1) of the distribution.
+    fn quantile(&self, q: f64) -> f64 {
+        let (a, c, b) = (self.min as f64, self.mode as f64, self.max as f64);
+        let fc = (c - a) / (b - a);
+        if q < fc {
+            a + (q * (b - a) * (c - a)).sqrt()
+        } else {
+            b - ((1.0 - q) * (b - a) * (b - c)).sqrt()
+        }
+    }
+}
+
+/// A corpus of `examples.len()` examples whose lengths follow `profile`, made from `examples`
+/// by concatenating whole examples (their turns, each with its own loss mask; the BOS of
+/// every example after the first dropped) until the target length is reached, then cutting
+/// tokens from the left after the BOS, so that each example ends on a whole model turn.
+///
+/// The targets are the profile's quantiles at i / (n − 1), so the shortest is exactly `min`
+/// and the longest exactly `max`, shuffled with `seed`. Sources are taken in a seeded
+/// order, cycling, one new starting source per example; a target whose cut would leave no
+/// trained token starts from the next source instead.
+pub fn profile_corpus(
+    examples: &[Example],
+    profile: LengthProfile,
+    seed: u64,
+) -> Result<Vec<Example>, TrainError> {
+    let n = examples.len();
+    let mut targets: Vec<usize> = (0..n)
+        .map(|i| {
+            let q = if n > 1 {
+                i as f64 / (n - 1) as f64
+            } else {
+                1.0
+            };
+            profile.quantile(q).round() as usize
+        })
+        .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    targets.shuffle(&mut rng);
+    let mut sources: Vec<usize> = (0..n).collect();
+    sources.shuffle(&mut rng);
+    let mut next = 0usize;
+    let mut out = Vec::with_capacity(n);
+    for (k, &target) in targets.iter().enumerate() {
+        let mut made = None;
+        for _ in 0..n {
+            let (mut ids, mut labels) = (Vec::new(), Vec::new());
+            let mut j = next;
+            while ids.len() < target {
+                let e = &examples[sources[j % n]];
+                let skip = usize::from(!ids.is_empty());
+                ids.extend_from_slice(&e.input_ids[skip..]);
+                labels.extend_from_slice(&e.labels[skip..]);
+                j += 1;
+            }
+            // Cut from the left, BOS kept first (as `data build --overflow truncate`): the
+            // example ends on a whole model turn, which is trained.
+            let cut = ids.len() - target;
+            ids.drain(1..=cut);
+            labels.drain(1..=cut);
+            next += 1;
+            if labels.iter().skip(1).any(|&l| l != IGNORE) {
+                made = Some((ids, labels));
+                break;
+            }
+        }
+        let Some((input_ids, labels)) = made else {
+            return Err(TrainError::Data(format!(
+                "no example of {target} tokens with a trained token can be cut from the data; raise the profile's MIN"
+            )));
+        };
+        out.push(Example {
+            id: format!("profile-{k}"),
+            dialogue: String::new(),
+            input_ids,
+            labels,
+        });
+    }
+    Ok(out)
+}
+
+/// The layouts of the report, in order; `packed` is reported as null until packing exists.
+pub const LAYOUT_NAMES: [&str; 5] = [
+    "padded",
+    "grouped",
+    "budget_padded",
+    "budget_grouped",
+    "packed",
+];
+
+/// The layouts measured, by name: (batching, with the token budget).
+const LAYOUTS: [(&str, Batching, bool); 4] = [
+    ("padded", Batching::Random, false),
+    ("grouped", Batching::Grouped, false),
+    ("budget_padded", Batching::Random, true),
+    ("budget_grouped", Batching::Grouped, true),
+];
+
+pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
+    for (name, v) in [
+        ("--steps", o.steps),
+        ("--micro-batch", o.micro_batch),
+        ("--grad-accum", o.grad_accum),
+    ] {
+        if v == 0 {
+            return Err(TrainError::Config(format!("{name} must be at least 1")));
+        }
+    }
+    let cfg = BenchModel::config(&o.preset)?;
+    let file = load_examples(&o.data, cfg.max_position_embeddings)?;
+    let mut examples = match o.length_profile {
+        Some(p) => profile_corpus(&file.examples, p, o.seed)?,
+        None => file.examples,
+    };
+    // The preset's vocabulary may be smaller than the data's tokenizer's: ids are folded into
+    // it (the speed does not depend on which ids they are; the lengths and masks are kept).
+    let vocab = cfg.vocab_size as u32;
+    for e in &mut examples {
+        for (id, l) in e.input_ids.iter_mut().zip(e.labels.iter_mut()) {
+            *id %= vocab;
+            if *l != IGNORE {
+                *l = *id as i64;
+            }
+        }
+    }
+    let lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
+    let longest = *lengths
+        .iter()
+        .max()
+        .expect("load_examples refuses empty files");
+    let budget = o.micro_batch_tokens.unwrap_or(o.micro_batch * longest);
+    if budget < longest {
+        return Err(TrainError::Config(format!(
+            "--micro-batch-tokens {budget} is less than the longest example ({longest} tokens)"
+        )));
+    }
+
+    let BenchModel {
+        cfg,
+        model,
+        mut opt,
+        device,
+        dtype,
+    } = BenchModel::new(cfg, &o.device)?;
+    let pad = cfg.pad_token_id.unwrap_or(0);
+
+    let mut layouts = serde_json::Map::new();
+    let mut padded_epoch_s = None;
+    for (name, batching, with_budget) in LAYOUTS {
+        let plan = Plan::new(
+            &examples,
+            &o.data,
+            o.micro_batch,
+            o.grad_accum,
+            with_budget.then_some(budget),
+            batching,
+            o.seed,
+        )?;
+        let batches = plan.epoch_micro_batches(0);
+        let (real, padded) = padding(&lengths, &batches);
+        let max_tokens = batches
+            .iter()
+            .map(|b| padding(&lengths, std::slice::from_ref(b)).1)
+            .max()
+            .unwrap_or(0);
+        // Evenly spaced across the epoch, so the sample has the epoch's mix of lengths.
+        let timed: Vec<&Vec<usize>> = (0..o.steps.min(batches.len()))
+            .map(|k| &batches[k * batches.len() / o.steps.min(batches.len())])
+            .collect();
+        for b in batches.iter().take(o.warmup) {
+            let mb = [make_batch(&examples, b, pad, cfg.vocab_size, &device)?];
+            optimizer_step(&model, &mut opt, &mb, |_| 0, 1e-4, 0.0)?;
+        }
+        device.synchronize()?;
+        let (mut secs, mut timed_real, mut timed_padded) = (0f64, 0usize, 0usize);
+        for b in timed {
+            let mb = [make_batch(&examples, b, pad, cfg.vocab_size, &device)?];
+            let start = Instant::now();
+            optimizer_step(&model, &mut opt, &mb, |_| 0, 1e-4, 0.0)?;
+            device.synchronize()?;
+            secs += start.elapsed().as_secs_f64();
+            let (r, p) = padding(&lengths, std::slice::from_ref(b));
+            timed_real += r;
+            timed_padded += p;
+        }
+        let tps = timed_real as f64 / secs;
+        let epoch_s = real as f64 / tps;
+        let base = *padded_epoch_s.get_or_insert(epoch_s);
+        layouts.insert(
+            name.into(),
+            json!({
+                "batching": format!("{batching:?}").to_lowercase(),
+                "micro_batch": if with_budget { Value::Null } else { json!(o.micro_batch) },
+                "micro_batch_tokens": if with_budget { json!(budget) } else { Value::Null },
+                "micro_batches_per_epoch": batches.len(),
+                "steps_per_epoch": plan.steps_in_epoch(0),
+                "padding_share": round4(1.0 - real as f64 / padded as f64),
+                "max_micro_batch_tokens": max_tokens,
+                "timed_micro_batches": o.steps.min(batches.len()),
+                "timed_padding_share": round4(1.0 - timed_real as f64 / timed_padded as f64),
+                "real_tokens_per_s": (tps * 10.0).round() / 10.0,
+                "epoch_s": (epoch_s * 10.0).round() / 10.0,
+                "speedup_vs_padded": round4(base / epoch_s),
+            }),
+        );
+    }
+    // Packing is not implemented yet; the key is kept so that reports have its column.
+    layouts.insert("packed".into(), Value::Null);
+    let mean = lengths.iter().sum::<usize>() as f64 / lengths.len() as f64;
+    Ok(json!({
+        "impl": "socratune",
+        "bench": "train-data",
+        "preset": o.preset,
+        "device": device_name(&device),
+        "dtype": format!("{dtype:?}").to_lowercase(),
+        "data": o.data.display().to_string(),
+        "length_profile": o.length_profile.map(|p| json!([p.min, p.mode, p.max])),
+        "examples": lengths.len(),
+        "mean_tokens": (mean * 10.0).round() / 10.0,
+        "max_tokens": longest,
+        "min_tokens": lengths.iter().min(),
+        "grad_accum": o.grad_accum,
+        "threads": rayon::current_num_threads(),
+        "layouts": layouts,
+    }))
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(i: usize, user: usize, model: usize) -> Example {
+        let n = 1 + user + model;
+        Example {
+            id: format!("e{i}"),
+            dialogue: String::new(),
+            input_ids: (0..n as u32).map(|t| 2 + t % 50).collect(),
+            labels: (0..n).map(|t| if t <= user { IGNORE } else { 7 }).collect(),
+        }
+    }
+
+    #[test]
+    fn the_profile_corpus_has_the_profile_and_trains_tokens() {
+        let src: Vec<Example> = (0..200).map(|i| ex(i, 10 + i % 30, 20 + i % 40)).collect();
+        let p: LengthProfile = "60,203,535".parse().unwrap();
+        let c = profile_corpus(&src, p, 1).unwrap();
+        let lens: Vec<usize> = c.iter().map(|e| e.input_ids.len()).collect();
+        assert_eq!(lens.len(), 200);
+        assert_eq!(*lens.iter().min().unwrap(), 60);
+        assert_eq!(*lens.iter().max().unwrap(), 535);
+        let mean = lens.iter().sum::<usize>() as f64 / 200.0;
+        assert!((mean - 266.0).abs() < 2.0, "{mean}");
+        assert!(c
+            .iter()
+            .all(|e| e.supervised() > 0 && e.labels.len() == e.input_ids.len()));
+        assert_eq!(c, profile_corpus(&src, p, 1).unwrap());
+        assert!("60,20,535".parse::<LengthProfile>().is_err());
+        assert!("60,203".parse::<LengthProfile>().is_err());
+    }
+}
