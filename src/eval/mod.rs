@@ -22,6 +22,7 @@ use crate::chat::load::ModelSpec;
 use crate::chat::{PromptFormat, RunInfo};
 use crate::dataset::variant::natural_key;
 use crate::model::adapter;
+use crate::rundir::RunDir;
 use crate::train::trainer::read_summary;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -96,9 +97,9 @@ pub fn find_runs(o: &EvalOptions) -> Result<Vec<Entry>> {
     let listing = std::fs::read_dir(dir).map_err(|e| crate::fsutil::FileError::new(dir, e))?;
     let mut out = Vec::new();
     for item in listing.flatten() {
-        let run = item.path();
+        let run = RunDir::new(item.path());
         let name = item.file_name().to_string_lossy().to_string();
-        let best = run.join("best");
+        let best = run.best();
         if !best.join(adapter::CONFIG_FILE).is_file() {
             continue;
         }
@@ -111,7 +112,7 @@ pub fn find_runs(o: &EvalOptions) -> Result<Vec<Entry>> {
         if name == BASE {
             return Err(EvalError::Invalid(format!(
                 "{}: a run named `{BASE}` clashes with the base model's name in the report; rename it",
-                run.display()
+                run.root().display()
             )));
         }
         let info = RunInfo::find(&best)?;
@@ -130,7 +131,7 @@ pub fn find_runs(o: &EvalOptions) -> Result<Vec<Entry>> {
             format: variant.map_or_else(PromptFormat::whole, PromptFormat::from_variant),
             variant: variant.map(|v| v.name.clone()),
             common_val_loss: summary.common_val_loss,
-            split: Some(run.join("data").join("split.json")),
+            split: Some(run.data().split()),
             adapter: Some(best),
             base,
         });
