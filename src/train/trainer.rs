@@ -187,7 +187,7 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
 
     let plan = Plan::new(
         train_ex,
-        &train_file.path,
+        &spec.data_dir.train(),
         cfg.micro_batch,
         cfg.grad_accum,
         cfg.micro_batch_tokens,
