@@ -2,9 +2,9 @@
 
 use super::{exit_if_interrupted, interrupt_flag};
 use anyhow::Result;
-use socratune::train::batching::Batching;
 use clap::Args;
 use socratune::rundir::{DataDir, RunDir};
+use socratune::train::batching::Batching;
 use socratune::train::{RunSpec, Schedule, TrainConfig};
 use std::path::{Path, PathBuf};
 
