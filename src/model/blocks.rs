@@ -52,14 +52,39 @@ impl Rope {
     pub fn new(spec: &RopeSpec, head_dim: usize) -> Self {
         // As transformers: inverse frequencies and angles in f32, then cast to the model dtype.
         let theta = spec.theta as f32;
-        let divisor = match spec.scaling {
-            RopeScaling::None => 1.0,
+        let base = (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32));
+        let inv_freq = match spec.scaling {
+            RopeScaling::None => base.collect(),
             // Linear scaling divides positions by the factor, i.e. the frequencies.
-            RopeScaling::Linear { factor } => factor as f32,
+            RopeScaling::Linear { factor } => base.map(|f| f / factor as f32).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                // transformers' `_compute_llama3_parameters`, in its f32 arithmetic.
+                let (factor, low, high) = (
+                    factor as f32,
+                    low_freq_factor as f32,
+                    high_freq_factor as f32,
+                );
+                let old = original_max_position_embeddings as f32;
+                let (low_wavelen, high_wavelen) = (old / low, old / high);
+                base.map(|f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+            }
         };
-        let inv_freq = (0..head_dim / 2)
-            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32) / divisor)
-            .collect();
         Self { inv_freq }
     }
 
@@ -264,6 +289,42 @@ mod tests {
         for (x, y) in a.iter().zip(&b) {
             assert!(crate::model::max_abs_diff(x, y) < 1e-6);
         }
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_divides_low_and_blends_between() {
+        let spec = |scaling| RopeSpec {
+            theta: 10000.0,
+            scaling,
+        };
+        let d = 16;
+        let plain = Rope::new(&spec(RopeScaling::None), d).inv_freq;
+        let scaled = Rope::new(
+            &spec(RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 64,
+            }),
+            d,
+        )
+        .inv_freq;
+        // Wavelengths below 64 / 4 = 16 keep their frequency, above 64 / 1 are divided by 8.
+        let mut kinds = [0; 3];
+        for (p, s) in plain.iter().zip(&scaled) {
+            let wavelen = 2.0 * std::f32::consts::PI / p;
+            if wavelen < 16.0 {
+                assert_eq!(s, p);
+                kinds[0] += 1;
+            } else if wavelen > 64.0 {
+                assert_eq!(*s, p / 8.0);
+                kinds[2] += 1;
+            } else {
+                assert!(*s < *p && *s > p / 8.0, "{s} vs {p}");
+                kinds[1] += 1;
+            }
+        }
+        assert!(kinds.iter().all(|&k| k > 0), "{kinds:?}");
     }
 
     #[test]
