@@ -51,40 +51,12 @@ pub(super) struct Rope {
 impl Rope {
     pub fn new(spec: &RopeSpec, head_dim: usize) -> Self {
         // As transformers: inverse frequencies and angles in f32, then cast to the model dtype.
-        let theta = spec.theta as f32;
-        let base = (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32));
-        let inv_freq = match spec.scaling {
-            RopeScaling::None => base.collect(),
-            // Linear scaling divides positions by the factor, i.e. the frequencies.
-            RopeScaling::Linear { factor } => base.map(|f| f / factor as f32).collect(),
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => {
-                // transformers' `_compute_llama3_parameters`, in its f32 arithmetic.
-                let (factor, low, high) = (
-                    factor as f32,
-                    low_freq_factor as f32,
-                    high_freq_factor as f32,
-                );
-                let old = original_max_position_embeddings as f32;
-                let (low_wavelen, high_wavelen) = (old / low, old / high);
-                base.map(|f| {
-                    let wavelen = 2.0 * std::f32::consts::PI / f;
-                    if wavelen < high_wavelen {
-                        f
-                    } else if wavelen > low_wavelen {
-                        f / factor
-                    } else {
-                        let smooth = (old / wavelen - low) / (high - low);
-                        (1.0 - smooth) * f / factor + smooth * f
-                    }
-                })
-                .collect()
-            }
-        };
+        let inv_freq = spec
+            .base_inv_freq(head_dim)
+            .iter()
+            .zip(spec.divisors(head_dim))
+            .map(|(f, d)| f / d)
+            .collect();
         Self { inv_freq }
     }
 
@@ -298,7 +270,7 @@ mod tests {
             scaling,
         };
         let d = 16;
-        let plain = Rope::new(&spec(RopeScaling::None), d).inv_freq;
+        let plain = spec(RopeScaling::None).base_inv_freq(d);
         let scaled = Rope::new(
             &spec(RopeScaling::Llama3 {
                 factor: 8.0,

@@ -75,6 +75,55 @@ pub struct RopeSpec {
     pub scaling: RopeScaling,
 }
 
+impl RopeSpec {
+    /// The unscaled inverse frequencies `theta^(-2i/d)`, in f32 as transformers computes them.
+    pub fn base_inv_freq(&self, head_dim: usize) -> Vec<f32> {
+        let theta = self.theta as f32;
+        (0..head_dim / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect()
+    }
+
+    /// Per frequency, what the scaling divides it by (1 without scaling). llama.cpp takes
+    /// these for llama3 scaling as its `rope_freqs` tensor.
+    pub fn divisors(&self, head_dim: usize) -> Vec<f32> {
+        let base = self.base_inv_freq(head_dim);
+        match self.scaling {
+            RopeScaling::None => vec![1.0; base.len()],
+            RopeScaling::Linear { factor } => vec![factor as f32; base.len()],
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                // transformers' `_compute_llama3_parameters`: wavelengths shorter than
+                // old / high keep their frequency, longer than old / low are divided by the
+                // factor, and the band between blends the two.
+                let (factor, low, high) = (
+                    factor as f32,
+                    low_freq_factor as f32,
+                    high_freq_factor as f32,
+                );
+                let old = original_max_position_embeddings as f32;
+                base.iter()
+                    .map(|f| {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        if wavelen < old / high {
+                            1.0
+                        } else if wavelen > old / low {
+                            factor
+                        } else {
+                            let smooth = (old / wavelen - low) / (high - low);
+                            1.0 / ((1.0 - smooth) / factor + smooth)
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 /// The model's shape and numerics, whatever its family.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
