@@ -10,10 +10,11 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// LoRA training throughput on a random Gemma-2 of a preset shape, doing exactly the work of
+    /// LoRA training throughput on a random model of a preset shape, doing exactly the work of
     /// benches/hf_peft_reference.py; prints one JSON line with the same keys.
     Train {
-        /// tiny, small or gemma-2-2b.
+        /// A preset shape: tiny, small, gemma-2-2b, gemma-3-1b, gemma-3-4b, qwen3-1.7b,
+        /// llama-3.2-1b (the README lists them all).
         #[arg(long, default_value = "small")]
         preset: String,
         /// Timed steps.
@@ -35,10 +36,11 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Greedy decoding speed with the KV cache on a random Gemma-2 of a preset shape: the
+    /// Greedy decoding speed with the KV cache on a random model of a preset shape: the
     /// prompt's forward pass and the decoding timed apart; prints one JSON line.
     Generate {
-        /// tiny, small or gemma-2-2b.
+        /// A preset shape: tiny, small, gemma-2-2b, gemma-3-1b, gemma-3-4b, qwen3-1.7b,
+        /// llama-3.2-1b (the README lists them all).
         #[arg(long, default_value = "small")]
         preset: String,
         /// Tokens to generate.

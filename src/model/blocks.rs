@@ -3,7 +3,7 @@
 //! norms, and the gated MLP (GeGLU or SwiGLU). The LoRA projection they use is
 //! [`super::lora::LoraLinear`].
 
-use super::config::{Activation, NormWeight, RopeScaling, RopeSpec};
+use super::config::{Activation, NormWeight, RopeSpec};
 use super::kernels::Kernels;
 use super::lora::{LoraLinear, Mode};
 use super::ops;
@@ -237,6 +237,7 @@ impl Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::RopeScaling;
 
     #[test]
     fn linear_scaling_divides_the_frequencies() {

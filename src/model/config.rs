@@ -588,6 +588,16 @@ impl ModelConfig {
             .or_else(|| llama::preset(name))
     }
 
+    /// [`ModelConfig::preset`], or an error that lists the presets.
+    pub fn preset_or_list(name: &str) -> Result<Self, String> {
+        Self::preset(name).ok_or_else(|| {
+            format!(
+                "unknown preset `{name}`; use one of {}",
+                Self::preset_names().join(", ")
+            )
+        })
+    }
+
     /// Every preset name.
     pub fn preset_names() -> Vec<&'static str> {
         let mut v = gemma2::PRESETS.to_vec();

@@ -36,12 +36,7 @@ fn preset_batch(preset: &str) -> (usize, usize) {
 }
 
 pub fn bench_train(o: &BenchOptions) -> Result<Value, TrainError> {
-    let cfg = ModelConfig::preset(&o.preset).ok_or_else(|| {
-        TrainError::Config(format!(
-            "unknown preset `{}`; use tiny, small or gemma-2-2b",
-            o.preset
-        ))
-    })?;
+    let cfg = ModelConfig::preset_or_list(&o.preset).map_err(TrainError::Config)?;
     if o.steps == 0 {
         return Err(TrainError::Config("--steps must be at least 1".into()));
     }

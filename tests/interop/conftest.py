@@ -28,9 +28,10 @@ torch.set_num_threads(1)
 FIGURES = []
 
 
-def figure(line):
-    """Records a check's measured figure; all are printed at the end of the run."""
-    FIGURES.append(line)
+def figure(line, base_model=None):
+    """Records a check's measured figure (naming the family of `base_model`, the folder
+    `base_model` made); all are printed at the end of the run."""
+    FIGURES.append(line if base_model is None else f"[{base_model.name}] {line}")
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -78,7 +79,7 @@ def base_model(request, tmp_path_factory):
     """The repository's tiny random model of one family (Hub spelling of config.json), copied."""
     if not BIN.is_file():
         pytest.fail(f"no socratune binary at {BIN}: cargo build --release first")
-    d = tmp_path_factory.mktemp(f"base-{request.param}")
+    d = tmp_path_factory.mktemp(request.param, numbered=False)
     for name in ("config.json", "generation_config.json", "model.safetensors"):
         shutil.copy(FIXTURES / f"{request.param}-tiny" / name, d / name)
     return d

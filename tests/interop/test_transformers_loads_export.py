@@ -42,7 +42,7 @@ def test_export_loads_and_matches_merge_and_unload(dtype, base_model, data, trai
     assert effect > 1000 * TOLERANCE["f32"]
     d = ((got - ref).abs().max() / ref.abs().max()).item()
     figure(f"(b) {dtype} export vs PEFT merge_and_unload: max |Δlogit| / max |logit| = {d:.2e} "
-          f"(tolerance {TOLERANCE[dtype]:.0e}; the adapter itself moves them by {effect:.2e})")
+          f"(tolerance {TOLERANCE[dtype]:.0e}; the adapter itself moves them by {effect:.2e})", base_model)
     assert d <= TOLERANCE[dtype]
 
 
