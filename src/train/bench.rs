@@ -29,7 +29,8 @@ pub struct BenchOptions {
 /// The reference's batch and sequence length per preset.
 fn preset_batch(preset: &str) -> (usize, usize) {
     match preset {
-        "tiny" => (2, 64),
+        // tiny, tiny-gemma3, tiny-qwen3, tiny-llama.
+        p if p.starts_with("tiny") => (2, 64),
         "small" => (4, 256),
         _ => (8, 512),
     }
