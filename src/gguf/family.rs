@@ -163,6 +163,25 @@ pub static LLAMA: Family = Family {
     end_of_turn: "<|eot_id|>",
 };
 
+/// The `{arch}.*` keys of the model's shape, which every architecture has.
+fn shape_metadata(arch: &str, cfg: &ModelConfig) -> Metadata {
+    let u = |k: &str, v: usize| (format!("{arch}.{k}"), Value::U32(v as u32));
+    vec![
+        u("context_length", cfg.max_position_embeddings),
+        u("embedding_length", cfg.hidden_size),
+        u("block_count", cfg.num_hidden_layers),
+        u("feed_forward_length", cfg.intermediate_size),
+        u("attention.head_count", cfg.num_attention_heads),
+        u("attention.head_count_kv", cfg.num_key_value_heads),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+        u("attention.key_length", cfg.head_dim),
+        u("attention.value_length", cfg.head_dim),
+    ]
+}
+
 fn no_extra_tensors(_: &ModelConfig) -> Result<Vec<(String, Tensor)>> {
     Ok(Vec::new())
 }
@@ -176,20 +195,12 @@ fn llama_like_metadata(arch: &str, cfg: &ModelConfig) -> Result<Metadata> {
     }
     let u = |k: &str, v: usize| (format!("{arch}.{k}"), Value::U32(v as u32));
     let f = |k: &str, v: f64| (format!("{arch}.{k}"), Value::F32(v as f32));
-    let mut m = vec![
-        u("context_length", cfg.max_position_embeddings),
-        u("embedding_length", cfg.hidden_size),
-        u("block_count", cfg.num_hidden_layers),
-        u("feed_forward_length", cfg.intermediate_size),
-        u("attention.head_count", cfg.num_attention_heads),
-        u("attention.head_count_kv", cfg.num_key_value_heads),
-        f("attention.layer_norm_rms_epsilon", cfg.rms_norm_eps),
-        u("attention.key_length", cfg.head_dim),
-        u("attention.value_length", cfg.head_dim),
+    let mut m = shape_metadata(arch, cfg);
+    m.extend([
         u("rope.dimension_count", cfg.head_dim),
         f("rope.freq_base", cfg.rope_global.theta),
         u("vocab_size", cfg.vocab_size),
-    ];
+    ]);
     // llama3 scaling travels as the rope_freqs tensor; linear as two keys.
     if let RopeScaling::Linear { factor } = cfg.rope_global.scaling {
         m.push((
@@ -269,20 +280,12 @@ fn gemma2_metadata(cfg: &ModelConfig) -> Result<Metadata> {
     };
     let u = |k: &str, v: usize| (format!("gemma2.{k}"), Value::U32(v as u32));
     let f = |k: &str, v: f64| (format!("gemma2.{k}"), Value::F32(v as f32));
-    let mut m = vec![
-        u("context_length", cfg.max_position_embeddings),
-        u("embedding_length", cfg.hidden_size),
-        u("block_count", cfg.num_hidden_layers),
-        u("feed_forward_length", cfg.intermediate_size),
-        u("attention.head_count", cfg.num_attention_heads),
-        u("attention.head_count_kv", cfg.num_key_value_heads),
-        f("attention.layer_norm_rms_epsilon", cfg.rms_norm_eps),
-        u("attention.key_length", cfg.head_dim),
-        u("attention.value_length", cfg.head_dim),
+    let mut m = shape_metadata("gemma2", cfg);
+    m.extend([
         f("attn_logit_softcapping", attn_cap),
         f("final_logit_softcapping", final_cap),
         f("rope.freq_base", cfg.rope_global.theta),
-    ];
+    ]);
     // Without a window every layer attends globally: a window as long as the context.
     m.push(u(
         "attention.sliding_window",

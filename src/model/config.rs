@@ -550,6 +550,22 @@ pub(super) fn scaling_json(s: &RopeScaling) -> serde_json::Map<String, Value> {
     }
 }
 
+/// A preset: `fields` (a JSON object literal, as a Hub config spells them) with `common` added,
+/// read by the family's reader.
+pub(super) fn preset_config(
+    fields: Value,
+    common: &[(&str, Value)],
+    read: fn(&Value) -> Result<ModelConfig, String>,
+) -> ModelConfig {
+    let Value::Object(mut m) = fields else {
+        unreachable!("presets are JSON object literals")
+    };
+    for (k, v) in common {
+        m.insert((*k).into(), v.clone());
+    }
+    read(&Value::Object(m)).expect("presets are valid")
+}
+
 impl ModelConfig {
     /// Reads and validates a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {

@@ -5,8 +5,8 @@
 //! by default).
 
 use super::config::{
-    rope_json, rope_object, scaling_json, Defaults, Family, FamilyParts, Layout, ModelConfig,
-    RawConfig, RopeScaling, RopeSpec,
+    preset_config, rope_json, rope_object, scaling_json, Defaults, Family, FamilyParts, Layout,
+    ModelConfig, RawConfig, RopeScaling, RopeSpec,
 };
 use serde_json::{json, Value};
 
@@ -159,21 +159,15 @@ pub(super) fn preset(name: &str) -> Option<ModelConfig> {
         }),
         _ => return None,
     };
-    let mut m = match json {
-        Value::Object(m) => m,
-        _ => unreachable!("a JSON object literal"),
-    };
-    m.insert("model_type".into(), json!("gemma3_text"));
-    for (k, v) in [
+    let common = [
+        ("model_type", json!("gemma3_text")),
         ("bos_token_id", json!(2)),
         ("eos_token_id", json!([1, 106])),
         ("pad_token_id", json!(0)),
         ("rms_norm_eps", json!(1e-6)),
         ("hidden_activation", json!("gelu_pytorch_tanh")),
-    ] {
-        m.insert(k.into(), v);
-    }
-    Some(read_config(&Value::Object(m)).expect("presets are valid"))
+    ];
+    Some(preset_config(json, &common, read_config))
 }
 
 /// Both RoPE spellings: `rope_parameters` for transformers 5, and the keys that older readers

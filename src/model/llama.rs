@@ -4,8 +4,8 @@
 //! Qwen3 reads the same way with q/k norms added (see [`super::qwen3`]).
 
 use super::config::{
-    rope_json, scaling_json, single_rope, Defaults, Family, FamilyParts, Layout, ModelConfig,
-    RawConfig, RopeScaling,
+    preset_config, rope_json, scaling_json, single_rope, Defaults, Family, FamilyParts, Layout,
+    ModelConfig, RawConfig, RopeScaling,
 };
 use serde_json::{json, Value};
 
@@ -122,13 +122,11 @@ pub(super) fn preset(name: &str) -> Option<ModelConfig> {
         }),
         _ => return None,
     };
-    let mut m = match json {
-        Value::Object(m) => m,
-        _ => unreachable!("a JSON object literal"),
-    };
-    m.insert("model_type".into(), json!("llama"));
-    m.insert("hidden_act".into(), json!("silu"));
-    Some(read_config(&Value::Object(m)).expect("presets are valid"))
+    let common = [
+        ("model_type", json!("llama")),
+        ("hidden_act", json!("silu")),
+    ];
+    Some(preset_config(json, &common, read_config))
 }
 
 #[cfg(test)]

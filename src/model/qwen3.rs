@@ -2,7 +2,7 @@
 //! before RoPE, and the head tied or untied as the config says. Its sliding-window option
 //! (`use_sliding_window`) is refused.
 
-use super::config::{Defaults, Family, ModelConfig};
+use super::config::{preset_config, Defaults, Family, ModelConfig};
 use super::llama::{hub_json_with, read_llama_like};
 use serde_json::{json, Value};
 
@@ -55,14 +55,12 @@ pub(super) fn preset(name: &str) -> Option<ModelConfig> {
         }),
         _ => return None,
     };
-    let mut m = match json {
-        Value::Object(m) => m,
-        _ => unreachable!("a JSON object literal"),
-    };
-    m.insert("model_type".into(), json!("qwen3"));
-    m.insert("hidden_act".into(), json!("silu"));
-    m.insert("rms_norm_eps".into(), json!(1e-6));
-    Some(read_config(&Value::Object(m)).expect("presets are valid"))
+    let common = [
+        ("model_type", json!("qwen3")),
+        ("hidden_act", json!("silu")),
+        ("rms_norm_eps", json!(1e-6)),
+    ];
+    Some(preset_config(json, &common, read_config))
 }
 
 #[cfg(test)]
