@@ -13,7 +13,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::gemma2 as reference;
 use socratune::model::generate::{generate, SamplingParams};
-use socratune::model::{Gemma2, Gemma2Config, KvCache};
+use socratune::model::{CausalLm, KvCache, ModelConfig};
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -59,7 +59,7 @@ fn args() -> Args {
 /// (first token's time, the time of the other tokens, the tokens).
 type Run = (Duration, Duration, Vec<u32>);
 
-fn ours(model: &Gemma2, prompt: &[u32], tokens: usize) -> Run {
+fn ours(model: &CausalLm, prompt: &[u32], tokens: usize) -> Run {
     let start = Instant::now();
     let mut first = None;
     let (out, _) = generate(
@@ -112,7 +112,12 @@ fn main() {
     // As the binary does, for both models alike.
     socratune::fpenv::flush_subnormals_everywhere();
     let a = args();
-    let cfg = Gemma2Config::preset(&a.preset).expect("preset: tiny, small or gemma-2-2b");
+    let cfg = ModelConfig::preset(&a.preset).expect("preset: tiny, small or gemma-2-2b");
+    assert_eq!(
+        cfg.family.model_type(),
+        "gemma2",
+        "the reference is candle-transformers' gemma2: use a Gemma-2 preset"
+    );
     assert!(
         a.prompt_len + a.tokens <= cfg.sliding_window.unwrap_or(usize::MAX),
         "candle-transformers' gemma2 has no sliding window in its cached path: stay within it"
@@ -122,8 +127,8 @@ fn main() {
         "candle-transformers' gemma2 scales by head_dim^-0.5 whatever query_pre_attn_scalar says"
     );
     let dev = Device::Cpu;
-    let model = Gemma2::random_with_embedding_std(&cfg, 0, 1.0, DType::F32, &dev).unwrap();
-    let weights: HashMap<String, Tensor> = model.named_weights().into_iter().collect();
+    let model = CausalLm::random_with_embedding_std(&cfg, 0, 1.0, DType::F32, &dev).unwrap();
+    let weights: HashMap<String, Tensor> = model.named_weights().unwrap().into_iter().collect();
     let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
     // candle-transformers reads `query_pre_attn_scalar` as an integer (equal to head_dim here).
     let mut hub = cfg.to_hub_json();

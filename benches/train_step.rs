@@ -6,10 +6,10 @@ use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use socratune::model::lora::{LoraConfig, Mode};
 use socratune::model::loss::{cross_entropy_sum, loss_sum, Batch};
-use socratune::model::{Gemma2, Gemma2Config};
+use socratune::model::{CausalLm, Kernels, ModelConfig};
 use socratune::train::adamw::{AdamW, AdamWParams};
 
-fn batch(cfg: &Gemma2Config, b: usize, t: usize) -> Batch {
+fn batch(cfg: &ModelConfig, b: usize, t: usize) -> Batch {
     let rows: Vec<Vec<u32>> = (0..b)
         .map(|r| {
             (0..t)
@@ -21,10 +21,10 @@ fn batch(cfg: &Gemma2Config, b: usize, t: usize) -> Batch {
 }
 
 fn layer(c: &mut Criterion) {
-    let mut cfg = Gemma2Config::preset("small").unwrap();
+    let mut cfg = ModelConfig::preset("small").unwrap();
     cfg.num_hidden_layers = 1;
     cfg.sliding_layers.truncate(1);
-    let mut m = Gemma2::random(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
+    let mut m = CausalLm::random(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
     m.attach_lora(
         &LoraConfig {
             dropout: 0.0,
@@ -57,7 +57,15 @@ fn loss_head(c: &mut Criterion) {
         "loss head forward+backward (614 rows, vocab 32000)",
         |bench| {
             bench.iter(|| {
-                let l = cross_entropy_sum(h.as_tensor(), &w, &targets, Some(30.0), true).unwrap();
+                let l = cross_entropy_sum(
+                    h.as_tensor(),
+                    &w,
+                    &targets,
+                    Some(30.0),
+                    true,
+                    Kernels::Fused,
+                )
+                .unwrap();
                 l.backward().unwrap();
             })
         },
@@ -65,8 +73,8 @@ fn loss_head(c: &mut Criterion) {
 }
 
 fn optimizer(c: &mut Criterion) {
-    let cfg = Gemma2Config::preset("small").unwrap();
-    let mut m = Gemma2::random(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
+    let cfg = ModelConfig::preset("small").unwrap();
+    let mut m = CausalLm::random(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
     m.attach_lora(&LoraConfig::default(), 0).unwrap();
     let b = batch(&cfg, 1, 32);
     loss_sum(&m, &b, &mut Mode::grad_only())

@@ -1,8 +1,8 @@
-//! socratune: fine-tune a small chat model (Gemma-2) to speak as a persona, end to end, on candle.
+//! socratune: fine-tune a small chat model (Gemma-2, Gemma-3) to speak as a persona, end to end, on candle.
 //!
 //! The modules follow the flow of data: `corpus` (dialogue files) → `synth` (AI×AI generation,
 //! judging, review) → `dataset` (variants, chat template, split, statistics) → `model`
-//! (Gemma-2 + LoRA) → `train` (runs, checkpoints) → `report` (comparison) → `chat` (use).
+//! (Gemma-2/Gemma-3 + LoRA) → `train` (runs, checkpoints) → `report` (comparison) → `chat` (use).
 
 pub mod chat;
 pub mod cli;

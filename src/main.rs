@@ -251,12 +251,8 @@ fn run_export(a: ExportArgs) -> Result<()> {
                     .file_name()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let text = socratune::gguf::ollama::modelfile(
-                    &file,
-                    &socratune::gguf::family::GEMMA2,
-                    &sampling,
-                    &opening,
-                )?;
+                let family = socratune::gguf::family::family(m.cfg.family.model_type())?;
+                let text = socratune::gguf::ollama::modelfile(&file, family, &sampling, &opening)?;
                 let path = a.out.parent().unwrap_or(Path::new(".")).join("Modelfile");
                 socratune::fsutil::write_atomic(&path, text.as_bytes())?;
                 println!(

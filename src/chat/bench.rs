@@ -1,4 +1,4 @@
-//! `socratune bench generate`: greedy decoding speed with the KV cache on a random Gemma-2 of
+//! `socratune bench generate`: greedy decoding speed with the KV cache on a random model of
 //! a preset shape, through the same `generate` the chat and the server use. The prompt's
 //! forward pass (up to the first token) and the token-by-token decoding are timed apart.
 

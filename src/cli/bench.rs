@@ -13,8 +13,8 @@ pub enum BenchCommand {
     /// LoRA training throughput on a random model of a preset shape, doing exactly the work of
     /// benches/hf_peft_reference.py; prints one JSON line with the same keys.
     Train {
-        /// A preset shape: tiny, small, gemma-2-2b, gemma-3-1b, gemma-3-4b, qwen3-1.7b,
-        /// llama-3.2-1b (the README lists them all).
+        /// tiny, small, gemma-2-2b, tiny-gemma3, gemma-3-1b, gemma-3-4b, tiny-qwen3, qwen3-1.7b,
+        /// tiny-llama or llama-3.2-1b.
         #[arg(long, default_value = "small")]
         preset: String,
         /// Timed steps.
@@ -39,8 +39,8 @@ pub enum BenchCommand {
     /// Greedy decoding speed with the KV cache on a random model of a preset shape: the
     /// prompt's forward pass and the decoding timed apart; prints one JSON line.
     Generate {
-        /// A preset shape: tiny, small, gemma-2-2b, gemma-3-1b, gemma-3-4b, qwen3-1.7b,
-        /// llama-3.2-1b (the README lists them all).
+        /// tiny, small, gemma-2-2b, tiny-gemma3, gemma-3-1b, gemma-3-4b, tiny-qwen3, qwen3-1.7b,
+        /// tiny-llama or llama-3.2-1b.
         #[arg(long, default_value = "small")]
         preset: String,
         /// Tokens to generate.

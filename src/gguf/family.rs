@@ -1,7 +1,8 @@
 //! What each model family needs in a GGUF file: its architecture name and `{arch}.*` keys,
 //! how its tensors are named, how its weights differ from the Hugging Face layout, and its
-//! chat format (for `tokenizer.chat_template` and an Ollama Modelfile): Gemma-2, Qwen3 and
-//! Llama (`gemma2`, `qwen3`, `llama` in llama.cpp); each new one adds an entry here.
+//! chat format (for `tokenizer.chat_template` and an Ollama Modelfile). Each family the model
+//! module reads has an entry here, found by its `model_type`: llama.cpp's `gemma2`, `gemma3`,
+//! `qwen3` and `llama`.
 
 use super::{GgufError, Result};
 use crate::model::{Activation, ModelConfig, RopeScaling};
@@ -50,6 +51,7 @@ impl Family {
 pub fn family(model_type: &str) -> Result<&'static Family> {
     match model_type {
         "gemma2" => Ok(&GEMMA2),
+        "gemma3_text" | "gemma3" => Ok(&GEMMA3),
         "qwen3" => Ok(&QWEN3),
         "llama" => Ok(&LLAMA),
         other => Err(GgufError::Invalid(format!(
@@ -58,32 +60,21 @@ pub fn family(model_type: &str) -> Result<&'static Family> {
     }
 }
 
-pub static GEMMA2: Family = Family {
-    arch: "gemma2",
-    globals: &[
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-    ],
-    per_layer: &[
-        ("input_layernorm.weight", "attn_norm.weight"),
-        ("self_attn.q_proj.weight", "attn_q.weight"),
-        ("self_attn.k_proj.weight", "attn_k.weight"),
-        ("self_attn.v_proj.weight", "attn_v.weight"),
-        ("self_attn.o_proj.weight", "attn_output.weight"),
-        ("post_attention_layernorm.weight", "post_attention_norm.weight"),
-        ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
-        ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
-        ("mlp.gate_proj.weight", "ffn_gate.weight"),
-        ("mlp.up_proj.weight", "ffn_up.weight"),
-        ("mlp.down_proj.weight", "ffn_down.weight"),
-    ],
-    metadata: gemma2_metadata,
-    convert: gemma2_convert,
-    extra_tensors: no_extra_tensors,
-    // google/gemma-2-2b-it's template.
-    chat_template: "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}",
-    // Ollama's gemma2 template.
-    ollama_template: r#"{{- range $i, $_ := .Messages }}
+const GEMMA_GLOBALS: &[(&str, &str)] = &[
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+];
+
+/// google/gemma-2-2b-it's template.
+const GEMMA2_CHAT_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
+
+/// Gemma-3's turn format, text only: as Gemma-2's, with a system message folded into the
+/// first user turn (google/gemma-3-1b-it does the same).
+const GEMMA3_CHAT_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] | trim + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
+
+/// Ollama's gemma2 template (a system message is rendered as a user turn); Gemma-3 uses the
+/// same turns.
+const GEMMA_OLLAMA_TEMPLATE: &str = r#"{{- range $i, $_ := .Messages }}
 {{- $last := eq (len (slice $.Messages $i)) 1 }}
 {{- if or (eq .Role "user") (eq .Role "system") }}<start_of_turn>user
 {{ .Content }}<end_of_turn>
@@ -93,7 +84,61 @@ pub static GEMMA2: Family = Family {
 {{ .Content }}{{ if not $last }}<end_of_turn>
 {{ end }}
 {{- end }}
-{{- end }}"#,
+{{- end }}"#;
+
+pub static GEMMA2: Family = Family {
+    arch: "gemma2",
+    globals: GEMMA_GLOBALS,
+    per_layer: &[
+        ("input_layernorm.weight", "attn_norm.weight"),
+        ("self_attn.q_proj.weight", "attn_q.weight"),
+        ("self_attn.k_proj.weight", "attn_k.weight"),
+        ("self_attn.v_proj.weight", "attn_v.weight"),
+        ("self_attn.o_proj.weight", "attn_output.weight"),
+        (
+            "post_attention_layernorm.weight",
+            "post_attention_norm.weight",
+        ),
+        ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+        ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+        ("mlp.gate_proj.weight", "ffn_gate.weight"),
+        ("mlp.up_proj.weight", "ffn_up.weight"),
+        ("mlp.down_proj.weight", "ffn_down.weight"),
+    ],
+    metadata: gemma2_metadata,
+    convert: gemma2_convert,
+    extra_tensors: no_extra_tensors,
+    chat_template: GEMMA2_CHAT_TEMPLATE,
+    ollama_template: GEMMA_OLLAMA_TEMPLATE,
+    end_of_turn: "<end_of_turn>",
+};
+
+pub static GEMMA3: Family = Family {
+    arch: "gemma3",
+    globals: GEMMA_GLOBALS,
+    per_layer: &[
+        ("input_layernorm.weight", "attn_norm.weight"),
+        ("self_attn.q_proj.weight", "attn_q.weight"),
+        ("self_attn.k_proj.weight", "attn_k.weight"),
+        ("self_attn.v_proj.weight", "attn_v.weight"),
+        ("self_attn.o_proj.weight", "attn_output.weight"),
+        ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+        ("self_attn.k_norm.weight", "attn_k_norm.weight"),
+        (
+            "post_attention_layernorm.weight",
+            "post_attention_norm.weight",
+        ),
+        ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+        ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+        ("mlp.gate_proj.weight", "ffn_gate.weight"),
+        ("mlp.up_proj.weight", "ffn_up.weight"),
+        ("mlp.down_proj.weight", "ffn_down.weight"),
+    ],
+    metadata: gemma3_metadata,
+    convert: gemma3_convert,
+    extra_tensors: no_extra_tensors,
+    chat_template: GEMMA3_CHAT_TEMPLATE,
+    ollama_template: GEMMA_OLLAMA_TEMPLATE,
     end_of_turn: "<end_of_turn>",
 };
 
@@ -163,25 +208,6 @@ pub static LLAMA: Family = Family {
     end_of_turn: "<|eot_id|>",
 };
 
-/// The `{arch}.*` keys of the model's shape, which every architecture has.
-fn shape_metadata(arch: &str, cfg: &ModelConfig) -> Metadata {
-    let u = |k: &str, v: usize| (format!("{arch}.{k}"), Value::U32(v as u32));
-    vec![
-        u("context_length", cfg.max_position_embeddings),
-        u("embedding_length", cfg.hidden_size),
-        u("block_count", cfg.num_hidden_layers),
-        u("feed_forward_length", cfg.intermediate_size),
-        u("attention.head_count", cfg.num_attention_heads),
-        u("attention.head_count_kv", cfg.num_key_value_heads),
-        (
-            format!("{arch}.attention.layer_norm_rms_epsilon"),
-            Value::F32(cfg.rms_norm_eps as f32),
-        ),
-        u("attention.key_length", cfg.head_dim),
-        u("attention.value_length", cfg.head_dim),
-    ]
-}
-
 fn no_extra_tensors(_: &ModelConfig) -> Result<Vec<(String, Tensor)>> {
     Ok(Vec::new())
 }
@@ -195,10 +221,9 @@ fn llama_like_metadata(arch: &str, cfg: &ModelConfig) -> Result<Metadata> {
     }
     let u = |k: &str, v: usize| (format!("{arch}.{k}"), Value::U32(v as u32));
     let f = |k: &str, v: f64| (format!("{arch}.{k}"), Value::F32(v as f32));
-    let mut m = shape_metadata(arch, cfg);
+    let mut m = shape_metadata(cfg, arch);
     m.extend([
         u("rope.dimension_count", cfg.head_dim),
-        f("rope.freq_base", cfg.rope_global.theta),
         u("vocab_size", cfg.vocab_size),
     ]);
     // llama3 scaling travels as the rope_freqs tensor; linear as two keys.
@@ -258,10 +283,14 @@ fn llama3_rope_freqs(cfg: &ModelConfig) -> Result<Vec<(String, Tensor)>> {
     )])
 }
 
-/// llama.cpp scales queries by 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the 46-layer
-/// (27B) model, whatever `query_pre_attn_scalar` says.
-fn llama_cpp_query_scalar(cfg: &ModelConfig) -> f64 {
-    if cfg.num_hidden_layers == 46 {
+/// llama.cpp scales queries by 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the 27B model
+/// (46 layers in Gemma-2, 62 in Gemma-3), whatever `query_pre_attn_scalar` says.
+fn llama_cpp_query_scalar(cfg: &ModelConfig, arch: &str) -> f64 {
+    let big = match arch {
+        "gemma3" => 62,
+        _ => 46,
+    };
+    if cfg.num_hidden_layers == big {
         (cfg.hidden_size / cfg.num_attention_heads) as f64
     } else {
         cfg.head_dim as f64
@@ -280,12 +309,9 @@ fn gemma2_metadata(cfg: &ModelConfig) -> Result<Metadata> {
     };
     let u = |k: &str, v: usize| (format!("gemma2.{k}"), Value::U32(v as u32));
     let f = |k: &str, v: f64| (format!("gemma2.{k}"), Value::F32(v as f32));
-    let mut m = shape_metadata("gemma2", cfg);
-    m.extend([
-        f("attn_logit_softcapping", attn_cap),
-        f("final_logit_softcapping", final_cap),
-        f("rope.freq_base", cfg.rope_global.theta),
-    ]);
+    let mut m = shape_metadata(cfg, "gemma2");
+    m.push(f("attn_logit_softcapping", attn_cap));
+    m.push(f("final_logit_softcapping", final_cap));
     // Without a window every layer attends globally: a window as long as the context.
     m.push(u(
         "attention.sliding_window",
@@ -302,15 +328,97 @@ fn gemma2_metadata(cfg: &ModelConfig) -> Result<Metadata> {
     Ok(m)
 }
 
-fn gemma2_convert(cfg: &ModelConfig, gguf_name: &str, t: Tensor) -> Result<Tensor> {
-    if gguf_name.ends_with("norm.weight") {
-        // Gemma's RMSNorm multiplies by (1 + w); llama.cpp by the stored weight.
-        return Ok((t + 1.0)?);
+/// The `{arch}.*` keys Gemma-2 and Gemma-3 share.
+/// The `{arch}.*` keys of the model's shape and RoPE base, which every architecture has.
+fn shape_metadata(cfg: &ModelConfig, arch: &str) -> Metadata {
+    let u = |k: &str, v: usize| (format!("{arch}.{k}"), Value::U32(v as u32));
+    let f = |k: &str, v: f64| (format!("{arch}.{k}"), Value::F32(v as f32));
+    vec![
+        u("context_length", cfg.max_position_embeddings),
+        u("embedding_length", cfg.hidden_size),
+        u("block_count", cfg.num_hidden_layers),
+        u("feed_forward_length", cfg.intermediate_size),
+        u("attention.head_count", cfg.num_attention_heads),
+        u("attention.head_count_kv", cfg.num_key_value_heads),
+        f("attention.layer_norm_rms_epsilon", cfg.rms_norm_eps),
+        u("attention.key_length", cfg.head_dim),
+        u("attention.value_length", cfg.head_dim),
+        f("rope.freq_base", cfg.rope_global.theta),
+    ]
+}
+
+fn gemma3_metadata(cfg: &ModelConfig) -> Result<Metadata> {
+    let refuse = |m: &str| Err(GgufError::Invalid(format!("llama.cpp's gemma3 {m}")));
+    if cfg.activation != Activation::GeluTanh {
+        return refuse("uses the tanh GELU; this model's hidden_activation is another");
     }
-    if gguf_name.ends_with(".attn_q.weight") {
-        // Fold the difference between the model's query scale and llama.cpp's fixed one into
-        // the query projection (RoPE is linear, so scaling before it is the same).
-        let factor = (llama_cpp_query_scalar(cfg) / cfg.query_pre_attn_scalar).sqrt();
+    if cfg.attn_logit_softcapping.is_some() {
+        return refuse("has no attention soft-cap; this config sets attn_logit_softcapping");
+    }
+    if cfg.rope_local.scaling != RopeScaling::None {
+        return refuse("scales RoPE on global layers only; this config scales the sliding ones");
+    }
+    let mut m = shape_metadata(cfg, "gemma3");
+    m.push((
+        "gemma3.rope.freq_base_swa".into(),
+        Value::F32(cfg.rope_local.theta as f32),
+    ));
+    if let RopeScaling::Linear { factor } = cfg.rope_global.scaling {
+        m.push((
+            "gemma3.rope.scaling.type".into(),
+            Value::String("linear".into()),
+        ));
+        m.push((
+            "gemma3.rope.scaling.factor".into(),
+            Value::F32(factor as f32),
+        ));
+    }
+    if let Some(cap) = cfg.final_logit_softcapping {
+        m.push((
+            "gemma3.final_logit_softcapping".into(),
+            Value::F32(cap as f32),
+        ));
+    }
+    // Without a window (or a sliding layer) llama.cpp runs every layer globally.
+    if let (Some(w), true) = (cfg.sliding_window, cfg.sliding_layers.contains(&true)) {
+        m.push((
+            "gemma3.attention.sliding_window".into(),
+            Value::U32(w as u32),
+        ));
+        // Always the explicit per-layer pattern: llama.cpp's default (5:1) is only a default.
+        m.push((
+            "gemma3.attention.sliding_window_pattern".into(),
+            Value::Array(cfg.sliding_layers.iter().map(|&s| Value::Bool(s)).collect()),
+        ));
+    }
+    Ok(m)
+}
+
+fn gemma2_convert(cfg: &ModelConfig, gguf_name: &str, t: Tensor) -> Result<Tensor> {
+    gemma_convert(cfg, "gemma2", gguf_name, t)
+}
+
+fn gemma3_convert(cfg: &ModelConfig, gguf_name: &str, t: Tensor) -> Result<Tensor> {
+    gemma_convert(cfg, "gemma3", gguf_name, t)
+}
+
+fn gemma_convert(cfg: &ModelConfig, arch: &str, gguf_name: &str, t: Tensor) -> Result<Tensor> {
+    // Gemma's RMSNorm multiplies by (1 + w); llama.cpp by the stored weight.
+    let t = if gguf_name.ends_with("norm.weight") {
+        (t + 1.0)?
+    } else {
+        t
+    };
+    // Fold the difference between the model's query scale and llama.cpp's fixed one into the
+    // queries before RoPE (linear, so scaling before it is the same): into the projection, or
+    // with a q-norm (which would normalise that away) into the norm's weight.
+    let carrier = if cfg.qk_norm {
+        ".attn_q_norm.weight"
+    } else {
+        ".attn_q.weight"
+    };
+    if gguf_name.ends_with(carrier) {
+        let factor = (llama_cpp_query_scalar(cfg, arch) / cfg.query_pre_attn_scalar).sqrt();
         if (factor - 1.0).abs() > 1e-12 {
             return Ok((t * factor)?);
         }
@@ -374,6 +482,52 @@ mod tests {
         cfg.final_logit_softcapping = None;
         let e = gemma2_metadata(&cfg).unwrap_err().to_string();
         assert!(e.contains("soft-caps"), "{e}");
+    }
+
+    #[test]
+    fn gemma3_metadata_names_both_ropes_and_every_layer_kind() {
+        let cfg = ModelConfig::preset("gemma-3-4b").unwrap();
+        let m = gemma3_metadata(&cfg).unwrap();
+        let get = |k: &str| m.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("gemma3.block_count").unwrap().to_u32().unwrap(), 34);
+        assert_eq!(get("gemma3.rope.freq_base").unwrap().to_f32().unwrap(), 1e6);
+        assert_eq!(
+            get("gemma3.rope.freq_base_swa").unwrap().to_f32().unwrap(),
+            1e4
+        );
+        assert_eq!(
+            get("gemma3.rope.scaling.factor").unwrap().to_f32().unwrap(),
+            8.0
+        );
+        let pattern = match get("gemma3.attention.sliding_window_pattern").unwrap() {
+            Value::Array(v) => v,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(pattern.len(), 34);
+        assert!(get("gemma3.attn_logit_softcapping").is_none());
+        assert_eq!(
+            GEMMA3
+                .gguf_name("model.layers.3.self_attn.k_norm.weight")
+                .as_deref(),
+            Some("blk.3.attn_k_norm.weight")
+        );
+        let mut capped = cfg.clone();
+        capped.attn_logit_softcapping = Some(50.0);
+        let e = gemma3_metadata(&capped).unwrap_err().to_string();
+        assert!(e.contains("attn_logit_softcapping"), "{e}");
+        // Gemma-3's q/k norms are `1 + w` too; a query scale other than llama.cpp's goes into
+        // the q-norm (the projection's scale would be normalised away).
+        let w = Tensor::new(&[0.5f32], &candle_core::Device::Cpu).unwrap();
+        let mut odd = cfg.clone();
+        odd.query_pre_attn_scalar = cfg.head_dim as f64 * 4.0;
+        for (c, q_norm) in [(&cfg, 1.5), (&odd, 0.75)] {
+            let n = gemma3_convert(c, "blk.0.attn_q_norm.weight", w.clone()).unwrap();
+            assert_eq!(n.to_vec1::<f32>().unwrap(), [q_norm]);
+            let n = gemma3_convert(c, "blk.0.attn_k_norm.weight", w.clone()).unwrap();
+            assert_eq!(n.to_vec1::<f32>().unwrap(), [1.5]);
+            let q = gemma3_convert(c, "blk.0.attn_q.weight", w.clone()).unwrap();
+            assert_eq!(q.to_vec1::<f32>().unwrap(), [0.5]);
+        }
     }
 
     #[test]

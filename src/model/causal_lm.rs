@@ -724,6 +724,45 @@ mod tests {
     }
 
     #[test]
+    fn multimodal_checkpoints_load_their_text_model() {
+        let cfg = ModelConfig::preset("tiny-gemma3").unwrap();
+        let dev = Device::Cpu;
+        let tensors = random_weights(&cfg, 4, 0.3, &dev).unwrap();
+        let ids = Tensor::new(&[[2u32, 50, 60, 70, 80]], &dev).unwrap();
+        let plain = CausalLm::from_weights(
+            &cfg,
+            &Weights::from_tensors(tensors.clone()),
+            DType::F32,
+            &dev,
+        )
+        .unwrap();
+        let want = plain.logits(&ids, None).unwrap();
+        // The Hub's gemma3 files and transformers 5's saves, with a vision tower beside.
+        for prefix in ["language_model.model.", "model.language_model."] {
+            let mut renamed: Vec<(String, Tensor)> = tensors
+                .iter()
+                .map(|(k, t)| (k.replacen("model.", prefix, 1), t.clone()))
+                .collect();
+            renamed.push((
+                "vision_tower.x.weight".into(),
+                Tensor::zeros(2, DType::F32, &dev).unwrap(),
+            ));
+            let m = CausalLm::from_weights(&cfg, &Weights::from_tensors(renamed), DType::F32, &dev)
+                .unwrap();
+            let d = crate::model::max_abs_diff(&m.logits(&ids, None).unwrap(), &want);
+            assert_eq!(d, 0.0, "{prefix}");
+            // Exports write the causal-LM names.
+            assert!(m
+                .named_weights()
+                .unwrap()
+                .iter()
+                .all(|(k, _)| k.starts_with("model.layers.")
+                    || k.starts_with("model.embed")
+                    || k == "model.norm.weight"));
+        }
+    }
+
+    #[test]
     fn bf16_forward_and_backward_track_f32() {
         let cfg = ModelConfig::preset("tiny").unwrap();
         let dev = Device::Cpu;

@@ -116,7 +116,8 @@ pub fn export(
 
 /// The export's `config.json`: the base model's own, every field kept as written (peers
 /// validate types strictly: `query_pre_attn_scalar` must stay an int), with only the weight
-/// dtype changed; from scratch (no base) the typed config in transformers' declared types.
+/// dtype changed (a multimodal base's text part, see [`text_part`]); from scratch (no base) the
+/// typed config in transformers' declared types.
 fn config_json(model: &CausalLm, base: Option<&Source>, dtype: DType) -> Result<Value> {
     let mut config = match base {
         Some(src) => {
@@ -128,7 +129,7 @@ fn config_json(model: &CausalLm, base: Option<&Source>, dtype: DType) -> Result<
             if !v.is_object() {
                 return Err(ModelError::file(&path, "config.json is not a JSON object"));
             }
-            v
+            text_part(v)
         }
         None => model.cfg.to_hub_json(),
     };
@@ -136,6 +137,34 @@ fn config_json(model: &CausalLm, base: Option<&Source>, dtype: DType) -> Result<
     config["dtype"] = json!(dtype_name(dtype));
     config["torch_dtype"] = json!(dtype_name(dtype));
     Ok(config)
+}
+
+/// A multimodal checkpoint's config (`text_config` beside a vision tower) as the text-only
+/// model the export holds: its `text_config`, with the top level's token ids, named as the
+/// family's causal LM. Any other config is returned as it is.
+fn text_part(v: Value) -> Value {
+    let Some(Value::Object(text)) = v.get("text_config") else {
+        return v;
+    };
+    let mut text = text.clone();
+    for key in [
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "tie_word_embeddings",
+    ] {
+        if let Some(x) = v.get(key).filter(|x| !x.is_null()) {
+            text.entry(key).or_insert_with(|| x.clone());
+        }
+    }
+    let causal_lm = match text.get("model_type").and_then(Value::as_str) {
+        Some("gemma3_text") => Some("Gemma3ForCausalLM"),
+        _ => None,
+    };
+    if let Some(arch) = causal_lm {
+        text.insert("architectures".into(), json!([arch]));
+    }
+    Value::Object(text)
 }
 
 fn copy_verbatim(from: &Path, to: &Path) -> Result<()> {
@@ -149,5 +178,26 @@ fn dtype_name(d: DType) -> &'static str {
         DType::BF16 => "bfloat16",
         DType::F16 => "float16",
         _ => "float32",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multimodal_config_exports_as_its_text_model() {
+        let v = json!({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+            "eos_token_id": [1, 106], "text_config": {"model_type": "gemma3_text",
+            "hidden_size": 2560, "eos_token_id": 1}, "vision_config": {}});
+        let t = text_part(v);
+        assert_eq!(t["model_type"], "gemma3_text");
+        assert_eq!(t["architectures"], json!(["Gemma3ForCausalLM"]));
+        assert_eq!(t["hidden_size"], 2560);
+        // The text config's own value wins over the top level's.
+        assert_eq!(t["eos_token_id"], 1);
+        assert!(t.get("vision_config").is_none());
+        let plain = json!({"model_type": "gemma2", "hidden_size": 8});
+        assert_eq!(text_part(plain.clone()), plain);
     }
 }

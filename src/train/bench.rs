@@ -1,4 +1,4 @@
-//! `socratune bench train`: the work of `benches/hf_peft_reference.py` (a random Gemma-2
+//! `socratune bench train`: the work of `benches/hf_peft_reference.py` (a random model
 //! of a preset shape, LoRA r=16/alpha=32 on all seven projections, AdamW lr 1e-4, B×T tokens a
 //! step with the first 40% of each sequence masked; f32 on CPU, bf16 base + f32 LoRA on GPUs),
 //! done through the trainer's own step, reported with the reference's JSON keys.

@@ -76,8 +76,12 @@ impl ServeChild {
     /// Starts `serve` on the fixture (port 0, CPU) with the tokenizer file `tok` and `extra`
     /// arguments, and waits for the address it prints.
     pub fn start(tok: &std::path::Path, extra: &[&str]) -> Self {
+        Self::start_on(&fixture(), tok, extra)
+    }
+
+    /// [`ServeChild::start`] on the model folder `f`.
+    pub fn start_on(f: &std::path::Path, tok: &std::path::Path, extra: &[&str]) -> Self {
         use std::io::BufRead;
-        let f = fixture();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
             .args(["serve", "--model", f.to_str().unwrap()])
             .args(["--tokenizer", tok.to_str().unwrap(), "--device", "cpu"])

@@ -1,0 +1,320 @@
+//! Gemma-3 (text) through every command on its fixture (`tests/fixtures/gemma3-tiny`): train,
+//! killed and resumed; `model score` against transformers + PEFT; chat; serve; export to
+//! safetensors (reloaded) and to GGUF (read back). Gemma-2 runs the same commands in the other files.
+
+mod common;
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use common::{gemma3_fixture, socratune_in};
+use socratune::model::{adapter, load, Source};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn socratune(args: &[&str]) -> (bool, String, String) {
+    socratune_in(Path::new("."), args)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The fixture's reference rows as `train.jsonl` and `val.jsonl` (padding stripped; the
+/// training file repeats them `copies` times).
+fn write_data(dir: &Path, copies: usize) -> PathBuf {
+    let io = candle_core::safetensors::load(gemma3_fixture().join("io.safetensors"), &Device::Cpu)
+        .unwrap();
+    let ids = io["input_ids"].to_vec2::<i64>().unwrap();
+    let mask = io["attention_mask"].to_vec2::<i64>().unwrap();
+    let labels = io["labels"].to_vec2::<i64>().unwrap();
+    let line = |row: usize, copy: usize| {
+        let n = mask[row].iter().filter(|m| **m == 1).count();
+        serde_json::json!({
+            "id": format!("row{row}-{copy}"),
+            "dialogue": format!("d{row}"),
+            "input_ids": &ids[row][..n],
+            "labels": &labels[row][..n],
+        })
+        .to_string()
+            + "\n"
+    };
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let train: String = (0..copies)
+        .flat_map(|c| (0..ids.len()).map(move |r| (r, c)))
+        .map(|(r, c)| line(r, c))
+        .collect();
+    std::fs::write(data.join("train.jsonl"), train).unwrap();
+    let val: String = (0..ids.len()).map(|r| line(r, 0)).collect();
+    std::fs::write(data.join("val.jsonl"), val).unwrap();
+    data
+}
+
+/// A small byte-level tokenizer whose ids fit the fixture's 384-token vocabulary.
+fn tokenizer(path: &Path) {
+    let t = socratune::dataset::tokenizer::train_small(
+        &[
+            "正義とは何だと思うかね？",
+            "では法が間違っていたら、どうするのかね？",
+        ],
+        384,
+    )
+    .unwrap();
+    t.save(path, false).unwrap();
+}
+
+fn adapter_tensors(dir: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn train_cmd(data: &Path, out: &Path) -> Command {
+    let config = out.with_extension("toml");
+    std::fs::write(&config, "# defaults\n").unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+    c.args(["train", "--data", s(data), "--out", s(out)])
+        .args(["--model", s(&gemma3_fixture()), "--device", "cpu"])
+        .args(["--dtype", "f32", "--config", s(&config)])
+        .args([
+            "--max-steps",
+            "40",
+            "--micro-batch",
+            "2",
+            "--grad-accum",
+            "1",
+        ])
+        .args(["--save-every", "1", "--eval-every", "10", "--lr", "5e-3"])
+        .args(["--lora-dropout", "0.1"])
+        .env("HF_HUB_OFFLINE", "1");
+    c
+}
+
+#[test]
+fn gemma3_trains_and_resumes_after_kill_9_to_the_same_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path(), 12);
+    let reference = dir.path().join("ref");
+    let out = train_cmd(&data, &reference).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("completed after 40 steps"), "{log}");
+
+    let run = dir.path().join("killed");
+    let mut child = train_cmd(&data, &run)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !run.join("checkpoints/step-5").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    assert!(
+        !run.join("summary.json").exists(),
+        "the run finished before it was killed"
+    );
+    let out = train_cmd(&data, &run).arg("--resume").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (
+        adapter_tensors(&reference.join("adapter")),
+        adapter_tensors(&run.join("adapter")),
+    );
+    // Six layers, seven projections, A and B.
+    assert_eq!(a.len(), 6 * 7 * 2);
+    for (k, t) in &a {
+        let d = common::max_abs_diff(t, &b[k]);
+        assert!(d <= 1e-6, "{k}: resumed adapter differs by {d}");
+    }
+}
+
+#[test]
+fn gemma3_model_score_recomputes_the_reference_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path(), 1);
+    let f = gemma3_fixture();
+    let io = candle_core::safetensors::load(f.join("io.safetensors"), &Device::Cpu).unwrap();
+    let want = io["lora_loss"].to_scalar::<f32>().unwrap() as f64;
+    let (ok, out, err) = socratune(&[
+        "model",
+        "score",
+        "--model",
+        s(&f),
+        "--adapter",
+        s(&f.join("adapter")),
+        "--data",
+        s(&data.join("val.jsonl")),
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let loss = v["loss"].as_f64().unwrap();
+    assert!(
+        ((loss - want) / want).abs() < 1e-5,
+        "loss {loss}, transformers + PEFT {want}"
+    );
+}
+
+#[test]
+fn gemma3_chats_with_its_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tokenizer.json");
+    tokenizer(&tok);
+    let f = gemma3_fixture();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_socratune"))
+        .args(["chat", "--model", s(&f), "--tokenizer", s(&tok)])
+        .args(["--adapter", s(&f.join("adapter")), "--device", "cpu"])
+        .args([
+            "--max-new-tokens",
+            "8",
+            "--seed",
+            "3",
+            "--opening",
+            "正義とは？",
+        ])
+        .current_dir(dir.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("勇気とは？\n/save talk.jsonl\n/quit\n".as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("gemma3_text, 6 layers"), "{err}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("talk.jsonl")).unwrap())
+            .unwrap();
+    let turns = saved["turns"].as_array().unwrap();
+    let roles: Vec<&str> = turns.iter().map(|t| t["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "model", "user", "model"]);
+}
+
+#[test]
+fn gemma3_serves_the_openai_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tokenizer.json");
+    tokenizer(&tok);
+    let f = gemma3_fixture();
+    let server = common::ServeChild::start_on(
+        &f,
+        &tok,
+        &["--adapter", s(&f.join("adapter")), "--name", "g3"],
+    );
+    let r = ureq::post(&format!("http://{}/v1/chat/completions", server.addr)).send_json(
+        serde_json::json!({"model": "g3", "messages": [{"role": "user", "content": "正義とは？"}],
+            "max_tokens": 4}),
+    );
+    // Read the whole answer before stopping the server: its body may still be on the way.
+    let v: serde_json::Value = r.unwrap().into_json().unwrap();
+    drop(server);
+    assert_eq!(v["model"], "g3");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 4);
+}
+
+#[test]
+fn gemma3_exports_to_safetensors_and_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = gemma3_fixture();
+    let base = dir.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    for name in ["config.json", "generation_config.json", "model.safetensors"] {
+        std::fs::copy(f.join(name), base.join(name)).unwrap();
+    }
+    tokenizer(&base.join("tokenizer.json"));
+    let adapter_dir = f.join("adapter");
+
+    // Safetensors: the base's config kept as written, the merged model reloads with the
+    // adapter's logits.
+    let out = dir.path().join("merged");
+    let (ok, _, err) = socratune(&[
+        "export",
+        "--adapter",
+        s(&adapter_dir),
+        "--model",
+        s(&base),
+        "--out",
+        s(&out),
+        "--dtype",
+        "f32",
+    ]);
+    assert!(ok, "{err}");
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let mut want_cfg = read(&base.join("config.json"));
+    want_cfg["dtype"] = "float32".into();
+    want_cfg["torch_dtype"] = "float32".into();
+    assert_eq!(read(&out.join("config.json")), want_cfg);
+    let ids = Tensor::new(&[[2u32, 40, 41, 42, 7, 9, 11, 13, 200, 5]], &Device::Cpu).unwrap();
+    let mut with_adapter = load(&Source::Local(f.clone()), DType::F32, &Device::Cpu).unwrap();
+    adapter::load(&mut with_adapter, &adapter_dir).unwrap();
+    let want = with_adapter.logits(&ids, None).unwrap();
+    let merged = load(&Source::Local(out), DType::F32, &Device::Cpu).unwrap();
+    let d = common::max_abs_diff(&merged.logits(&ids, None).unwrap(), &want);
+    assert!(d <= 1e-4 * common::max_abs(&want).max(1.0), "{d}");
+
+    // GGUF: llama.cpp's gemma3 layout, read back by candle's reader.
+    let gguf = dir.path().join("m.f16.gguf");
+    let (ok, _, err) = socratune(&[
+        "export",
+        "--format",
+        "gguf",
+        "--quant",
+        "f16",
+        "--adapter",
+        s(&adapter_dir),
+        "--model",
+        s(&base),
+        "--out",
+        s(&gguf),
+    ]);
+    assert!(ok, "{err}");
+    let mut file = std::fs::File::open(&gguf).unwrap();
+    let c = gguf_file::Content::read(&mut file).unwrap();
+    let md = |k: &str| c.metadata.get(k).unwrap_or_else(|| panic!("no {k}"));
+    assert_eq!(md("general.architecture").to_string().unwrap(), "gemma3");
+    assert_eq!(md("gemma3.block_count").to_u32().unwrap(), 6);
+    assert_eq!(md("gemma3.rope.freq_base").to_f32().unwrap(), 10000.0);
+    assert_eq!(md("gemma3.rope.freq_base_swa").to_f32().unwrap(), 100.0);
+    assert_eq!(md("gemma3.rope.scaling.factor").to_f32().unwrap(), 4.0);
+    assert_eq!(md("gemma3.attention.sliding_window").to_u32().unwrap(), 7);
+    assert_eq!(c.tensor_infos.len(), 2 + 13 * 6);
+    // Gemma's (1 + w) norms, q/k norms included, are stored as llama.cpp multiplies; the
+    // fixture's query_pre_attn_scalar (20, not head_dim 16) is folded into the q-norm.
+    let weights: HashMap<String, Tensor> = merged_weights(&base, &adapter_dir);
+    let q_norm = c
+        .tensor(&mut file, "blk.2.attn_q_norm.weight", &Device::Cpu)
+        .unwrap()
+        .dequantize(&Device::Cpu)
+        .unwrap();
+    let want = ((&weights["model.layers.2.self_attn.q_norm.weight"] + 1.0).unwrap()
+        * (16f64 / 20.0).sqrt())
+    .unwrap();
+    assert!(common::max_abs_diff(&q_norm, &want) < 2e-3);
+}
+
+fn merged_weights(base: &Path, adapter_dir: &Path) -> HashMap<String, Tensor> {
+    let mut m = load(&Source::Local(base.to_path_buf()), DType::F32, &Device::Cpu).unwrap();
+    adapter::load(&mut m, adapter_dir).unwrap();
+    m.merge_lora().unwrap();
+    m.named_weights().unwrap().into_iter().collect()
+}
