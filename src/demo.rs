@@ -181,8 +181,8 @@ fn prepare_folder(out: &Path) -> Result<(), DemoError> {
 fn longest_example(out: &Path, reports: &[dataset::BuildReport]) -> Result<usize, DemoError> {
     let mut longest = 0;
     for r in reports {
-        for f in ["train.jsonl", "val.jsonl", "common.jsonl"] {
-            let p = out.join(&r.variant).join("data").join(f);
+        let data = crate::rundir::RunDir::of(out, &r.variant).data();
+        for p in [data.train(), data.val(), data.common()] {
             let text =
                 std::fs::read_to_string(&p).map_err(|e| crate::fsutil::FileError::new(&p, e))?;
             for l in text.lines() {

@@ -5,15 +5,15 @@
 //! (Gemma-2/Gemma-3 + LoRA) → `train` (runs, checkpoints) → `report` (comparison) → `chat` (use).
 
 pub mod chat;
-pub mod cli;
 pub mod corpus;
 pub mod dataset;
 pub mod demo;
 pub mod fpenv;
 pub mod fsutil;
 pub mod gguf;
-pub mod lock;
+pub(crate) mod lock;
 pub mod model;
 pub mod report;
+pub mod rundir;
 pub mod synth;
 pub mod train;

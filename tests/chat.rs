@@ -12,7 +12,7 @@ use socratune::model::{adapter, load, KvCache, Source};
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -41,10 +41,9 @@ fn s(p: &Path) -> &str {
 
 /// Runs the binary in `dir` with `input` on stdin.
 fn socratune(dir: &Path, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_socratune"))
+    let mut child = common::bin()
         .args(args)
         .current_dir(dir)
-        .env("HF_HUB_OFFLINE", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

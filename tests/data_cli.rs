@@ -2,19 +2,16 @@
 //! tokenizer the test makes (or the shipped sample corpus when data/ has one), the shipped
 //! variant configs, no network.
 
+mod common;
+
 use serde_json::Value;
 use socratune::dataset::tokenizer::train_small;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn socratune(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_socratune"))
-        .args(args)
-        .current_dir(dir)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
+    common::bin().args(args).current_dir(dir).output().unwrap()
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {

@@ -71,7 +71,7 @@ fn adapter_tensors(dir: &Path) -> HashMap<String, Tensor> {
 fn train_cmd(fixture: &Path, data: &Path, out: &Path) -> Command {
     let config = out.with_extension("toml");
     std::fs::write(&config, "# defaults\n").unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+    let mut c = common::bin();
     c.args(["train", "--data", s(data), "--out", s(out)])
         .args(["--model", s(fixture), "--device", "cpu"])
         .args(["--dtype", "f32", "--config", s(&config)])
@@ -191,7 +191,7 @@ fn chats_with_its_adapter(f: &Path, summary: &str) {
     let dir = tempfile::tempdir().unwrap();
     let tok = dir.path().join("tokenizer.json");
     tokenizer(&tok);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_socratune"))
+    let mut child = common::bin()
         .args(["chat", "--model", s(f), "--tokenizer", s(&tok)])
         .args(["--adapter", s(&f.join("adapter")), "--device", "cpu"])
         .args([

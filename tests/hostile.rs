@@ -156,7 +156,7 @@ fn serve_requires_the_key_when_asked_and_never_prints_it() {
     assert_eq!(ok.status(), 200);
     drop(s);
     // A missing variable is refused before anything loads; a public host is warned about.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
+    let out = common::bin()
         .args([
             "serve",
             "--model",
@@ -170,7 +170,7 @@ fn serve_requires_the_key_when_asked_and_never_prints_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("warning: serving on 0.0.0.0"), "{err}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
+    let out = common::bin()
         .args(["serve", "--model", "/nonexistent-model"])
         .args(["--api-key-env", "HOSTILE_TEST_UNSET_VAR"])
         .output()
@@ -198,7 +198,7 @@ fn a_judge_failure_is_asked_again_on_the_next_run_not_replayed() {
     )
     .unwrap();
     let run = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
+        common::bin()
             .args(["synth", "judge", "--config"])
             .arg(&cfg)
             .arg("--prompts")
@@ -284,7 +284,7 @@ fn export_never_writes_over_its_inputs() {
     std::os::unix::fs::symlink(&m, d.join("link")).unwrap();
     let before = snapshot(&m);
     let export = |out: &Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
+        common::bin()
             .args(["export", "--dtype", "f32", "--adapter"])
             .arg(&adapter)
             .arg("--model")
@@ -318,7 +318,7 @@ fn data_build_refuses_an_out_holding_its_dialogues() {
     let corpus = dir.path().join("corpus");
     std::fs::create_dir_all(&corpus).unwrap();
     std::fs::write(corpus.join("dialogues.jsonl"), "").unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
+    let o = common::bin()
         .args(["data", "build", "--all", "--dialogues"])
         .arg(corpus.join("dialogues.jsonl"))
         .arg("--out")

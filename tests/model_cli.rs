@@ -7,13 +7,10 @@ use common::fixture;
 use socratune::model::{load, Source};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn socratune(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
-    c.args(args)
-        .env_remove("HF_TOKEN")
-        .env("HF_HUB_OFFLINE", "1");
+    let mut c = common::bin();
+    c.args(args);
     for (k, v) in envs {
         c.env(k, v);
     }

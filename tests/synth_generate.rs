@@ -2,6 +2,7 @@
 //! conversation, retried faults, failed dialogues, and resuming after SIGKILL without
 //! repeating a paid call or duplicating a dialogue.
 
+mod common;
 mod fake_llm;
 
 use fake_llm::{project, FakeLlm, Fault, Recorded};
@@ -311,9 +312,7 @@ fn a_run_of_failures_stops_the_run_instead_of_failing_every_dialogue() {
 
 // ---- the binary: SIGKILL and resume ----
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_socratune"))
-}
+use common::bin;
 
 fn generate_cmd(dir: &Path, cfg: &Path, personas: &Path) -> Command {
     let mut c = bin();

@@ -1,6 +1,7 @@
 //! Judge, review and filter, and the whole chain through the binary with an API key that must
 //! never appear in any file or output.
 
+mod common;
 mod fake_llm;
 
 use fake_llm::{project, FakeLlm, Fault};
@@ -13,7 +14,7 @@ use socratune::synth::minhash::MinHashParams;
 use socratune::synth::review::{Effect, Key, Session};
 use socratune::synth::SynthConfig;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -412,7 +413,7 @@ fn filter_drops_with_reasons_finds_duplicates_and_reports_coverage() {
 const MARKER: &str = "sk-MARKER-5d1c0ffee42";
 
 fn bin(args: &[&str], paths: &[(&str, &Path)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+    let mut c = common::bin();
     c.args(args);
     for (flag, p) in paths {
         c.arg(flag).arg(p);

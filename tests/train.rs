@@ -58,7 +58,7 @@ fn write_data(dir: &Path, n_train: usize, n_val: usize, len: usize) -> PathBuf {
 }
 
 fn train_cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+    let mut c = common::bin();
     c.args([
         "train",
         "--data",
@@ -75,8 +75,7 @@ fn train_cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {
         "f32",
     ])
     .args(["--config", empty_config(out).to_str().unwrap()])
-    .args(extra)
-    .env("HF_HUB_OFFLINE", "1");
+    .args(extra);
     c
 }
 
@@ -614,7 +613,7 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_newest_whole_one() {
 
 #[test]
 fn bench_train_runs_every_compute_pool_with_flush_to_zero() {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+    let mut c = common::bin();
     c.args(["bench", "train", "--preset", "tiny", "--steps", "1"])
         .args(["--warmup", "0", "--device", "cpu", "--json"]);
     let v: serde_json::Value = serde_json::from_str(run_ok(c).trim()).unwrap();

@@ -2,10 +2,10 @@
 //! tokenizer the run's data was made with, and the variant that decides the prompt format.
 
 use super::{ChatError, PromptFormat, Result};
-use crate::cli::chat::PromptArgs;
 use crate::dataset::{ChatTokenizer, Variant};
 use crate::model::device::{device_name, parse_device, parse_dtype};
 use crate::model::{adapter, CausalLm, Source};
+use crate::rundir::RunDir;
 use std::path::{Path, PathBuf};
 
 /// The base model when neither an adapter nor `--model` names one.
@@ -25,17 +25,10 @@ pub struct RunInfo {
 impl RunInfo {
     /// Looks for `data/stats.json` one and two folders above the adapter.
     pub fn find(adapter: &Path) -> Result<Option<Self>> {
-        let mut dir = adapter.to_path_buf();
-        for _ in 0..2 {
-            if !dir.pop() {
-                break;
-            }
-            let stats = dir.join("data").join("stats.json");
-            if stats.is_file() {
-                return Self::read(&stats).map(Some);
-            }
+        match RunDir::containing(adapter) {
+            Some(run) => Self::read(&run.data().stats()).map(Some),
+            None => Ok(None),
         }
-        Ok(None)
     }
 
     pub fn read(stats: &Path) -> Result<Self> {
@@ -84,6 +77,18 @@ pub struct ModelSpec {
     pub dtype: String,
 }
 
+/// How the prompt is cut and prefixed, as asked (`--variant`, `--window`, `--prefix`); unset
+/// ones come from the run's variant.
+#[derive(Debug, Clone, Default)]
+pub struct PromptChoice {
+    /// A variant file whose window and prefix to use.
+    pub variant: Option<PathBuf>,
+    /// `variant` (the variant's window), `all` (the whole history) or a number of pairs.
+    pub window: Option<String>,
+    /// Put before the first user turn of the window instead of the variant's prefix.
+    pub prefix: Option<String>,
+}
+
 /// A base model in memory with its tokenizer.
 pub struct Loaded {
     pub model: CausalLm,
@@ -111,9 +116,7 @@ pub fn load_base(
         None => match runs.iter().flatten().find_map(|r| r.tokenizer.as_ref()) {
             Some(p) => ChatTokenizer::from_file(p)?,
             None => {
-                let path = src
-                    .file("tokenizer.json")
-                    .map_err(|e| ChatError::Invalid(format!("{e} (pass --tokenizer)")))?;
+                let path = src.file("tokenizer.json").map_err(ChatError::NoTokenizer)?;
                 ChatTokenizer::from_file(&path)?
             }
         },
@@ -190,7 +193,7 @@ pub fn use_adapter(model: &mut CausalLm, dir: Option<&Path>) -> Result<()> {
 /// its window unless `--window` says `all` or a number of pairs, its prefix unless `--prefix`.
 /// Returns the format and the variant's name.
 pub fn prompt_format(
-    args: &PromptArgs,
+    args: &PromptChoice,
     run_variant: Option<&Variant>,
 ) -> Result<(PromptFormat, Option<String>)> {
     let file = args.variant.as_deref().map(Variant::load).transpose()?;
@@ -279,7 +282,7 @@ mod tests {
         )
         .unwrap();
         let f = |window: Option<&str>, prefix: Option<&str>, v: Option<&Variant>| {
-            let args = PromptArgs {
+            let args = PromptChoice {
                 variant: None,
                 window: window.map(String::from),
                 prefix: prefix.map(String::from),

@@ -5,14 +5,14 @@
 //! (`prompt`): the same chat template, and, when a variant says so, the same window of
 //! pairs with the variant's prefix on its first user turn.
 
-pub mod api;
+pub(crate) mod api;
 pub mod bench;
-pub mod http;
+pub(crate) mod http;
 pub mod load;
-pub mod prompt;
+pub(crate) mod prompt;
 pub mod server;
 pub mod session;
-pub mod stop;
+pub(crate) mod stop;
 
 pub use load::{Loaded, RunInfo};
 pub use prompt::{Prompt, PromptFormat};
@@ -29,6 +29,9 @@ use std::path::PathBuf;
 pub enum ChatError {
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    /// The base model has no tokenizer and none was given.
+    #[error("{0} (pass --tokenizer)")]
+    NoTokenizer(#[source] crate::model::ModelError),
     #[error(transparent)]
     Dataset(#[from] crate::dataset::DatasetError),
     #[error(transparent)]

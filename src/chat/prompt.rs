@@ -8,6 +8,7 @@
 
 use super::{ChatError, Result};
 use crate::corpus::Role;
+use crate::dataset::extract::{window, window_start};
 use crate::dataset::template::render_prompt;
 use crate::dataset::{ChatTokenizer, Utterance, Variant};
 
@@ -49,21 +50,14 @@ impl PromptFormat {
     }
 
     /// Index of the window's first turn in a history of `len` turns that ends with a user turn.
+    /// Training cuts its examples with the same function.
     pub fn window_start(&self, len: usize) -> usize {
-        let current = len.saturating_sub(1) / 2;
-        match self.pairs {
-            Some(n) => 2 * (current + 1).saturating_sub(n),
-            None => 0,
-        }
+        window_start(len, self.pairs)
     }
 
-    /// The turns of `history` from `start`, the prefix on the first.
+    /// The turns of `history` from `start`, the prefix on the first (as training puts it).
     pub fn turns(&self, history: &[Utterance], start: usize) -> Vec<Utterance> {
-        let mut turns = history[start..].to_vec();
-        if let Some(first) = turns.first_mut() {
-            first.text = format!("{}{}", self.prefix, first.text);
-        }
-        turns
+        window(&history[start..], &self.prefix)
     }
 
     /// The prompt for the reply to `history` (alternating turns ending with a user turn): the
@@ -260,5 +254,48 @@ mod tests {
         let two = render_prompt(&tok, &v.turns(&h, 6)).unwrap().len();
         let p = v.build(&tok, &h, two + 4, 5).unwrap();
         assert_eq!((p.start, p.dropped), (8, 1));
+    }
+
+    /// Training and chat cannot disagree: for every shipped variant and every example of a
+    /// dialogue, the tokens before the example's last reply (as training renders them) are
+    /// the prompt chat renders for the same history with that variant.
+    #[test]
+    fn every_shipped_variant_trains_on_the_prompt_chat_renders() {
+        use crate::dataset::extract::tests::{dialogue, shipped};
+        use crate::dataset::{extract, render, Segments, IGNORE};
+        let tok = small();
+        let d = dialogue("d1", 12, 4);
+        let conversation: Vec<Utterance> = d.turns.iter().map(Into::into).collect();
+        for v in shipped() {
+            let x = extract(&v, std::slice::from_ref(&d), false, false).unwrap();
+            let segments = Segments::build(&tok, &x.examples).unwrap();
+            let format = PromptFormat::from_variant(&v);
+            for e in &x.examples {
+                let t = render(e, &segments);
+                // The last reply's trained tokens run to the end but for the newline.
+                let untrained_tail = t.labels.iter().rev().take_while(|&&l| l == IGNORE);
+                let tail = untrained_tail.count();
+                let trained = t.labels[..t.labels.len() - tail]
+                    .iter()
+                    .rev()
+                    .take_while(|&&l| l != IGNORE)
+                    .count();
+                let reply = t.labels.len() - tail - trained;
+                let answered = 2 * (e.pair + v.span()) - 1;
+                let history = &conversation[..answered];
+                assert_eq!(
+                    format.render(&tok, history).unwrap(),
+                    t.input_ids[..reply],
+                    "{} {}",
+                    v.name,
+                    e.id
+                );
+                let start = format.window_start(history.len());
+                assert_eq!(
+                    format.turns(history, start)[..],
+                    e.turns[..e.turns.len() - 1]
+                );
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 
 use super::api::{self, ApiError, ChatRequest};
 use super::http::{self, HttpServer, Limits, Reply, Request};
+use super::load::{ModelSpec, PromptChoice};
 use super::prompt::PromptFormat;
 use super::stop::StopStrings;
 use super::{reply, stop_tokens, ChatError, Result};
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -491,20 +493,35 @@ fn stream(s: &Shared, reply: &mut Reply, req: &ChatRequest, events: Receiver<Eve
     }
 }
 
+/// What `socratune serve` is asked to do.
+#[derive(Debug, Clone)]
+pub struct ServeSpec {
+    /// A PEFT adapter folder; None: the base model alone.
+    pub adapter: Option<PathBuf>,
+    pub model: ModelSpec,
+    /// Off unless asked for: clients send whole histories, which are used as they are.
+    pub prompt: PromptChoice,
+    pub host: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// The model id clients ask for; None: the adapter's run name, or the base model.
+    pub name: Option<String>,
+    /// Connections handled at once.
+    pub threads: usize,
+    /// Requests waiting for the model.
+    pub queue: usize,
+    /// The environment variable holding the key clients must send.
+    pub api_key_env: Option<String>,
+}
+
 /// `socratune serve`: loads the model (and adapter) and serves until the process ends.
-pub fn serve(args: &crate::cli::chat::ServeArgs) -> Result<()> {
-    use super::load::{adapter_name, load_base, prompt_format, use_adapter, ModelSpec, RunInfo};
+pub fn serve(args: &ServeSpec) -> Result<()> {
+    use super::load::{adapter_name, load_base, prompt_format, use_adapter, RunInfo};
     let run = match &args.adapter {
         Some(dir) => RunInfo::find(dir)?,
         None => None,
     };
-    let spec = ModelSpec {
-        model: args.model.model.clone(),
-        revision: args.model.revision.clone(),
-        tokenizer: args.model.tokenizer.clone(),
-        device: args.model.device.device.clone(),
-        dtype: args.model.device.dtype.clone(),
-    };
+    let spec = &args.model;
     // Checked before the model loads, so that a mistake costs no time.
     let api_key = match &args.api_key_env {
         None => None,
@@ -529,7 +546,7 @@ pub fn serve(args: &crate::cli::chat::ServeArgs) -> Result<()> {
         );
     }
     let dirs: Vec<&std::path::Path> = args.adapter.iter().map(|p| p.as_path()).collect();
-    let mut loaded = load_base(&spec, &dirs, &[run.as_ref()])?;
+    let mut loaded = load_base(spec, &dirs, &[run.as_ref()])?;
     use_adapter(&mut loaded.model, args.adapter.as_deref())?;
     // Off unless asked for: the run's own variant is not applied to clients' histories.
     let (format, variant) = prompt_format(&args.prompt, None)?;

@@ -6,10 +6,11 @@
 //! User lines come from `input` one a line; replies stream to `out`; labels, notes and the
 //! prompt go to `info` (stderr), so that `out` alone reads as the conversation.
 
-use super::load::{adapter_name, load_base, prompt_format, use_adapter, ModelSpec, RunInfo};
+use super::load::{
+    adapter_name, load_base, prompt_format, use_adapter, ModelSpec, PromptChoice, RunInfo,
+};
 use super::prompt::PromptFormat;
 use super::{reply, stop_tokens, ChatError, Result};
-use crate::cli::chat::{ChatArgs, SamplingArgs};
 use crate::corpus::{load_questions, Dialogue, Role, Turn};
 use crate::dataset::{ChatTokenizer, Utterance};
 use crate::model::generate::{SamplingParams, Stop};
@@ -41,7 +42,9 @@ pub struct ChatConfig {
     pub sampling: SamplingConfig,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Sampling as asked, by flags or by `[sampling]` in chat.toml: each unset one falls back
+/// (flags → config → the library's defaults), see [`sampling`].
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplingConfig {
     pub temperature: Option<f64>,
@@ -68,7 +71,7 @@ impl ChatConfig {
 
 /// Sampling from the flags, then the config, then the library's defaults. Replies are never
 /// empty: a stop token cannot come first.
-pub fn sampling(flags: &SamplingArgs, cfg: &SamplingConfig, seed: u64) -> Result<SamplingParams> {
+pub fn sampling(flags: &SamplingConfig, cfg: &SamplingConfig, seed: u64) -> Result<SamplingParams> {
     let d = SamplingParams::default();
     let top_p = flags.top_p.or(cfg.top_p).or(d.top_p);
     let top_k = flags.top_k.or(cfg.top_k).or(d.top_k);
@@ -101,6 +104,30 @@ pub fn sampling(flags: &SamplingArgs, cfg: &SamplingConfig, seed: u64) -> Result
     Ok(p)
 }
 
+/// What `socratune chat` is asked to do.
+#[derive(Debug, Clone)]
+pub struct ChatSpec {
+    /// A PEFT adapter folder; None: the base model alone (unless `compare`).
+    pub adapter: Option<PathBuf>,
+    /// Several adapters answering the same lines (`base` = no adapter), each with its own
+    /// conversation; empty: just `adapter`.
+    pub compare: Vec<String>,
+    pub model: ModelSpec,
+    pub prompt: PromptChoice,
+    /// Over the config's `[sampling]`.
+    pub sampling: SamplingConfig,
+    /// Seed of the first reply (each later reply adds its turn number); None: random.
+    pub seed: Option<u64>,
+    /// The persona's opening line.
+    pub opening: Option<String>,
+    /// The opening by question id, from `questions`.
+    pub question: Option<String>,
+    /// Opening questions file.
+    pub questions: PathBuf,
+    /// Chat defaults (opening, labels, sampling).
+    pub config: PathBuf,
+}
+
 /// The persona's first line and the id of the question it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Opening {
@@ -111,7 +138,7 @@ pub struct Opening {
 
 impl Opening {
     /// `--opening`, `--question`, or the config's, in that order.
-    pub fn resolve(args: &ChatArgs, cfg: &ChatConfig) -> Result<Self> {
+    pub fn resolve(args: &ChatSpec, cfg: &ChatConfig) -> Result<Self> {
         let by_id = |id: &str| -> Result<Self> {
             let qs = load_questions(&args.questions)?;
             let q = qs.iter().find(|q| q.id == id).ok_or_else(|| {
@@ -565,10 +592,10 @@ impl Session {
 
 /// `socratune chat`: loads the model, the adapters and their formats, then talks on
 /// stdin/stdout.
-pub fn chat(args: &ChatArgs, interrupt: Option<Arc<Interrupt>>) -> Result<()> {
+pub fn chat(args: &ChatSpec, interrupt: Option<Arc<Interrupt>>) -> Result<()> {
     let config = ChatConfig::load(&args.config)?;
     let opening = Opening::resolve(args, &config)?;
-    let seed = args.sampling.seed.unwrap_or_else(rand::random);
+    let seed = args.seed.unwrap_or_else(rand::random);
     let params = sampling(&args.sampling, &config.sampling, seed)?;
     let adapters: Vec<Option<PathBuf>> = if args.compare.is_empty() {
         vec![args.adapter.clone()]
@@ -585,16 +612,10 @@ pub fn chat(args: &ChatArgs, interrupt: Option<Arc<Interrupt>>) -> Result<()> {
             None => Ok(None),
         })
         .collect::<Result<Vec<_>>>()?;
-    let spec = ModelSpec {
-        model: args.model.model.clone(),
-        revision: args.model.revision.clone(),
-        tokenizer: args.model.tokenizer.clone(),
-        device: args.model.device.device.clone(),
-        dtype: args.model.device.dtype.clone(),
-    };
+    let spec = &args.model;
     let dirs: Vec<&Path> = adapters.iter().flatten().map(PathBuf::as_path).collect();
     let loaded = load_base(
-        &spec,
+        spec,
         &dirs,
         &runs.iter().map(Option::as_ref).collect::<Vec<_>>(),
     )?;

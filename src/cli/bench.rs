@@ -1,6 +1,9 @@
 //! `socratune bench …`
 
+use anyhow::Result;
 use clap::{Args, Subcommand};
+use socratune::chat::bench::GenerateBench;
+use socratune::train::bench::BenchOptions;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -59,4 +62,69 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+impl BenchArgs {
+    pub fn run(self) -> Result<()> {
+        match self.command {
+            BenchCommand::Train {
+                preset,
+                steps,
+                warmup,
+                device,
+                batch,
+                seq,
+                json,
+            } => {
+                let o = BenchOptions {
+                    preset,
+                    steps,
+                    warmup,
+                    device,
+                    batch,
+                    seq,
+                };
+                let r = socratune::train::bench::bench_train(&o)?;
+                let line = format!(
+                    "{} tokens/s, {} s/step, peak {:.1} MiB",
+                    r["tokens_per_s"],
+                    r["s_per_step"],
+                    r["peak_mem_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+                );
+                print_bench(&r, &line, json);
+            }
+            BenchCommand::Generate {
+                preset,
+                tokens,
+                prompt_len,
+                device,
+                dtype,
+                json,
+            } => {
+                let o = GenerateBench {
+                    preset,
+                    tokens,
+                    prompt_len,
+                    device,
+                    dtype,
+                };
+                let r = socratune::chat::bench::bench_generate(&o)?;
+                let line = format!(
+                    "prefill {} tokens/s, decode {} tokens/s ({} ms/token)",
+                    r["prefill_tokens_per_s"], r["decode_tokens_per_s"], r["ms_per_token"]
+                );
+                print_bench(&r, &line, json);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A benchmark's JSON line on stdout, after a readable summary on stderr unless `--json`.
+fn print_bench(r: &serde_json::Value, summary: &str, json: bool) {
+    if !json {
+        let name = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+        eprintln!("{} on {}: {summary}", name("preset"), name("device"));
+    }
+    println!("{r}");
 }

@@ -2,6 +2,9 @@
 
 use super::model::DeviceArgs;
 use clap::Args;
+use socratune::chat::load::{ModelSpec, PromptChoice};
+use socratune::chat::server::ServeSpec;
+use socratune::chat::session::{ChatSpec, Interrupt, SamplingConfig};
 use std::path::PathBuf;
 
 /// The model to talk to (chat and serve).
@@ -117,4 +120,74 @@ pub struct ServeArgs {
     /// `Authorization: Bearer <key>`.
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
+}
+
+impl From<TalkModelArgs> for ModelSpec {
+    fn from(a: TalkModelArgs) -> Self {
+        ModelSpec {
+            model: a.model,
+            revision: a.revision,
+            tokenizer: a.tokenizer,
+            device: a.device.device,
+            dtype: a.device.dtype,
+        }
+    }
+}
+
+impl From<PromptArgs> for PromptChoice {
+    fn from(a: PromptArgs) -> Self {
+        PromptChoice {
+            variant: a.variant,
+            window: a.window,
+            prefix: a.prefix,
+        }
+    }
+}
+
+impl From<SamplingArgs> for SamplingConfig {
+    fn from(a: SamplingArgs) -> Self {
+        SamplingConfig {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+            repetition_penalty: a.repetition_penalty,
+            max_new_tokens: a.max_new_tokens,
+        }
+    }
+}
+
+impl ChatArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let spec = ChatSpec {
+            adapter: self.adapter,
+            compare: self.compare,
+            model: self.model.into(),
+            prompt: self.prompt.into(),
+            seed: self.sampling.seed,
+            sampling: self.sampling.into(),
+            opening: self.opening,
+            question: self.question,
+            questions: self.questions,
+            config: self.config,
+        };
+        socratune::chat::session::chat(&spec, Some(Interrupt::install()))?;
+        Ok(())
+    }
+}
+
+impl ServeArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        socratune::chat::server::serve(&ServeSpec {
+            adapter: self.adapter,
+            model: self.model.into(),
+            prompt: self.prompt.into(),
+            host: self.host,
+            port: self.port,
+            name: self.name,
+            threads: self.threads,
+            queue: self.queue,
+            api_key_env: self.api_key_env,
+        })?;
+        Ok(())
+    }
 }

@@ -1,12 +1,12 @@
-//! `socratune data …`: argument shapes, and dispatch to `crate::dataset` with printing.
+//! `socratune data …`: argument shapes, and dispatch to `socratune::dataset` with printing.
 
-use crate::corpus::{load_personas, load_questions, BadLine, Catalog};
-use crate::dataset::{
+use clap::{Args, Subcommand};
+use socratune::corpus::{load_personas, load_questions, BadLine, Catalog};
+use socratune::dataset::{
     self, charts::write_charts, markdown_table, tokenizer::train_small, BuildOptions, DatasetError,
     Inputs, Overflow, Selection, DEFAULT_SEED,
 };
-use crate::fsutil::{write_atomic, FileError};
-use clap::{Args, Subcommand};
+use socratune::fsutil::{write_atomic, FileError};
 use std::path::{Path, PathBuf};
 
 const DEFAULT_TOKENIZER: &str = "google/gemma-2-2b-it";
@@ -130,7 +130,7 @@ impl CorpusArgs {
 }
 
 impl DataArgs {
-    pub fn run(self) -> Result<(), DatasetError> {
+    pub fn run(self) -> anyhow::Result<()> {
         match self.command {
             DataCommand::Check {
                 dialogues,
@@ -149,12 +149,12 @@ impl DataArgs {
                     emit(&report.to_string())?;
                 }
                 if !skip_bad && !report.bad_lines.is_empty() {
-                    return Err(DatasetError::Invalid(format!(
+                    anyhow::bail!(
                         "{}: {} bad line(s); first: {} (--skip-bad to go on without them)",
                         dialogues.display(),
                         report.bad_lines.len(),
                         report.bad_lines[0]
-                    )));
+                    );
                 }
             }
             DataCommand::Stats {
@@ -200,7 +200,7 @@ impl DataArgs {
                 if Path::new(&corpus.tokenizer).exists() {
                     inputs.push(("tokenizer", Path::new(&corpus.tokenizer)));
                 }
-                crate::fsutil::check_apart(&out, &inputs)?;
+                socratune::fsutil::check_apart(&out, &inputs)?;
                 let p = dataset::prepare(corpus.inputs(selection))?;
                 warn_skipped(&p.corpus.skipped, &p.variants);
                 let reports = dataset::build(

@@ -1,6 +1,11 @@
 //! `socratune model …`
 
+use anyhow::Result;
+use candle_core::Device;
 use clap::{Args, Subcommand};
+use socratune::model::adapter::AdapterInfo;
+use socratune::model::device::{device_name, parse_device, parse_dtype};
+use socratune::model::{CausalLm, ModelConfig, Source};
 
 #[derive(Debug, Args)]
 pub struct ModelArgs {
@@ -72,4 +77,75 @@ pub enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+impl ModelArgs {
+    pub fn run(self) -> Result<()> {
+        match self.command {
+            ModelCommand::Info { source, json } => {
+                let src = Source::parse(&source.model, source.revision.as_deref())?;
+                let cfg = ModelConfig::from_file(&src.file("config.json")?)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&cfg.to_hub_json())?);
+                } else {
+                    println!("{src}: {}", cfg.summary());
+                }
+            }
+            ModelCommand::Check { load } => {
+                let (m, src, dev, info) = load_model(&load)?;
+                println!(
+                    "{src}: {} ({:?} on {})",
+                    m.cfg.summary(),
+                    m.dtype(),
+                    device_name(&dev)
+                );
+                if let (Some(dir), Some(info)) = (&load.adapter, info) {
+                    let params: usize = m.lora_vars().iter().map(|(_, v)| v.elem_count()).sum();
+                    let targets: Vec<&str> = info.lora.targets.iter().map(|t| t.module()).collect();
+                    println!(
+                        "{}: LoRA r={} alpha={} on {} ({params} parameters)",
+                        dir.display(),
+                        info.lora.r,
+                        info.lora.alpha,
+                        targets.join(",")
+                    );
+                }
+            }
+            ModelCommand::Score {
+                load,
+                data,
+                batch,
+                json,
+            } => {
+                let (m, _, dev, _) = load_model(&load)?;
+                let s = socratune::train::score::score_file(&m, &data, batch, &dev)?;
+                if json {
+                    println!("{}", serde_json::to_string(&s)?);
+                } else {
+                    println!(
+                        "{}: loss {:.6}, perplexity {:.4} over {} tokens in {} examples",
+                        data.display(),
+                        s.loss,
+                        s.perplexity,
+                        s.tokens,
+                        s.examples
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The base model of `a` on its device, with the adapter loaded when one is given.
+fn load_model(a: &ModelLoadArgs) -> Result<(CausalLm, Source, Device, Option<AdapterInfo>)> {
+    let src = Source::parse(&a.source.model, a.source.revision.as_deref())?;
+    let dev = parse_device(&a.device.device)?;
+    let dtype = parse_dtype(&a.device.dtype, &dev)?;
+    let mut m = socratune::model::load(&src, dtype, &dev)?;
+    let info = match &a.adapter {
+        Some(dir) => Some(socratune::model::adapter::load(&mut m, dir)?),
+        None => None,
+    };
+    Ok((m, src, dev, info))
 }

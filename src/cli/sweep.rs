@@ -1,8 +1,10 @@
 //! `socratune sweep`
 
 use super::train::TrainOverrides;
-use crate::dataset::{Overflow, DEFAULT_SEED};
+use super::{exit_if_interrupted, interrupt_flag, train::train_config};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
+use socratune::dataset::{Overflow, DEFAULT_SEED};
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
@@ -49,4 +51,65 @@ pub struct SweepArgs {
 pub enum Emit {
     /// A Slurm job-array script (runs/sweep.slurm), one task per variant.
     Slurm,
+}
+
+impl SweepArgs {
+    pub fn run(self) -> Result<()> {
+        let a = self;
+        use socratune::train::sweep::{self, DataSource, Outcome, SweepSpec};
+        let config = train_config(&a.config, &a.overrides)?;
+        let variants = if a.variants.is_empty() {
+            sweep::variant_names(&a.variants_dir)?
+        } else {
+            a.variants.clone()
+        };
+        let spec = SweepSpec {
+            variants,
+            runs: a.runs.clone(),
+            config,
+            data: a.dialogues.clone().map(|dialogues| DataSource {
+                dialogues,
+                tokenizer: a.tokenizer.clone(),
+                variants_dir: a.variants_dir.clone(),
+                seed: a.split_seed,
+                skip_bad: a.skip_bad,
+                include_unjudged: a.include_unjudged,
+                max_len: a.max_len,
+                overflow: a.overflow,
+            }),
+            gpus: a.gpus.clone(),
+            progress: true,
+            interrupt: Some(interrupt_flag()),
+        };
+        if let Some(Emit::Slurm) = a.emit {
+            sweep::ensure_data(&spec)?;
+            let config = sweep::write_config(&spec)?;
+            let exe = std::env::current_exe()?;
+            let path = a.runs.join("sweep.slurm");
+            socratune::fsutil::write_atomic(
+                &path,
+                sweep::slurm_script(&spec, &exe, &config).as_bytes(),
+            )?;
+            println!(
+                "wrote {} ({} tasks); submit with: sbatch {}",
+                path.display(),
+                spec.variants.len(),
+                path.display()
+            );
+            return Ok(());
+        }
+        let outcomes = exit_if_interrupted(sweep::sweep(&spec))?;
+        let failed: Vec<String> = outcomes
+            .iter()
+            .filter_map(|(v, o)| match o {
+                Outcome::Failed(m) => Some(format!("{v}: {m}")),
+                _ => None,
+            })
+            .collect();
+        println!("{}", socratune::report::compare(&a.runs)?);
+        if !failed.is_empty() {
+            anyhow::bail!("{} run(s) failed: {}", failed.len(), failed.join("; "));
+        }
+        Ok(())
+    }
 }

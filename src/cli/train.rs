@@ -1,8 +1,11 @@
 //! `socratune train`: options from `configs/train.toml`, overridden by flags.
 
-use crate::train::{Schedule, TrainConfig};
+use super::{exit_if_interrupted, interrupt_flag};
+use anyhow::Result;
 use clap::Args;
-use std::path::PathBuf;
+use socratune::rundir::{DataDir, RunDir};
+use socratune::train::{RunSpec, Schedule, TrainConfig};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -152,4 +155,63 @@ impl TrainOverrides {
             c.early_stopping_patience = p;
         }
     }
+}
+
+impl TrainArgs {
+    pub fn run(self) -> Result<()> {
+        let a = self;
+        let config = train_config(&a.config, &a.overrides)?;
+        let (name, data_dir, out_dir) = match (&a.variant, &a.data) {
+            (Some(v), _) => {
+                let variant_run = RunDir::of(&a.runs, v);
+                let run = a.out.clone().map(RunDir::new);
+                (v.clone(), variant_run.data(), run.unwrap_or(variant_run))
+            }
+            (None, Some(d)) => {
+                let parent = d
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let run = RunDir::new(a.out.clone().unwrap_or_else(|| parent.to_path_buf()));
+                let name = run.name().unwrap_or_else(|| "run".into());
+                (name, DataDir::new(d), run)
+            }
+            (None, None) => anyhow::bail!("give --variant NAME or --data DIR"),
+        };
+        // `--fresh` deletes parts of the run folder, and a run writes adapters into it.
+        if Path::new(&config.model).exists() {
+            socratune::fsutil::check_apart(
+                out_dir.root(),
+                &[("base model", Path::new(&config.model))],
+            )?;
+        }
+        let spec = RunSpec {
+            name,
+            config,
+            data_dir,
+            out_dir: out_dir.clone(),
+            resume: a.resume,
+            fresh: a.fresh,
+            progress: true,
+            interrupt: Some(interrupt_flag()),
+        };
+        let s = exit_if_interrupted(socratune::train::train(spec))?;
+        println!(
+            "{}: {} after {} steps; best val loss {:.4} at step {}, final {:.4}; adapters in {} and {}",
+            s.variant, s.status, s.steps, s.best_val_loss, s.best_step, s.final_val_loss,
+            out_dir.best().display(), out_dir.adapter().display()
+        );
+        Ok(())
+    }
+}
+
+/// Reads the training config (defaults when the default file is absent) and applies the flags.
+pub fn train_config(path: &Path, overrides: &TrainOverrides) -> Result<TrainConfig> {
+    let mut c = if path.exists() || path != Path::new("configs/train.toml") {
+        TrainConfig::from_toml_file(path)?
+    } else {
+        TrainConfig::default()
+    };
+    overrides.apply(&mut c);
+    Ok(c)
 }

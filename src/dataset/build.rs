@@ -4,13 +4,14 @@
 use super::extract::common_examples;
 use super::template::fit;
 use super::{
-    extract, render, ChatTokenizer, Corpus, DatasetError, Extracted, Fit, Overflow, Result,
-    Segments, Split, TokenCounts, Variant, VariantStats,
+    extract, render, ChatTokenizer, Corpus, DatasetError, Example, Extracted, Fit, Overflow,
+    Result, Segments, Split, TokenCounts, Tokenized, Variant, VariantStats, IGNORE,
 };
 use crate::corpus::write_jsonl;
 use crate::fsutil::write_json;
+use crate::rundir::RunDir;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Which variants to use.
@@ -139,13 +140,32 @@ impl BuildReport {
     }
 }
 
-/// One line of train.jsonl / val.jsonl.
-#[derive(Serialize)]
-struct Record<'a> {
-    id: &'a str,
-    dialogue: &'a str,
-    input_ids: Vec<u32>,
-    labels: Vec<i64>,
+/// One line of train.jsonl, val.jsonl and common.jsonl: written here, read by training
+/// (`train::data`) and scoring. `labels[i]` is `input_ids[i]` or -100 (position i's logits
+/// predict `labels[i + 1]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    #[serde(default)]
+    pub dialogue: String,
+    pub input_ids: Vec<u32>,
+    pub labels: Vec<i64>,
+}
+
+impl Record {
+    fn new(ex: &Example, t: Tokenized) -> Self {
+        Record {
+            id: ex.id.clone(),
+            dialogue: ex.dialogue.clone(),
+            input_ids: t.input_ids,
+            labels: t.labels,
+        }
+    }
+
+    /// Tokens the loss is computed on.
+    pub fn supervised(&self) -> usize {
+        self.labels.iter().skip(1).filter(|l| **l != IGNORE).count()
+    }
 }
 
 /// `stats.json`: the statistics row, then how the data was made.
@@ -196,7 +216,8 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
     )?;
     let mut reports = Vec::new();
     for (((v, x), stats), common) in p.variants.iter().zip(&stats).zip(&common) {
-        let dir = opts.out.join(&v.name).join("data");
+        let data = RunDir::of(&opts.out, &v.name).data();
+        let dir = data.root();
         let fitted: Vec<Fit> = x
             .examples
             .par_iter()
@@ -204,7 +225,7 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
             .collect();
         let mut report = BuildReport {
             variant: v.name.clone(),
-            dir: dir.clone(),
+            dir: dir.to_path_buf(),
             train: 0,
             val: 0,
             truncated: 0,
@@ -225,12 +246,7 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
                 }
             };
             report.longest = report.longest.max(t.input_ids.len());
-            let r = Record {
-                id: &ex.id,
-                dialogue: &ex.dialogue,
-                input_ids: t.input_ids,
-                labels: t.labels,
-            };
+            let r = Record::new(ex, t);
             if p.split.is_val(&ex.dialogue) {
                 val.push(r);
             } else {
@@ -238,22 +254,14 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
             }
         }
         (report.train, report.val) = (train.len(), val.len());
-        write_jsonl(&dir.join("train.jsonl"), &train)?;
-        write_jsonl(&dir.join("val.jsonl"), &val)?;
+        write_jsonl(&data.train(), &train)?;
+        write_jsonl(&data.val(), &val)?;
         let whole: Vec<Record> = common
             .iter()
-            .map(|ex| {
-                let t = render(ex, &segments);
-                Record {
-                    id: &ex.id,
-                    dialogue: &ex.dialogue,
-                    input_ids: t.input_ids,
-                    labels: t.labels,
-                }
-            })
+            .map(|ex| Record::new(ex, render(ex, &segments)))
             .collect();
-        write_jsonl(&dir.join("common.jsonl"), &whole)?;
-        write_json(&dir.join("split.json"), &manifest)?;
+        write_jsonl(&data.common(), &whole)?;
+        write_json(&data.split(), &manifest)?;
         let file = StatsFile {
             stats,
             config: v,
@@ -267,7 +275,7 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
             written: &report,
             too_short: &x.too_short,
         };
-        write_json(&dir.join("stats.json"), &file)?;
+        write_json(&data.stats(), &file)?;
         reports.push(report);
     }
     Ok(reports)

@@ -1,13 +1,55 @@
 //! Cutting dialogues into training examples as a variant says.
 
 use super::{DatasetError, Result, Variant};
-use crate::corpus::{Dialogue, Role};
+use crate::corpus::{Dialogue, Role, Turn};
 
 /// One utterance of an example, its prefix (if any) already in `text`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Utterance {
     pub role: Role,
     pub text: String,
+}
+
+impl From<&Turn> for Utterance {
+    fn from(t: &Turn) -> Self {
+        Utterance {
+            role: t.role,
+            text: t.text.clone(),
+        }
+    }
+}
+
+impl From<&Utterance> for Utterance {
+    fn from(u: &Utterance) -> Self {
+        u.clone()
+    }
+}
+
+// A variant's examples (training) and the prompts of a chat with that variant (inference) are
+// cut by the two functions below and nothing else, so that the two cannot disagree.
+
+/// Index of the first turn of the window in a conversation of `len` turns whose last pair
+/// (complete in training, only its user turn in chat) is the one being learned or answered:
+/// the last `pairs` pairs, or the whole conversation when `None`.
+pub fn window_start(len: usize, pairs: Option<usize>) -> usize {
+    let current = len.saturating_sub(1) / 2;
+    match pairs {
+        Some(n) => 2 * (current + 1).saturating_sub(n),
+        None => 0,
+    }
+}
+
+/// `turns` (from the window's start on) as utterances, `prefix` put before the first one's
+/// text exactly (no separator).
+pub fn window<'a, T>(turns: &'a [T], prefix: &str) -> Vec<Utterance>
+where
+    &'a T: Into<Utterance>,
+{
+    let mut out: Vec<Utterance> = turns.iter().map(Into::into).collect();
+    if let Some(first) = out.first_mut() {
+        first.text.insert_str(0, prefix);
+    }
+    out
 }
 
 /// `variant.span()` consecutive pairs of one dialogue, starting at pair `pair`.
@@ -101,20 +143,13 @@ fn example(variant: &Variant, d: &Dialogue, pair: usize) -> Example {
     span(variant, d, pair, variant.span())
 }
 
-/// `pairs` consecutive pairs of `d` from `pair`, the prefix on the first user utterance.
+/// `pairs` consecutive pairs of `d` from `pair`, the prefix on the first user utterance: the
+/// window of a chat with the variant when it answers the last of these pairs.
 fn span(variant: &Variant, d: &Dialogue, pair: usize, pairs: usize) -> Example {
-    let turns = d.turns[2 * pair..2 * (pair + pairs)]
-        .iter()
-        .enumerate()
-        .map(|(i, t)| Utterance {
-            role: t.role,
-            text: if i == 0 {
-                format!("{}{}", variant.prefix, t.text)
-            } else {
-                t.text.clone()
-            },
-        })
-        .collect();
+    let conversation = &d.turns[..2 * (pair + pairs)];
+    let start = window_start(conversation.len(), Some(pairs));
+    debug_assert_eq!(start, 2 * pair);
+    let turns = window(&conversation[start..], &variant.prefix);
     Example {
         id: format!("{}#p{pair}", d.id),
         dialogue: d.id.clone(),

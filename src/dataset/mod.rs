@@ -5,16 +5,16 @@
 //! utterance tokenized once) → [`stats`], and → [`Segments`] → [`render`] (input ids and
 //! labels) → files.
 
-pub mod build;
+pub(crate) mod build;
 pub mod charts;
-pub mod check;
-pub mod extract;
-pub mod load;
-pub mod split;
-pub mod stats;
-pub mod template;
+pub(crate) mod check;
+pub(crate) mod extract;
+pub(crate) mod load;
+pub(crate) mod split;
+pub(crate) mod stats;
+pub(crate) mod template;
 pub mod tokenizer;
-pub mod variant;
+pub(crate) mod variant;
 
 pub use build::{build, prepare, BuildOptions, BuildReport, Inputs, Prepared, Selection};
 pub use check::{check, CheckReport};

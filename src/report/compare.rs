@@ -4,6 +4,7 @@ use super::curves::loss_svg;
 use super::ReportError;
 use crate::dataset::variant::natural_key;
 use crate::fsutil::write_atomic;
+use crate::rundir::RunDir;
 use crate::train::metrics::read_events;
 use crate::train::trainer::{read_summary, Summary};
 use std::path::{Path, PathBuf};
@@ -32,7 +33,8 @@ pub fn collect(runs: &Path) -> Result<Vec<RunReport>, ReportError> {
     let entries = std::fs::read_dir(runs).map_err(|e| crate::fsutil::FileError::new(runs, e))?;
     for e in entries.flatten() {
         let dir = e.path();
-        let metrics = dir.join("metrics.jsonl");
+        let run = RunDir::new(&dir);
+        let metrics = run.metrics();
         if !metrics.is_file() {
             continue;
         }
@@ -46,7 +48,7 @@ pub fn collect(runs: &Path) -> Result<Vec<RunReport>, ReportError> {
         };
         out.push(RunReport {
             name: e.file_name().to_string_lossy().to_string(),
-            summary: read_summary(&dir),
+            summary: read_summary(&run),
             train_curve: curve("train", "loss"),
             val_curve: curve("eval", "val_loss"),
             dir,
@@ -150,7 +152,7 @@ formatted with its own prefix, computed with the run's best adapter.\n\n",
             "**Best: {}** (common val loss {}), adapter in `{}`.\n",
             r.name,
             fmt_loss(r.common()),
-            r.dir.join("best").display()
+            RunDir::new(&r.dir).best().display()
         )),
         Some((r, false)) => md.push_str(&format!(
             "**Lowest best val loss: {}** ({}). Not every run has the common metric, so this is only a hint: \

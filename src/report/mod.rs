@@ -1,7 +1,7 @@
 //! Comparing runs: a Markdown table, the best variant named, loss curves as SVG.
 
-pub mod compare;
-pub mod curves;
+pub(crate) mod compare;
+pub(crate) mod curves;
 
 pub use compare::{collect, compare, markdown, RunReport};
 

@@ -425,7 +425,7 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
 }
 
 /// Whether two paths name the same file (the second may not exist yet).
-pub(crate) fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+pub fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,

@@ -5,28 +5,26 @@
 //! where it stopped without paying twice; every output file is written atomically or appended
 //! one whole line at a time.
 
-pub mod backend;
+pub(crate) mod backend;
 pub mod calibrate;
 pub mod client;
-pub mod command;
 pub mod config;
 pub mod filter;
 pub mod generate;
-pub mod journal;
+pub(crate) mod journal;
 pub mod judge;
 pub mod limiter;
-pub mod manifest;
+pub(crate) mod manifest;
 pub mod minhash;
 mod pool;
 pub mod progress;
-pub mod prompts;
-pub mod retry;
+pub(crate) mod prompts;
+pub(crate) mod retry;
 pub mod review;
 mod sidecar;
-mod tui;
+pub mod tui;
 
 pub use client::{ChatRequest, Client, Completion, Message, Sampling};
-pub use command::run;
 pub use config::{EndpointConfig, Limits, SynthConfig, Transcript};
 pub use journal::Journal;
 pub use sidecar::sidecar;
@@ -89,7 +87,12 @@ pub enum SynthError {
     },
     /// The terminal could not be driven.
     #[error("terminal: {0}")]
-    Terminal(String),
+    Terminal(#[source] std::io::Error),
+    /// Review was asked for without a terminal to review in.
+    #[error(
+        "terminal: review needs an interactive terminal; --apply writes the decisions saved so far"
+    )]
+    NotInteractive,
     /// Too many items failed one after another; the run stopped.
     #[error("{count} items failed in a row, so the run stopped (a setting is probably wrong); last error: {last}")]
     FailureStreak { count: usize, last: String },

@@ -7,7 +7,7 @@
 use super::SynthError;
 use crate::fsutil::sha256_hex;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Piece {
@@ -17,7 +17,6 @@ enum Piece {
 
 #[derive(Debug, Clone)]
 pub struct Template {
-    path: PathBuf,
     pieces: Vec<Piece>,
     /// SHA-256 of the file's bytes, for run manifests.
     pub sha256: String,
@@ -89,14 +88,9 @@ impl Template {
             )));
         }
         Ok(Self {
-            path: path.into(),
             pieces,
             sha256: sha256_hex(text.as_bytes()),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Fills the placeholders in one pass, so a value containing `{{…}}` stays literal.

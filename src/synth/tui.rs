@@ -155,7 +155,7 @@ struct Guard;
 
 impl Guard {
     fn enter() -> Result<Self, SynthError> {
-        let err = |e: std::io::Error| SynthError::Terminal(e.to_string());
+        let err = SynthError::Terminal;
         terminal::enable_raw_mode().map_err(err)?;
         let g = Guard;
         execute!(std::io::stdout(), EnterAlternateScreen, cursor::Hide).map_err(err)?;
@@ -192,7 +192,7 @@ fn map_key(k: KeyEvent) -> Option<Key> {
 /// Runs the review on the terminal until the reviewer quits; the session saves itself after
 /// every change.
 pub fn run(session: &mut Session, v: &View) -> Result<(), SynthError> {
-    let err = |e: std::io::Error| SynthError::Terminal(e.to_string());
+    let err = SynthError::Terminal;
     let _guard = Guard::enter()?;
     let mut out = std::io::stdout();
     loop {

@@ -49,7 +49,7 @@ pub fn save(
 ) -> Result<PathBuf, TrainError> {
     let final_dir = dir.join(format!("step-{}", state.step));
     let tmp = dir.join(format!(".tmp-step-{}", state.step));
-    let io = |p: &Path, e: std::io::Error| TrainError::file(p, e.to_string());
+    let io = TrainError::io;
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     }
@@ -75,8 +75,8 @@ pub fn save(
 fn check_safetensors(path: &Path) -> Result<(), TrainError> {
     use std::io::Read;
     let bad = |m: String| TrainError::file(path, m);
-    let mut f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-    let len = f.metadata().map_err(|e| bad(e.to_string()))?.len();
+    let mut f = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
+    let len = f.metadata().map_err(|e| TrainError::io(path, e))?.len();
     let mut n = [0u8; 8];
     f.read_exact(&mut n)
         .map_err(|_| bad(format!("damaged: only {len} bytes, no safetensors header")))?;
@@ -87,7 +87,8 @@ fn check_safetensors(path: &Path) -> Result<(), TrainError> {
         )));
     }
     let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    f.read_exact(&mut header)
+        .map_err(|e| TrainError::io(path, e))?;
     let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
         .map_err(|e| bad(format!("damaged: unreadable safetensors header ({e})")))?;
     let mut end = 0u64;
@@ -122,9 +123,8 @@ fn folder_step(ckpt: &Path) -> Option<usize> {
 /// and whole (weights, optimizer, state), and the state's step must be the folder's.
 pub fn read_state(ckpt: &Path) -> Result<State, TrainError> {
     let p = ckpt.join(STATE);
-    let text = std::fs::read_to_string(&p).map_err(|e| TrainError::file(&p, e.to_string()))?;
-    let state: State =
-        serde_json::from_str(&text).map_err(|e| TrainError::file(&p, e.to_string()))?;
+    let text = std::fs::read_to_string(&p).map_err(|e| TrainError::io(&p, e))?;
+    let state: State = serde_json::from_str(&text).map_err(|e| TrainError::parse(&p, e))?;
     for f in [OPTIMIZER, adapter::WEIGHTS_FILE, adapter::CONFIG_FILE] {
         if !ckpt.join(f).is_file() {
             return Err(TrainError::file(&ckpt.join(f), "missing"));
@@ -179,8 +179,7 @@ pub fn newest_valid(dir: &Path) -> (Option<(PathBuf, State)>, Vec<String>) {
 pub fn restore(ckpt: &Path, opt: &mut AdamW, state: &State) -> Result<(), TrainError> {
     let load = |name: &str| {
         let p = ckpt.join(name);
-        candle_core::safetensors::load(&p, &Device::Cpu)
-            .map_err(|e| TrainError::file(&p, e.to_string()))
+        candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| TrainError::parse(&p, e))
     };
     let saved = load(adapter::WEIGHTS_FILE)?;
     for (name, var) in opt.params() {
@@ -211,7 +210,7 @@ pub fn prune(dir: &Path, keep: usize) -> Result<(), TrainError> {
             kept += 1;
             continue;
         }
-        std::fs::remove_dir_all(&path).map_err(|e| TrainError::file(&path, e.to_string()))?;
+        std::fs::remove_dir_all(&path).map_err(|e| TrainError::io(&path, e))?;
     }
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if e.file_name().to_string_lossy().starts_with(".tmp-step-") {
@@ -235,7 +234,7 @@ pub fn write_adapter_dir(
         .unwrap_or_default();
     let tmp = parent.join(format!(".tmp-{name}"));
     let old = parent.join(format!(".old-{name}"));
-    let io = |p: &Path, e: std::io::Error| TrainError::file(p, e.to_string());
+    let io = TrainError::io;
     for p in [&tmp, &old] {
         if p.exists() {
             std::fs::remove_dir_all(p).map_err(|e| io(p, e))?;

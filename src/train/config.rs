@@ -105,9 +105,8 @@ const RESUMABLE_CHANGES: [&str; 4] = ["save_every", "keep_checkpoints", "device"
 impl TrainConfig {
     /// Reads a TOML file; unknown keys are refused with their name.
     pub fn from_toml_file(path: &Path) -> Result<Self, TrainError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| TrainError::file(path, e.to_string()))?;
-        toml::from_str(&text).map_err(|e| TrainError::file(path, e.to_string()))
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        toml::from_str(&text).map_err(|e| TrainError::parse(path, e))
     }
 
     pub fn lora(&self) -> Result<LoraConfig, TrainError> {

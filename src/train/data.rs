@@ -2,34 +2,16 @@
 
 use super::TrainError;
 use crate::corpus::read_jsonl;
-use crate::model::loss::IGNORE;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// One tokenized example: `labels[i]` is `input_ids[i]` or -100 (position i's logits predict
-/// `labels[i + 1]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Example {
-    pub id: String,
-    #[serde(default)]
-    pub dialogue: String,
-    pub input_ids: Vec<u32>,
-    pub labels: Vec<i64>,
-}
-
-impl Example {
-    /// Tokens the loss is computed on.
-    pub fn supervised(&self) -> usize {
-        self.labels.iter().skip(1).filter(|l| **l != IGNORE).count()
-    }
-}
+/// One tokenized example, as `data build` writes it.
+pub use crate::dataset::build::Record as Example;
 
 /// A file of examples with its content hash.
 pub struct ExampleFile {
-    pub path: PathBuf,
     pub examples: Vec<Example>,
     pub sha256: String,
 }
@@ -80,11 +62,7 @@ pub fn load_examples(path: &Path, max_len: usize) -> Result<ExampleFile, TrainEr
         return Err(TrainError::Data(format!("{}: no examples", path.display())));
     }
     let sha256 = crate::fsutil::sha256_file(path)?;
-    Ok(ExampleFile {
-        path: path.to_path_buf(),
-        examples,
-        sha256,
-    })
+    Ok(ExampleFile { examples, sha256 })
 }
 
 /// The order of examples in epoch `epoch`: a permutation seeded by (seed, epoch), so that any

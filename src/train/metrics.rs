@@ -16,8 +16,7 @@ impl MetricsLog {
     pub fn open(path: &Path, keep_until_step: Option<usize>) -> Result<Self, TrainError> {
         if let Some(last) = keep_until_step {
             if path.exists() {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| TrainError::file(path, e.to_string()))?;
+                let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
                 let kept: String = text
                     .lines()
                     .filter(|l| {
@@ -31,13 +30,13 @@ impl MetricsLog {
                 crate::fsutil::write_atomic(path, kept.as_bytes())?;
             }
         } else if path.exists() {
-            std::fs::remove_file(path).map_err(|e| TrainError::file(path, e.to_string()))?;
+            std::fs::remove_file(path).map_err(|e| TrainError::io(path, e))?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| TrainError::file(path, e.to_string()))?;
+            .map_err(|e| TrainError::io(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -48,16 +47,14 @@ impl MetricsLog {
         let line = format!("{event}\n");
         self.file
             .write_all(line.as_bytes())
-            .map_err(|e| TrainError::file(&self.path, e.to_string()))?;
-        self.file
-            .flush()
-            .map_err(|e| TrainError::file(&self.path, e.to_string()))
+            .map_err(|e| TrainError::io(&self.path, e))?;
+        self.file.flush().map_err(|e| TrainError::io(&self.path, e))
     }
 }
 
 /// Reads the events of a metrics file (unparseable lines are skipped).
 pub fn read_events(path: &Path) -> Result<Vec<Value>, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::file(path, e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

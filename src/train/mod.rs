@@ -3,12 +3,12 @@
 pub mod adamw;
 pub mod bench;
 pub mod checkpoint;
-pub mod config;
+pub(crate) mod config;
 pub mod data;
-pub mod metrics;
+pub(crate) mod metrics;
 #[cfg(test)]
 mod no_subnormals;
-pub mod schedule;
+pub(crate) mod schedule;
 pub mod score;
 pub mod sweep;
 pub mod trainer;
@@ -22,6 +22,12 @@ use std::path::{Path, PathBuf};
 pub enum TrainError {
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
+    /// A file that was read but does not parse (JSON, TOML, safetensors).
+    #[error("{}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("invalid training config: {0}")]
     Config(String),
     #[error("{0}")]
@@ -47,6 +53,8 @@ pub enum TrainError {
     #[error(transparent)]
     Corpus(#[from] crate::corpus::CorpusError),
     #[error(transparent)]
+    Dataset(#[from] crate::dataset::DatasetError),
+    #[error(transparent)]
     Io(#[from] crate::fsutil::FileError),
     #[error(transparent)]
     Locked(#[from] crate::lock::LockError),
@@ -60,5 +68,18 @@ impl TrainError {
             path: path.to_path_buf(),
             message: message.into(),
         }
+    }
+
+    /// `path` does not parse; `source` says where and why.
+    pub fn parse(path: &Path, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        TrainError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Reading or writing `path` failed.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        TrainError::Io(crate::fsutil::FileError::new(path, source))
     }
 }

@@ -6,6 +6,7 @@ use super::trainer::{read_summary, train, RunSpec, Summary};
 use super::TrainError;
 use crate::dataset::{self, Inputs, Manifest, Overflow, Selection};
 use crate::fsutil::write_atomic;
+use crate::rundir::RunDir;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -45,12 +46,8 @@ pub enum Outcome {
 
 /// The variant names in a folder of `*.toml` files.
 pub fn variant_names(dir: &Path) -> Result<Vec<String>, TrainError> {
-    let vs = dataset::Variant::load_dir(dir).map_err(|e| TrainError::Data(e.to_string()))?;
+    let vs = dataset::Variant::load_dir(dir)?;
     Ok(vs.into_iter().map(|v| v.name).collect())
-}
-
-fn data_dir(runs: &Path, v: &str) -> PathBuf {
-    runs.join(v).join("data")
 }
 
 /// Builds the data of variants that have none, then checks that every variant's data shares
@@ -59,7 +56,7 @@ pub fn ensure_data(spec: &SweepSpec) -> Result<(), TrainError> {
     let missing: Vec<String> = spec
         .variants
         .iter()
-        .filter(|v| !data_dir(&spec.runs, v).join("train.jsonl").is_file())
+        .filter(|v| !RunDir::of(&spec.runs, v).data().train().is_file())
         .cloned()
         .collect();
     if !missing.is_empty() {
@@ -78,14 +75,13 @@ pub fn ensure_data(spec: &SweepSpec) -> Result<(), TrainError> {
             seed: src.seed,
             skip_bad: src.skip_bad,
             include_unjudged: src.include_unjudged,
-        })
-        .map_err(|e| TrainError::Data(e.to_string()))?;
+        })?;
         let opts = dataset::BuildOptions {
             out: spec.runs.clone(),
             max_len: src.max_len,
             overflow: src.overflow,
         };
-        for r in dataset::build(&prepared, &opts).map_err(|e| TrainError::Data(e.to_string()))? {
+        for r in dataset::build(&prepared, &opts)? {
             eprintln!(
                 "{}: built {} train / {} val examples",
                 r.variant, r.train, r.val
@@ -97,12 +93,11 @@ pub fn ensure_data(spec: &SweepSpec) -> Result<(), TrainError> {
     }
     let mut first: Option<(String, Manifest)> = None;
     for v in &spec.variants {
-        let p = data_dir(&spec.runs, v).join("split.json");
+        let p = RunDir::of(&spec.runs, v).data().split();
         let Ok(text) = std::fs::read_to_string(&p) else {
             continue;
         };
-        let m: Manifest =
-            serde_json::from_str(&text).map_err(|e| TrainError::file(&p, e.to_string()))?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| TrainError::parse(&p, e))?;
         match &first {
             None => first = Some((v.clone(), m)),
             Some((w, f))
@@ -125,8 +120,8 @@ pub fn sweep(spec: &SweepSpec) -> Result<Vec<(String, Outcome)>, TrainError> {
     if spec.gpus.is_empty() {
         let mut out = Vec::new();
         for v in &spec.variants {
-            let run = spec.runs.join(v);
-            if let Some(s) = finished(&run) {
+            let run = RunDir::of(&spec.runs, v);
+            if let Some(s) = read_summary(&run) {
                 eprintln!(
                     "{v}: finished earlier (best val loss {:.4}); skipping",
                     s.best_val_loss
@@ -137,7 +132,7 @@ pub fn sweep(spec: &SweepSpec) -> Result<Vec<(String, Outcome)>, TrainError> {
             let r = train(RunSpec {
                 name: v.clone(),
                 config: spec.config.clone(),
-                data_dir: data_dir(&spec.runs, v),
+                data_dir: run.data(),
                 out_dir: run,
                 resume: true,
                 fresh: false,
@@ -156,10 +151,6 @@ pub fn sweep(spec: &SweepSpec) -> Result<Vec<(String, Outcome)>, TrainError> {
         return Ok(out);
     }
     sweep_on_gpus(spec)
-}
-
-fn finished(run: &Path) -> Option<Summary> {
-    read_summary(run)
 }
 
 /// The resolved config every child process and Slurm task reads.
@@ -188,14 +179,11 @@ fn sweep_on_gpus(spec: &SweepSpec) -> Result<Vec<(String, Outcome)>, TrainError>
                 let Some(v) = queue.lock().expect("queue").pop() else {
                     break;
                 };
-                let run = spec.runs.join(&v);
-                let outcome = if let Some(s) = finished(&run) {
+                let run = RunDir::of(&spec.runs, &v);
+                let outcome = if let Some(s) = read_summary(&run) {
                     Outcome::Skipped(s)
                 } else {
-                    eprintln!(
-                        "{v}: training on cuda:{gpu} (log: {})",
-                        run.join("train.log").display()
-                    );
+                    eprintln!("{v}: training on cuda:{gpu} (log: {})", run.log().display());
                     run_child(&exe, &config, spec, &v, gpu)
                 };
                 results.lock().expect("results").push((v, outcome));
@@ -211,17 +199,17 @@ fn sweep_on_gpus(spec: &SweepSpec) -> Result<Vec<(String, Outcome)>, TrainError>
 }
 
 fn run_child(exe: &Path, config: &Path, spec: &SweepSpec, v: &str, gpu: usize) -> Outcome {
-    let run = spec.runs.join(v);
-    if let Err(e) = std::fs::create_dir_all(&run) {
-        return Outcome::Failed(format!("{}: {e}", run.display()));
+    let run = RunDir::of(&spec.runs, v);
+    if let Err(e) = std::fs::create_dir_all(run.root()) {
+        return Outcome::Failed(format!("{}: {e}", run.root().display()));
     }
     let log = match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(run.join("train.log"))
+        .open(run.log())
     {
         Ok(f) => f,
-        Err(e) => return Outcome::Failed(format!("{}: {e}", run.join("train.log").display())),
+        Err(e) => return Outcome::Failed(format!("{}: {e}", run.log().display())),
     };
     let status = std::process::Command::new(exe)
         .args([
@@ -248,10 +236,7 @@ fn run_child(exe: &Path, config: &Path, spec: &SweepSpec, v: &str, gpu: usize) -
             Some(sum) => Outcome::Trained(sum),
             None => Outcome::Failed("finished without a summary.json".into()),
         },
-        Ok(s) => Outcome::Failed(format!(
-            "exited with {s}; see {}",
-            run.join("train.log").display()
-        )),
+        Ok(s) => Outcome::Failed(format!("exited with {s}; see {}", run.log().display())),
         Err(e) => Outcome::Failed(format!("cannot start {}: {e}", exe.display())),
     }
 }

@@ -14,11 +14,11 @@ use crate::model::device::{device_name, parse_device, parse_dtype};
 use crate::model::lora::Mode;
 use crate::model::loss::{loss_sum, Batch};
 use crate::model::{load, CausalLm, Source};
+use crate::rundir::{DataDir, RunDir};
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,9 +29,9 @@ pub struct RunSpec {
     pub name: String,
     pub config: TrainConfig,
     /// Holds `train.jsonl` and `val.jsonl`.
-    pub data_dir: PathBuf,
+    pub data_dir: DataDir,
     /// `runs/<variant>`: checkpoints, adapters, metrics and summary go here.
-    pub out_dir: PathBuf,
+    pub out_dir: RunDir,
     /// Continue from the newest valid checkpoint.
     pub resume: bool,
     /// Discard an earlier run's outputs in `out_dir` (never its data).
@@ -71,38 +71,36 @@ pub struct Summary {
     pub common_tokens: Option<usize>,
 }
 
-pub const SUMMARY: &str = "summary.json";
-
 /// Runs (or resumes) one training run to the end.
 pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     let cfg = &spec.config;
     cfg.validate()?;
     let lora = cfg.lora()?;
-    let train_file = load_examples(&spec.data_dir.join("train.jsonl"), cfg.max_seq_len)?;
-    let val_file = load_examples(&spec.data_dir.join("val.jsonl"), cfg.max_seq_len)?;
+    let train_file = load_examples(&spec.data_dir.train(), cfg.max_seq_len)?;
+    let val_file = load_examples(&spec.data_dir.val(), cfg.max_seq_len)?;
     let data_sha = sha256_hex(format!("{}{}", train_file.sha256, val_file.sha256).as_bytes());
     let (train_ex, val_ex) = (&train_file.examples, &val_file.examples);
 
     let out = &spec.out_dir;
     // Held to the end of the run: a second train (or sweep) on this folder is refused, and
     // `--fresh` can never delete a live run's files.
-    let lock = RunLock::acquire(out, &format!("train {}", spec.name))?;
+    let lock = RunLock::acquire(out.root(), &format!("train {}", spec.name))?;
     if let Some(h) = &lock.stale {
         eprintln!(
             "{}: taking over the lock left by {h}, which is gone (crashed or killed)",
-            out.display()
+            out.root().display()
         );
     }
-    let ckpt_dir = out.join("checkpoints");
+    let ckpt_dir = out.checkpoints();
     if spec.fresh {
-        for name in ["checkpoints", "adapter", "best"] {
-            let p = out.join(name);
+        let (dirs, files) = out.outputs();
+        for p in dirs {
             if p.exists() {
-                std::fs::remove_dir_all(&p).map_err(|e| TrainError::file(&p, e.to_string()))?;
+                std::fs::remove_dir_all(&p).map_err(|e| TrainError::io(&p, e))?;
             }
         }
-        for name in ["metrics.jsonl", SUMMARY, "config.json"] {
-            let _ = std::fs::remove_file(out.join(name));
+        for p in files {
+            let _ = std::fs::remove_file(p);
         }
     }
     // Resuming a finished run with the same config and data has nothing left to do.
@@ -136,10 +134,10 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         }
         found
     } else {
-        let finished = out.join(SUMMARY).exists();
+        let finished = out.summary().exists();
         if finished || !checkpoint::list(&ckpt_dir).is_empty() {
             return Err(TrainError::Exists {
-                run: out.display().to_string(),
+                run: out.root().display().to_string(),
                 state: if finished { "finished" } else { "interrupted" }.into(),
             });
         }
@@ -149,7 +147,7 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         let conflicts = cfg.resume_conflicts(&state.config);
         if !conflicts.is_empty() {
             return Err(TrainError::Resume {
-                run: out.display().to_string(),
+                run: out.root().display().to_string(),
                 reason: format!(
                     "the config changed since {}: {}",
                     path.display(),
@@ -159,10 +157,10 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         }
         if state.data_sha256 != data_sha {
             return Err(TrainError::Resume {
-                run: out.display().to_string(),
+                run: out.root().display().to_string(),
                 reason: format!(
                     "the data in {} changed since {} (sha256 {} → {})",
-                    spec.data_dir.display(),
+                    spec.data_dir.root().display(),
                     path.display(),
                     short(&state.data_sha256),
                     short(&data_sha)
@@ -221,13 +219,10 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         },
     };
     state.config = cfg.clone();
-    std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::file(&ckpt_dir, e.to_string()))?;
+    std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
     let cfg_json = serde_json::to_string_pretty(cfg).expect("config serializes");
-    write_atomic(&out.join("config.json"), cfg_json.as_bytes())?;
-    let mut metrics = MetricsLog::open(
-        &out.join("metrics.jsonl"),
-        resume_from.as_ref().map(|(_, s)| s.step),
-    )?;
+    write_atomic(&out.config(), cfg_json.as_bytes())?;
+    let mut metrics = MetricsLog::open(&out.metrics(), resume_from.as_ref().map(|(_, s)| s.step))?;
     let event = if resume_from.is_some() {
         "resume"
     } else {
@@ -351,7 +346,7 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
     metrics
         .log(json!({"event": "checkpoint", "step": state.step, "path": p.display().to_string()}))?;
-    checkpoint::write_adapter_dir(&out.join("adapter"), &model, &lora, &cfg.model)?;
+    checkpoint::write_adapter_dir(&out.adapter(), &model, &lora, &cfg.model)?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -387,7 +382,7 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     };
     metrics.log(json!({"event": "end", "step": state.step, "status": summary.status, "best_val_loss": summary.best_val_loss,
         "final_val_loss": summary.final_val_loss, "elapsed_s": summary.wall_time_s}))?;
-    write_json(&out.join(SUMMARY), &summary)?;
+    write_json(&out.summary(), &summary)?;
     Ok(summary)
 }
 
@@ -461,8 +456,8 @@ fn common_metric(
     vocab: usize,
     device: &Device,
 ) -> Result<Option<(f64, usize)>, TrainError> {
-    let path = spec.data_dir.join("common.jsonl");
-    let best = spec.out_dir.join("best");
+    let path = spec.data_dir.common();
+    let best = spec.out_dir.best();
     if !path.is_file() || !best.is_dir() {
         return Ok(None);
     }
@@ -500,7 +495,7 @@ fn record_eval(
         state.best_val_loss = Some(val);
         state.best_step = Some(state.step);
         state.evals_since_best = 0;
-        checkpoint::write_adapter_dir(&spec.out_dir.join("best"), model, lora, &spec.config.model)?;
+        checkpoint::write_adapter_dir(&spec.out_dir.best(), model, lora, &spec.config.model)?;
     } else {
         state.evals_since_best += 1;
     }
@@ -594,7 +589,7 @@ fn log_line(bar: &Option<ProgressBar>, line: String) {
 }
 
 /// Reads a run's summary, if it finished.
-pub fn read_summary(run: &Path) -> Option<Summary> {
-    let text = std::fs::read_to_string(run.join(SUMMARY)).ok()?;
+pub fn read_summary(run: &RunDir) -> Option<Summary> {
+    let text = std::fs::read_to_string(run.summary()).ok()?;
     serde_json::from_str(&text).ok()
 }

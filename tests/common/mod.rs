@@ -26,14 +26,17 @@ pub fn gemma3_fixture() -> PathBuf {
     family_fixture("gemma3")
 }
 
-/// Runs the binary offline with `args` in `cwd`: (success, stdout, stderr).
+/// The binary, ready for arguments: offline and without a Hub token, since tests use only
+/// what the repository ships or makes itself.
+pub fn bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_socratune"));
+    c.env("HF_HUB_OFFLINE", "1").env_remove("HF_TOKEN");
+    c
+}
+
+/// Runs the binary with `args` in `cwd`: (success, stdout, stderr).
 pub fn socratune_in(cwd: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
-        .args(args)
-        .current_dir(cwd)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
+    let out = bin().args(args).current_dir(cwd).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -82,7 +85,7 @@ impl ServeChild {
     /// [`ServeChild::start`] on the model folder `f`.
     pub fn start_on(f: &std::path::Path, tok: &std::path::Path, extra: &[&str]) -> Self {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_socratune"))
+        let mut child = bin()
             .args(["serve", "--model", f.to_str().unwrap()])
             .args(["--tokenizer", tok.to_str().unwrap(), "--device", "cpu"])
             .args(["--port", "0"])
