@@ -12,6 +12,9 @@ use candle_core::Tensor;
 /// GGUF key-value pairs.
 pub type Metadata = Vec<(String, Value)>;
 
+/// Named tensors, in llama.cpp's names.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
 pub struct Family {
     /// `general.architecture`.
     pub arch: &'static str,
@@ -24,7 +27,7 @@ pub struct Family {
     /// Turns a weight in the Hugging Face layout into what llama.cpp computes with.
     pub convert: fn(&ModelConfig, &str, Tensor) -> Result<Tensor>,
     /// Tensors llama.cpp wants that the checkpoint does not hold (`rope_freqs.weight`).
-    pub extra_tensors: fn(&ModelConfig) -> Result<Vec<(String, Tensor)>>,
+    pub extra_tensors: fn(&ModelConfig) -> Result<NamedTensors>,
     /// The chat template (Jinja), used when the tokenizer config has none.
     pub chat_template: &'static str,
     /// The same format in Ollama's Go-template language.
@@ -208,7 +211,7 @@ pub static LLAMA: Family = Family {
     end_of_turn: "<|eot_id|>",
 };
 
-fn no_extra_tensors(_: &ModelConfig) -> Result<Vec<(String, Tensor)>> {
+fn no_extra_tensors(_: &ModelConfig) -> Result<NamedTensors> {
     Ok(Vec::new())
 }
 
@@ -271,7 +274,7 @@ fn llama_convert(cfg: &ModelConfig, gguf_name: &str, t: Tensor) -> Result<Tensor
 
 /// Llama-3.1's RoPE scaling as llama.cpp reads it: per frequency, the factor it divides by
 /// (`LlamaModel.generate_extra_tensors`).
-fn llama3_rope_freqs(cfg: &ModelConfig) -> Result<Vec<(String, Tensor)>> {
+fn llama3_rope_freqs(cfg: &ModelConfig) -> Result<NamedTensors> {
     if !matches!(cfg.rope_global.scaling, RopeScaling::Llama3 { .. }) {
         return Ok(Vec::new());
     }
