@@ -464,27 +464,35 @@ fn check_full_fits(model: &CausalLm, cfg: &TrainConfig, device: &Device) -> Resu
         .map(|(_, t)| t.elem_count())
         .sum();
     let need = full_training_bytes(&model.cfg, params, cfg.micro_batch, cfg.max_seq_len);
-    let available = match device {
-        Device::Cpu => available_memory(),
-        _ => None,
-    };
-    if let Some(avail) = available {
-        if need > avail {
-            return Err(TrainError::Config(format!(
-                "full-parameter training of {} ({:.2} B parameters) needs about {:.1} GiB \
-                 (16 bytes per parameter for f32 weights, gradients and AdamW moments, plus \
-                 activations for micro_batch {} × max_seq_len {}), but only {:.1} GiB is available; \
-                 train a LoRA adapter instead, or lower micro_batch / max_seq_len",
-                cfg.model,
-                params as f64 / 1e9,
-                need as f64 / (1u64 << 30) as f64,
-                cfg.micro_batch,
-                cfg.max_seq_len,
-                avail as f64 / (1u64 << 30) as f64
-            )));
-        }
+    match (device, available_memory()) {
+        (Device::Cpu, Some(avail)) => refuse_above(cfg, params, need, avail),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// The refusal itself: `need` bytes against `available`.
+fn refuse_above(
+    cfg: &TrainConfig,
+    params: usize,
+    need: u64,
+    available: u64,
+) -> Result<(), TrainError> {
+    if need <= available {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    Err(TrainError::Config(format!(
+        "full-parameter training of {} ({:.2} B parameters) needs about {:.1} GiB \
+         (16 bytes per parameter for f32 weights, gradients and AdamW moments, plus activations \
+         for micro_batch {} × max_seq_len {}), but only {:.1} GiB of memory is available; \
+         train a LoRA adapter instead, or lower micro_batch / max_seq_len",
+        cfg.model,
+        params as f64 / 1e9,
+        gib(need),
+        cfg.micro_batch,
+        cfg.max_seq_len,
+        gib(available)
+    )))
 }
 
 /// `MemAvailable` from /proc/meminfo, in bytes (None where there is no such file).
@@ -726,4 +734,28 @@ fn log_line(bar: &Option<ProgressBar>, line: String) {
 pub fn read_summary(run: &RunDir) -> Option<Summary> {
     let text = std::fs::read_to_string(run.summary()).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_training_of_gemma2_2b_is_refused_with_both_figures() {
+        let m = crate::model::ModelConfig::preset("gemma-2-2b").unwrap();
+        let params = 2_614_341_888;
+        let cfg = TrainConfig::default();
+        let need = full_training_bytes(&m, params, cfg.micro_batch, cfg.max_seq_len);
+        assert!(need > params as u64 * 16, "{need}");
+        let e = refuse_above(&cfg, params, need, 32 << 30)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("2.61 B parameters")
+                && e.contains("needs about")
+                && e.contains("only 32.0 GiB"),
+            "{e}"
+        );
+        assert!(refuse_above(&cfg, params, need, need).is_ok());
+    }
 }
