@@ -8,6 +8,7 @@ pub mod chat;
 pub mod corpus;
 pub mod dataset;
 pub mod demo;
+pub mod eval;
 pub mod fpenv;
 pub mod fsutil;
 pub mod gguf;

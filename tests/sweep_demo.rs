@@ -142,6 +142,12 @@ fn demo_runs_the_whole_pipeline_offline() {
         );
     }
     assert!(stdout.contains("**Best: model"), "{stdout}");
+    // It ends with eval's judge-free columns, for the runs and the base model.
+    assert!(
+        stdout.contains("ends in ? %") && stdout.contains("| base |"),
+        "{stdout}"
+    );
+    assert!(out.join("eval.json").exists() && out.join("eval/replies/model9.jsonl").exists());
     // A rerun replaces its own folder; any other folder is refused.
     let (ok, _, err) = socratune(
         &[

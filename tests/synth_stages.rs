@@ -128,6 +128,7 @@ fn judge_validates_reasks_and_records_failures_without_guessing() {
     let opts = JudgeOptions {
         config: SynthConfig::load(&cfg).unwrap(),
         prompts: dir.path().join("prompts"),
+        template: socratune::synth::judge::JUDGE_PROMPT.into(),
         input: input.clone(),
         out: out.clone(),
         max_reasks: 2,

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod compare;
 pub mod data;
 pub mod demo;
+pub mod eval;
 pub mod export;
 pub mod model;
 pub mod sweep;
@@ -43,6 +44,9 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Compare finished runs: Markdown table, best variant, loss curves (runs/compare.md, runs/loss.svg).
     Compare(compare::CompareArgs),
+    /// Judge what each finished run says on held-out prompts: scores with intervals beside
+    /// validation loss (runs/eval.md, runs/eval.json).
+    Eval(eval::EvalArgs),
     /// Train every variant with the same settings and split (skips finished runs, resumes others).
     Sweep(sweep::SweepArgs),
     /// Train one LoRA run on a dataset variant (resumable).
@@ -64,6 +68,7 @@ impl Command {
             Command::Bench(a) => a.run(),
             Command::Export(a) => a.run(),
             Command::Compare(a) => a.run(),
+            Command::Eval(a) => a.run(),
             Command::Sweep(a) => a.run(),
             Command::Train(a) => a.run(),
             Command::Synth(a) => a.run(),
@@ -75,13 +80,18 @@ impl Command {
 
 /// Ctrl-C asks the loop to checkpoint and stop; a second one exits at once.
 pub fn interrupt_flag() -> Arc<AtomicBool> {
+    stop_flag("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to quit now)")
+}
+
+/// A flag set by the first Ctrl-C (announced with `message`); the second one exits at once.
+pub fn stop_flag(message: &'static str) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     let _ = ctrlc::set_handler(move || {
         if f.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to quit now)");
+        eprintln!("{message}");
     });
     flag
 }

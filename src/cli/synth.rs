@@ -269,6 +269,7 @@ fn judge_cmd(a: &JudgeArgs) -> Result<(), SynthError> {
     let opts = JudgeOptions {
         config,
         prompts: a.call.prompts.clone(),
+        template: socratune::synth::judge::JUDGE_PROMPT.into(),
         input: a.input.clone(),
         out: a.out.clone(),
         max_reasks: a.max_reasks,

@@ -3,6 +3,8 @@
 use super::curves::loss_svg;
 use super::ReportError;
 use crate::dataset::variant::natural_key;
+use crate::eval::stats::Estimate;
+use crate::eval::EvalReport;
 use crate::fsutil::write_atomic;
 use crate::rundir::RunDir;
 use crate::train::metrics::read_events;
@@ -105,17 +107,81 @@ fn fmt_duration(s: f64) -> String {
     }
 }
 
-/// The comparison as Markdown.
-pub fn markdown(reports: &[RunReport]) -> String {
+/// The eval columns of one run: `(header, cell)` pairs, judged ones only when judged.
+fn eval_cells(eval: &EvalReport, name: &str) -> Vec<(&'static str, String)> {
+    let e = eval.entries.iter().find(|e| e.name == name);
+    let est = |x: Option<&Estimate>, scale: f64, digits: usize| {
+        x.map_or("–".to_string(), |x| {
+            format!(
+                "{:.d$} [{:.d$}, {:.d$}]",
+                scale * x.value,
+                scale * x.low,
+                scale * x.high,
+                d = digits
+            )
+        })
+    };
+    let mut cells = Vec::new();
+    if eval.judge.is_some() {
+        let pairwise = eval.entries.iter().any(|e| e.pairwise.is_some());
+        if pairwise {
+            cells.push((
+                "judged strength",
+                est(
+                    e.and_then(|e| e.pairwise.as_ref()).map(|p| &p.strength),
+                    1.0,
+                    2,
+                ),
+            ));
+        }
+        cells.push((
+            "judged score",
+            est(e.and_then(|e| e.score.as_ref()), 1.0, 2),
+        ));
+        let win = e.and_then(|e| e.pairwise_win_vs_base.as_ref().or(e.win_vs_base.as_ref()));
+        cells.push(("win vs base %", est(win, 100.0, 0)));
+    }
+    cells.push((
+        "ends in ? %",
+        est(e.and_then(|e| e.question_share.as_ref()), 100.0, 0),
+    ));
+    cells.push((
+        "reply chars",
+        e.map_or("–".into(), |e| format!("{:.0}", e.mean_chars)),
+    ));
+    cells
+}
+
+/// The comparison as Markdown, with the judged columns of `runs/eval.json` when there is one.
+pub fn markdown(reports: &[RunReport], eval: Option<&EvalReport>) -> String {
     let mut md = String::from("# Run comparison\n\n");
-    md.push_str("| variant | common val loss | best val loss | final val loss | best step | train / val examples | tokens trained | wall time | status |\n");
-    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    let extra_head: Vec<&str> = eval
+        .map(|ev| eval_cells(ev, "").into_iter().map(|c| c.0).collect())
+        .unwrap_or_default();
+    let extra = |name: &str| -> String {
+        eval.map(|ev| {
+            eval_cells(ev, name)
+                .into_iter()
+                .map(|c| format!(" {} |", c.1))
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    md.push_str("| variant | common val loss |");
+    for h in &extra_head {
+        md.push_str(&format!(" {h} |"));
+    }
+    md.push_str(" best val loss | final val loss | best step | train / val examples | tokens trained | wall time | status |\n");
+    md.push_str("|---|---:|");
+    md.push_str(&"---:|".repeat(extra_head.len()));
+    md.push_str("---:|---:|---:|---:|---:|---:|---|\n");
     for r in reports {
         match &r.summary {
             Some(s) => md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |\n",
+                "| {} | {} |{} {} | {} | {} | {} / {} | {} | {} | {} |\n",
                 r.name,
                 fmt_loss(s.common_val_loss),
+                extra(&r.name),
                 fmt_loss(Some(s.best_val_loss)),
                 fmt_loss(Some(s.final_val_loss)),
                 s.best_step,
@@ -133,8 +199,9 @@ pub fn markdown(reports: &[RunReport]) -> String {
                     .map(|p| p.1)
                     .fold(f64::INFINITY, f64::min);
                 md.push_str(&format!(
-                    "| {} | – | {} | – | – | – | – | – | unfinished (step {last}) |\n",
+                    "| {} | – |{} {} | – | – | – | – | – | unfinished (step {last}) |\n",
                     r.name,
+                    extra(&r.name),
                     fmt_loss(best.is_finite().then_some(best))
                 ));
             }
@@ -147,9 +214,34 @@ so *best* and *final val loss* compare checkpoints within one run only. **Choose
 the mean loss per Socrates-reply token over every model turn of the same held-out dialogues, each run \
 formatted with its own prefix, computed with the run's best adapter.\n\n",
     );
+    let judged_best = eval.and_then(|ev| Some((ev, ev.best.as_ref()?)));
+    if let Some((ev, b)) = judged_best {
+        let how = if b.by == "bradley_terry" {
+            "pairwise Bradley–Terry strength"
+        } else {
+            "mean judged score"
+        };
+        md.push_str(&format!(
+            "**Best by judged score: {}** ({how} {:.2}, over {} held-out prompts; see `eval.md`), adapter in `{}`. \
+The judged columns say how the replies read to the judge; common val loss says how well a run predicts \
+the held-out text.\n\n",
+            b.name,
+            b.value,
+            ev.prompts,
+            reports
+                .iter()
+                .find(|r| r.name == b.name)
+                .map_or_else(|| format!("{}/best", b.name), |r| r.dir.join("best").display().to_string())
+        ));
+    }
+    let by_loss = if judged_best.is_some() {
+        "Lowest common val loss"
+    } else {
+        "Best"
+    };
     match best(reports) {
         Some((r, true)) => md.push_str(&format!(
-            "**Best: {}** (common val loss {}), adapter in `{}`.\n",
+            "**{by_loss}: {}** (common val loss {}), adapter in `{}`.\n",
             r.name,
             fmt_loss(r.common()),
             RunDir::new(&r.dir).best().display()
@@ -168,7 +260,8 @@ rebuild the data with `socratune data build` (which writes `common.jsonl`) and r
 /// Writes `runs/compare.md` and `runs/loss.svg`; returns the Markdown.
 pub fn compare(runs: &Path) -> Result<String, ReportError> {
     let reports = collect(runs)?;
-    let mut md = markdown(&reports);
+    let eval = crate::eval::report::read(runs);
+    let mut md = markdown(&reports, eval.as_ref());
     let svg = runs.join("loss.svg");
     loss_svg(&reports, &svg)?;
     md.push_str("\n![training and validation loss](loss.svg)\n");

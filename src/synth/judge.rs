@@ -5,13 +5,14 @@
 //! JSON-schema answer. An answer that does not validate is re-asked (with the error) a bounded
 //! number of times, then recorded as a judge failure; scores are never guessed.
 
+use super::client::Completion;
 use super::client::{ChatRequest, Client, JsonSchema, Message, Sampling};
 use super::config::SynthConfig;
 use super::journal::Journal;
 use super::limiter::Limiter;
 use super::manifest;
 use super::pool::{self, Halt};
-use super::progress::{Progress, Stats};
+use super::progress::{Log, Progress, Stats};
 use super::prompts::Template;
 use super::{sidecar, SynthError};
 use crate::corpus::{load_dialogues, write_jsonl, Dialogue, Judge, LoadOptions, Role};
@@ -27,6 +28,8 @@ pub const JUDGE_PROMPT: &str = "judge.txt";
 pub struct JudgeOptions {
     pub config: SynthConfig,
     pub prompts: PathBuf,
+    /// The template's file name in `prompts` ([`JUDGE_PROMPT`] for dialogues).
+    pub template: String,
     pub input: PathBuf,
     pub out: PathBuf,
     /// Re-asks after an invalid answer (0: one attempt only).
@@ -71,6 +74,8 @@ pub struct JudgeSummary {
     pub out: PathBuf,
     pub failures_file: PathBuf,
     pub stats: String,
+    /// Calls, replays and tokens of this run (as in the manifest).
+    pub counts: Value,
 }
 
 /// The schema the answer must follow; `comment` comes first on purpose.
@@ -162,90 +167,181 @@ fn shorten(s: &str, max_chars: usize) -> String {
     }
 }
 
-/// What every judge call of a run shares.
-struct Ctx<'a> {
-    client: &'a Client,
-    journal: &'a Journal,
-    stats: &'a Stats,
-    opts: &'a JudgeOptions,
-    template: &'a Template,
-    sampling: &'a Sampling,
-    halt: &'a Halt<'a>,
+/// The judge endpoint of one run: its client, counters, progress display and journal.
+pub struct Session {
+    pub stats: Arc<Stats>,
+    pub progress: Arc<Progress>,
+    pub log: Log,
+    pub client: Client,
+    pub journal: Journal,
+    /// Temperature 0 unless the configuration says otherwise: the same item should get the
+    /// same verdict.
+    pub sampling: Sampling,
+}
+
+impl Session {
+    /// Opens the `[judge]` client of `config` and the journal at `journal`, with a progress
+    /// display `label` over `total` items.
+    pub fn open(
+        config: &SynthConfig,
+        label: &str,
+        total: u64,
+        journal: &std::path::Path,
+    ) -> Result<Self, SynthError> {
+        let cfg = config.role("judge")?;
+        let limits = &config.limits;
+        let stats = Arc::new(Stats::default());
+        let progress = Progress::new(label, total, Arc::clone(&stats));
+        let log = progress.log();
+        let limiter = Arc::new(Limiter::new(limits.concurrency, limits.rpm));
+        let client = Client::new(
+            "judge",
+            cfg,
+            limiter,
+            limits,
+            Arc::clone(&stats),
+            log.clone(),
+        )?;
+        let journal = Journal::open(journal, &log)?;
+        let sampling = Sampling {
+            temperature: Some(cfg.temperature.unwrap_or(0.0)),
+            ..Sampling::from_config(cfg)
+        };
+        Ok(Self {
+            stats,
+            progress,
+            log,
+            client,
+            journal,
+            sampling,
+        })
+    }
+
+    pub fn asker<'a>(
+        &'a self,
+        halt: &'a Halt<'a>,
+        max_reasks: u32,
+        retry_failed: bool,
+    ) -> Asker<'a> {
+        Asker {
+            client: &self.client,
+            journal: &self.journal,
+            stats: &self.stats,
+            sampling: &self.sampling,
+            halt,
+            max_reasks,
+            retry_failed,
+        }
+    }
+}
+
+/// What every judge call of a run shares: the endpoint, the journal that makes a rerun free,
+/// the counters, and how often an invalid answer is asked again.
+pub struct Asker<'a> {
+    pub client: &'a Client,
+    pub journal: &'a Journal,
+    pub stats: &'a Stats,
+    pub sampling: &'a Sampling,
+    pub halt: &'a Halt<'a>,
+    /// Re-asks after an invalid answer (0: one attempt only).
+    pub max_reasks: u32,
+    pub retry_failed: bool,
+}
+
+impl Asker<'_> {
+    /// Sends `prompt` asking for a JSON answer following `schema`, checks it with `parse`, and
+    /// re-asks (with the previous answer and `reask(error)`) up to `max_reasks` times.
+    /// `scope` keys the calls in the journal (with the request itself), so each item gets its
+    /// own answers. When no answer is valid, the answers are marked rejected in the journal
+    /// (the next run asks again instead of replaying the failure) and the error is
+    /// `InvalidJudgement`.
+    pub fn ask<T>(
+        &self,
+        scope: &str,
+        prompt: &str,
+        schema: JsonSchema,
+        reask: impl Fn(&str) -> String,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<(T, Completion), SynthError> {
+        let mut messages = vec![Message::new("user", prompt)];
+        let mut last = (String::new(), None);
+        // Journal keys and labels of the attempts, to un-journal them if all fail.
+        let mut asked: Vec<(String, String)> = Vec::new();
+        let attempts = self.max_reasks + 1;
+        for attempt in 0..attempts {
+            if self.halt.now() {
+                return Err(SynthError::Interrupted);
+            }
+            let req = ChatRequest {
+                messages: messages.clone(),
+                sampling: self.sampling.clone(),
+                schema: Some(schema.clone()),
+            };
+            // The re-ask carries the previous answer, so every attempt is a distinct request.
+            let label = format!("judge attempt {}", attempt + 1);
+            let (key, c) = self.journal.call(
+                self.client,
+                self.stats,
+                self.retry_failed,
+                scope,
+                &label,
+                &req,
+            )?;
+            asked.push((key, label));
+            match c
+                .check()
+                .map_err(|e| e.to_string())
+                .and_then(|()| parse(&c.content))
+            {
+                Ok(v) => return Ok((v, c)),
+                Err(e) => {
+                    messages.push(Message::new("assistant", &c.content));
+                    messages.push(Message::new("user", &reask(&e)));
+                    last = (e, Some(shorten(&c.content, 2000)));
+                }
+            }
+        }
+        for (key, label) in &asked {
+            self.journal.reject(key, scope, label, &last.0)?;
+        }
+        Err(SynthError::InvalidJudgement {
+            attempts,
+            error: last.0,
+            output: last.1,
+        })
+    }
 }
 
 /// Scores one dialogue; `InvalidJudgement` when the judge never gave a valid answer.
-fn judge_one(ctx: &Ctx, d: &Dialogue) -> Result<Judge, SynthError> {
-    let Ctx {
-        client,
-        journal,
-        stats,
-        opts,
-        template,
-        sampling,
-        halt,
-    } = *ctx;
+fn judge_one(
+    asker: &Asker,
+    opts: &JudgeOptions,
+    template: &Template,
+    d: &Dialogue,
+) -> Result<Judge, SynthError> {
     let prompt = template.render(&[(
         "dialogue",
         &render_dialogue(d, &opts.user_label, &opts.model_label),
     )]);
-    let mut messages = vec![Message::new("user", &prompt)];
-    let mut last = (String::new(), None);
-    // Journal keys and labels of the attempts, to un-journal them if all fail.
-    let mut asked: Vec<(String, String)> = Vec::new();
-    let attempts = opts.max_reasks + 1;
-    for attempt in 0..attempts {
-        if halt.now() {
-            return Err(SynthError::Interrupted);
-        }
-        let req = ChatRequest {
-            messages: messages.clone(),
-            sampling: sampling.clone(),
-            schema: Some(JsonSchema {
-                name: "judgement".into(),
-                schema: schema(),
-            }),
-        };
-        // The re-ask carries the previous answer, so every attempt is a distinct request.
-        let label = format!("judge attempt {}", attempt + 1);
-        let (key, c) = journal.call(client, stats, opts.retry_failed, &d.id, &label, &req)?;
-        asked.push((key, label));
-        match c
-            .check()
-            .map_err(|e| e.to_string())
-            .and_then(|()| parse_verdict(&c.content))
-        {
-            Ok(v) => {
-                let mut extra = Map::new();
-                if let Some(fp) = &c.system_fingerprint {
-                    extra.insert("fingerprint".into(), json!(fp));
-                }
-                if let Some(m) = c.model.as_ref().filter(|m| *m != client.model()) {
-                    extra.insert("served_model".into(), json!(m));
-                }
-                return Ok(Judge {
-                    socratic: v.socratic,
-                    coherence: v.coherence,
-                    comment: v.comment,
-                    model: Some(client.model().to_string()),
-                    extra,
-                });
-            }
-            Err(e) => {
-                messages.push(Message::new("assistant", &c.content));
-                messages.push(Message::new("user", &reask(&e)));
-                last = (e, Some(shorten(&c.content, 2000)));
-            }
-        }
+    let schema = JsonSchema {
+        name: "judgement".into(),
+        schema: schema(),
+    };
+    let (v, c) = asker.ask(&d.id, &prompt, schema, reask, parse_verdict)?;
+    let model = asker.client.model();
+    let mut extra = Map::new();
+    if let Some(fp) = &c.system_fingerprint {
+        extra.insert("fingerprint".into(), json!(fp));
     }
-    // None gave a usable judgement: the next run asks the judge again rather than replaying
-    // the same failure from the journal.
-    for (key, label) in &asked {
-        journal.reject(key, &d.id, label, &last.0)?;
+    if let Some(m) = c.model.as_ref().filter(|m| *m != model) {
+        extra.insert("served_model".into(), json!(m));
     }
-    Err(SynthError::InvalidJudgement {
-        attempts,
-        error: last.0,
-        output: last.1,
+    Ok(Judge {
+        socratic: v.socratic,
+        coherence: v.coherence,
+        comment: v.comment,
+        model: Some(model.to_string()),
+        extra,
     })
 }
 
@@ -257,7 +353,7 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
         )));
     }
     let cfg = opts.config.role("judge")?;
-    let template = Template::load(&opts.prompts, JUDGE_PROMPT, &["dialogue"])?;
+    let template = Template::load(&opts.prompts, &opts.template, &["dialogue"])?;
     let loaded = load_dialogues(&opts.input, LoadOptions::default())?;
     let mut dialogues: Vec<Dialogue> = loaded.records.into_iter().map(|(_, d)| d).collect();
     let todo: Vec<usize> = (0..dialogues.len())
@@ -267,39 +363,15 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
     let failures_path = sidecar(&opts.out, "failures.jsonl");
     let manifest_path = sidecar(&opts.out, "manifest.json");
     let journal_path = sidecar(&opts.out, "journal.jsonl");
-    let stats = Arc::new(Stats::default());
+    let session = Session::open(&opts.config, "judge", todo.len() as u64, &journal_path)?;
+    let (stats, progress, log) = (&session.stats, &session.progress, &session.log);
     let limits = &opts.config.limits;
-    let progress = Progress::new("judge", todo.len() as u64, Arc::clone(&stats));
-    let log = progress.log();
-    let limiter = Arc::new(Limiter::new(limits.concurrency, limits.rpm));
-    let client = Client::new(
-        "judge",
-        cfg,
-        limiter,
-        limits,
-        Arc::clone(&stats),
-        log.clone(),
-    )?;
-    let journal = Journal::open(&journal_path, &log)?;
-    // Temperature 0 unless the configuration says otherwise: the same dialogue should get
-    // the same scores.
-    let sampling = Sampling {
-        temperature: Some(cfg.temperature.unwrap_or(0.0)),
-        ..Sampling::from_config(cfg)
-    };
+    let sampling = &session.sampling;
 
     let results: Mutex<Vec<Option<Judge>>> = Mutex::new(vec![None; dialogues.len()]);
     let failures: Mutex<Vec<JudgeFailure>> = Mutex::new(Vec::new());
     let halt = Halt::new(&opts.stop);
-    let ctx = Ctx {
-        client: &client,
-        journal: &journal,
-        stats: &stats,
-        opts,
-        template: &template,
-        sampling: &sampling,
-        halt: &halt,
-    };
+    let asker = session.asker(&halt, opts.max_reasks, opts.retry_failed);
     progress.start();
     let run = pool::for_each(
         &todo,
@@ -307,7 +379,7 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
         limits.max_failures_in_a_row,
         &halt,
         |&i| {
-            let j = judge_one(&ctx, &dialogues[i])?;
+            let j = judge_one(&asker, opts, &template, &dialogues[i])?;
             results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(j);
             progress.done();
             Ok(())
@@ -350,7 +422,7 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
     let settings = json!({
         "judge": manifest::endpoint(cfg),
         "effective_temperature": sampling.temperature,
-        "prompts": {JUDGE_PROMPT: template.sha256},
+        "prompts": {opts.template.as_str(): template.sha256},
         "labels": {"user": opts.user_label, "model": opts.model_label},
         "max_reasks": opts.max_reasks,
     });
@@ -373,7 +445,7 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
                     "judged": judged,
                     "flagged": flagged,
                     "failed": failures.len(),
-                    "calls": manifest::counts(&stats),
+                    "calls": manifest::counts(stats),
                 },
                 "files": {"out": opts.out, "journal": journal_path, "failures": failures_path},
             }),
@@ -421,6 +493,7 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
         out: opts.out.clone(),
         failures_file: failures_path,
         stats: stats.summary(),
+        counts: manifest::counts(stats),
     })
 }
 

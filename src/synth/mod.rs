@@ -16,7 +16,7 @@ pub mod judge;
 pub mod limiter;
 pub(crate) mod manifest;
 pub mod minhash;
-mod pool;
+pub(crate) mod pool;
 pub mod progress;
 pub(crate) mod prompts;
 pub(crate) mod retry;
