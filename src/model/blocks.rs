@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 pub(super) struct Norm {
     w1: Tensor,
     stored: Tensor,
+    convention: NormWeight,
 }
 
 impl Norm {
@@ -24,16 +25,39 @@ impl Norm {
             NormWeight::OnePlus => (&w + 1.0)?,
             NormWeight::Plain => w.clone(),
         };
-        Ok(Norm { w1, stored: w })
+        Ok(Norm {
+            w1,
+            stored: w,
+            convention,
+        })
     }
 
     pub fn forward(&self, x: &Tensor, eps: f64, kern: Kernels) -> Result<Tensor> {
-        Ok(ops::rms_norm(x, &self.w1, eps, kern)?)
+        Ok(ops::rms_norm(x, &self.effective()?, eps, kern)?)
     }
 
     /// `h + norm(x)`: a post-norm and the residual add after it.
     pub fn add_forward(&self, h: &Tensor, x: &Tensor, eps: f64, kern: Kernels) -> Result<Tensor> {
-        Ok(ops::add_rms_norm(h, x, &self.w1, eps, kern)?)
+        Ok(ops::add_rms_norm(h, x, &self.effective()?, eps, kern)?)
+    }
+
+    /// The effective weight; formed anew from a trainable stored weight, so that its gradient
+    /// reaches the variable (and weight decay acts on the stored weight, as in torch).
+    fn effective(&self) -> Result<Tensor> {
+        if !self.stored.is_variable() {
+            return Ok(self.w1.clone());
+        }
+        Ok(match self.convention {
+            NormWeight::OnePlus => (&self.stored + 1.0)?,
+            NormWeight::Plain => self.stored.clone(),
+        })
+    }
+
+    /// Makes the stored weight a variable (full-parameter training) and returns it.
+    pub fn make_trainable(&mut self) -> Result<candle_core::Var> {
+        let v = candle_core::Var::from_tensor(&self.stored)?;
+        self.stored = v.as_tensor().clone();
+        Ok(v)
     }
 
     /// The weight as the checkpoint stores it (f32).
