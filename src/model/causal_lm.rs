@@ -325,6 +325,7 @@ impl CausalLm {
         if let Some(head) = &mut self.lm_head {
             v.push(("lm_head.weight".into(), var(head)?));
         }
+        let names = NormNames::of(&self.cfg);
         for (l, layer) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{l}");
             let Layer {
@@ -348,15 +349,16 @@ impl CausalLm {
                 let name = format!("{p}.{}.{}.weight", t.block(), t.module());
                 v.push((name, var(&mut lin.weight)?));
             }
+            let [post_attn, post_ff] = names.post.map_or([None, None], |[a, b]| [Some(a), Some(b)]);
             for (name, n) in [
-                ("input_layernorm", Some(input_norm)),
-                ("post_attention_layernorm", Some(post_attn_norm)),
-                ("pre_feedforward_layernorm", Some(pre_ff_norm)),
-                ("post_feedforward_layernorm", Some(post_ff_norm)),
-                ("self_attn.q_norm", attn.q_norm.as_mut()),
-                ("self_attn.k_norm", attn.k_norm.as_mut()),
+                (Some(names.input), Some(input_norm)),
+                (Some(names.pre_ff), Some(pre_ff_norm)),
+                (post_attn, post_attn_norm.as_mut()),
+                (post_ff, post_ff_norm.as_mut()),
+                (Some("self_attn.q_norm"), attn.q_norm.as_mut()),
+                (Some("self_attn.k_norm"), attn.k_norm.as_mut()),
             ] {
-                if let Some(n) = n {
+                if let (Some(name), Some(n)) = (name, n) {
                     v.push((format!("{p}.{name}.weight"), n.make_trainable()?));
                 }
             }
