@@ -325,6 +325,11 @@ impl CausalLm {
         if let Some(head) = &mut self.lm_head {
             v.push(("lm_head.weight".into(), var(head)?));
         }
+        // The projections through the one list of them, then each layer's norms.
+        for (l, t, lin) in self.linears_mut() {
+            let name = format!("model.layers.{l}.{}.{}.weight", t.block(), t.module());
+            v.push((name, var(&mut lin.weight)?));
+        }
         let names = NormNames::of(&self.cfg);
         for (l, layer) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{l}");
@@ -333,22 +338,9 @@ impl CausalLm {
                 attn,
                 post_attn_norm,
                 pre_ff_norm,
-                mlp,
                 post_ff_norm,
                 ..
             } = layer;
-            for (t, lin) in [
-                (Target::QProj, &mut attn.q),
-                (Target::KProj, &mut attn.k),
-                (Target::VProj, &mut attn.v),
-                (Target::OProj, &mut attn.o),
-                (Target::GateProj, &mut mlp.gate),
-                (Target::UpProj, &mut mlp.up),
-                (Target::DownProj, &mut mlp.down),
-            ] {
-                let name = format!("{p}.{}.{}.weight", t.block(), t.module());
-                v.push((name, var(&mut lin.weight)?));
-            }
             let [post_attn, post_ff] = names.post.map_or([None, None], |[a, b]| [Some(a), Some(b)]);
             for (name, n) in [
                 (Some(names.input), Some(input_norm)),
