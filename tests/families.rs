@@ -8,6 +8,7 @@ mod common;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use common::{family_fixture, gemma3_fixture, socratune_in};
+use socratune::dataset::ChatTemplate;
 use socratune::model::{adapter, load, Source};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,9 +52,11 @@ fn write_data(fixture: &Path, dir: &Path, copies: usize) -> PathBuf {
     data
 }
 
-/// A small byte-level tokenizer whose ids fit the fixture's 384-token vocabulary.
-fn tokenizer(path: &Path) {
-    let t = socratune::dataset::tokenizer::train_small(
+/// A small byte-level tokenizer with the special tokens of `family`'s chat template, whose ids
+/// fit the fixture's 384-token vocabulary.
+fn tokenizer(path: &Path, family: ChatTemplate) {
+    let t = socratune::dataset::tokenizer::train_small_for(
+        family,
         &[
             "正義とは何だと思うかね？",
             "では法が間違っていたら、どうするのかね？",
@@ -187,10 +190,10 @@ fn gemma3_model_score_recomputes_the_reference_loss() {
 
 /// `chat` with a family's fixture and adapter: one exchange, saved; stderr names the model
 /// as `summary` starts.
-fn chats_with_its_adapter(f: &Path, summary: &str) {
+fn chats_with_its_adapter(f: &Path, family: ChatTemplate, summary: &str) {
     let dir = tempfile::tempdir().unwrap();
     let tok = dir.path().join("tokenizer.json");
-    tokenizer(&tok);
+    tokenizer(&tok, family);
     let mut child = common::bin()
         .args(["chat", "--model", s(f), "--tokenizer", s(&tok)])
         .args(["--adapter", s(&f.join("adapter")), "--device", "cpu"])
@@ -230,20 +233,32 @@ fn chats_with_its_adapter(f: &Path, summary: &str) {
 
 #[test]
 fn gemma3_chats_with_its_adapter() {
-    chats_with_its_adapter(&gemma3_fixture(), "gemma3_text, 6 layers");
+    chats_with_its_adapter(
+        &gemma3_fixture(),
+        ChatTemplate::Gemma,
+        "gemma3_text, 6 layers",
+    );
 }
 
 #[test]
 fn qwen3_and_llama_chat_with_their_adapters() {
-    chats_with_its_adapter(&family_fixture("qwen3"), "qwen3, 4 layers");
-    chats_with_its_adapter(&family_fixture("llama"), "llama, 4 layers");
+    chats_with_its_adapter(
+        &family_fixture("qwen3"),
+        ChatTemplate::Qwen3,
+        "qwen3, 4 layers",
+    );
+    chats_with_its_adapter(
+        &family_fixture("llama"),
+        ChatTemplate::Llama3,
+        "llama, 4 layers",
+    );
 }
 
 #[test]
 fn gemma3_serves_the_openai_api() {
     let dir = tempfile::tempdir().unwrap();
     let tok = dir.path().join("tokenizer.json");
-    tokenizer(&tok);
+    tokenizer(&tok, ChatTemplate::Gemma);
     let f = gemma3_fixture();
     let server = common::ServeChild::start_on(
         &f,
@@ -270,7 +285,7 @@ fn gemma3_exports_to_safetensors_and_gguf() {
     for name in ["config.json", "generation_config.json", "model.safetensors"] {
         std::fs::copy(f.join(name), base.join(name)).unwrap();
     }
-    tokenizer(&base.join("tokenizer.json"));
+    tokenizer(&base.join("tokenizer.json"), ChatTemplate::Gemma);
     let adapter_dir = f.join("adapter");
 
     // Safetensors: the base's config kept as written, the merged model reloads with the

@@ -1,7 +1,8 @@
 //! The OpenAI chat-completions wire format: request validation and response bodies.
 //!
-//! Gemma has no system role, so `system` (and `developer`) messages at the start are folded
-//! into the first user turn: their text, a blank line, then the user's text. Fields that would
+//! `system` (and `developer`) messages at the start become the request's system text (joined by
+//! blank lines), which replaces the served variant's; the family's template places it (a system
+//! turn, or before the first user text for Gemma, which has no system role). Fields that would
 //! change the answer and that this server cannot honour (`n` > 1, tools, logprobs, JSON
 //! output, frequency/presence penalties) are refused rather than ignored; unknown fields are
 //! ignored.
@@ -65,7 +66,9 @@ impl ApiError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
     pub model: Option<String>,
-    /// Alternating user and model turns, ending with user; system text folded in.
+    /// The system messages' text, if any.
+    pub system: Option<String>,
+    /// Alternating user and model turns, ending with user.
     pub turns: Vec<Utterance>,
     /// Sampling; `max_new_tokens` is settled once the prompt length is known.
     pub params: SamplingParams,
@@ -146,7 +149,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
             ))
         }
     };
-    let turns = messages(&o)?;
+    let (system, turns) = messages(&o)?;
 
     let mut params = default_params();
     if let Some(t) = number(&o, "temperature")? {
@@ -254,6 +257,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     };
     Ok(ChatRequest {
         model,
+        system,
         turns,
         params,
         max_tokens,
@@ -354,9 +358,9 @@ fn content(m: &Fields, i: usize) -> Result<String, ApiError> {
     }
 }
 
-/// The conversation: system messages first (folded into the first user turn), then user and
-/// assistant alternating, starting and ending with user.
-fn messages(o: &Fields) -> Result<Vec<Utterance>, ApiError> {
+/// The conversation: system messages first (their text, joined), then user and assistant
+/// alternating, starting and ending with user.
+fn messages(o: &Fields) -> Result<(Option<String>, Vec<Utterance>), ApiError> {
     let list = match field(o, "messages") {
         None => {
             return Err(ApiError::invalid(
@@ -401,13 +405,16 @@ fn messages(o: &Fields) -> Result<Vec<Utterance>, ApiError> {
             "system" | "developer" => {
                 return Err(ApiError::invalid(
                     Some(&param),
-                    format!("a {role} message is only supported before the first user message (Gemma has no system role; it is folded into the first user turn)"),
+                    format!("a {role} message is only supported before the first user message"),
                 ))
             }
             "user" => Role::User,
             "assistant" => Role::Model,
             "tool" | "function" => {
-                return Err(ApiError::invalid(Some(&param), format!("'{role}' messages are not supported (no tool calling)")))
+                return Err(ApiError::invalid(
+                    Some(&param),
+                    format!("'{role}' messages are not supported (no tool calling)"),
+                ))
             }
             other => {
                 return Err(ApiError::invalid(
@@ -457,11 +464,9 @@ fn messages(o: &Fields) -> Result<Vec<Utterance>, ApiError> {
         }
         Some(_) => {}
     }
-    if !system.is_empty() {
-        let system = system.join("\n\n");
-        turns[0].text = format!("{system}\n\n{}", turns[0].text);
-    }
-    Ok(turns)
+    // Trimmed, as the official templates trim it.
+    let system = Some(system.join("\n\n").trim().to_string()).filter(|s| !s.is_empty());
+    Ok((system, turns))
 }
 
 /// The JSON of a token count.
@@ -546,7 +551,7 @@ mod tests {
     }
 
     #[test]
-    fn folds_system_messages_into_the_first_user_turn() {
+    fn system_messages_are_the_system_text() {
         let r = parse(json!({"messages": [
             {"role": "system", "content": "あなたはソクラテスです。"},
             {"role": "developer", "content": [{"type": "text", "text": "短く。"}]},
@@ -556,12 +561,13 @@ mod tests {
         ]}))
         .unwrap();
         assert_eq!(
+            r.system.as_deref(),
+            Some("あなたはソクラテスです。\n\n短く。")
+        );
+        assert_eq!(
             texts(&r),
             [
-                (
-                    Role::User,
-                    "あなたはソクラテスです。\n\n短く。\n\n正義とは？"
-                ),
+                (Role::User, "正義とは？"),
                 (Role::Model, "君はどう思う？"),
                 (Role::User, "法に従うこと。"),
             ]

@@ -2,7 +2,7 @@
 //! tokenizer the run's data was made with, and the variant that decides the prompt format.
 
 use super::{ChatError, PromptFormat, Result};
-use crate::dataset::{ChatTokenizer, Variant};
+use crate::dataset::{ChatTemplate, ChatTokenizer, Variant};
 use crate::model::device::{device_name, parse_device, parse_dtype};
 use crate::model::{adapter, CausalLm, Source};
 use crate::rundir::RunDir;
@@ -87,6 +87,8 @@ pub struct PromptChoice {
     pub window: Option<String>,
     /// Put before the first user turn of the window instead of the variant's prefix.
     pub prefix: Option<String>,
+    /// The system text instead of the variant's (empty: none).
+    pub system: Option<String>,
 }
 
 /// A base model in memory with its tokenizer.
@@ -124,6 +126,15 @@ pub fn load_base(
     let device = parse_device(&spec.device)?;
     let dtype = parse_dtype(&spec.dtype, &device)?;
     let model = crate::model::load(&src, dtype, &device)?;
+    let want = ChatTemplate::of_family(model.cfg.family);
+    if tokenizer.specials.template != want {
+        return Err(ChatError::Invalid(format!(
+            "{}: the tokenizer has the {} chat template's special tokens, but {src} is a {} model (template {want}); use the model's own tokenizer",
+            tokenizer.path().display(),
+            tokenizer.specials.template,
+            model.cfg.family.model_type()
+        )));
+    }
     let vocab = tokenizer.inner().get_vocab_size(true);
     if vocab > model.cfg.vocab_size {
         return Err(ChatError::Invalid(format!(
@@ -190,8 +201,9 @@ pub fn use_adapter(model: &mut CausalLm, dir: Option<&Path>) -> Result<()> {
 }
 
 /// The prompt format from the flags and the run's variant: `--variant` (a file) or the run's,
-/// its window unless `--window` says `all` or a number of pairs, its prefix unless `--prefix`.
-/// Returns the format and the variant's name.
+/// its window unless `--window` says `all` or a number of pairs, its prefix unless `--prefix`,
+/// its system text unless `--system`, and its format (chat or Alpaca). Returns the format and
+/// the variant's name.
 pub fn prompt_format(
     args: &PromptChoice,
     run_variant: Option<&Variant>,
@@ -215,8 +227,16 @@ pub fn prompt_format(
         (None, Some(v)) => v.prefix.clone(),
         (None, None) => String::new(),
     };
+    let mut layout = variant.map(|v| v.layout.clone()).unwrap_or_default();
+    if let Some(s) = &args.system {
+        layout.system = Some(s.trim().to_string()).filter(|s| !s.is_empty());
+    }
     Ok((
-        PromptFormat { pairs, prefix },
+        PromptFormat {
+            pairs,
+            prefix,
+            layout,
+        },
         variant.map(|v| v.name.clone()),
     ))
 }
@@ -286,6 +306,7 @@ mod tests {
                 variant: None,
                 window: window.map(String::from),
                 prefix: prefix.map(String::from),
+                system: None,
             };
             prompt_format(&args, v).map(|(f, name)| (f.pairs, f.prefix, name))
         };

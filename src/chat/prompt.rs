@@ -1,4 +1,4 @@
-//! Which turns a reply is generated from, and with what prefix.
+//! Which turns a reply is generated from, with what prefix, system text and format.
 //!
 //! A variant trained on `utterances` = 2 saw one pair per example (a user turn, the reply),
 //! on 4 two consecutive pairs, always with its prefix on the example's first user turn. So a
@@ -9,8 +9,7 @@
 use super::{ChatError, Result};
 use crate::corpus::Role;
 use crate::dataset::extract::{window, window_start};
-use crate::dataset::template::render_prompt;
-use crate::dataset::{ChatTokenizer, Utterance, Variant};
+use crate::dataset::{render_prompt, ChatTokenizer, Format, Layout, Utterance, Variant};
 
 /// How much of the conversation a reply sees, and what goes before it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,6 +18,8 @@ pub struct PromptFormat {
     pub pairs: Option<usize>,
     /// Put before the window's first user turn, exactly (no separator).
     pub prefix: String,
+    /// The system text and the format, as the variant was trained with.
+    pub layout: Layout,
 }
 
 impl PromptFormat {
@@ -27,26 +28,35 @@ impl PromptFormat {
         Self::default()
     }
 
-    /// The window and prefix a variant was trained with.
+    /// The window, prefix and layout a variant was trained with.
     pub fn from_variant(v: &Variant) -> Self {
         Self {
             pairs: Some(v.span()),
             prefix: v.prefix.clone(),
+            layout: v.layout.clone(),
         }
     }
 
-    /// One line for messages: `2 pairs, prefix "…"`.
+    /// One line for messages: `2 pairs, prefix "…"` (then the system text and the Alpaca
+    /// format, when set).
     pub fn describe(&self) -> String {
         let window = match self.pairs {
             None => "the whole history".to_string(),
             Some(1) => "1 pair".to_string(),
             Some(n) => format!("{n} pairs"),
         };
-        if self.prefix.is_empty() {
+        let mut s = if self.prefix.is_empty() {
             format!("{window}, no prefix")
         } else {
             format!("{window}, prefix {:?}", self.prefix)
+        };
+        if let Some(system) = &self.layout.system {
+            s.push_str(&format!(", system {system:?}"));
         }
+        if self.layout.format == Format::Alpaca {
+            s.push_str(", Alpaca format");
+        }
+        s
     }
 
     /// Index of the window's first turn in a history of `len` turns that ends with a user turn.
@@ -65,7 +75,11 @@ impl PromptFormat {
     pub fn render(&self, tok: &ChatTokenizer, history: &[Utterance]) -> Result<Vec<u32>> {
         check(history)?;
         let start = self.window_start(history.len());
-        Ok(render_prompt(tok, &self.turns(history, start))?)
+        Ok(render_prompt(
+            tok,
+            &self.layout,
+            &self.turns(history, start),
+        )?)
     }
 
     /// The prompt for the reply to `history`, with the oldest rounds of the window dropped
@@ -84,7 +98,7 @@ impl PromptFormat {
         let last = history.len() - 1;
         let mut start = first;
         loop {
-            let ids = render_prompt(tok, &self.turns(history, start))?;
+            let ids = render_prompt(tok, &self.layout, &self.turns(history, start))?;
             if ids.len() + reserve <= context || start == last {
                 if ids.len() >= context {
                     return Err(ChatError::TooLong {
@@ -157,6 +171,7 @@ mod tests {
             utterances,
             prefix: prefix.into(),
             include_rejected: false,
+            layout: Layout::default(),
         }
     }
 
@@ -210,7 +225,7 @@ mod tests {
         let tok = small();
         let h = history(5);
         let f = PromptFormat::from_variant(&variant(4, "P。"));
-        let want = render_prompt(&tok, &f.turns(&h, 2)).unwrap();
+        let want = render_prompt(&tok, &f.layout, &f.turns(&h, 2)).unwrap();
         assert_eq!(f.render(&tok, &h).unwrap(), want);
         let p = f.build(&tok, &h, 256, 16).unwrap();
         assert_eq!((p.ids, p.start, p.dropped), (want.clone(), 2, 0));
@@ -225,8 +240,13 @@ mod tests {
         let f = PromptFormat {
             pairs: None,
             prefix: "P。".into(),
+            layout: Layout::default(),
         };
-        let len_from = |s: usize| render_prompt(&tok, &f.turns(&h, s)).unwrap().len();
+        let len_from = |s: usize| {
+            render_prompt(&tok, &f.layout, &f.turns(&h, s))
+                .unwrap()
+                .len()
+        };
         let full = len_from(0);
         // Room for everything: nothing dropped.
         assert_eq!(f.build(&tok, &h, full + 10, 10).unwrap().dropped, 0);
@@ -235,7 +255,7 @@ mod tests {
         assert_eq!((p.start, p.dropped), (2, 1));
         assert_eq!(
             p.ids,
-            render_prompt(&tok, &f.turns(&h, 2)).unwrap(),
+            render_prompt(&tok, &f.layout, &f.turns(&h, 2)).unwrap(),
             "prefix on the new first user turn"
         );
         assert!(p.ids.len() + 10 <= full + 9);
@@ -251,50 +271,60 @@ mod tests {
         );
         // A variant window is trimmed the same way, within the window.
         let v = PromptFormat::from_variant(&variant(4, "P。"));
-        let two = render_prompt(&tok, &v.turns(&h, 6)).unwrap().len();
+        let two = render_prompt(&tok, &v.layout, &v.turns(&h, 6))
+            .unwrap()
+            .len();
         let p = v.build(&tok, &h, two + 4, 5).unwrap();
         assert_eq!((p.start, p.dropped), (8, 1));
     }
 
-    /// Training and chat cannot disagree: for every shipped variant and every example of a
-    /// dialogue, the tokens before the example's last reply (as training renders them) are
-    /// the prompt chat renders for the same history with that variant.
+    /// Training and chat cannot disagree: for every family's template, every shipped variant
+    /// (the fallback ones too) and every example of a dialogue, the tokens before the example's
+    /// last reply (as training renders them) are the prompt chat renders for the same history
+    /// with that variant.
     #[test]
     fn every_shipped_variant_trains_on_the_prompt_chat_renders() {
         use crate::dataset::extract::tests::{dialogue, shipped};
-        use crate::dataset::{extract, render, Segments, IGNORE};
-        let tok = small();
+        use crate::dataset::tokenizer::tests::small_for;
+        use crate::dataset::{extract, render, ChatTemplate, Segments, IGNORE};
         let d = dialogue("d1", 12, 4);
         let conversation: Vec<Utterance> = d.turns.iter().map(Into::into).collect();
-        for v in shipped() {
-            let x = extract(&v, std::slice::from_ref(&d), false, false).unwrap();
-            let segments = Segments::build(&tok, &x.examples).unwrap();
-            let format = PromptFormat::from_variant(&v);
-            for e in &x.examples {
-                let t = render(e, &segments);
-                // The last reply's trained tokens run to the end but for the newline.
-                let untrained_tail = t.labels.iter().rev().take_while(|&&l| l == IGNORE);
-                let tail = untrained_tail.count();
-                let trained = t.labels[..t.labels.len() - tail]
-                    .iter()
-                    .rev()
-                    .take_while(|&&l| l != IGNORE)
-                    .count();
-                let reply = t.labels.len() - tail - trained;
-                let answered = 2 * (e.pair + v.span()) - 1;
-                let history = &conversation[..answered];
-                assert_eq!(
-                    format.render(&tok, history).unwrap(),
-                    t.input_ids[..reply],
-                    "{} {}",
-                    v.name,
-                    e.id
-                );
-                let start = format.window_start(history.len());
-                assert_eq!(
-                    format.turns(history, start)[..],
-                    e.turns[..e.turns.len() - 1]
-                );
+        let fallback =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/variants-fallback");
+        let variants = [shipped(), Variant::load_dir(&fallback).unwrap()].concat();
+        for template in ChatTemplate::ALL {
+            let tok = small_for(template);
+            for v in &variants {
+                let x = extract(v, std::slice::from_ref(&d), false, false).unwrap();
+                let segments =
+                    Segments::build(&tok, x.examples.iter().map(|e| (&v.layout, e))).unwrap();
+                let format = PromptFormat::from_variant(v);
+                for e in &x.examples {
+                    let t = render(e, &v.layout, &segments);
+                    // The last reply's trained tokens run to the end but for the separator.
+                    let untrained_tail = t.labels.iter().rev().take_while(|&&l| l == IGNORE);
+                    let tail = untrained_tail.count();
+                    let trained = t.labels[..t.labels.len() - tail]
+                        .iter()
+                        .rev()
+                        .take_while(|&&l| l != IGNORE)
+                        .count();
+                    let reply = t.labels.len() - tail - trained;
+                    let answered = 2 * (e.pair + v.span()) - 1;
+                    let history = &conversation[..answered];
+                    assert_eq!(
+                        format.render(&tok, history).unwrap(),
+                        t.input_ids[..reply],
+                        "{template} {} {}",
+                        v.name,
+                        e.id
+                    );
+                    let start = format.window_start(history.len());
+                    assert_eq!(
+                        format.turns(history, start)[..],
+                        e.turns[..e.turns.len() - 1]
+                    );
+                }
             }
         }
     }

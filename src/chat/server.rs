@@ -342,14 +342,19 @@ fn start_job(s: &Shared, body: &[u8]) -> Result<(ChatRequest, Receiver<Event>), 
             req.turns.len()
         )));
     }
-    let bytes: usize = req.turns.iter().map(|t| t.text.len()).sum();
+    let bytes: usize = req.turns.iter().map(|t| t.text.len()).sum::<usize>()
+        + req.system.as_ref().map_or(0, String::len);
     if bytes > context * s.token_bytes {
         return Err(too_long(format!(
             "This model's maximum context length is {context} tokens. However, your messages hold {bytes} bytes of text, more than {context} tokens can. Please reduce the length of the messages."
         )));
     }
-    let prompt = s
-        .format
+    // A request's system text replaces the served variant's.
+    let mut format = std::borrow::Cow::Borrowed(&s.format);
+    if req.system.is_some() {
+        format.to_mut().layout.system = req.system.clone();
+    }
+    let prompt = format
         .render(&s.tok, &req.turns)
         .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
     let n = prompt.len();

@@ -25,7 +25,7 @@ pub struct TalkModelArgs {
     pub device: DeviceArgs,
 }
 
-/// How the prompt is cut and prefixed.
+/// How the prompt is cut, prefixed and laid out.
 #[derive(Debug, Clone, Default, Args)]
 pub struct PromptArgs {
     /// A variant file (configs/variants/NAME.toml): each reply sees its utterances/2 last pairs
@@ -38,6 +38,10 @@ pub struct PromptArgs {
     /// Put before the first user turn of the window instead of the variant's prefix ("" for none).
     #[arg(long)]
     pub prefix: Option<String>,
+    /// The system text instead of the variant's ("" for none): a system turn where the model's
+    /// family has one, before the first user text where it has not (Gemma).
+    #[arg(long)]
+    pub system: Option<String>,
 }
 
 /// Sampling (chat); unset ones come from configs/chat.toml.
@@ -140,6 +144,7 @@ impl From<PromptArgs> for PromptChoice {
             variant: a.variant,
             window: a.window,
             prefix: a.prefix,
+            system: a.system,
         }
     }
 }

@@ -3,8 +3,8 @@
 use clap::{Args, Subcommand};
 use socratune::corpus::{load_personas, load_questions, BadLine, Catalog};
 use socratune::dataset::{
-    self, charts::write_charts, markdown_table, tokenizer::train_small, BuildOptions, DatasetError,
-    Inputs, Overflow, Selection, DEFAULT_SEED,
+    self, charts::write_charts, markdown_table, tokenizer::train_small_for, BuildOptions,
+    ChatTemplate, DatasetError, Inputs, Overflow, Selection, DEFAULT_SEED,
 };
 use socratune::fsutil::{write_atomic, FileError};
 use std::path::{Path, PathBuf};
@@ -109,6 +109,10 @@ pub enum DataCommand {
         /// Vocabulary size, special tokens included (at least 262).
         #[arg(long, default_value_t = 384)]
         vocab_size: usize,
+        /// Whose special tokens it has, and so which chat template it renders: gemma, qwen3
+        /// or llama3.
+        #[arg(long, default_value_t = ChatTemplate::Gemma)]
+        template: ChatTemplate,
         /// Where to write tokenizer.json.
         #[arg(long)]
         out: PathBuf,
@@ -229,6 +233,7 @@ impl DataArgs {
             DataCommand::Tokenizer {
                 dialogues,
                 vocab_size,
+                template,
                 out,
             } => {
                 let corpus = dataset::Corpus::load(&dialogues, false)?;
@@ -237,13 +242,13 @@ impl DataArgs {
                     .iter()
                     .flat_map(|d| d.turns.iter().map(|t| t.text.as_str()))
                     .collect();
-                let tok = train_small(&texts, vocab_size)?;
+                let tok = train_small_for(template, &texts, vocab_size)?;
                 let json = tok
                     .to_string(false)
                     .map_err(|e| DatasetError::tokenizer(&out, format!("cannot serialize: {e}")))?;
                 write_atomic(&out, json.as_bytes())?;
                 emit(&format!(
-                    "{}: {} tokens\n",
+                    "{}: {} tokens, {template} chat template\n",
                     out.display(),
                     tok.get_vocab_size(true)
                 ))?;

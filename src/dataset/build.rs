@@ -67,7 +67,12 @@ pub fn prepare(inputs: Inputs) -> Result<Prepared> {
         })
         .collect::<Result<Vec<_>>>()?;
     let tokenizer = ChatTokenizer::resolve(&inputs.tokenizer)?;
-    let counts = TokenCounts::build(&tokenizer, variants.iter().flat_map(|(_, x)| &x.examples))?;
+    let counts = TokenCounts::build(
+        &tokenizer,
+        variants
+            .iter()
+            .flat_map(|(v, x)| x.examples.iter().map(move |e| (&v.layout, e))),
+    )?;
     Ok(Prepared {
         inputs,
         corpus,
@@ -82,7 +87,7 @@ impl Prepared {
     pub fn stats(&self) -> Vec<VariantStats> {
         self.variants
             .iter()
-            .map(|(v, x)| VariantStats::compute(&v.name, x, &self.counts, &self.split))
+            .map(|(v, x)| VariantStats::compute(v, x, &self.counts, &self.split))
             .collect()
     }
 }
@@ -209,11 +214,11 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
         .collect();
     let segments = Segments::build(
         &p.tokenizer,
-        p.variants
-            .iter()
-            .flat_map(|(_, x)| &x.examples)
-            .chain(common.iter().flatten()),
+        p.variants.iter().zip(&common).flat_map(|((v, x), common)| {
+            x.examples.iter().chain(common).map(move |e| (&v.layout, e))
+        }),
     )?;
+    let keep_first = p.tokenizer.specials.bos.is_some();
     let mut reports = Vec::new();
     for (((v, x), stats), common) in p.variants.iter().zip(&stats).zip(&common) {
         let data = RunDir::of(&opts.out, &v.name).data();
@@ -221,7 +226,10 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
         let fitted: Vec<Fit> = x
             .examples
             .par_iter()
-            .map(|ex| fit(render(ex, &segments), opts.max_len, opts.overflow))
+            .map(|ex| {
+                let t = render(ex, &v.layout, &segments);
+                fit(t, opts.max_len, opts.overflow, keep_first)
+            })
             .collect();
         let mut report = BuildReport {
             variant: v.name.clone(),
@@ -258,7 +266,7 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
         write_jsonl(&data.val(), &val)?;
         let whole: Vec<Record> = common
             .iter()
-            .map(|ex| Record::new(ex, render(ex, &segments)))
+            .map(|ex| Record::new(ex, render(ex, &v.layout, &segments)))
             .collect();
         write_jsonl(&data.common(), &whole)?;
         write_json(&data.split(), &manifest)?;

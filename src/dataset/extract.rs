@@ -274,6 +274,7 @@ pub(crate) mod tests {
             utterances,
             prefix: "P".into(),
             include_rejected,
+            layout: Default::default(),
         }
     }
 

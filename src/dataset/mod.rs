@@ -1,12 +1,13 @@
-//! From kept dialogues to training data: variant specs, example extraction, the Gemma chat
-//! template with its loss mask, the 80/20 split by dialogue, token statistics and charts.
+//! From kept dialogues to training data: variant specs, example extraction, each family's chat
+//! template (and the Alpaca layout) with its loss mask, the 80/20 split by dialogue, token
+//! statistics and charts.
 //!
-//! The flow is `Corpus` → [`extract`] (per `Variant`) → [`TokenCounts`] (each distinct
-//! utterance tokenized once) → [`stats`], and → [`Segments`] → [`render`] (input ids and
-//! labels) → files.
+//! The flow is `Corpus` → [`extract`] (per `Variant`) → [`TokenCounts`] (each distinct text
+//! tokenized once) → [`stats`], and → [`Segments`] → [`render`] (input ids and labels) → files.
 
 pub(crate) mod build;
 pub mod charts;
+pub mod chat_format;
 pub(crate) mod check;
 pub(crate) mod extract;
 pub(crate) mod load;
@@ -17,13 +18,16 @@ pub mod tokenizer;
 pub(crate) mod variant;
 
 pub use build::{build, prepare, BuildOptions, BuildReport, Inputs, Prepared, Selection};
+pub use chat_format::{ChatTemplate, Format, Layout, Specials};
 pub use check::{check, CheckReport};
 pub use extract::{extract, Example, Extracted, Utterance};
 pub use load::Corpus;
 pub use split::{Manifest, Split, DEFAULT_SEED, VAL_FRACTION};
 pub use stats::{markdown_table, VariantStats};
-pub use template::{render, render_text, Fit, Overflow, Segments, TokenCounts, Tokenized, IGNORE};
-pub use tokenizer::{ChatTokenizer, Specials};
+pub use template::{
+    render, render_prompt, render_text, Fit, Overflow, Segments, TokenCounts, Tokenized, IGNORE,
+};
+pub use tokenizer::ChatTokenizer;
 pub use variant::{Pairs, Variant};
 
 use std::path::{Path, PathBuf};

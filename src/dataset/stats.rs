@@ -2,7 +2,7 @@
 //! the prefix where it has one) encoded without special tokens; an example's tokens are the sum
 //! over its utterances. Chat-template tokens are a column of their own.
 
-use super::{Extracted, Split, TokenCounts};
+use super::{Extracted, Split, TokenCounts, Variant};
 use crate::corpus::Role;
 use serde::{Deserialize, Serialize};
 
@@ -20,8 +20,8 @@ pub struct VariantStats {
     /// Mean tokens per user utterance (prefix included) and per model utterance.
     pub user_mean_tokens: f64,
     pub model_mean_tokens: f64,
-    /// Chat-template tokens per example (mean): BOS, and per turn `<start_of_turn>`, the role
-    /// header, `<end_of_turn>` and the newline, each encoded on its own.
+    /// Chat-template tokens per example (mean): the special tokens, and the template's own text
+    /// (role headers, separators, the system text), each piece encoded on its own.
     pub template_tokens: f64,
     /// Examples from training and from held-out dialogues.
     pub train_examples: usize,
@@ -29,9 +29,9 @@ pub struct VariantStats {
 }
 
 impl VariantStats {
-    pub fn compute(variant: &str, x: &Extracted, counts: &TokenCounts, split: &Split) -> Self {
+    pub fn compute(variant: &Variant, x: &Extracted, counts: &TokenCounts, split: &Split) -> Self {
         let mut s = VariantStats {
-            variant: variant.to_string(),
+            variant: variant.name.clone(),
             dialogues: x.dialogues,
             examples: x.examples.len(),
             total_tokens: 0,
@@ -56,7 +56,7 @@ impl VariantStats {
                     Role::Model => (model, n_model) = (model + n, n_model + 1),
                 }
             }
-            template += counts.template_tokens(ex);
+            template += counts.template_tokens(&variant.layout, ex);
             s.total_tokens += tokens;
             s.max_tokens = s.max_tokens.max(tokens);
             min = min.min(tokens);
@@ -194,6 +194,7 @@ pub(crate) mod tests {
             utterances,
             prefix: prefix.into(),
             include_rejected,
+            layout: Default::default(),
         }
     }
 
@@ -218,10 +219,17 @@ pub(crate) mod tests {
             .iter()
             .map(|v| extract(v, &ds, false, false).unwrap())
             .collect();
-        let cache = TokenCounts::build(&tok, xs.iter().flat_map(|x| &x.examples)).unwrap();
+        let cache = TokenCounts::build(
+            &tok,
+            [&one, &four]
+                .into_iter()
+                .zip(&xs)
+                .flat_map(|(v, x)| x.examples.iter().map(move |e| (&v.layout, e))),
+        )
+        .unwrap();
         // one: d1#p0 "x a b"+"c d e" = 3+3, d1#p1 "x f"+"g h" = 2+2, d2#p0 "x a"+"b c" = 2+2,
         // d2#p1 "x d e f g"+"h" = 5+1. Template: BOS + 2 × (<start_of_turn>, header, <end_of_turn>).
-        let got = VariantStats::compute("one", &xs[0], &cache, &split);
+        let got = VariantStats::compute(&one, &xs[0], &cache, &split);
         let want = VariantStats {
             variant: "one".into(),
             dialogues: 2,
@@ -239,7 +247,7 @@ pub(crate) mod tests {
         assert_eq!(got, want);
         // four: d1 2+3+1+2 = 8, d2 1+2+4+1 = 8, d3 7+1+1+1 = 10; users (2+1+1+4+7+1)/6 = 16/6,
         // models (3+2+2+1+1+1)/6 = 10/6; template 1 + 4 × 3 = 13.
-        let got = VariantStats::compute("four", &xs[1], &cache, &split);
+        let got = VariantStats::compute(&four, &xs[1], &cache, &split);
         assert_eq!(
             (
                 got.dialogues,
@@ -297,7 +305,8 @@ pub(crate) mod tests {
         let tok = word_tokenizer(&["a"]);
         let cache = TokenCounts::build(&tok, []).unwrap();
         let split = Split::new([], 42);
-        let s = VariantStats::compute("none", &Extracted::default(), &cache, &split);
+        let none = variant("none", Pairs::Range { start: 0, end: 0 }, 2, "", false);
+        let s = VariantStats::compute(&none, &Extracted::default(), &cache, &split);
         assert_eq!(
             (
                 s.examples,

@@ -1,8 +1,9 @@
 //! Variant specs (`configs/variants/<name>.toml`): which pairs of each dialogue start an
 //! example, how many utterances an example holds, the prefix put before its first user turn,
-//! and whether dropped dialogues are used anyway.
+//! whether dropped dialogues are used anyway, and the layout: a system text and the format
+//! (the family's chat turns or Alpaca's blocks).
 
-use super::{DatasetError, Result};
+use super::{DatasetError, Format, Layout, Result};
 use serde::{Deserialize, Serialize, Serializer};
 use std::path::{Path, PathBuf};
 
@@ -139,6 +140,10 @@ pub struct Variant {
     pub prefix: String,
     /// Use dropped (and unjudged) dialogues too, as the seed did by mistake for model4–9.
     pub include_rejected: bool,
+    /// `format` and `system` (written only when set, so a chat variant without a system text
+    /// is recorded as before they existed).
+    #[serde(flatten)]
+    pub layout: Layout,
 }
 
 /// The file's shape; `pairs` and `utterances` are read loosely so that their errors can say
@@ -153,6 +158,8 @@ struct VariantFile {
     prefix: String,
     #[serde(default)]
     include_rejected: bool,
+    format: Option<String>,
+    system: Option<String>,
 }
 
 impl Variant {
@@ -210,12 +217,40 @@ impl Variant {
                 ),
             ));
         }
+        let format = match f.format.as_deref() {
+            None | Some("chat") => Format::Chat,
+            Some("alpaca") => Format::Alpaca,
+            Some(other) => {
+                return Err(at(
+                    "format",
+                    format!("`{other}` is not a format (chat or alpaca)"),
+                ))
+            }
+        };
+        if let Some(s) = &f.system {
+            if s.trim().is_empty() {
+                return Err(at(
+                    "system",
+                    "is empty; leave the key out for no system text".into(),
+                ));
+            }
+            if s.trim() != s {
+                return Err(at(
+                    "system",
+                    "starts or ends with whitespace, which the official Gemma and Llama templates trim away; remove it".into(),
+                ));
+            }
+        }
         Ok(Variant {
             name: f.name,
             pairs,
             utterances: f.utterances as usize,
             prefix: f.prefix,
             include_rejected: f.include_rejected,
+            layout: Layout {
+                format,
+                system: f.system,
+            },
         })
     }
 
@@ -458,6 +493,68 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no variant files"));
+    }
+
+    #[test]
+    fn reads_system_and_format() {
+        let v = parse(&format!(
+            "{BASE}pairs = 0\nformat = \"alpaca\"\nsystem = \"あなたはソクラテスです。\"\n"
+        ))
+        .unwrap();
+        assert_eq!(v.layout.format, Format::Alpaca);
+        assert_eq!(v.layout.system.as_deref(), Some("あなたはソクラテスです。"));
+        // Written back only when set: a plain chat variant records as before.
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["format"], "alpaca");
+        let plain = parse(&format!("{BASE}pairs = 0\nformat = \"chat\"\n")).unwrap();
+        assert_eq!(plain.layout, Layout::default());
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(
+            json.get("format").is_none() && json.get("system").is_none(),
+            "{json}"
+        );
+        let cases = [
+            (
+                format!("{BASE}pairs = 0\nformat = \"chatml\"\n"),
+                "v/x.toml:4: format: `chatml` is not a format (chat or alpaca)",
+            ),
+            (
+                format!("{BASE}pairs = 0\nsystem = \"  \"\n"),
+                "v/x.toml:4: system: is empty",
+            ),
+            (
+                format!("{BASE}pairs = 0\nsystem = \"S \"\n"),
+                "v/x.toml:4: system: starts or ends with whitespace",
+            ),
+            (
+                format!("{BASE}pairs = 0\nsystem = 1\n"),
+                "v/x.toml:4: invalid type",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(&text);
+            assert!(e.contains(want), "{e:?} does not contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn the_fallback_variants_are_a_system_line_and_alpaca() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/variants-fallback");
+        let vs = Variant::load_dir(&dir).unwrap();
+        let got: Vec<(&str, Format, bool)> = vs
+            .iter()
+            .map(|v| (v.name.as_str(), v.layout.format, v.layout.system.is_some()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("fallback-alpaca", Format::Alpaca, true),
+                ("fallback-system", Format::Chat, true)
+            ]
+        );
+        assert!(vs
+            .iter()
+            .all(|v| v.prefix.is_empty() && !v.include_rejected));
     }
 
     #[test]

@@ -171,6 +171,7 @@ fn base_entry(o: &EvalOptions, runs: &[Entry]) -> Result<Entry> {
         format: PromptFormat {
             pairs: b.window,
             prefix: b.prefix.clone(),
+            layout: Default::default(),
         },
         variant: None,
         common_val_loss: None,
