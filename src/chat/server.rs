@@ -553,8 +553,19 @@ pub fn serve(args: &ServeSpec) -> Result<()> {
     let dirs: Vec<&std::path::Path> = args.adapter.iter().map(|p| p.as_path()).collect();
     let mut loaded = load_base(spec, &dirs, &[run.as_ref()])?;
     use_adapter(&mut loaded.model, args.adapter.as_deref())?;
-    // Off unless asked for: the run's own variant is not applied to clients' histories.
-    let (format, variant) = prompt_format(&args.prompt, None)?;
+    // Off unless asked for: the run's own window and prefix are not applied to clients'
+    // histories. Its layout (format and system text) is: it is how the model reads any prompt.
+    let (mut format, variant) = prompt_format(&args.prompt, None)?;
+    let run_layout = run
+        .as_ref()
+        .and_then(|r| r.variant.as_ref())
+        .map(|v| &v.layout);
+    if let (None, Some(layout)) = (&args.prompt.variant, run_layout) {
+        format.layout.format = layout.format;
+        if args.prompt.system.is_none() {
+            format.layout.system = layout.system.clone();
+        }
+    }
     let name = match (&args.name, &args.adapter, &run) {
         (Some(n), _, _) => n.clone(),
         // `<run>/data/stats.json` → the run's name.

@@ -125,3 +125,17 @@ def tokenizer(tmp_path_factory):
     socratune("data", "tokenizer", "--dialogues", ROOT / "data" / "dialogues" / "sample.jsonl",
               "--vocab-size", 384, "--out", out)
     return out
+
+
+# The chat template of each fixture's family, as `data tokenizer --template` names it.
+TEMPLATES = {"gemma2": "gemma", "gemma3": "gemma", "qwen3": "qwen3", "llama": "llama3"}
+
+
+@pytest.fixture(scope="session")
+def family_tokenizer(base_model, tmp_path_factory):
+    """As `tokenizer`, with the special tokens of `base_model`'s family (chat and serve refuse
+    a tokenizer of another family's template)."""
+    out = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    socratune("data", "tokenizer", "--dialogues", ROOT / "data" / "dialogues" / "sample.jsonl",
+              "--vocab-size", 384, "--template", TEMPLATES[base_model.name], "--out", out)
+    return out

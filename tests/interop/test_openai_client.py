@@ -11,9 +11,9 @@ from conftest import BIN, figure
 
 
 @pytest.fixture(scope="module")
-def server(base_model, trained_run, tokenizer):
+def server(base_model, trained_run, family_tokenizer):
     p = subprocess.Popen([str(BIN), "serve", "--model", str(base_model), "--adapter",
-                          str(trained_run / "best"), "--tokenizer", str(tokenizer),
+                          str(trained_run / "best"), "--tokenizer", str(family_tokenizer),
                           "--device", "cpu", "--host", "127.0.0.1", "--port", "0",
                           "--name", "socrates"],
                          stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -1,0 +1,275 @@
+//! The fallback variants (`configs/variants-fallback`: a system line; Alpaca) through every
+//! command that reads a variant — `data stats`, `sweep --variants-dir` (data build, train,
+//! compare), `chat` and `serve` with a run's adapter — on the Gemma-2 fixture with a Gemma
+//! tokenizer and on the Qwen3 fixture with a Qwen3 tokenizer, each family's template rendered.
+
+mod common;
+use common::{family_fixture, socratune_in};
+use socratune::dataset::{ChatTemplate, ChatTokenizer};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn run(args: &[&str], cwd: &Path) -> String {
+    let (ok, out, err) = socratune_in(cwd, args);
+    assert!(ok, "socratune {args:?}: {err}");
+    out + &err
+}
+
+/// The first record of a run's training data: ids and labels.
+fn first_record(runs: &Path, variant: &str) -> (Vec<u32>, Vec<i64>) {
+    let text = std::fs::read_to_string(runs.join(variant).join("data/train.jsonl")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let ids = serde_json::from_value(r["input_ids"].clone()).unwrap();
+    let labels = serde_json::from_value(r["labels"].clone()).unwrap();
+    (ids, labels)
+}
+
+fn fallback_variants_run_everywhere(family: &str, template: ChatTemplate) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sample = repo().join("data/dialogues/sample.jsonl");
+    let variants = repo().join("configs/variants-fallback");
+    let model = family_fixture(family);
+    let tok = d.join("tokenizer.json");
+    let name = template.name();
+    let out = run(
+        &[
+            "data",
+            "tokenizer",
+            "--dialogues",
+            s(&sample),
+            "--template",
+            name,
+            "--vocab-size",
+            "384",
+            "--out",
+            s(&tok),
+        ],
+        d,
+    );
+    assert!(out.contains(&format!("{name} chat template")), "{out}");
+    let corpus = [
+        "--dialogues",
+        s(&sample),
+        "--tokenizer",
+        s(&tok),
+        "--include-unjudged",
+        "--skip-bad",
+    ];
+
+    // Statistics: both variants, the system text counted as template tokens.
+    let mut args = vec!["data", "stats", "--variants", s(&variants), "--json"];
+    args.extend(corpus);
+    let out = run(&args, d);
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for r in &rows {
+        assert!(r["examples"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["template_tokens"].as_f64().unwrap() > 10.0, "{r}");
+    }
+
+    // The sweep builds, trains and compares both.
+    std::fs::write(
+        d.join("train.toml"),
+        "lora_dropout = 0.0\neval_every = 2\nsave_every = 2\n",
+    )
+    .unwrap();
+    let mut args = vec![
+        "sweep",
+        "--variants-dir",
+        s(&variants),
+        "--runs",
+        "runs",
+        "--config",
+        "train.toml",
+        "--max-len",
+        "256",
+        "--overflow",
+        "truncate",
+        "--model",
+        s(&model),
+        "--device",
+        "cpu",
+        "--max-steps",
+        "2",
+        "--micro-batch",
+        "2",
+    ];
+    args.extend(corpus);
+    let out = run(&args, d);
+    assert!(
+        out.contains("| fallback-alpaca |") && out.contains("| fallback-system |"),
+        "{out}"
+    );
+    let runs = d.join("runs");
+    for v in ["fallback-alpaca", "fallback-system"] {
+        assert!(runs.join(v).join("best/adapter_model.safetensors").exists());
+        let stats = std::fs::read_to_string(runs.join(v).join("data/stats.json")).unwrap();
+        assert!(stats.contains("\"system\": \""), "{stats}");
+    }
+
+    // The data (whole examples, without the sweep's cut) is rendered in the family's template
+    // with the variant's layout.
+    let mut args = vec![
+        "data",
+        "build",
+        "--all",
+        "--variants",
+        s(&variants),
+        "--out",
+        "built",
+    ];
+    args.extend(corpus);
+    run(&args, d);
+    let built = d.join("built");
+    let ct = ChatTokenizer::from_file(&tok).unwrap();
+    let sp = ct.specials;
+    let text = |ids: &[u32]| ct.inner().decode(ids, false).unwrap();
+    let (ids, labels) = first_record(&built, "fallback-system");
+    let system = text(&ids);
+    assert!(
+        system.contains("あなたは古代ギリシャの哲学者ソクラテスです。"),
+        "{system}"
+    );
+    match template {
+        ChatTemplate::Qwen3 => {
+            assert_eq!(
+                ids[0], sp.start_of_turn,
+                "Qwen3: no BOS, a system turn first"
+            );
+            assert!(system.starts_with("<|im_start|>system\n"), "{system}");
+            assert!(system.contains("<think>\n\n</think>\n\n"), "{system}");
+        }
+        _ => {
+            assert_eq!(ids[..2], [sp.bos.unwrap(), sp.start_of_turn]);
+            assert!(
+                system.starts_with("<bos><start_of_turn>user\nあなたは"),
+                "{system}"
+            );
+        }
+    }
+    let (ids, alabels) = first_record(&built, "fallback-alpaca");
+    let alpaca = text(&ids);
+    assert!(alpaca.contains("\n\n### Instruction:\n"), "{alpaca}");
+    assert!(alpaca.contains("\n\n### Response:\n"), "{alpaca}");
+    assert!(!ids.contains(&sp.start_of_turn), "Alpaca is plain text");
+    for l in [&labels, &alabels] {
+        let last = l.iter().rev().find(|&&l| l != -100).unwrap();
+        assert_eq!(
+            *last, sp.end_of_turn as i64,
+            "the reply's end of turn is trained"
+        );
+    }
+
+    // Chat with the Alpaca run's adapter: its variant (and so its layout) from stats.json.
+    let adapter = runs.join("fallback-alpaca/best");
+    let mut child = common::bin()
+        .args(["chat", "--model", s(&model), "--tokenizer", s(&tok)])
+        .args(["--adapter", s(&adapter), "--device", "cpu"])
+        .args([
+            "--max-new-tokens",
+            "4",
+            "--seed",
+            "3",
+            "--opening",
+            "正義とは？",
+        ])
+        .current_dir(d)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("勇気とは？\n/quit\n".as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("variant fallback-alpaca") && err.contains("Alpaca format"),
+        "{err}"
+    );
+    assert!(
+        err.contains("system \"以下は、ある人からの問いかけです。"),
+        "{err}"
+    );
+
+    // Serve the system-line run; a request's system message replaces the variant's.
+    let adapter = runs.join("fallback-system/best");
+    let server = common::ServeChild::start_on(&model, &tok, &["--adapter", s(&adapter)]);
+    let url = format!("http://{}/v1/chat/completions", server.addr);
+    let tokens = |messages: serde_json::Value| {
+        let r: serde_json::Value = ureq::post(&url)
+            .send_json(serde_json::json!({"messages": messages, "max_tokens": 2}))
+            .unwrap()
+            .into_json()
+            .unwrap();
+        r["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let user = serde_json::json!({"role": "user", "content": "正義とは？"});
+    let with_variant = tokens(serde_json::json!([user]));
+    let with_own = tokens(serde_json::json!([{"role": "system", "content": "短く。"}, user]));
+    assert!(
+        with_own < with_variant,
+        "a short system text replaces the variant's long one: {with_own} vs {with_variant}"
+    );
+}
+
+#[test]
+fn fallback_variants_on_gemma() {
+    fallback_variants_run_everywhere("gemma2", ChatTemplate::Gemma);
+}
+
+#[test]
+fn fallback_variants_on_qwen3() {
+    fallback_variants_run_everywhere("qwen3", ChatTemplate::Qwen3);
+}
+
+/// A tokenizer of another family than the model's is refused, both named.
+#[test]
+fn a_tokenizer_of_another_family_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tokenizer.json");
+    socratune::dataset::tokenizer::train_small_for(ChatTemplate::Llama3, &["正義とは？"], 384)
+        .unwrap()
+        .save(&tok, false)
+        .unwrap();
+    let model = family_fixture("qwen3");
+    let (ok, _, err) = socratune_in(
+        dir.path(),
+        &[
+            "chat",
+            "--model",
+            s(&model),
+            "--tokenizer",
+            s(&tok),
+            "--device",
+            "cpu",
+            "--opening",
+            "正義とは？",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("the tokenizer has the llama3 chat template's special tokens")
+            && err.contains("qwen3 model (template qwen3)"),
+        "{err}"
+    );
+}
