@@ -9,10 +9,9 @@ use serde_json::Value;
 use socratune::dataset::tokenizer::train_small;
 use socratune::model::generate::{generate, SamplingParams};
 use socratune::model::{adapter, load, KvCache, Source};
-use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -41,21 +40,7 @@ fn s(p: &Path) -> &str {
 
 /// Runs the binary in `dir` with `input` on stdin.
 fn socratune(dir: &Path, args: &[&str], input: &str) -> Output {
-    let mut child = common::bin()
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::with_stdin(dir, args, input)
 }
 
 fn ok(dir: &Path, args: &[&str], input: &str) -> (String, String) {

@@ -88,14 +88,7 @@ fn setup(d: &Path, srv: &FakeLlm) {
     let mut args = sweep.to_vec();
     args.extend(["--config", "train.toml"]);
     ok(&bin(d, &args));
-    fake_llm::project(d, &srv.base_url, KEY_ENV, "");
-    for f in ["judge_reply.txt", "judge_pair.txt"] {
-        std::fs::copy(
-            repo().join("data/prompts").join(f),
-            d.join("prompts").join(f),
-        )
-        .unwrap();
-    }
+    fake_llm::eval_project(d, &srv.base_url, KEY_ENV);
     std::fs::write(
         d.join("eval.toml"),
         "prompts = 5\nseed = 3\nresamples = 200\n[sampling]\ntemperature = 0\nmax_new_tokens = 6\n[base]\nprefix = \"P。\"\n",

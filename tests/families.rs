@@ -192,34 +192,27 @@ fn gemma3_model_score_recomputes_the_reference_loss() {
 /// as `summary` starts.
 fn chats_with_its_adapter(f: &Path, family: ChatTemplate, summary: &str) {
     let dir = tempfile::tempdir().unwrap();
+    let adapter = f.join("adapter").display().to_string();
     let tok = dir.path().join("tokenizer.json");
     tokenizer(&tok, family);
-    let mut child = common::bin()
-        .args(["chat", "--model", s(f), "--tokenizer", s(&tok)])
-        .args(["--adapter", s(&f.join("adapter")), "--device", "cpu"])
-        .args([
-            "--max-new-tokens",
-            "8",
-            "--seed",
-            "3",
-            "--opening",
-            "正義とは？",
-        ])
-        .current_dir(dir.path())
-        .env("HF_HUB_OFFLINE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all("勇気とは？\n/save talk.jsonl\n/quit\n".as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let args = [
+        "chat",
+        "--model",
+        s(f),
+        "--tokenizer",
+        s(&tok),
+        "--adapter",
+        &adapter,
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "8",
+        "--seed",
+        "3",
+        "--opening",
+        "正義とは？",
+    ];
+    let out = common::with_stdin(dir.path(), &args, "勇気とは？\n/save talk.jsonl\n/quit\n");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains(summary), "{err}");

@@ -1,14 +1,13 @@
 //! The fallback variants (`configs/variants-fallback`: a system line; Alpaca) through every
 //! command that reads a variant — `data stats`, `sweep --variants-dir` (data build, train,
-//! compare), `chat` and `serve` with a run's adapter — on the Gemma-2 fixture with a Gemma
+//! compare), `eval` (replies only), `chat` and `serve` with a run's adapter — on the Gemma-2 fixture with a Gemma
 //! tokenizer and on the Qwen3 fixture with a Qwen3 tokenizer, each family's template rendered.
 
 mod common;
+mod fake_llm;
 use common::{family_fixture, socratune_in};
-use socratune::dataset::{ChatTemplate, ChatTokenizer};
-use std::io::Write;
+use socratune::dataset::{ChatTemplate, ChatTokenizer, Variant};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -87,29 +86,32 @@ fn fallback_variants_run_everywhere(family: &str, template: ChatTemplate) {
         "lora_dropout = 0.0\neval_every = 2\nsave_every = 2\n",
     )
     .unwrap();
-    let mut args = vec![
-        "sweep",
-        "--variants-dir",
-        s(&variants),
-        "--runs",
-        "runs",
-        "--config",
-        "train.toml",
-        "--max-len",
-        "256",
-        "--overflow",
-        "truncate",
-        "--model",
-        s(&model),
-        "--device",
-        "cpu",
-        "--max-steps",
-        "2",
-        "--micro-batch",
-        "2",
-    ];
-    args.extend(corpus);
-    let out = run(&args, d);
+    let sweep = |variants: &Path, runs: &str| {
+        let mut args = vec![
+            "sweep",
+            "--variants-dir",
+            s(variants),
+            "--runs",
+            runs,
+            "--config",
+            "train.toml",
+            "--max-len",
+            "256",
+            "--overflow",
+            "truncate",
+            "--model",
+            s(&model),
+            "--device",
+            "cpu",
+            "--max-steps",
+            "2",
+            "--micro-batch",
+            "2",
+        ];
+        args.extend(corpus);
+        run(&args, d)
+    };
+    let out = sweep(&variants, "runs");
     assert!(
         out.contains("| fallback-alpaca |") && out.contains("| fallback-system |"),
         "{out}"
@@ -120,6 +122,65 @@ fn fallback_variants_run_everywhere(family: &str, template: ChatTemplate) {
         let stats = std::fs::read_to_string(runs.join(v).join("data/stats.json")).unwrap();
         assert!(stats.contains("\"system\": \""), "{stats}");
     }
+
+    // Eval (replies only, so no judge is called) prompts each run in its own layout. The
+    // shipped system lines leave no room in the fixture's 256-token context with this tiny
+    // vocabulary, so these runs say less.
+    let short = d.join("short");
+    std::fs::create_dir(&short).unwrap();
+    for v in Variant::load_dir(&variants).unwrap() {
+        let system = "問い返して。";
+        let format = v.layout.format.name();
+        std::fs::write(
+            short.join(format!("{}.toml", v.name)),
+            format!(
+                "name = \"{}\"\npairs = \"{}\"\nutterances = {}\nformat = \"{format}\"\nsystem = \"{system}\"\n",
+                v.name, v.pairs, v.utterances
+            ),
+        )
+        .unwrap();
+    }
+    sweep(&short, "short-runs");
+    let srv = fake_llm::FakeLlm::start();
+    fake_llm::eval_project(d, &srv.base_url, "SOCRATUNE_TEMPLATES_TEST_KEY");
+    std::fs::write(
+        d.join("eval.toml"),
+        "prompts = 2\nseed = 3\nresamples = 20\n[sampling]\ntemperature = 0\nmax_new_tokens = 3\n",
+    )
+    .unwrap();
+    let (ok, out, err) = socratune_in(
+        d,
+        &[
+            "eval",
+            "--runs",
+            "short-runs",
+            "--config",
+            "synth.toml",
+            "--prompt-templates",
+            "prompts",
+            "--eval-config",
+            "eval.toml",
+            "--device",
+            "cpu",
+            "--judge",
+            "none",
+            "--model",
+            s(&model),
+            "--tokenizer",
+            s(&tok),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("| fallback-alpaca |"), "{out}");
+    assert_eq!(srv.count(), 0);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("short-runs/eval.json")).unwrap())
+            .unwrap();
+    let formats = report.to_string();
+    assert!(
+        formats.contains("Alpaca format") && formats.contains("system \\\"問い返して。"),
+        "{formats}"
+    );
 
     // The data (whole examples, without the sweep's cut) is rendered in the family's template
     // with the variant's layout.
@@ -176,30 +237,24 @@ fn fallback_variants_run_everywhere(family: &str, template: ChatTemplate) {
 
     // Chat with the Alpaca run's adapter: its variant (and so its layout) from stats.json.
     let adapter = runs.join("fallback-alpaca/best");
-    let mut child = common::bin()
-        .args(["chat", "--model", s(&model), "--tokenizer", s(&tok)])
-        .args(["--adapter", s(&adapter), "--device", "cpu"])
-        .args([
-            "--max-new-tokens",
-            "4",
-            "--seed",
-            "3",
-            "--opening",
-            "正義とは？",
-        ])
-        .current_dir(d)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all("勇気とは？\n/quit\n".as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let args = [
+        "chat",
+        "--model",
+        s(&model),
+        "--tokenizer",
+        s(&tok),
+        "--adapter",
+        s(&adapter),
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "4",
+        "--seed",
+        "3",
+        "--opening",
+        "正義とは？",
+    ];
+    let out = common::with_stdin(d, &args, "勇気とは？\n/quit\n");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(

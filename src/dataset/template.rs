@@ -388,6 +388,15 @@ mod tests {
         }
     }
 
+    /// The ids that carry loss, in order.
+    fn trained_ids(t: &Tokenized) -> Vec<u32> {
+        t.labels
+            .iter()
+            .filter(|&&l| l != IGNORE)
+            .map(|&l| l as u32)
+            .collect()
+    }
+
     fn two() -> Example {
         ex(&[
             (Role::User, "ソクラテスさん。正義とは何ですか？"),
@@ -589,12 +598,7 @@ mod tests {
         ]);
         let cache = Segments::build(&tok, [(CHAT, &e)]).unwrap();
         let t = render(&e, CHAT, &cache);
-        let trained: Vec<u32> = t
-            .labels
-            .iter()
-            .filter(|&&l| l != IGNORE)
-            .map(|&l| l as u32)
-            .collect();
+        let trained = trained_ids(&t);
         let b = tok.encode("b").unwrap().get_ids().to_vec();
         let d = tok.encode("d").unwrap().get_ids().to_vec();
         assert_eq!(trained, [b, vec![107], d, vec![107]].concat());
@@ -612,12 +616,7 @@ mod tests {
             for e in &x.examples {
                 let t = render(e, &v.layout, &cache);
                 // Trained: each model text and its <end_of_turn>, in order, nothing else.
-                let trained: Vec<u32> = t
-                    .labels
-                    .iter()
-                    .filter(|&&l| l != IGNORE)
-                    .map(|&l| l as u32)
-                    .collect();
+                let trained = trained_ids(&t);
                 let want: Vec<u32> = e
                     .turns
                     .iter()
@@ -676,12 +675,7 @@ mod tests {
                     plain.encode(whole, false).unwrap().get_ids(),
                     "{what}"
                 );
-                let trained: Vec<u32> = t
-                    .labels
-                    .iter()
-                    .filter(|&&l| l != IGNORE)
-                    .map(|&l| l as u32)
-                    .collect();
+                let trained = trained_ids(&t);
                 let end = tok.specials.end_of_turn;
                 let want = [
                     enc("君はどう思うかね？"),

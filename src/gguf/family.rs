@@ -197,8 +197,9 @@ pub static LLAMA: Family = Family {
     metadata: llama_metadata,
     convert: llama_convert,
     extra_tensors: llama3_rope_freqs,
-    // Llama-3's header format (meta-llama/Meta-Llama-3-8B-Instruct's template).
-    chat_template: "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+    // Llama-3.1/3.2's header format as training renders it (dataset::chat_format): the system
+    // header always, with the knowledge cutoff and the fixed date.
+    chat_template: "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set system_message = messages[0]['content'] | trim %}{% set messages = messages[1:] %}{% else %}{% set system_message = '' %}{% endif %}{{ '<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n' + system_message + '<|eot_id|>' }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
     ollama_template: r#"{{- range $i, $_ := .Messages }}
 {{- $last := eq (len (slice $.Messages $i)) 1 -}}
 <|start_header_id|>{{ .Role }}<|end_header_id|>

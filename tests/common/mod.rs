@@ -44,6 +44,27 @@ pub fn socratune_in(cwd: &std::path::Path, args: &[&str]) -> (bool, String, Stri
     )
 }
 
+/// Runs the binary with `args` in `cwd`, `input` on its stdin; waits for it.
+pub fn with_stdin(cwd: &std::path::Path, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = bin()
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// max |t| over all elements.
 pub fn max_abs(t: &Tensor) -> f32 {
     t.abs()

@@ -294,6 +294,15 @@ fn handle(mut req: tiny_http::Request, st: Arc<(Mutex<State>, Condvar)>) {
 
 /// Writes a small project: prompts, personas, questions and a config pointing every role at
 /// `base_url` (API key from the variable `key_env`). Returns the config path.
+/// [`project`], with the repository's judge templates for `eval` in `prompts/`.
+pub fn eval_project(dir: &Path, base_url: &str, key_env: &str) {
+    project(dir, base_url, key_env, "");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/prompts");
+    for f in ["judge_reply.txt", "judge_pair.txt"] {
+        std::fs::copy(shipped.join(f), dir.join("prompts").join(f)).unwrap();
+    }
+}
+
 pub fn project(
     dir: &Path,
     base_url: &str,
