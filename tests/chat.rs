@@ -218,6 +218,7 @@ fn the_adapters_run_decides_variant_window_prefix_and_tokenizer() {
     assert_eq!(saved[0]["variant"], "model8");
     assert_eq!(saved[0]["window_pairs"], 2);
     assert_eq!(saved[0]["prefix"], "ソクラテスさん。");
+    assert!(saved[0]["system"].is_null() && saved[0]["format"] == "chat");
 
     // Flags win: the whole history, another prefix.
     let mut more = args.to_vec();

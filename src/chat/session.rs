@@ -561,6 +561,8 @@ impl Session {
         extra.insert("variant".into(), json!(b.variant));
         extra.insert("prefix".into(), json!(b.format.prefix));
         extra.insert("window_pairs".into(), json!(b.format.pairs));
+        extra.insert("system".into(), json!(b.format.layout.system));
+        extra.insert("format".into(), json!(b.format.layout.format));
         extra.insert(
             "sampling".into(),
             json!({
