@@ -167,6 +167,42 @@ impl LayerCache {
         })
     }
 
+    /// One-row caches as the cache of a batch: row r's keys sit `shifts[r]` slots to the right
+    /// of its own positions (its left padding) and every row ends at the same slot; the slots
+    /// before a row's first key are zeros (the batch masks them).
+    pub fn stack(rows: &[&LayerCache], shifts: &[usize]) -> Result<Self> {
+        let span = |c: &LayerCache, s: usize| -> Result<(usize, usize)> {
+            Ok((c.start + s, c.start + s + c.k.dim(2)?))
+        };
+        let spans = rows
+            .iter()
+            .zip(shifts)
+            .map(|(c, &s)| span(c, s))
+            .collect::<Result<Vec<_>>>()?;
+        let first = spans.iter().map(|s| s.0).min().unwrap_or(0);
+        if spans.iter().any(|s| s.1 != spans[0].1) {
+            return Err(super::ModelError::Invalid(
+                "stacked caches must end at the same slot".into(),
+            ));
+        }
+        let pad = |x: &Tensor, n: usize| -> Result<Tensor> {
+            let (b, h, _, d) = x.dims4()?;
+            let zeros = Tensor::zeros((b, h, n, d), x.dtype(), x.device())?;
+            Ok(Tensor::cat(&[&zeros, x], 2)?)
+        };
+        let mut k = Vec::with_capacity(rows.len());
+        let mut v = Vec::with_capacity(rows.len());
+        for (c, s) in rows.iter().zip(&spans) {
+            k.push(pad(&c.k, s.0 - first)?);
+            v.push(pad(&c.v, s.0 - first)?);
+        }
+        Ok(Self {
+            k: Tensor::cat(&k, 0)?,
+            v: Tensor::cat(&v, 0)?,
+            start: first,
+        })
+    }
+
     pub fn device(&self) -> Device {
         self.k.device().clone()
     }
