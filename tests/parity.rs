@@ -86,6 +86,12 @@ impl Fixture {
         m
     }
 
+    /// A 1-D tensor of token ids.
+    fn tokens(&self, k: &str) -> Vec<u32> {
+        let v = self.get(k).to_vec1::<i64>().unwrap();
+        v.into_iter().map(|x| x as u32).collect()
+    }
+
     fn ids(&self) -> Tensor {
         self.get("input_ids")
             .to_dtype(DType::U32)
@@ -267,20 +273,8 @@ fn loss_and_every_lora_gradient_match(f: &Fixture) {
 
 fn greedy_continuation_matches(f: &Fixture) {
     let m = f.model(true);
-    let prompt: Vec<u32> = f
-        .get("gen_prompt")
-        .to_vec1::<i64>()
-        .unwrap()
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
-    let want: Vec<u32> = f
-        .get("gen_greedy")
-        .to_vec1::<i64>()
-        .unwrap()
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
+    let prompt: Vec<u32> = f.tokens("gen_prompt");
+    let want: Vec<u32> = f.tokens("gen_greedy");
     // transformers generated with min_new_tokens = max_new_tokens: stop tokens never end it.
     let params = SamplingParams {
         min_new_tokens: want.len(),
@@ -384,13 +378,7 @@ fn batched_generation_equals_one_at_a_time(f: &Fixture) {
     let real =
         |row: usize, n: usize| -> Vec<u32> { ids[row][..n].iter().map(|&x| x as u32).collect() };
     let n1 = f.mask()[1].iter().filter(|x| **x).count();
-    let gen: Vec<u32> = f
-        .get("gen_prompt")
-        .to_vec1::<i64>()
-        .unwrap()
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
+    let gen: Vec<u32> = f.tokens("gen_prompt");
     let prompts = [gen, real(0, ids[0].len()), real(1, n1), real(0, 3)];
     let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let (device, dtype) = target();
