@@ -374,6 +374,19 @@ fn bench_generate_prints_one_json_line() {
     ] {
         assert!(v[k].as_f64().is_some_and(|x| x >= 0.0), "{k}: {v}");
     }
+    // --batch 3: three prompts decoded together, every row to the end.
+    let mut batched = args.to_vec();
+    batched.extend(["--batch", "3"]);
+    let (out, _) = ok(dir.path(), &batched, "");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (v["batch"].as_u64(), v["batch_tokens"].as_u64()),
+        (Some(3), Some(18)),
+        "{v}"
+    );
+    for k in ["batch_tokens_per_s", "single_tokens_per_s", "batch_speedup"] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {v}");
+    }
     let o = socratune(dir.path(), &["bench", "generate", "--preset", "huge"], "");
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown preset `huge`"));
 }

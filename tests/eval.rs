@@ -175,7 +175,8 @@ fn the_judge_sees_exactly_the_generated_replies_and_a_rerun_pays_nothing() {
     assert_eq!(replies.len(), 15);
 
     // Killed mid-generation (two of model4's replies stored, a third torn): the rerun makes
-    // only the missing ones, and they are the same as without the kill.
+    // only the missing ones, and they are the same as without the kill, though decoded in
+    // other batches (2 and 1 instead of all 5 at once).
     let f = d.join("runs/eval/replies/model4.jsonl");
     let text = std::fs::read_to_string(&f).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -184,8 +185,22 @@ fn the_judge_sees_exactly_the_generated_replies_and_a_rerun_pays_nothing() {
         format!("{}\n{}\n{}", lines[0], lines[1], &lines[2][..20]),
     )
     .unwrap();
-    let (_, err) = ok(&bin(d, &eval_args(&["--judge", "none"])));
+    let (_, err) = ok(&bin(
+        d,
+        &eval_args(&["--judge", "none", "--batch-size", "2"]),
+    ));
     assert!(err.contains("model4: 3 replies in"), "{err}");
+    assert!(err.contains("tokens/s, batches of 2)"), "{err}");
+    let report = read_json(&d.join("runs/eval.json"));
+    let model4 = report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "model4");
+    let speed = &model4.unwrap()["speed"];
+    assert_eq!(speed["generated"], 3, "{speed}");
+    assert_eq!(speed["batch_size"], 2, "{speed}");
+    assert!(speed["prompts_per_s"].as_f64().unwrap() > 0.0, "{speed}");
     assert!(
         err.contains("model6: all 5 replies stored already"),
         "{err}"
@@ -446,6 +461,12 @@ fn bad_flags_and_files_say_what_is_wrong() {
     );
     let err = String::from_utf8_lossy(&e.stderr);
     assert!(err.contains("no finished run `model9`"), "{err}");
+    let e = bin(d, &["eval", "--runs", "runs", "--batch-size", "0"]);
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        err.contains("--batch-size: batch_size must be between 1 and 1024, got 0"),
+        "{err}"
+    );
     let e = bin(d, &["eval", "--runs", "runs", "--judge", "gpt"]);
     let err = String::from_utf8_lossy(&e.stderr);
     assert!(err.contains("--judge `gpt`"), "{err}");

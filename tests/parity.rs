@@ -3,7 +3,8 @@
 //! (`F_FIXTURE`, e.g. `QWEN3_FIXTURE`, default `tests/fixtures/F-tiny`): base and adapter
 //! logits, the masked loss, every LoRA
 //! gradient, the greedy continuation, the KV cache against recomputing, no gradient for any
-//! frozen weight, and the reference kernels (the CUDA/Metal path) against the fused ones.
+//! frozen weight, batched generation against one prompt at a time, and the reference kernels
+//! (the CUDA/Metal path) against the fused ones.
 //!
 //! On the CPU in f32 by default; `PARITY_DEVICE` (cuda, cuda:N, metal, cpu) and `PARITY_DTYPE`
 //! (f32, bf16) run the same checks elsewhere — `scripts/gpu-check.sh` runs the test binary
@@ -14,10 +15,12 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use socratune::model::device::{parse_device, parse_dtype};
-use socratune::model::generate::{generate, SamplingParams};
+use socratune::model::generate::{generate, generate_batch, SamplingParams};
 use socratune::model::lora::Mode;
 use socratune::model::loss::{loss_sum, Batch};
-use socratune::model::{adapter, load, load_with_kernels, CausalLm, Kernels, KvCache, Source};
+use socratune::model::{
+    adapter, load, load_with_kernels, BatchCache, CausalLm, Kernels, KvCache, Source,
+};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -81,6 +84,12 @@ impl Fixture {
             adapter::load(&mut m, &self.dir.join("adapter")).unwrap();
         }
         m
+    }
+
+    /// A 1-D tensor of token ids.
+    fn tokens(&self, k: &str) -> Vec<u32> {
+        let v = self.get(k).to_vec1::<i64>().unwrap();
+        v.into_iter().map(|x| x as u32).collect()
     }
 
     fn ids(&self) -> Tensor {
@@ -264,20 +273,8 @@ fn loss_and_every_lora_gradient_match(f: &Fixture) {
 
 fn greedy_continuation_matches(f: &Fixture) {
     let m = f.model(true);
-    let prompt: Vec<u32> = f
-        .get("gen_prompt")
-        .to_vec1::<i64>()
-        .unwrap()
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
-    let want: Vec<u32> = f
-        .get("gen_greedy")
-        .to_vec1::<i64>()
-        .unwrap()
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
+    let prompt: Vec<u32> = f.tokens("gen_prompt");
+    let want: Vec<u32> = f.tokens("gen_greedy");
     // transformers generated with min_new_tokens = max_new_tokens: stop tokens never end it.
     let params = SamplingParams {
         min_new_tokens: want.len(),
@@ -371,6 +368,79 @@ fn kv_cache_gives_the_same_logits_as_recomputing(f: &Fixture) {
     }
 }
 
+/// Batched generation against one prompt at a time, on prompts of 6, 21, 17 and 3 tokens (so
+/// left-padded by up to 18, across the sliding window of the Gemma fixtures): the first
+/// step's logits of every row, and in f32 every generated token, greedy and sampled with each
+/// row's own seed, with rows leaving the batch at their own `max_new_tokens`. On the CPU both
+/// kernel sets run it.
+fn batched_generation_equals_one_at_a_time(f: &Fixture) {
+    let ids = f.get("input_ids").to_vec2::<i64>().unwrap();
+    let real =
+        |row: usize, n: usize| -> Vec<u32> { ids[row][..n].iter().map(|&x| x as u32).collect() };
+    let n1 = f.mask()[1].iter().filter(|x| **x).count();
+    let gen: Vec<u32> = f.tokens("gen_prompt");
+    let prompts = [gen, real(0, ids[0].len()), real(1, n1), real(0, 3)];
+    let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let (device, dtype) = target();
+    let models = if device.is_cpu() && dtype == DType::F32 {
+        vec![
+            f.model_with(true, Kernels::Fused),
+            f.model_with(true, Kernels::Reference),
+        ]
+    } else {
+        vec![f.model(true)]
+    };
+    for m in models {
+        let k = m.kernels();
+        let batched = m.forward_batch(&refs, &mut BatchCache::new()).unwrap();
+        for (i, p) in refs.iter().enumerate() {
+            let alone = m.forward_cached(p, &mut KvCache::new()).unwrap();
+            let err = rel_l2(&batched.get(i).unwrap(), &alone);
+            assert!(
+                err <= tol(1e-5, BF16_LOGITS),
+                "{k:?}, prompt {i}: first-step logits differ by a relative L2 error of {err:.3e}"
+            );
+        }
+        if dtype != DType::F32 {
+            // Reduced precision rounds a padded row differently; a close call may then go
+            // either way, so only the logits are compared.
+            continue;
+        }
+        // Stop tokens never end a row (min_new_tokens): each runs to its own maximum.
+        let max = |i: usize| 16 - 3 * i;
+        let greedy: Vec<SamplingParams> = (0..refs.len())
+            .map(|i| SamplingParams {
+                min_new_tokens: max(i),
+                ..SamplingParams::greedy(max(i))
+            })
+            .collect();
+        let sampled: Vec<SamplingParams> = (0..refs.len())
+            .map(|i| SamplingParams {
+                temperature: 1.0,
+                top_p: Some(0.95),
+                top_k: None,
+                seed: 7 + i as u64,
+                ..greedy[i].clone()
+            })
+            .collect();
+        for params in [greedy, sampled] {
+            let stop = &m.cfg.eos_token_ids;
+            let want: Vec<_> = refs
+                .iter()
+                .zip(&params)
+                .map(|(p, s)| {
+                    generate(&m, &mut KvCache::new(), p, s, stop, |_| {
+                        std::ops::ControlFlow::Continue(())
+                    })
+                    .unwrap()
+                })
+                .collect();
+            let got = generate_batch(&m, &refs, &params, stop).unwrap();
+            assert_eq!(got, want, "{k:?}, temperature {}", params[0].temperature);
+        }
+    }
+}
+
 /// The reference kernels (candle ops only: what CUDA and Metal run) give the fused CPU
 /// kernels' logits, loss and LoRA gradients.
 fn reference_kernels_match_fused(f: &Fixture) {
@@ -440,6 +510,11 @@ macro_rules! parity_suite {
             #[test]
             fn kv_cache_gives_the_same_logits_as_recomputing() {
                 super::kv_cache_gives_the_same_logits_as_recomputing(&fixture())
+            }
+
+            #[test]
+            fn batched_generation_equals_one_at_a_time() {
+                super::batched_generation_equals_one_at_a_time(&fixture())
             }
 
             #[test]

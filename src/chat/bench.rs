@@ -1,10 +1,12 @@
 //! `socratune bench generate`: greedy decoding speed with the KV cache on a random model of
 //! a preset shape, through the same `generate` the chat and the server use. The prompt's
 //! forward pass (up to the first token) and the token-by-token decoding are timed apart.
+//! With `--batch N`, N prompts are also decoded together (`generate_batch`, as eval does),
+//! right after, and their tokens/s compared with the single prompt's.
 
 use super::{ChatError, Result};
 use crate::model::device::{device_name, parse_device, parse_dtype};
-use crate::model::generate::{generate, SamplingParams};
+use crate::model::generate::{generate, generate_batch, SamplingParams};
 use crate::model::{CausalLm, KvCache, ModelConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -21,6 +23,8 @@ pub struct GenerateBench {
     pub prompt_len: usize,
     pub device: String,
     pub dtype: String,
+    /// Prompts decoded together in the batched run (1: none).
+    pub batch: usize,
 }
 
 /// Rounds to `places` decimals (for a readable JSON line).
@@ -31,9 +35,9 @@ fn round(x: f64, places: i32) -> f64 {
 
 pub fn bench_generate(o: &GenerateBench) -> Result<Value> {
     let cfg = ModelConfig::preset_or_list(&o.preset).map_err(ChatError::Invalid)?;
-    if o.tokens < 2 || o.prompt_len == 0 {
+    if o.tokens < 2 || o.prompt_len == 0 || o.batch == 0 {
         return Err(ChatError::Invalid(
-            "--tokens must be at least 2 and --prompt-len at least 1".into(),
+            "--tokens must be at least 2, --prompt-len and --batch at least 1".into(),
         ));
     }
     if o.prompt_len + o.tokens > cfg.max_position_embeddings {
@@ -47,9 +51,13 @@ pub fn bench_generate(o: &GenerateBench) -> Result<Value> {
     let dtype = parse_dtype(&o.dtype, &device)?;
     let model = CausalLm::random(&cfg, 0, dtype, &device)?;
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let prompt: Vec<u32> = (0..o.prompt_len)
-        .map(|_| rng.random_range(3..cfg.vocab_size as u32))
-        .collect();
+    let mut random_prompt = || -> Vec<u32> {
+        (0..o.prompt_len)
+            .map(|_| rng.random_range(3..cfg.vocab_size as u32))
+            .collect()
+    };
+    let prompt = random_prompt();
+    let others: Vec<Vec<u32>> = (1..o.batch).map(|_| random_prompt()).collect();
     // No stop tokens: every run decodes exactly `tokens` tokens.
     let run = |prompt: &[u32], tokens: usize| -> Result<(Duration, Duration, usize)> {
         let params = SamplingParams::greedy(tokens);
@@ -71,7 +79,7 @@ pub fn bench_generate(o: &GenerateBench) -> Result<Value> {
     let (prefill, decode, generated) = run(&prompt, o.tokens)?;
     let (prefill_s, decode_s) = (prefill.as_secs_f64(), decode.as_secs_f64());
     let decoded = generated.saturating_sub(1);
-    Ok(json!({
+    let mut r = json!({
         "bench": "generate",
         "impl": "socratune",
         "preset": o.preset,
@@ -86,5 +94,31 @@ pub fn bench_generate(o: &GenerateBench) -> Result<Value> {
         "decode_tokens_per_s": round(decoded as f64 / decode_s, 1),
         "ms_per_token": round(decode_s * 1e3 / decoded.max(1) as f64, 3),
         "threads": rayon::current_num_threads(),
-    }))
+    });
+    if o.batch > 1 {
+        // Prefill and decoding together, for the batch and the single prompt alike.
+        let single = generated as f64 / (prefill_s + decode_s);
+        let prompts: Vec<&[u32]> = std::iter::once(prompt.as_slice())
+            .chain(others.iter().map(Vec::as_slice))
+            .collect();
+        let params = vec![SamplingParams::greedy(o.tokens); o.batch];
+        let short: Vec<&[u32]> = prompts.iter().map(|p| &p[..p.len().min(8)]).collect();
+        generate_batch(&model, &short, &params[..], &[])?;
+        let start = Instant::now();
+        let out = generate_batch(&model, &prompts, &params, &[])?;
+        device
+            .synchronize()
+            .map_err(crate::model::ModelError::from)?;
+        let batch_s = start.elapsed().as_secs_f64();
+        let tokens: usize = out.iter().map(|(t, _)| t.len()).sum();
+        let batched = tokens as f64 / batch_s;
+        let m = r.as_object_mut().expect("an object");
+        m.insert("batch".into(), json!(o.batch));
+        m.insert("batch_tokens".into(), json!(tokens));
+        m.insert("batch_s".into(), json!(round(batch_s, 4)));
+        m.insert("batch_tokens_per_s".into(), json!(round(batched, 1)));
+        m.insert("single_tokens_per_s".into(), json!(round(single, 1)));
+        m.insert("batch_speedup".into(), json!(round(batched / single, 3)));
+    }
+    Ok(r)
 }

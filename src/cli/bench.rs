@@ -81,6 +81,10 @@ pub enum BenchCommand {
         /// f32, bf16, f16 or auto (bf16 on GPUs, f32 on CPU).
         #[arg(long, default_value = "auto")]
         dtype: String,
+        /// Also decode this many prompts together (as `eval` does), right after the single
+        /// one, and compare the tokens/s of all rows with it.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         /// Print only the JSON line (the default prints it too, after a one-line summary on stderr).
         #[arg(long)]
         json: bool,
@@ -155,6 +159,7 @@ impl BenchArgs {
                 prompt_len,
                 device,
                 dtype,
+                batch,
                 json,
             } => {
                 let o = GenerateBench {
@@ -163,12 +168,19 @@ impl BenchArgs {
                     prompt_len,
                     device,
                     dtype,
+                    batch,
                 };
                 let r = socratune::chat::bench::bench_generate(&o)?;
-                let line = format!(
+                let mut line = format!(
                     "prefill {} tokens/s, decode {} tokens/s ({} ms/token)",
                     r["prefill_tokens_per_s"], r["decode_tokens_per_s"], r["ms_per_token"]
                 );
+                if batch > 1 {
+                    line += &format!(
+                        "; batch {batch}: {} tokens/s of all rows vs {} for one prompt ({}x)",
+                        r["batch_tokens_per_s"], r["single_tokens_per_s"], r["batch_speedup"]
+                    );
+                }
                 print_bench(&r, &line, json);
             }
         }

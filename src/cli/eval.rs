@@ -21,6 +21,9 @@ pub struct EvalArgs {
     /// Seed of the prompt sample, sampling and bootstrap (overrides `seed` in --eval-config).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Prompts decoded at once (overrides `batch_size` in --eval-config).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Synth config whose [judge] endpoint scores the replies.
     #[arg(long, default_value = "configs/synth.toml")]
     pub config: PathBuf,
@@ -54,6 +57,12 @@ impl EvalArgs {
         }
         if let Some(s) = self.seed {
             config.seed = s;
+        }
+        if let Some(n) = self.batch_size {
+            config.batch_size = n;
+            config
+                .check_batch_size()
+                .map_err(|m| anyhow::anyhow!("--batch-size: {m}"))?;
         }
         let judge = match self.judge.as_str() {
             "none" => None,

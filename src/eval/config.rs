@@ -1,5 +1,6 @@
 //! `configs/eval.toml`: the fixed sampling every run's replies are generated with, how many
-//! held-out prompts, the resamples of the intervals, and how the base model is prompted.
+//! held-out prompts, how many are decoded at once, the resamples of the intervals, and how the
+//! base model is prompted.
 
 use super::{EvalError, Result};
 use crate::chat::session::SamplingConfig;
@@ -24,6 +25,9 @@ pub struct EvalConfig {
     /// Wins added each way to every compared pair before the Bradley–Terry fit.
     #[serde(default = "default_prior")]
     pub bt_prior: f64,
+    /// Prompts decoded at once (left-padded, one KV cache with a row each).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
     #[serde(default)]
     pub sampling: SamplingConfig,
     #[serde(default)]
@@ -64,6 +68,9 @@ impl Default for JudgeTemplates {
 
 fn default_prompts() -> usize {
     100
+}
+fn default_batch_size() -> usize {
+    8
 }
 fn default_resamples() -> usize {
     2000
@@ -110,6 +117,8 @@ impl EvalConfig {
         if c.resamples == 0 {
             return bad("resamples must be at least 1");
         }
+        c.check_batch_size()
+            .map_err(|m| EvalError::Config(format!("{}: {m}", path.display())))?;
         if !(c.bt_prior >= 0.0 && c.bt_prior.is_finite()) {
             return bad("bt_prior must be ≥ 0");
         }
@@ -119,6 +128,21 @@ impl EvalConfig {
             );
         }
         Ok(c)
+    }
+
+    /// The most prompts a batch may hold: each row keeps a KV cache of its whole context.
+    pub const MAX_BATCH_SIZE: usize = 1024;
+
+    /// Whether `batch_size` is usable (the message names the key, without a file).
+    pub fn check_batch_size(&self) -> std::result::Result<(), String> {
+        let n = self.batch_size;
+        if !(1..=Self::MAX_BATCH_SIZE).contains(&n) {
+            return Err(format!(
+                "batch_size must be between 1 and {}, got {n}",
+                Self::MAX_BATCH_SIZE
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -150,5 +174,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("prompts must be at least 1"), "{e}");
+        let e = EvalConfig::parse("batch_size = 0\n", Path::new("e.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "e.toml: batch_size must be between 1 and 1024, got 0");
+        let c = EvalConfig::parse("batch_size = 3\n", Path::new("e.toml")).unwrap();
+        assert_eq!(c.batch_size, 3);
     }
 }

@@ -1,17 +1,14 @@
 //! The one place eval touches the model: load a base model once, put each run's adapter on it
 //! in turn, render a prompt the way that run was trained (chat's prompt code), and generate
-//! replies to a batch of prompts.
-//!
-//! A batch is decoded one prompt at a time through chat's cached generation path; batched
-//! decoding (padding, one KV cache per sequence) belongs behind [`Replier::generate`] and
-//! changes nothing for its callers.
+//! replies to a batch of prompts, decoded together ([`generate_batch`]: left-padded, one KV
+//! cache with a row per prompt, each with its own seed, so a reply does not depend on what
+//! else is in its batch).
 
 use super::Result;
 use crate::chat::load::{load_base, use_adapter, ModelSpec};
-use crate::chat::{reply, stop_tokens, Loaded, Prompt, PromptFormat, Reply, RunInfo};
+use crate::chat::{stop_tokens, Loaded, Prompt, PromptFormat, Reply, RunInfo};
 use crate::dataset::Utterance;
-use crate::model::generate::SamplingParams;
-use std::ops::ControlFlow;
+use crate::model::generate::{decode, generate_batch, SamplingParams};
 use std::path::{Path, PathBuf};
 
 /// A base model in memory, with one adapter (or none) on it.
@@ -73,21 +70,19 @@ impl Replier {
         Ok(format.build(&self.loaded.tokenizer, history, context, max_new_tokens)?)
     }
 
-    /// Replies to every job, in order (text trimmed as chat shows it).
+    /// Replies to every job, in order (text trimmed as chat shows it), all decoded as one
+    /// batch (the caller sizes it).
     pub fn generate(&self, jobs: &[Job]) -> Result<Vec<Reply>> {
-        jobs.iter()
-            .map(|j| {
-                let r = reply(
-                    &self.loaded.model,
-                    &self.loaded.tokenizer,
-                    j.ids,
-                    &j.params,
-                    &self.stop,
-                    |_| ControlFlow::Continue(()),
-                )?;
+        let prompts: Vec<&[u32]> = jobs.iter().map(|j| j.ids).collect();
+        let params: Vec<SamplingParams> = jobs.iter().map(|j| j.params.clone()).collect();
+        let out = generate_batch(&self.loaded.model, &prompts, &params, &self.stop)?;
+        out.into_iter()
+            .map(|(ids, stop)| {
+                let text = decode(self.loaded.tokenizer.inner(), &ids)?;
                 Ok(Reply {
-                    text: r.text.trim().to_string(),
-                    ..r
+                    text: text.trim().to_string(),
+                    tokens: ids.len(),
+                    stop,
                 })
             })
             .collect()

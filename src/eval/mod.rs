@@ -229,7 +229,16 @@ pub fn run(o: &EvalOptions) -> Result<EvalReport> {
         None => None,
     };
     let dir = o.runs.join("eval");
-    let all = replies::generate_all(&dir, &entries, &prompts, &params, &o.model, &o.stop, &say)?;
+    let all = replies::generate_all(
+        &dir,
+        &entries,
+        &prompts,
+        &params,
+        cfg.batch_size,
+        &o.model,
+        &o.stop,
+        &say,
+    )?;
 
     let dialogues = judging::write_dialogues(&dir, &entries, &prompts, &all.replies)?;
     let mut judged = None;

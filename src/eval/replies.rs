@@ -31,13 +31,17 @@ pub struct Generated {
     pub finish: String,
 }
 
-/// How fast an entry's new replies came (None when all were stored already).
+/// How fast an entry's new replies came (None when all were stored already): generation
+/// only, the judge's time is not in it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Speed {
     pub generated: usize,
     pub seconds: f64,
     pub prompts_per_s: f64,
     pub tokens_per_s: f64,
+    /// Prompts decoded at once (0: a report written before batching).
+    #[serde(default)]
+    pub batch_size: usize,
 }
 
 /// Every entry's replies, aligned with the prompts.
@@ -53,20 +57,19 @@ pub fn prompt_seed(seed: u64, prompt: &str) -> u64 {
     seed.wrapping_add(u64::from_str_radix(&h[..16], 16).unwrap_or(0))
 }
 
-/// Prompts handed to the generator at once (and stored together). Decoding is one prompt at
-/// a time today, so this only bounds what a Ctrl-C waits for.
-const BATCH: usize = 4;
-
 fn replies_file(dir: &Path, entry: &str) -> PathBuf {
     dir.join("replies").join(format!("{entry}.jsonl"))
 }
 
-/// Generates what is missing, one model load per base model; `say` reports progress.
+/// Generates what is missing, one model load per base model, `batch_size` prompts decoded at
+/// once; `say` reports progress.
+#[allow(clippy::too_many_arguments)]
 pub fn generate_all(
     dir: &Path,
     entries: &[Entry],
     prompts: &[EvalPrompt],
     params: &SamplingParams,
+    batch_size: usize,
     spec: &ModelSpec,
     stop: &AtomicBool,
     say: &dyn Fn(String),
@@ -109,13 +112,14 @@ pub fn generate_all(
                 &replier,
                 prompts,
                 params,
+                batch_size,
                 &format!("{weights_key}:{adapter_key}"),
                 stop,
             )?;
             match &s {
                 Some(s) => say(format!(
-                    "{}: {} replies in {:.1} s ({:.2} prompts/s, {:.1} tokens/s)",
-                    e.name, s.generated, s.seconds, s.prompts_per_s, s.tokens_per_s
+                    "{}: {} replies in {:.1} s ({:.2} prompts/s, {:.1} tokens/s, batches of {})",
+                    e.name, s.generated, s.seconds, s.prompts_per_s, s.tokens_per_s, s.batch_size
                 )),
                 None => say(format!(
                     "{}: all {} replies stored already",
@@ -130,12 +134,14 @@ pub fn generate_all(
     Ok(AllReplies { replies, speed })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn generate_entry(
     dir: &Path,
     e: &Entry,
     replier: &Replier,
     prompts: &[EvalPrompt],
     params: &SamplingParams,
+    batch_size: usize,
     model_key: &str,
     stop: &AtomicBool,
 ) -> Result<(Vec<Generated>, Option<Speed>)> {
@@ -169,8 +175,12 @@ fn generate_entry(
             }
         }
     }
+    // Prompts of similar length share a batch, so that little of it is padding (a reply does
+    // not depend on its batch).
+    todo.sort_by_key(|(_, _, prompt, _, _)| std::cmp::Reverse(prompt.ids.len()));
     let (mut generated, mut tokens, mut seconds) = (0usize, 0usize, 0.0f64);
-    for batch in todo.chunks(BATCH) {
+    // A batch is stored as soon as it is done; Ctrl-C waits for the batch under way.
+    for batch in todo.chunks(batch_size.max(1)) {
         if stop.load(Ordering::SeqCst) {
             return Err(EvalError::Interrupted);
         }
@@ -214,6 +224,7 @@ fn generate_entry(
         seconds,
         prompts_per_s: generated as f64 / seconds.max(1e-9),
         tokens_per_s: tokens as f64 / seconds.max(1e-9),
+        batch_size,
     });
     Ok((out, speed))
 }

@@ -464,12 +464,12 @@ Strength: log-odds scale, mean 0; P(a beats b) = 1 / (1 + e^(b − a)).\n\n",
     }
     let fast: Vec<&EntryReport> = r.entries.iter().filter(|e| e.speed.is_some()).collect();
     if !fast.is_empty() {
-        md.push_str("| generation | new replies | seconds | prompts/s | tokens/s |\n|---|---:|---:|---:|---:|\n");
+        md.push_str("| generation | new replies | batch | seconds | prompts/s | tokens/s |\n|---|---:|---:|---:|---:|---:|\n");
         for e in fast {
             let s = e.speed.expect("filtered");
             md.push_str(&format!(
-                "| {} | {} | {:.1} | {:.2} | {:.1} |\n",
-                e.name, s.generated, s.seconds, s.prompts_per_s, s.tokens_per_s
+                "| {} | {} | {} | {:.1} | {:.2} | {:.1} |\n",
+                e.name, s.generated, s.batch_size, s.seconds, s.prompts_per_s, s.tokens_per_s
             ));
         }
         md.push('\n');

@@ -92,18 +92,49 @@ impl Rope {
         dtype: DType,
         dev: &Device,
     ) -> Result<[Tensor; 3]> {
+        self.make(offset..offset + t, &[t], dtype, dev)
+    }
+
+    /// cos, sin and −sin of each row's own positions (`positions[r][i]`: the position of row
+    /// r's i-th query), `[B, T, head_dim / 2]` each; every row has the same length.
+    pub fn tables_for(
+        &self,
+        positions: &[Vec<u32>],
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<[Tensor; 3]> {
+        let t = positions.first().map_or(0, Vec::len);
+        if let Some(r) = positions.iter().find(|r| r.len() != t) {
+            return Err(super::ModelError::Invalid(format!(
+                "RoPE positions: rows of {t} and {} positions",
+                r.len()
+            )));
+        }
+        let flat = positions.iter().flatten().map(|&p| p as usize);
+        self.make(flat, &[positions.len(), t], dtype, dev)
+    }
+
+    fn make(
+        &self,
+        positions: impl Iterator<Item = usize>,
+        lead: &[usize],
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<[Tensor; 3]> {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(t * half);
-        let mut sin = Vec::with_capacity(t * half);
-        for p in offset..offset + t {
+        let n: usize = lead.iter().product();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in positions {
             for f in &self.inv_freq {
                 let a = p as f32 * f;
                 cos.push(a.cos());
                 sin.push(a.sin());
             }
         }
-        let cos = Tensor::from_vec(cos, (t, half), dev)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (t, half), dev)?.to_dtype(dtype)?;
+        let shape = [lead, &[half]].concat();
+        let cos = Tensor::from_vec(cos, shape.as_slice(), dev)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, shape.as_slice(), dev)?.to_dtype(dtype)?;
         let neg_sin = sin.neg()?;
         Ok([cos, sin, neg_sin])
     }
@@ -116,6 +147,65 @@ pub(super) struct LayerCache {
     v: Tensor,
     /// Absolute position of the first cached key (sliding layers drop old keys).
     start: usize,
+}
+
+impl LayerCache {
+    /// The cache of the rows `rows` (a batch's sequences that are still decoding), without
+    /// the keys before `first` (the slots no remaining row has a real token in).
+    pub fn select(&self, rows: &Tensor, first: usize) -> Result<Self> {
+        let drop = first.saturating_sub(self.start).min(self.k.dim(2)?);
+        let keep = self.k.dim(2)? - drop;
+        let pick = |x: &Tensor| -> Result<Tensor> {
+            Ok(x.narrow(2, drop, keep)?
+                .contiguous()?
+                .index_select(rows, 0)?)
+        };
+        Ok(Self {
+            k: pick(&self.k)?,
+            v: pick(&self.v)?,
+            start: self.start + drop,
+        })
+    }
+
+    /// One-row caches as the cache of a batch: row r's keys sit `shifts[r]` slots to the right
+    /// of its own positions (its left padding) and every row ends at the same slot; the slots
+    /// before a row's first key are zeros (the batch masks them).
+    pub fn stack(rows: &[&LayerCache], shifts: &[usize]) -> Result<Self> {
+        let span = |c: &LayerCache, s: usize| -> Result<(usize, usize)> {
+            Ok((c.start + s, c.start + s + c.k.dim(2)?))
+        };
+        let spans = rows
+            .iter()
+            .zip(shifts)
+            .map(|(c, &s)| span(c, s))
+            .collect::<Result<Vec<_>>>()?;
+        let first = spans.iter().map(|s| s.0).min().unwrap_or(0);
+        if spans.iter().any(|s| s.1 != spans[0].1) {
+            return Err(super::ModelError::Invalid(
+                "stacked caches must end at the same slot".into(),
+            ));
+        }
+        let pad = |x: &Tensor, n: usize| -> Result<Tensor> {
+            let (b, h, _, d) = x.dims4()?;
+            let zeros = Tensor::zeros((b, h, n, d), x.dtype(), x.device())?;
+            Ok(Tensor::cat(&[&zeros, x], 2)?)
+        };
+        let mut k = Vec::with_capacity(rows.len());
+        let mut v = Vec::with_capacity(rows.len());
+        for (c, s) in rows.iter().zip(&spans) {
+            k.push(pad(&c.k, s.0 - first)?);
+            v.push(pad(&c.v, s.0 - first)?);
+        }
+        Ok(Self {
+            k: Tensor::cat(&k, 0)?,
+            v: Tensor::cat(&v, 0)?,
+            start: first,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.k.device().clone()
+    }
 }
 
 /// What an attention layer is, besides its weights.

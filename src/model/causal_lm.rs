@@ -18,6 +18,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+mod batch;
+pub use batch::BatchCache;
+
 struct Layer {
     input_norm: Norm,
     attn: Attention,
@@ -88,6 +91,8 @@ struct Pass<'a> {
     offset: usize,
     /// Per sequence, whether each key position is real (None: all are).
     key_mask: Option<&'a [Vec<bool>]>,
+    /// Per row, the RoPE position of each query (None: `offset..offset + t` in every row).
+    positions: Option<&'a [Vec<u32>]>,
     /// Attention biases already built in this pass, by (first key, keys, sliding): every layer
     /// of a kind shares one.
     biases: std::cell::RefCell<Vec<(BiasKey, Tensor)>>,
@@ -102,6 +107,7 @@ impl<'a> Pass<'a> {
             t,
             offset,
             key_mask,
+            positions: None,
             biases: Default::default(),
             ropes: Default::default(),
         }
@@ -531,19 +537,35 @@ impl CausalLm {
                 self.cfg.max_position_embeddings
             )));
         }
-        if cache.layers.len() != self.layers.len() {
-            cache.layers = vec![None; self.layers.len()];
-        }
         let x = Tensor::new(ids, &self.device)?.reshape((1, t))?;
         let pass = Pass::new(1, t, cache.len, None);
-        let mut h = self.embed(&x)?;
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            h = self.layer_forward(layer, &h, &pass, Some(lc), &mut Mode::eval())?;
-        }
+        let h = self.cached_layers(&x, &pass, &mut cache.layers)?;
         cache.len += t;
-        let last = self.final_norm(&h.narrow(0, t - 1, 1)?)?;
-        let z = ops::linear_frozen(&last, self.output_weight())?.to_dtype(DType::F32)?;
-        Ok(ops::softcap(&z, self.cfg.final_logit_softcapping)?.squeeze(0)?)
+        Ok(self.head_logits(&h.narrow(0, t - 1, 1)?)?.squeeze(0)?)
+    }
+
+    /// Embeds `ids` `[B, T]` and runs every layer with its KV cache: `[B·T, hidden]`.
+    fn cached_layers(
+        &self,
+        ids: &Tensor,
+        pass: &Pass,
+        caches: &mut Vec<Option<LayerCache>>,
+    ) -> Result<Tensor> {
+        if caches.len() != self.layers.len() {
+            *caches = vec![None; self.layers.len()];
+        }
+        let mut h = self.embed(ids)?;
+        for (layer, lc) in self.layers.iter().zip(caches.iter_mut()) {
+            h = self.layer_forward(layer, &h, pass, Some(lc), &mut Mode::eval())?;
+        }
+        Ok(h)
+    }
+
+    /// The f32 logits (soft-capped) of last-layer hidden states `[N, hidden]`: `[N, vocab]`.
+    fn head_logits(&self, h: &Tensor) -> Result<Tensor> {
+        let z =
+            ops::linear_frozen(&self.final_norm(h)?, self.output_weight())?.to_dtype(DType::F32)?;
+        Ok(ops::softcap(&z, self.cfg.final_logit_softcapping)?)
     }
 
     /// One decoder layer: pre-norm attention and MLP, each followed by a post-norm before the
@@ -563,8 +585,11 @@ impl CausalLm {
         let rope = match pass.ropes[rope_index].get() {
             Some(r) => r,
             None => {
-                let r =
-                    self.ropes[rope_index].tables(pass.offset, pass.t, self.dtype, &self.device)?;
+                let rope = &self.ropes[rope_index];
+                let r = match pass.positions {
+                    Some(p) => rope.tables_for(p, self.dtype, &self.device)?,
+                    None => rope.tables(pass.offset, pass.t, self.dtype, &self.device)?,
+                };
                 pass.ropes[rope_index].get_or_init(|| r)
             }
         };
@@ -643,8 +668,10 @@ impl CausalLm {
                     for kj in 0..s {
                         let j = key_start + kj;
                         let mut ok = j <= i && window.is_none_or(|w| j + w > i);
+                        // The mask is by absolute key position (a cached batch's keys may start
+                        // past 0).
                         if let Some(m) = pass.key_mask {
-                            ok &= m[r].get(kj).copied().unwrap_or(false);
+                            ok &= m[r].get(j).copied().unwrap_or(false);
                         }
                         bias.push(if ok { 0.0 } else { MASKED });
                     }

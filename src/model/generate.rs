@@ -1,7 +1,8 @@
 //! Decoding with the KV cache: greedy or sampled (temperature, top-p, top-k, repetition
-//! penalty, seed), stopping at `<end_of_turn>` / EOS, streaming each token to a callback.
+//! penalty, seed), stopping at `<end_of_turn>` / EOS, streaming each token to a callback; or
+//! several prompts at once, each with its own sampling ([`generate_batch`]).
 
-use super::causal_lm::{CausalLm, KvCache};
+use super::causal_lm::{BatchCache, CausalLm, KvCache};
 use super::{ModelError, Result};
 use candle_core::{DType, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
@@ -98,6 +99,66 @@ pub enum Stop {
     Callback,
 }
 
+/// One sequence's sampling: its own seeded sampler, the tokens the repetition penalty looks
+/// at, what it generated. A row's tokens depend on its logits and its own seed only, so it
+/// samples the same alone or in a batch.
+struct Row<'p> {
+    params: &'p SamplingParams,
+    processor: LogitsProcessor,
+    history: Vec<u32>,
+    out: Vec<u32>,
+}
+
+/// What a row did with its logits.
+enum Step {
+    Token(u32),
+    Done(Stop),
+}
+
+impl<'p> Row<'p> {
+    fn new(prompt: &[u32], params: &'p SamplingParams) -> Result<Self> {
+        params.validate()?;
+        Ok(Self {
+            params,
+            processor: params.processor(),
+            history: prompt.to_vec(),
+            out: Vec::new(),
+        })
+    }
+
+    /// Samples the next token from the f32 logits `[vocab]`.
+    fn step(&mut self, logits: &Tensor, stop_tokens: &[u32]) -> Result<Step> {
+        let params = self.params;
+        if self.full() {
+            return Ok(Step::Done(Stop::MaxTokens));
+        }
+        let mut l = logits.to_dtype(DType::F32)?;
+        if params.repetition_penalty != 1.0 {
+            let start = self.history.len().saturating_sub(params.repeat_last_n);
+            l = candle_transformers::utils::apply_repeat_penalty(
+                &l,
+                params.repetition_penalty,
+                &self.history[start..],
+            )?;
+        }
+        if self.out.len() < params.min_new_tokens && !stop_tokens.is_empty() {
+            l = suppress(&l, stop_tokens)?;
+        }
+        let next = self.processor.sample(&l)?;
+        if stop_tokens.contains(&next) {
+            return Ok(Step::Done(Stop::StopToken(next)));
+        }
+        self.out.push(next);
+        self.history.push(next);
+        Ok(Step::Token(next))
+    }
+
+    /// Whether it generated `max_new_tokens` already.
+    fn full(&self) -> bool {
+        self.out.len() >= self.params.max_new_tokens
+    }
+}
+
 /// Continues `prompt` (appended to whatever `cache` holds) and calls `on_token` with each new
 /// token. Returns the new tokens (without the stop token) and why it stopped. On return the
 /// cache holds the prompt and every generated token except the last one produced.
@@ -109,41 +170,85 @@ pub fn generate(
     stop_tokens: &[u32],
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<(Vec<u32>, Stop)> {
-    params.validate()?;
-    let mut processor = params.processor();
-    let mut history: Vec<u32> = prompt.to_vec();
-    let mut out = Vec::new();
+    let mut row = Row::new(prompt, params)?;
     let mut logits = model.forward_cached(prompt, cache)?;
     loop {
-        if out.len() >= params.max_new_tokens {
-            return Ok((out, Stop::MaxTokens));
-        }
-        let mut l = logits.to_dtype(DType::F32)?;
-        if params.repetition_penalty != 1.0 {
-            let start = history.len().saturating_sub(params.repeat_last_n);
-            l = candle_transformers::utils::apply_repeat_penalty(
-                &l,
-                params.repetition_penalty,
-                &history[start..],
-            )?;
-        }
-        if out.len() < params.min_new_tokens && !stop_tokens.is_empty() {
-            l = suppress(&l, stop_tokens)?;
-        }
-        let next = processor.sample(&l)?;
-        if stop_tokens.contains(&next) {
-            return Ok((out, Stop::StopToken(next)));
-        }
-        out.push(next);
-        history.push(next);
+        let next = match row.step(&logits, stop_tokens)? {
+            Step::Token(t) => t,
+            Step::Done(why) => return Ok((row.out, why)),
+        };
         if on_token(next).is_break() {
-            return Ok((out, Stop::Callback));
+            return Ok((row.out, Stop::Callback));
         }
-        if out.len() >= params.max_new_tokens {
-            return Ok((out, Stop::MaxTokens));
+        if row.full() {
+            return Ok((row.out, Stop::MaxTokens));
         }
         logits = model.forward_cached(&[next], cache)?;
     }
+}
+
+/// Continues every prompt at once (one KV cache with a row per prompt, see
+/// [`crate::model::BatchCache`]), each with its own sampling and seed; a row leaves the batch
+/// when it stops. Returns, per prompt, what [`generate`] would: the new tokens and why it
+/// stopped.
+pub fn generate_batch(
+    model: &CausalLm,
+    prompts: &[&[u32]],
+    params: &[SamplingParams],
+    stop_tokens: &[u32],
+) -> Result<Vec<(Vec<u32>, Stop)>> {
+    if prompts.len() != params.len() {
+        return Err(ModelError::Invalid(format!(
+            "{} prompts with {} sampling settings",
+            prompts.len(),
+            params.len()
+        )));
+    }
+    let mut rows = prompts
+        .iter()
+        .zip(params)
+        .map(|(p, s)| Row::new(p, s))
+        .collect::<Result<Vec<_>>>()?;
+    let mut done: Vec<Option<Stop>> = vec![None; rows.len()];
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The prompt of each row still in the batch, by its place in the cache.
+    let mut live: Vec<usize> = (0..rows.len()).collect();
+    let mut cache = BatchCache::new();
+    let mut logits = model.forward_batch(prompts, &mut cache)?;
+    loop {
+        let mut keep = Vec::with_capacity(live.len());
+        let mut next = Vec::with_capacity(live.len());
+        for (i, &r) in live.iter().enumerate() {
+            let row = &mut rows[r];
+            let why = match row.step(&logits.get(i)?, stop_tokens)? {
+                Step::Token(t) if !row.full() => {
+                    next.push([t]);
+                    None
+                }
+                Step::Token(_) => Some(Stop::MaxTokens),
+                Step::Done(why) => Some(why),
+            };
+            keep.push(why.is_none());
+            done[r] = why;
+        }
+        if next.is_empty() {
+            break;
+        }
+        if keep.contains(&false) {
+            cache.retain(&keep)?;
+            let mut k = keep.iter();
+            live.retain(|_| *k.next().unwrap_or(&false));
+        }
+        let feed: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+        logits = model.forward_batch(&feed, &mut cache)?;
+    }
+    Ok(rows
+        .into_iter()
+        .zip(done)
+        .map(|(row, why)| (row.out, why.unwrap_or(Stop::MaxTokens)))
+        .collect())
 }
 
 fn suppress(logits: &Tensor, tokens: &[u32]) -> Result<Tensor> {
@@ -154,6 +259,13 @@ fn suppress(logits: &Tensor, tokens: &[u32]) -> Result<Tensor> {
         }
     }
     Ok(Tensor::from_vec(v, logits.shape(), logits.device())?)
+}
+
+/// The text of `tokens`, special tokens skipped.
+pub fn decode(tokenizer: &tokenizers::Tokenizer, tokens: &[u32]) -> Result<String> {
+    tokenizer
+        .decode(tokens, true)
+        .map_err(|e| ModelError::Invalid(format!("cannot decode tokens: {e}")))
 }
 
 /// Turns a token stream into text pieces, holding back incomplete UTF-8 (byte-fallback tokens)
@@ -191,9 +303,7 @@ impl<'a> TextStream<'a> {
     }
 
     fn decode(&self) -> Result<String> {
-        self.tokenizer
-            .decode(&self.tokens, true)
-            .map_err(|e| ModelError::Invalid(format!("cannot decode tokens: {e}")))
+        decode(self.tokenizer, &self.tokens)
     }
 }
 
@@ -281,6 +391,76 @@ mod tests {
             (out.len(), why, seen),
             (3, Stop::Callback, greedy[..3].to_vec())
         );
+    }
+
+    /// Batched generation gives each prompt exactly what one-at-a-time generation gives it:
+    /// prompts of different lengths (padded), rows stopping at different times (stop token,
+    /// their own max), greedy and sampled with each row's own seed and penalty, both kernel
+    /// sets, and a sliding window shorter than the sequences.
+    #[test]
+    fn batched_generation_equals_one_at_a_time() {
+        let mut cfg = ModelConfig::preset("tiny").unwrap();
+        cfg.sliding_window = Some(6);
+        let prompts: [&[u32]; 4] = [
+            &[2, 10, 11],
+            &[2, 40, 41, 42, 43, 44, 45, 46, 47],
+            &[2],
+            &[2, 90, 91, 92, 93],
+        ];
+        for kernels in [
+            crate::model::Kernels::Fused,
+            crate::model::Kernels::Reference,
+        ] {
+            let mut m = CausalLm::random_with_embedding_std(&cfg, 3, 0.5, DType::F32, &Device::Cpu)
+                .unwrap();
+            m.set_kernels(kernels).unwrap();
+            let sampled = |seed, max| SamplingParams {
+                temperature: 1.2,
+                top_p: Some(0.9),
+                top_k: None,
+                seed,
+                max_new_tokens: max,
+                ..Default::default()
+            };
+            let settings = [
+                vec![SamplingParams::greedy(12); 4],
+                vec![
+                    sampled(1, 12),
+                    sampled(2, 5),
+                    SamplingParams {
+                        repetition_penalty: 3.0,
+                        ..sampled(3, 9)
+                    },
+                    SamplingParams {
+                        min_new_tokens: 4,
+                        ..sampled(1, 12)
+                    },
+                ],
+            ];
+            for params in settings {
+                let alone = |stop: &[u32]| -> Vec<(Vec<u32>, Stop)> {
+                    prompts
+                        .iter()
+                        .zip(&params)
+                        .map(|(p, s)| {
+                            generate(&m, &mut KvCache::new(), p, s, stop, |_| {
+                                ControlFlow::Continue(())
+                            })
+                            .unwrap()
+                        })
+                        .collect()
+                };
+                // A stop token that ends one row early: the third token of the first row.
+                let stop = [alone(&[])[0].0[2]];
+                let want = alone(&stop);
+                assert!(
+                    want.iter().any(|(_, w)| *w == Stop::StopToken(stop[0])),
+                    "{want:?}"
+                );
+                let got = generate_batch(&m, &prompts, &params, &stop).unwrap();
+                assert_eq!(got, want, "{kernels:?}");
+            }
+        }
     }
 
     #[test]

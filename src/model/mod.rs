@@ -24,7 +24,7 @@ pub mod ops;
 mod qwen3;
 pub mod weights;
 
-pub use causal_lm::{CausalLm, KvCache};
+pub use causal_lm::{BatchCache, CausalLm, KvCache};
 pub use config::{Activation, Family, ModelConfig, NormWeight, RopeScaling, RopeSpec};
 pub use hub::Source;
 pub use kernels::Kernels;
