@@ -8,7 +8,7 @@ pub struct DemoArgs {
     /// Where the demo writes (replaced on a rerun).
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
-    /// Optimizer steps per variant.
+    /// Optimizer steps per variant (at most one pass over its training examples).
     #[arg(long, default_value_t = 40)]
     pub steps: usize,
     /// Full-parameter pre-training steps of the tiny base model.
