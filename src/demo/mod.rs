@@ -209,101 +209,16 @@ pub fn run(o: &DemoOptions) -> Result<String, DemoError> {
     ));
     let base = base.join(PRETRAIN).join("best");
 
-    // One pass at most over a variant's examples: the variants that keep one or two pairs of
-    // each dialogue have 17, and more passes over those overfit the first turns until the
-    // whole-dialogue (common) loss rises above the base's (40 steps, about nine passes:
-    // model4 8.23 against the base's 6.10).
-    let micro_batch = 4;
-    for r in &reports {
-        let steps = o.steps.min(r.train.div_ceil(micro_batch)).max(1);
-        let config = TrainConfig {
-            model: base.display().to_string(),
-            device: "cpu".into(),
-            dtype: "f32".into(),
-            lora_r: 8,
-            lora_alpha: 16.0,
-            lora_dropout: 0.0,
-            max_steps: Some(steps),
-            micro_batch,
-            grad_accum: 1,
-            max_seq_len: cfg.max_position_embeddings,
-            learning_rate: 1e-2,
-            warmup_ratio: 0.0,
-            // Four evaluations a run, at least two steps apart: each scores the whole val set.
-            eval_every: (steps / 4).max(2),
-            save_every: (steps / 2).max(1),
-            keep_checkpoints: 1,
-            ..TrainConfig::default()
-        };
-        sweep(&SweepSpec {
-            variants: vec![r.variant.clone()],
-            runs: out.clone(),
-            config,
-            data: None,
-            gpus: Vec::new(),
-            progress: o.progress,
-            interrupt: o.interrupt.clone(),
-        })?;
-    }
+    lora_runs(o, &base, &reports, cfg.max_position_embeddings)?;
     let secs = clock.lap("nine LoRA runs");
     say(format!("trained the nine variants in {secs:.0} s"));
     let scores = score_base(out, &base)?;
     clock.lap("scoring the base");
 
-    // The run to show: the lowest common val loss (what `compare` names best).
-    let runs = crate::report::compare::collect(out)?;
-    let (best, _) = crate::report::compare::best(&runs)
-        .ok_or_else(|| DemoError::Refused("no run finished".into()))?;
-    let best_loss = best.summary.as_ref().and_then(|s| s.common_val_loss);
-    let (best, best_loss) = match best_loss {
-        Some(l) => (best.name.clone(), l),
-        None => {
-            return Err(DemoError::Refused(format!(
-                "{}: no common val loss",
-                best.name
-            )))
-        }
-    };
+    let (best, best_loss, beating) = best_run(out, &scores)?;
     let base_loss = scores.common_val_loss[&best];
-    let beating = runs
-        .iter()
-        .filter(|r| {
-            let run = r.summary.as_ref().and_then(|s| s.common_val_loss);
-            matches!((run, scores.common_val_loss.get(&r.name)), (Some(x), Some(b)) if x < *b)
-        })
-        .count();
 
-    // What the runs say, without a judge (the demo needs no API key): the same held-out
-    // prompts for every run and the base model; compare then shows the judge-free columns.
-    // The base model is prompted like the best run, so that its row, its common val loss and
-    // the exchanges below all speak of the same prompts.
-    let best_format = crate::chat::RunInfo::find(&crate::rundir::RunDir::of(out, &best).best())?
-        .and_then(|i| i.variant)
-        .map(|v| crate::chat::PromptFormat::from_variant(&v))
-        .unwrap_or_default();
-    let mut eval_cfg = EvalConfig::parse(EVAL_CONFIG, Path::new("configs/eval.toml"))?;
-    eval_cfg.prompts = o.prompts;
-    eval_cfg.sampling.max_new_tokens = Some(DEMO_NEW_TOKENS);
-    eval_cfg.base = BaseFormat {
-        window: best_format.pairs,
-        prefix: best_format.prefix,
-    };
-    let report = crate::eval::run(&EvalOptions {
-        runs: out.clone(),
-        variants: Vec::new(),
-        base: true,
-        config: eval_cfg,
-        judge: None,
-        prompts_dir: PathBuf::new(),
-        pairwise: false,
-        dialogues: None,
-        model: ModelSpec {
-            device: "cpu".into(),
-            dtype: "f32".into(),
-            ..Default::default()
-        },
-        stop: o.interrupt.clone().unwrap_or_default(),
-    })?;
+    let report = evaluate(o, &best)?;
     let md = crate::report::compare(out)?;
     let secs = clock.lap("eval");
     say(format!(
@@ -342,6 +257,112 @@ pub fn run(o: &DemoOptions) -> Result<String, DemoError> {
         "{md}\n{}\n{talk_md}",
         crate::eval::report::markdown(&report)
     ))
+}
+
+/// The run with the lowest common val loss (what `compare` names best), that loss, and how
+/// many runs beat the base model on their own held-out text.
+fn best_run(
+    out: &Path,
+    scores: &crate::report::compare::BaseScores,
+) -> Result<(String, f64, usize), DemoError> {
+    let runs = crate::report::compare::collect(out)?;
+    let (best, _) = crate::report::compare::best(&runs)
+        .ok_or_else(|| DemoError::Refused("no run finished".into()))?;
+    let Some(loss) = best.summary.as_ref().and_then(|s| s.common_val_loss) else {
+        return Err(DemoError::Refused(format!(
+            "{}: no common val loss",
+            best.name
+        )));
+    };
+    let beating = runs
+        .iter()
+        .filter(|r| {
+            let run = r.summary.as_ref().and_then(|s| s.common_val_loss);
+            matches!((run, scores.common_val_loss.get(&r.name)), (Some(x), Some(b)) if x < *b)
+        })
+        .count();
+    Ok((best.name.clone(), loss, beating))
+}
+
+/// What the runs say, without a judge (the demo needs no API key): the same held-out prompts
+/// for every run and the base model. The base model is prompted like the best run, so that its
+/// row, its common val loss and the exchanges all speak of the same prompts.
+fn evaluate(o: &DemoOptions, best: &str) -> Result<crate::eval::EvalReport, DemoError> {
+    let out = &o.out;
+    let best_format = crate::chat::RunInfo::find(&crate::rundir::RunDir::of(out, best).best())?
+        .and_then(|i| i.variant)
+        .map(|v| crate::chat::PromptFormat::from_variant(&v))
+        .unwrap_or_default();
+    let mut eval_cfg = EvalConfig::parse(EVAL_CONFIG, Path::new("configs/eval.toml"))?;
+    eval_cfg.prompts = o.prompts;
+    eval_cfg.sampling.max_new_tokens = Some(DEMO_NEW_TOKENS);
+    eval_cfg.base = BaseFormat {
+        window: best_format.pairs,
+        prefix: best_format.prefix,
+    };
+    Ok(crate::eval::run(&EvalOptions {
+        runs: out.clone(),
+        variants: Vec::new(),
+        base: true,
+        config: eval_cfg,
+        judge: None,
+        prompts_dir: PathBuf::new(),
+        pairwise: false,
+        dialogues: None,
+        model: ModelSpec {
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            ..Default::default()
+        },
+        stop: o.interrupt.clone().unwrap_or_default(),
+    })?)
+}
+
+/// The nine LoRA runs on the pre-trained base, each `o.steps` steps but at most one pass over
+/// its examples.
+fn lora_runs(
+    o: &DemoOptions,
+    base: &Path,
+    reports: &[dataset::BuildReport],
+    max_len: usize,
+) -> Result<(), DemoError> {
+    // One pass at most over a variant's examples: the variants that keep one or two pairs of
+    // each dialogue have 17, and more passes over those overfit the first turns until the
+    // whole-dialogue (common) loss rises above the base's (40 steps, about nine passes:
+    // model4 8.23 against the base's 6.10).
+    let micro_batch = 4;
+    for r in reports {
+        let steps = o.steps.min(r.train.div_ceil(micro_batch)).max(1);
+        let config = TrainConfig {
+            model: base.display().to_string(),
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            lora_r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            max_steps: Some(steps),
+            micro_batch,
+            grad_accum: 1,
+            max_seq_len: max_len,
+            learning_rate: 1e-2,
+            warmup_ratio: 0.0,
+            // Four evaluations a run, at least two steps apart: each scores the whole val set.
+            eval_every: (steps / 4).max(2),
+            save_every: (steps / 2).max(1),
+            keep_checkpoints: 1,
+            ..TrainConfig::default()
+        };
+        sweep(&SweepSpec {
+            variants: vec![r.variant.clone()],
+            runs: o.out.clone(),
+            config,
+            data: None,
+            gpus: Vec::new(),
+            progress: o.progress,
+            interrupt: o.interrupt.clone(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Writes `runs/base.json`: the base model's common val loss on each variant's held-out text
