@@ -8,12 +8,15 @@ pub struct DemoArgs {
     /// Where the demo writes (replaced on a rerun).
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
-    /// Optimizer steps per variant.
+    /// Optimizer steps per variant (at most one pass over its training examples).
     #[arg(long, default_value_t = 40)]
     pub steps: usize,
     /// Full-parameter pre-training steps of the tiny base model.
     #[arg(long, default_value_t = 150)]
     pub pretrain_steps: usize,
+    /// Held-out prompts every run and the base model answer in the demo's eval.
+    #[arg(long, default_value_t = 24)]
+    pub prompts: usize,
 }
 
 impl DemoArgs {
@@ -22,6 +25,7 @@ impl DemoArgs {
             out: self.out.clone(),
             steps: self.steps,
             pretrain_steps: self.pretrain_steps,
+            prompts: self.prompts,
             progress: true,
             interrupt: Some(super::interrupt_flag()),
         };

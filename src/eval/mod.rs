@@ -164,6 +164,7 @@ fn base_entry(o: &EvalOptions, runs: &[Entry]) -> Result<Entry> {
         (None, None) => crate::chat::load::DEFAULT_MODEL.into(),
     };
     let b = &o.config.base;
+    let common_val_loss = base_common_loss(&o.runs, &base, &b.prefix, runs);
     Ok(Entry {
         name: BASE.into(),
         adapter: None,
@@ -174,9 +175,20 @@ fn base_entry(o: &EvalOptions, runs: &[Entry]) -> Result<Entry> {
             layout: Default::default(),
         },
         variant: None,
-        common_val_loss: None,
+        common_val_loss,
         split: None,
     })
+}
+
+/// The base model's common val loss, from `runs/base.json` (which `socratune demo` writes):
+/// a run's common text is the whole held-out dialogues with its prefix, so the base's score on
+/// the text of any run formatted with the base's own prefix is the base's common val loss.
+/// None when no such score is there (no base.json, another base model, no run with the prefix).
+fn base_common_loss(runs_dir: &Path, base: &str, prefix: &str, runs: &[Entry]) -> Option<f64> {
+    let scores = crate::report::compare::read_base(runs_dir).filter(|s| s.model == base)?;
+    runs.iter()
+        .filter(|e| e.format.prefix == prefix)
+        .find_map(|e| scores.common_val_loss.get(&e.name).copied())
 }
 
 /// Runs the whole evaluation; writes `runs/eval.json` and `runs/eval.md` and returns the

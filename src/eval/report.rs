@@ -389,6 +389,16 @@ over prompts ({} resamples).\n\n",
         }
     }
     md.push('\n');
+    if r.entries
+        .iter()
+        .any(|e| e.name == BASE && e.common_val_loss.is_none())
+    {
+        md.push_str(
+            "The base model's common val loss is read from `base.json` (its score on each run's \
+held-out text, written by `socratune demo`) for a run formatted with the base's prefix; there is none \
+here, hence –.\n\n",
+        );
+    }
     if r.entries.iter().any(|e| e.pairwise.is_some()) {
         md.push_str("## Pairwise ranking (Bradley–Terry)\n\n");
         md.push_str(

@@ -196,6 +196,7 @@ pub fn markdown(
     md.push_str(" best val loss | final val loss | best step | train / val examples | tokens trained | wall time | status |\n");
     md.push_str("|---|---:|---:|");
     md.push_str(&"---:|".repeat(extra_head.len()));
+    md.push_str("---:|---:|---:|---:|---:|---:|---|\n");
     let base_on = |name: &str| fmt_loss(base.and_then(|b| b.common_val_loss.get(name).copied()));
     if base.is_some() {
         let chosen = best(reports)
@@ -207,7 +208,6 @@ pub fn markdown(
             extra("base"),
         ));
     }
-    md.push_str("---:|---:|---:|---:|---:|---:|---|\n");
     for r in reports {
         match &r.summary {
             Some(s) => md.push_str(&format!(
@@ -322,6 +322,44 @@ mod tests {
         let mut v = vec!["model10", "model2", "model1", "alpha"];
         v.sort_by_key(|s| natural_key(s));
         assert_eq!(v, ["alpha", "model1", "model2", "model10"]);
+    }
+
+    fn run(name: &str, common: f64) -> RunReport {
+        let summary: Summary = serde_json::from_value(serde_json::json!({
+            "variant": name, "status": "completed", "best_val_loss": common,
+            "final_val_loss": common, "best_step": 4, "steps": 4, "epochs": 1.0,
+            "train_examples": 8, "val_examples": 2, "tokens_trained": 100,
+            "supervised_tokens_trained": 50, "wall_time_s": 3.0, "model": "m",
+            "device": "cpu", "dtype": "f32", "config_sha256": "", "data_sha256": "",
+            "common_val_loss": common,
+        }))
+        .unwrap();
+        RunReport {
+            name: name.into(),
+            dir: PathBuf::from(name),
+            summary: Some(summary),
+            train_curve: Vec::new(),
+            val_curve: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_base_row_comes_after_the_header_and_every_row_has_its_cells() {
+        let reports = [run("model1", 2.5), run("model2", 2.25)];
+        let base = BaseScores {
+            model: "m".into(),
+            common_val_loss: [("model1".into(), 3.0), ("model2".into(), 2.75)].into(),
+        };
+        let md = markdown(&reports, None, Some(&base));
+        let table: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+        assert!(table[1].starts_with("|---|"), "{md}");
+        assert!(
+            table[2].starts_with("| base (on model2's text) | 2.7500 |"),
+            "{md}"
+        );
+        let cells = |l: &str| l.matches('|').count();
+        assert!(table.iter().all(|l| cells(l) == cells(table[0])), "{md}");
+        assert!(md.contains("model2 gains 0.5000 nats"), "{md}");
     }
 
     #[test]

@@ -1,44 +1,54 @@
 //! `socratune demo`: the whole pipeline offline on CPU in a few minutes, from the shipped sample
 //! dialogues — a small tokenizer trained on them, a tiny random Gemma-2 written to disk and
-//! loaded back like any base model, the nine variants built, each trained a few steps, the runs
-//! compared, and every run (and the base model) answering the same held-out prompts (`eval`
-//! without a judge).
+//! pre-trained (every weight) on text that is not Socrates, the nine variants built and each
+//! LoRA-trained a few steps on Socrates' replies, the runs compared with the base model, every
+//! run and the base answering the same held-out prompts (`eval` without a judge), and at the
+//! end the best run and the base answering the same two lines (`talk`).
+
+mod talk;
+
+pub use talk::{follow_up, Exchanges, Speaker, FOLLOW_UP};
 
 use crate::chat::load::ModelSpec;
 use crate::dataset::{self, tokenizer::train_small, BuildOptions, Inputs, Overflow, Selection};
+use crate::eval::config::BaseFormat;
 use crate::eval::{EvalConfig, EvalOptions};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, write_json};
 use crate::model::export::export;
 use crate::model::{CausalLm, ModelConfig};
 use crate::train::sweep::{sweep, SweepSpec};
 use crate::train::{TrainConfig, TrainError};
 use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Instant;
 
-const SAMPLE: &str = include_str!("../data/dialogues/sample.jsonl");
-const PERSONAS: &str = include_str!("../data/personas.jsonl");
-const QUESTIONS: &str = include_str!("../data/questions.jsonl");
+const SAMPLE: &str = include_str!("../../data/dialogues/sample.jsonl");
+const PERSONAS: &str = include_str!("../../data/personas.jsonl");
+const QUESTIONS: &str = include_str!("../../data/questions.jsonl");
 const VARIANTS: [(&str, &str); 9] = [
-    ("model1", include_str!("../configs/variants/model1.toml")),
-    ("model2", include_str!("../configs/variants/model2.toml")),
-    ("model3", include_str!("../configs/variants/model3.toml")),
-    ("model4", include_str!("../configs/variants/model4.toml")),
-    ("model5", include_str!("../configs/variants/model5.toml")),
-    ("model6", include_str!("../configs/variants/model6.toml")),
-    ("model7", include_str!("../configs/variants/model7.toml")),
-    ("model8", include_str!("../configs/variants/model8.toml")),
-    ("model9", include_str!("../configs/variants/model9.toml")),
+    ("model1", include_str!("../../configs/variants/model1.toml")),
+    ("model2", include_str!("../../configs/variants/model2.toml")),
+    ("model3", include_str!("../../configs/variants/model3.toml")),
+    ("model4", include_str!("../../configs/variants/model4.toml")),
+    ("model5", include_str!("../../configs/variants/model5.toml")),
+    ("model6", include_str!("../../configs/variants/model6.toml")),
+    ("model7", include_str!("../../configs/variants/model7.toml")),
+    ("model8", include_str!("../../configs/variants/model8.toml")),
+    ("model9", include_str!("../../configs/variants/model9.toml")),
 ];
-const EVAL_CONFIG: &str = include_str!("../configs/eval.toml");
-/// Held-out prompts and reply length of the demo's eval: enough for the columns to mean
-/// something, few enough for two CPU cores.
-const DEMO_PROMPTS: usize = 24;
+const EVAL_CONFIG: &str = include_str!("../../configs/eval.toml");
+/// Reply length of the demo's eval and exchanges: enough to read, few enough for two CPU cores.
 const DEMO_NEW_TOKENS: usize = 48;
 /// Marks a folder the demo made, so that a rerun may replace it.
 const MARKER: &str = ".socratune-demo";
 const VOCAB: usize = 1024;
+/// The demo's figures, for the README and for checks: `demo.json`.
+pub const FIGURES_FILE: &str = "demo.json";
+/// The exchanges of the best run and the base model, as Markdown.
+pub const EXCHANGES_FILE: &str = "exchanges.md";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -55,24 +65,71 @@ pub enum DemoError {
     #[error(transparent)]
     Eval(#[from] crate::eval::EvalError),
     #[error(transparent)]
+    Chat(#[from] crate::chat::ChatError),
+    #[error(transparent)]
     Io(#[from] crate::fsutil::FileError),
+}
+
+/// `demo.json`: what the demo showed, in numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    /// ln(vocabulary size): the loss of a uniform guess.
+    pub uniform_loss: f64,
+    /// The pre-trained base's loss on its held-out (non-Socrates) text.
+    pub base_heldout_loss: f64,
+    /// The run with the lowest common val loss.
+    pub best: String,
+    pub best_common_val_loss: f64,
+    /// The base model's common val loss on the best run's held-out text.
+    pub base_common_val_loss: f64,
+    /// Runs whose common val loss is below the base's on the same text (of 9).
+    pub runs_beating_base: usize,
+    pub exchanges: Exchanges,
+    /// Seconds per phase, in order.
+    pub seconds: Vec<(String, f64)>,
 }
 
 pub struct DemoOptions {
     pub out: PathBuf,
-    /// Optimizer steps per variant.
+    /// Optimizer steps per variant (at most one pass over its training examples).
     pub steps: usize,
     /// Full-parameter pre-training steps of the tiny base (on text that is not Socrates).
     pub pretrain_steps: usize,
+    /// Held-out prompts every run and the base model answer in the eval.
+    pub prompts: usize,
     pub progress: bool,
     pub interrupt: Option<Arc<AtomicBool>>,
 }
 
-/// Runs the demo; returns the comparison (Markdown).
+/// Wall time of the demo's phases.
+struct Clock {
+    last: Instant,
+    seconds: Vec<(String, f64)>,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            seconds: Vec::new(),
+        }
+    }
+
+    /// Ends the phase `name`; returns its seconds.
+    fn lap(&mut self, name: &str) -> f64 {
+        let s = self.last.elapsed().as_secs_f64();
+        self.last = Instant::now();
+        self.seconds.push((name.into(), s));
+        s
+    }
+}
+
+/// Runs the demo; returns the comparison, the eval and the exchanges (Markdown).
 pub fn run(o: &DemoOptions) -> Result<String, DemoError> {
     let out = &o.out;
     prepare_folder(out)?;
     let say = |m: String| eprintln!("demo: {m}");
+    let mut clock = Clock::new();
 
     // The shipped corpus and variants, so the demo needs nothing but the binary.
     let dialogues = out.join("dialogues.jsonl");
@@ -135,57 +192,115 @@ pub fn run(o: &DemoOptions) -> Result<String, DemoError> {
         cfg.summary(),
         base.display()
     ));
+    clock.lap("data");
 
     // A random model scores worse than a uniform guess, so LoRA on it cannot show learning:
     // first teach the base the language (full-parameter training) on text that is not
     // Socrates, so that what the adapters add afterwards is Socrates' replies.
     let pretrained = pretrain(o, &base, &tokenizer, cfg.max_position_embeddings)?;
     let uniform = (cfg.vocab_size as f64).ln();
+    let secs = clock.lap("pre-training");
     say(format!(
-        "pre-trained the base on the personas, questions and user turns: held-out loss {:.3} \
-         (uniform guess: ln {} = {uniform:.3}) → {}",
+        "pre-trained the base on the personas, questions and user turns in {secs:.0} s: held-out \
+         loss {:.3} (uniform guess: ln {} = {uniform:.3}) → {}",
         pretrained.best_val_loss,
         cfg.vocab_size,
         base.join(PRETRAIN).join("best").display()
     ));
     let base = base.join(PRETRAIN).join("best");
 
-    let config = TrainConfig {
-        model: base.display().to_string(),
-        device: "cpu".into(),
-        dtype: "f32".into(),
-        lora_r: 8,
-        lora_alpha: 16.0,
-        lora_dropout: 0.0,
-        max_steps: Some(o.steps),
-        micro_batch: 4,
-        grad_accum: 1,
-        max_seq_len: cfg.max_position_embeddings,
-        learning_rate: 1e-2,
-        warmup_ratio: 0.0,
-        eval_every: (o.steps / 4).max(1),
-        save_every: (o.steps / 2).max(1),
-        keep_checkpoints: 1,
-        ..TrainConfig::default()
-    };
-    let spec = SweepSpec {
-        variants: VARIANTS.iter().map(|(n, _)| n.to_string()).collect(),
-        runs: out.clone(),
-        config,
-        data: None,
-        gpus: Vec::new(),
-        progress: o.progress,
-        interrupt: o.interrupt.clone(),
-    };
-    sweep(&spec)?;
-    score_base(out, &base)?;
+    lora_runs(o, &base, &reports, cfg.max_position_embeddings)?;
+    let secs = clock.lap("nine LoRA runs");
+    say(format!("trained the nine variants in {secs:.0} s"));
+    let scores = score_base(out, &base)?;
+    clock.lap("scoring the base");
 
-    // What the runs say, without a judge (the demo needs no API key): the same held-out
-    // prompts for every run and the base model; compare then shows the judge-free columns.
+    let (best, best_loss, beating) = best_run(out, &scores)?;
+    let base_loss = scores.common_val_loss[&best];
+
+    let report = evaluate(o, &best)?;
+    let md = crate::report::compare(out)?;
+    let secs = clock.lap("eval");
+    say(format!(
+        "evaluated the runs and the base model in {secs:.0} s"
+    ));
+
+    // The demo ends by talking: the best run and the base model answer the same two lines.
+    let exchanges = talk::talk(out, &best, &report, DEMO_NEW_TOKENS)?;
+    let talk_md = talk::markdown(&exchanges);
+    write_atomic(&out.join(EXCHANGES_FILE), talk_md.as_bytes())?;
+    clock.lap("exchanges");
+    let total: f64 = clock.seconds.iter().map(|p| p.1).sum();
+    say(format!(
+        "took {total:.0} s: {}",
+        clock
+            .seconds
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.0} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    write_json(
+        &out.join(FIGURES_FILE),
+        &Figures {
+            uniform_loss: uniform,
+            base_heldout_loss: pretrained.best_val_loss,
+            best,
+            best_common_val_loss: best_loss,
+            base_common_val_loss: base_loss,
+            runs_beating_base: beating,
+            exchanges,
+            seconds: clock.seconds,
+        },
+    )?;
+    Ok(format!(
+        "{md}\n{}\n{talk_md}",
+        crate::eval::report::markdown(&report)
+    ))
+}
+
+/// The run with the lowest common val loss (what `compare` names best), that loss, and how
+/// many runs beat the base model on their own held-out text.
+fn best_run(
+    out: &Path,
+    scores: &crate::report::compare::BaseScores,
+) -> Result<(String, f64, usize), DemoError> {
+    let runs = crate::report::compare::collect(out)?;
+    let (best, _) = crate::report::compare::best(&runs)
+        .ok_or_else(|| DemoError::Refused("no run finished".into()))?;
+    let Some(loss) = best.summary.as_ref().and_then(|s| s.common_val_loss) else {
+        return Err(DemoError::Refused(format!(
+            "{}: no common val loss",
+            best.name
+        )));
+    };
+    let beating = runs
+        .iter()
+        .filter(|r| {
+            let run = r.summary.as_ref().and_then(|s| s.common_val_loss);
+            matches!((run, scores.common_val_loss.get(&r.name)), (Some(x), Some(b)) if x < *b)
+        })
+        .count();
+    Ok((best.name.clone(), loss, beating))
+}
+
+/// What the runs say, without a judge (the demo needs no API key): the same held-out prompts
+/// for every run and the base model. The base model is prompted like the best run, so that its
+/// row, its common val loss and the exchanges all speak of the same prompts.
+fn evaluate(o: &DemoOptions, best: &str) -> Result<crate::eval::EvalReport, DemoError> {
+    let out = &o.out;
+    let best_format = crate::chat::RunInfo::find(&crate::rundir::RunDir::of(out, best).best())?
+        .and_then(|i| i.variant)
+        .map(|v| crate::chat::PromptFormat::from_variant(&v))
+        .unwrap_or_default();
     let mut eval_cfg = EvalConfig::parse(EVAL_CONFIG, Path::new("configs/eval.toml"))?;
-    eval_cfg.prompts = DEMO_PROMPTS;
+    eval_cfg.prompts = o.prompts;
     eval_cfg.sampling.max_new_tokens = Some(DEMO_NEW_TOKENS);
-    let report = crate::eval::run(&EvalOptions {
+    eval_cfg.base = BaseFormat {
+        window: best_format.pairs,
+        prefix: best_format.prefix,
+    };
+    Ok(crate::eval::run(&EvalOptions {
         runs: out.clone(),
         variants: Vec::new(),
         base: true,
@@ -200,14 +315,59 @@ pub fn run(o: &DemoOptions) -> Result<String, DemoError> {
             ..Default::default()
         },
         stop: o.interrupt.clone().unwrap_or_default(),
-    })?;
-    let md = crate::report::compare(out)?;
-    Ok(format!("{md}\n{}", crate::eval::report::markdown(&report)))
+    })?)
+}
+
+/// The nine LoRA runs on the pre-trained base, each `o.steps` steps but at most one pass over
+/// its examples.
+fn lora_runs(
+    o: &DemoOptions,
+    base: &Path,
+    reports: &[dataset::BuildReport],
+    max_len: usize,
+) -> Result<(), DemoError> {
+    // One pass at most over a variant's examples: the variants that keep one or two pairs of
+    // each dialogue have 17, and more passes over those overfit the first turns until the
+    // whole-dialogue (common) loss rises above the base's (40 steps, about nine passes:
+    // model4 8.23 against the base's 6.10).
+    let micro_batch = 4;
+    for r in reports {
+        let steps = o.steps.min(r.train.div_ceil(micro_batch)).max(1);
+        let config = TrainConfig {
+            model: base.display().to_string(),
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            lora_r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            max_steps: Some(steps),
+            micro_batch,
+            grad_accum: 1,
+            max_seq_len: max_len,
+            learning_rate: 1e-2,
+            warmup_ratio: 0.0,
+            // Four evaluations a run, at least two steps apart: each scores the whole val set.
+            eval_every: (steps / 4).max(2),
+            save_every: (steps / 2).max(1),
+            keep_checkpoints: 1,
+            ..TrainConfig::default()
+        };
+        sweep(&SweepSpec {
+            variants: vec![r.variant.clone()],
+            runs: o.out.clone(),
+            config,
+            data: None,
+            gpus: Vec::new(),
+            progress: o.progress,
+            interrupt: o.interrupt.clone(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Writes `runs/base.json`: the base model's common val loss on each variant's held-out text
 /// (the `model score` code path), for the comparison's base row.
-fn score_base(out: &Path, base: &Path) -> Result<(), DemoError> {
+fn score_base(out: &Path, base: &Path) -> Result<crate::report::compare::BaseScores, DemoError> {
     use crate::report::compare::{BaseScores, BASE_FILE};
     let model = crate::model::load(
         &crate::model::Source::Local(base.to_path_buf()),
@@ -234,8 +394,8 @@ fn score_base(out: &Path, base: &Path) -> Result<(), DemoError> {
         };
         scores.common_val_loss.insert(name.to_string(), loss);
     }
-    crate::fsutil::write_json(&out.join(BASE_FILE), &scores)?;
-    Ok(())
+    write_json(&out.join(BASE_FILE), &scores)?;
+    Ok(scores)
 }
 
 /// Where, under the base model's folder, the pre-training run goes (out of `compare`'s sight).
