@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Makes a tiny model + LoRA fixture that the parity tests compare socratune against: a
-random model of one family (Gemma-2 or Gemma-3 text) and adapter, and reference outputs
-computed by Hugging Face transformers (eager attention) and PEFT on the CPU in float32.
+random model of one family (Gemma-2, Gemma-3 text, Qwen3 or Llama) and adapter, and reference
+outputs computed by Hugging Face transformers (eager attention) and PEFT on the CPU in float32.
 
-Usage: python scripts/make_fixture.py OUT_DIR [--family gemma2|gemma3] [--seed N]
+Usage: python scripts/make_fixture.py OUT_DIR [--family gemma2|gemma3|qwen3|llama] [--seed N]
                                               [--shape tiny|odd]
 
 Deterministic: the same seed, shape and library versions give byte-identical files (one
@@ -14,7 +14,9 @@ Files written into OUT_DIR:
   config.json                  the config spelled as the Hub's repositories of the family
                                spell it (gemma2: top-level rope_theta, torch_dtype, eos
                                list, no layer_types: even layers slide; gemma3: rope_theta,
-                               rope_local_base_freq, rope_scaling, sliding_window_pattern)
+                               rope_local_base_freq, rope_scaling, sliding_window_pattern;
+                               qwen3 and llama: rope_theta and rope_scaling, as
+                               Qwen3-1.7B's and Llama-3.2-1B's files)
   model.safetensors            the weights (float32, Hugging Face names)
   generation_config.json       as transformers writes it
   adapter/                     a PEFT LoRA adapter on all seven projections, lora_B non-zero
@@ -40,7 +42,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM,
-                          Gemma3TextConfig)
+                          Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 # sliding_window < T so that local and global layers really differ; query_pre_attn_scalar !=
 # head_dim so that its use is tested; both softcaps active.
@@ -68,6 +71,34 @@ GEMMA3_SHAPES = {
                 query_pre_attn_scalar=12, sliding_window_pattern=2, rope_theta=500.0,
                 rope_local_base_freq=50.0, rope_scaling={"rope_type": "linear", "factor": 2.0}),
 }
+# Qwen3: q/k norms, more query heads than hidden / head_dim (as Qwen3-4B), tied head.
+QWEN3_SHAPES = {
+    "tiny": dict(vocab_size=384, hidden_size=64, intermediate_size=160, num_hidden_layers=4,
+                 num_attention_heads=6, num_key_value_heads=2, head_dim=16,
+                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                 tie_word_embeddings=True),
+    "odd": dict(vocab_size=301, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                num_attention_heads=6, num_key_value_heads=3, head_dim=8,
+                rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+                tie_word_embeddings=True),
+}
+# Llama-3: untied head; llama3 RoPE scaling whose original context (64) puts the head's eight
+# wavelengths (2π·10⁴^(i/8): 6, 20, 63, 199, …) in all three bands: kept (< 64/4), blended,
+# divided by the factor (> 64/1), so the scaling changes the angles at the fixture's lengths.
+LLAMA_SHAPES = {
+    "tiny": dict(vocab_size=384, hidden_size=64, intermediate_size=160, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                 rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                  "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                  "original_max_position_embeddings": 64},
+                 tie_word_embeddings=False),
+    "odd": dict(vocab_size=301, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                num_attention_heads=6, num_key_value_heads=3, head_dim=8,
+                rope_parameters={"rope_type": "llama3", "rope_theta": 500.0, "factor": 4.0,
+                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                 "original_max_position_embeddings": 32},
+                 tie_word_embeddings=False),
+}
 BATCH = {"tiny": (2, 21, 4, 8), "odd": (3, 17, 3, 5)}  # B, T, LoRA r, LoRA alpha
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PAD, BOS, EOS = 0, 2, 1
@@ -85,6 +116,20 @@ def hub_spelling(path, family, shape):
         for k in ("rope_theta", "rope_local_base_freq", "rope_scaling", "sliding_window_pattern"):
             c[k] = want[k]
         c["eos_token_id"] = [EOS, 106]
+    elif family in ("qwen3", "llama"):
+        # As Qwen/Qwen3-1.7B and meta-llama/Llama-3.2-1B: rope_theta, rope_scaling at the top.
+        rope = dict(c.pop("rope_parameters"))
+        c["rope_theta"] = rope.pop("rope_theta")
+        c["rope_scaling"] = None if rope["rope_type"] == "default" else rope
+        c["torch_dtype"] = c.pop("dtype", "float32")
+        for k in ("layer_types", "pretraining_tp"):
+            c.pop(k, None)
+        if family == "qwen3":
+            c["sliding_window"] = None
+        with open(path, "w") as f:
+            json.dump(c, f, indent=2, sort_keys=True)
+            f.write("\n")
+        return
     else:
         c["rope_theta"] = c.pop("rope_parameters")["rope_theta"]
         c["hidden_act"] = c["hidden_activation"]
@@ -114,7 +159,7 @@ def inputs(vocab, b, t):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out")
-    ap.add_argument("--family", default="gemma2", choices=["gemma2", "gemma3"])
+    ap.add_argument("--family", default="gemma2", choices=["gemma2", "gemma3", "qwen3", "llama"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     a = ap.parse_args()
@@ -124,21 +169,34 @@ def main():
     b, t, r, alpha = BATCH[a.shape]
 
     common = dict(max_position_embeddings=256, rms_norm_eps=1e-6,
-                  hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
                   pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
                   attention_bias=False, attention_dropout=0.0)
+    gemma = dict(common, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True)
     if a.family == "gemma3":
-        cfg = Gemma3TextConfig(**common, **GEMMA3_SHAPES[a.shape])
+        cfg = Gemma3TextConfig(**gemma, **GEMMA3_SHAPES[a.shape])
         model_class = Gemma3ForCausalLM
+    elif a.family == "qwen3":
+        cfg = Qwen3Config(**common, hidden_act="silu", use_sliding_window=False,
+                          **QWEN3_SHAPES[a.shape])
+        model_class = Qwen3ForCausalLM
+    elif a.family == "llama":
+        cfg = LlamaConfig(**dict(common, rms_norm_eps=1e-5), hidden_act="silu", mlp_bias=False,
+                          **LLAMA_SHAPES[a.shape])
+        model_class = LlamaForCausalLM
     else:
-        cfg = Gemma2Config(**common, **SHAPES[a.shape])
+        cfg = Gemma2Config(**gemma, **SHAPES[a.shape])
         model_class = Gemma2ForCausalLM
     cfg._attn_implementation = "eager"
     model = model_class(cfg).float().eval()
+    # Gemma stores its norms as the offset from one, the others as the weight itself.
+    norm_centre = 0.0 if a.family.startswith("gemma") else 1.0
     with torch.no_grad():
         for n, p in model.named_parameters():
-            # Random norm weights too, so that Gemma's (1 + weight) RMSNorm is exercised.
-            p.copy_(torch.randn_like(p) * (0.3 if "norm" in n else 0.08))
+            # Random norm weights too, so that each family's RMSNorm weight is exercised.
+            if "norm" in n:
+                p.copy_(norm_centre + torch.randn_like(p) * 0.3)
+            else:
+                p.copy_(torch.randn_like(p) * 0.08)
     os.makedirs(a.out, exist_ok=True)
     model.save_pretrained(a.out, safe_serialization=True)
 
@@ -175,10 +233,12 @@ def main():
     out["gen_greedy"] = g[0, 6:].clone()
     save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(a.out, "io.safetensors"))
     hub_spelling(os.path.join(a.out, "config.json"), a.family, a.shape)
-    if a.family == "gemma3":
+    if a.family != "gemma2":
         # The Hub spelling must mean the same model to transformers as the config it came from.
         again = model_class.from_pretrained(a.out, attn_implementation="eager").float().eval()
-        assert again.config.layer_types == cfg.layer_types, again.config.layer_types
+        layer_types = getattr(cfg, "layer_types", None)
+        assert getattr(again.config, "layer_types", None) == layer_types, again.config
+        assert again.config.tie_word_embeddings == cfg.tie_word_embeddings
         assert again.config.rope_parameters == cfg.rope_parameters, again.config.rope_parameters
         with torch.no_grad():
             assert torch.equal(again(input_ids=ids, attention_mask=mask).logits, base_logits)
@@ -194,7 +254,8 @@ def main():
         f.write("\n")
 
     with open(os.path.join(a.out, "README.md"), "w") as f:
-        title = {"gemma2": "Gemma-2", "gemma3": "Gemma-3 (text)"}[a.family]
+        title = {"gemma2": "Gemma-2", "gemma3": "Gemma-3 (text)", "qwen3": "Qwen3",
+                 "llama": "Llama-3"}[a.family]
         f.write(f"# {title} parity fixture\n\nMade by `scripts/make_fixture.py` "
                 "(see GENERATED.md). Files:\n\n```\n")
         f.write(__doc__.split("Files written into OUT_DIR:\n")[1].rstrip() + "\n```\n")

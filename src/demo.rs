@@ -18,6 +18,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 const SAMPLE: &str = include_str!("../data/dialogues/sample.jsonl");
+const PERSONAS: &str = include_str!("../data/personas.jsonl");
+const QUESTIONS: &str = include_str!("../data/questions.jsonl");
 const VARIANTS: [(&str, &str); 9] = [
     ("model1", include_str!("../configs/variants/model1.toml")),
     ("model2", include_str!("../configs/variants/model2.toml")),
@@ -60,6 +62,8 @@ pub struct DemoOptions {
     pub out: PathBuf,
     /// Optimizer steps per variant.
     pub steps: usize,
+    /// Full-parameter pre-training steps of the tiny base (on text that is not Socrates).
+    pub pretrain_steps: usize,
     pub progress: bool,
     pub interrupt: Option<Arc<AtomicBool>>,
 }
@@ -132,6 +136,20 @@ pub fn run(o: &DemoOptions) -> Result<String, DemoError> {
         base.display()
     ));
 
+    // A random model scores worse than a uniform guess, so LoRA on it cannot show learning:
+    // first teach the base the language (full-parameter training) on text that is not
+    // Socrates, so that what the adapters add afterwards is Socrates' replies.
+    let pretrained = pretrain(o, &base, &tokenizer, cfg.max_position_embeddings)?;
+    let uniform = (cfg.vocab_size as f64).ln();
+    say(format!(
+        "pre-trained the base on the personas, questions and user turns: held-out loss {:.3} \
+         (uniform guess: ln {} = {uniform:.3}) → {}",
+        pretrained.best_val_loss,
+        cfg.vocab_size,
+        base.join(PRETRAIN).join("best").display()
+    ));
+    let base = base.join(PRETRAIN).join("best");
+
     let config = TrainConfig {
         model: base.display().to_string(),
         device: "cpu".into(),
@@ -160,6 +178,7 @@ pub fn run(o: &DemoOptions) -> Result<String, DemoError> {
         interrupt: o.interrupt.clone(),
     };
     sweep(&spec)?;
+    score_base(out, &base)?;
 
     // What the runs say, without a judge (the demo needs no API key): the same held-out
     // prompts for every run and the base model; compare then shows the judge-free columns.
@@ -184,6 +203,144 @@ pub fn run(o: &DemoOptions) -> Result<String, DemoError> {
     })?;
     let md = crate::report::compare(out)?;
     Ok(format!("{md}\n{}", crate::eval::report::markdown(&report)))
+}
+
+/// Writes `runs/base.json`: the base model's common val loss on each variant's held-out text
+/// (the `model score` code path), for the comparison's base row.
+fn score_base(out: &Path, base: &Path) -> Result<(), DemoError> {
+    use crate::report::compare::{BaseScores, BASE_FILE};
+    let model = crate::model::load(
+        &crate::model::Source::Local(base.to_path_buf()),
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    let mut scores = BaseScores {
+        model: base.display().to_string(),
+        common_val_loss: Default::default(),
+    };
+    // Variants sharing a prompt format share their held-out text: score each text once.
+    let mut seen: std::collections::HashMap<Vec<u8>, f64> = Default::default();
+    for (name, _) in VARIANTS {
+        let common = crate::rundir::RunDir::of(out, name).data().common();
+        let bytes =
+            std::fs::read(&common).map_err(|e| crate::fsutil::FileError::new(&common, e))?;
+        let loss = match seen.get(&bytes) {
+            Some(l) => *l,
+            None => {
+                let l = crate::train::score::score_file(&model, &common, 1, &Device::Cpu)?.loss;
+                seen.insert(bytes, l);
+                l
+            }
+        };
+        scores.common_val_loss.insert(name.to_string(), loss);
+    }
+    crate::fsutil::write_json(&out.join(BASE_FILE), &scores)?;
+    Ok(())
+}
+
+/// Where, under the base model's folder, the pre-training run goes (out of `compare`'s sight).
+const PRETRAIN: &str = "pretrain";
+
+/// Text that is not Socrates: the personas' names and descriptions, the opening questions and
+/// the user side of the sample dialogues. Every tenth text is held out.
+fn pretraining_texts() -> Vec<String> {
+    let values = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let mut texts = Vec::new();
+    for p in values(PERSONAS) {
+        for key in ["name", "description"] {
+            if let Some(s) = p[key].as_str() {
+                texts.push(s.to_string());
+            }
+        }
+    }
+    for q in values(QUESTIONS) {
+        if let Some(s) = q["text"].as_str() {
+            texts.push(s.to_string());
+        }
+    }
+    for l in SAMPLE.lines() {
+        if let Ok(d) = serde_json::from_str::<crate::corpus::Dialogue>(l) {
+            texts.extend(
+                d.turns
+                    .into_iter()
+                    .filter(|t| t.role == crate::corpus::Role::User)
+                    .map(|t| t.text),
+            );
+        }
+    }
+    texts
+}
+
+/// Pre-trains the random base in `base` with `train --full` on [`pretraining_texts`]; the
+/// result is `base/pretrain/best` (a whole model, tokenizer included).
+fn pretrain(
+    o: &DemoOptions,
+    base: &Path,
+    tokenizer: &tokenizers::Tokenizer,
+    max_len: usize,
+) -> Result<crate::train::trainer::Summary, DemoError> {
+    use crate::train::data::Example;
+    let data = crate::rundir::DataDir::new(base.join("pretrain-data"));
+    let (mut train, mut val) = (String::new(), String::new());
+    for (i, text) in pretraining_texts().iter().enumerate() {
+        let enc = tokenizer
+            .encode(text.as_str(), true)
+            .map_err(|e| DemoError::Refused(format!("tokenizing the pre-training text: {e}")))?;
+        let ids: Vec<u32> = enc.get_ids().iter().copied().take(max_len).collect();
+        // Every token but the first (BOS) is predicted.
+        let labels = ids
+            .iter()
+            .enumerate()
+            .map(|(k, &t)| if k == 0 { -100 } else { t as i64 })
+            .collect();
+        let ex = Example {
+            id: format!("text-{i}"),
+            dialogue: format!("text-{i}"),
+            input_ids: ids,
+            labels,
+        };
+        let line = serde_json::to_string(&ex).expect("example serializes") + "\n";
+        if i % 10 == 9 {
+            val.push_str(&line);
+        } else {
+            train.push_str(&line);
+        }
+    }
+    write_atomic(&data.train(), train.as_bytes())?;
+    write_atomic(&data.val(), val.as_bytes())?;
+    let config = TrainConfig {
+        model: base.display().to_string(),
+        device: "cpu".into(),
+        dtype: "f32".into(),
+        full: true,
+        max_steps: Some(o.pretrain_steps),
+        micro_batch: 8,
+        grad_accum: 1,
+        max_seq_len: max_len,
+        learning_rate: 3e-3,
+        warmup_ratio: 0.05,
+        weight_decay: 0.01,
+        eval_every: (o.pretrain_steps / 4).max(1),
+        save_every: o.pretrain_steps.max(1),
+        keep_checkpoints: 1,
+        ..TrainConfig::default()
+    };
+    Ok(crate::train::trainer::train(
+        crate::train::trainer::RunSpec {
+            name: "pretrain".into(),
+            config,
+            data_dir: data,
+            out_dir: crate::rundir::RunDir::new(base.join(PRETRAIN)),
+            resume: false,
+            fresh: false,
+            progress: o.progress,
+            interrupt: o.interrupt.clone(),
+        },
+    )?)
 }
 
 /// Creates `out`, or empties it if an earlier demo made it; refuses any other existing folder.

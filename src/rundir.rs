@@ -79,7 +79,12 @@ impl RunDir {
         self.root.join("adapter")
     }
 
-    /// The adapter of the best validation loss.
+    /// The last step's whole model (full-parameter runs), in the Hub layout.
+    pub fn model(&self) -> PathBuf {
+        self.root.join("model")
+    }
+
+    /// The adapter (or, for a full-parameter run, the model) of the best validation loss.
     pub fn best(&self) -> PathBuf {
         self.root.join("best")
     }
@@ -90,9 +95,14 @@ impl RunDir {
     }
 
     /// What a run writes (never its data): folders, then files. `--fresh` removes them.
-    pub fn outputs(&self) -> ([PathBuf; 3], [PathBuf; 3]) {
+    pub fn outputs(&self) -> ([PathBuf; 4], [PathBuf; 3]) {
         (
-            [self.checkpoints(), self.adapter(), self.best()],
+            [
+                self.checkpoints(),
+                self.adapter(),
+                self.model(),
+                self.best(),
+            ],
             [self.metrics(), self.summary(), self.config()],
         )
     }

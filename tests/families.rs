@@ -1,11 +1,13 @@
 //! Gemma-3 (text) through every command on its fixture (`tests/fixtures/gemma3-tiny`): train,
 //! killed and resumed; `model score` against transformers + PEFT; chat; serve; export to
-//! safetensors (reloaded) and to GGUF (read back). Gemma-2 runs the same commands in the other files.
+//! safetensors (reloaded) and to GGUF (read back). Qwen3 and Llama-3 train, resume and chat
+//! here too (their score, export and serve run in `model_cli.rs` and the interop layer).
+//! Gemma-2 runs the same commands in the other files.
 
 mod common;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
-use common::{gemma3_fixture, socratune_in};
+use common::{family_fixture, gemma3_fixture, socratune_in};
 use socratune::model::{adapter, load, Source};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,11 +21,10 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// The fixture's reference rows as `train.jsonl` and `val.jsonl` (padding stripped; the
+/// A fixture's reference rows as `train.jsonl` and `val.jsonl` (padding stripped; the
 /// training file repeats them `copies` times).
-fn write_data(dir: &Path, copies: usize) -> PathBuf {
-    let io = candle_core::safetensors::load(gemma3_fixture().join("io.safetensors"), &Device::Cpu)
-        .unwrap();
+fn write_data(fixture: &Path, dir: &Path, copies: usize) -> PathBuf {
+    let io = candle_core::safetensors::load(fixture.join("io.safetensors"), &Device::Cpu).unwrap();
     let ids = io["input_ids"].to_vec2::<i64>().unwrap();
     let mask = io["attention_mask"].to_vec2::<i64>().unwrap();
     let labels = io["labels"].to_vec2::<i64>().unwrap();
@@ -67,12 +68,12 @@ fn adapter_tensors(dir: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap()
 }
 
-fn train_cmd(data: &Path, out: &Path) -> Command {
+fn train_cmd(fixture: &Path, data: &Path, out: &Path) -> Command {
     let config = out.with_extension("toml");
     std::fs::write(&config, "# defaults\n").unwrap();
     let mut c = common::bin();
     c.args(["train", "--data", s(data), "--out", s(out)])
-        .args(["--model", s(&gemma3_fixture()), "--device", "cpu"])
+        .args(["--model", s(fixture), "--device", "cpu"])
         .args(["--dtype", "f32", "--config", s(&config)])
         .args([
             "--max-steps",
@@ -88,12 +89,13 @@ fn train_cmd(data: &Path, out: &Path) -> Command {
     c
 }
 
-#[test]
-fn gemma3_trains_and_resumes_after_kill_9_to_the_same_adapter() {
+/// Trains on a family's fixture, kills a second run with SIGKILL and resumes it: the adapter
+/// is the uninterrupted run's.
+fn trains_and_resumes_after_kill_9_to_the_same_adapter(fixture: &Path, layers: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let data = write_data(dir.path(), 12);
+    let data = write_data(fixture, dir.path(), 12);
     let reference = dir.path().join("ref");
-    let out = train_cmd(&data, &reference).output().unwrap();
+    let out = train_cmd(fixture, &data, &reference).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -103,7 +105,7 @@ fn gemma3_trains_and_resumes_after_kill_9_to_the_same_adapter() {
     assert!(log.contains("completed after 40 steps"), "{log}");
 
     let run = dir.path().join("killed");
-    let mut child = train_cmd(&data, &run)
+    let mut child = train_cmd(fixture, &data, &run)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -118,7 +120,10 @@ fn gemma3_trains_and_resumes_after_kill_9_to_the_same_adapter() {
         !run.join("summary.json").exists(),
         "the run finished before it was killed"
     );
-    let out = train_cmd(&data, &run).arg("--resume").output().unwrap();
+    let out = train_cmd(fixture, &data, &run)
+        .arg("--resume")
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -128,8 +133,8 @@ fn gemma3_trains_and_resumes_after_kill_9_to_the_same_adapter() {
         adapter_tensors(&reference.join("adapter")),
         adapter_tensors(&run.join("adapter")),
     );
-    // Six layers, seven projections, A and B.
-    assert_eq!(a.len(), 6 * 7 * 2);
+    // Every layer, seven projections, A and B.
+    assert_eq!(a.len(), layers * 7 * 2);
     for (k, t) in &a {
         let d = common::max_abs_diff(t, &b[k]);
         assert!(d <= 1e-6, "{k}: resumed adapter differs by {d}");
@@ -137,10 +142,25 @@ fn gemma3_trains_and_resumes_after_kill_9_to_the_same_adapter() {
 }
 
 #[test]
+fn gemma3_trains_and_resumes_after_kill_9_to_the_same_adapter() {
+    trains_and_resumes_after_kill_9_to_the_same_adapter(&gemma3_fixture(), 6);
+}
+
+#[test]
+fn qwen3_trains_and_resumes_after_kill_9_to_the_same_adapter() {
+    trains_and_resumes_after_kill_9_to_the_same_adapter(&family_fixture("qwen3"), 4);
+}
+
+#[test]
+fn llama_trains_and_resumes_after_kill_9_to_the_same_adapter() {
+    trains_and_resumes_after_kill_9_to_the_same_adapter(&family_fixture("llama"), 4);
+}
+
+#[test]
 fn gemma3_model_score_recomputes_the_reference_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let data = write_data(dir.path(), 1);
     let f = gemma3_fixture();
+    let data = write_data(&f, dir.path(), 1);
     let io = candle_core::safetensors::load(f.join("io.safetensors"), &Device::Cpu).unwrap();
     let want = io["lora_loss"].to_scalar::<f32>().unwrap() as f64;
     let (ok, out, err) = socratune(&[
@@ -165,14 +185,14 @@ fn gemma3_model_score_recomputes_the_reference_loss() {
     );
 }
 
-#[test]
-fn gemma3_chats_with_its_adapter() {
+/// `chat` with a family's fixture and adapter: one exchange, saved; stderr names the model
+/// as `summary` starts.
+fn chats_with_its_adapter(f: &Path, summary: &str) {
     let dir = tempfile::tempdir().unwrap();
     let tok = dir.path().join("tokenizer.json");
     tokenizer(&tok);
-    let f = gemma3_fixture();
     let mut child = common::bin()
-        .args(["chat", "--model", s(&f), "--tokenizer", s(&tok)])
+        .args(["chat", "--model", s(f), "--tokenizer", s(&tok)])
         .args(["--adapter", s(&f.join("adapter")), "--device", "cpu"])
         .args([
             "--max-new-tokens",
@@ -199,13 +219,24 @@ fn gemma3_chats_with_its_adapter() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("gemma3_text, 6 layers"), "{err}");
+    assert!(err.contains(summary), "{err}");
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("talk.jsonl")).unwrap())
             .unwrap();
     let turns = saved["turns"].as_array().unwrap();
     let roles: Vec<&str> = turns.iter().map(|t| t["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["user", "model", "user", "model"]);
+}
+
+#[test]
+fn gemma3_chats_with_its_adapter() {
+    chats_with_its_adapter(&gemma3_fixture(), "gemma3_text, 6 layers");
+}
+
+#[test]
+fn qwen3_and_llama_chat_with_their_adapters() {
+    chats_with_its_adapter(&family_fixture("qwen3"), "qwen3, 4 layers");
+    chats_with_its_adapter(&family_fixture("llama"), "llama, 4 layers");
 }
 
 #[test]

@@ -289,10 +289,9 @@ fn export_merges_and_reloads_with_the_adapter_logits() {
     }
 }
 
-/// The fixture's reference batch as a `train.jsonl` file (padding stripped).
-fn fixture_examples(path: &Path) {
-    let io =
-        candle_core::safetensors::load(fixture().join("io.safetensors"), &Device::Cpu).unwrap();
+/// A fixture's reference batch as a `train.jsonl` file (padding stripped).
+fn fixture_examples(fixture: &Path, path: &Path) {
+    let io = candle_core::safetensors::load(fixture.join("io.safetensors"), &Device::Cpu).unwrap();
     let ids = io["input_ids"].to_vec2::<i64>().unwrap();
     let mask = io["attention_mask"].to_vec2::<i64>().unwrap();
     let labels = io["labels"].to_vec2::<i64>().unwrap();
@@ -309,11 +308,61 @@ fn fixture_examples(path: &Path) {
     std::fs::write(path, text).unwrap();
 }
 
+/// `model check` and `model score` on each family's fixture: the loss with the adapter is
+/// transformers + PEFT's.
+#[test]
+fn every_family_checks_and_scores_like_transformers() {
+    for family in ["gemma3", "qwen3", "llama"] {
+        let f = common::family_fixture(family);
+        let (ok, out, err) = socratune(
+            &[
+                "model",
+                "check",
+                "--model",
+                f.to_str().unwrap(),
+                "--adapter",
+            ]
+            .into_iter()
+            .chain([f.join("adapter").to_str().unwrap(), "--device", "cpu"])
+            .collect::<Vec<_>>(),
+            &[],
+        );
+        assert!(ok, "{family}: {err}");
+        assert!(out.contains(family) && out.contains("LoRA r="), "{out}");
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("val.jsonl");
+        fixture_examples(&f, &data);
+        let io = candle_core::safetensors::load(f.join("io.safetensors"), &Device::Cpu).unwrap();
+        let want = io["lora_loss"].to_scalar::<f32>().unwrap() as f64;
+        let (ok, out, err) = socratune(
+            &[
+                "model",
+                "score",
+                "--model",
+                f.to_str().unwrap(),
+                "--adapter",
+            ]
+            .into_iter()
+            .chain([f.join("adapter").to_str().unwrap(), "--data"])
+            .chain([data.to_str().unwrap(), "--device", "cpu", "--json"])
+            .collect::<Vec<_>>(),
+            &[],
+        );
+        assert!(ok, "{family}: {err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let loss = v["loss"].as_f64().unwrap();
+        assert!(
+            ((loss - want) / want).abs() < 1e-5,
+            "{family}: loss {loss}, transformers + PEFT {want}"
+        );
+    }
+}
+
 #[test]
 fn model_score_recomputes_the_reference_loss() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("val.jsonl");
-    fixture_examples(&data);
+    fixture_examples(&fixture(), &data);
     let io =
         candle_core::safetensors::load(fixture().join("io.safetensors"), &Device::Cpu).unwrap();
     let want = io["lora_loss"].to_scalar::<f32>().unwrap() as f64;

@@ -310,6 +310,52 @@ fn evaluation_does_not_depend_on_the_batch_size() {
     assert!((one - eight).abs() <= 1e-6 * one.abs(), "{one} vs {eight}");
 }
 
+/// Runs `train` three times into `run`, stopping it as soon as checkpoint `targets[i]`
+/// appears: SIGKILL the first and last time, Ctrl-C (which checkpoints and exits 130) the
+/// second; the runs after the first resume.
+fn stop_three_times(data: &Path, run: &Path, args: &[&str], targets: [usize; 3]) {
+    for (kills, target) in targets.into_iter().enumerate() {
+        let mut c = train_cmd(data, run, args);
+        if kills > 0 {
+            c.arg("--resume");
+        }
+        let mut child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill as soon as checkpoint `target` shows up: at an arbitrary point of the next step
+        // or of the next checkpoint's write.
+        let ckpts = run.join("checkpoints");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !ckpts.join(format!("step-{target}")).exists() && std::time::Instant::now() < deadline
+        {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if kills == 1 {
+            // Ctrl-C: the run checkpoints the step it is on and exits with 130.
+            Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
+            let status = child.wait().unwrap();
+            assert_eq!(status.code(), Some(130));
+            let (newest, _) = socratune::train::checkpoint::newest_valid(&ckpts);
+            assert!(newest.unwrap().1.step >= target);
+        } else {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+        assert!(
+            !run.join("summary.json").exists(),
+            "the run finished before it was stopped"
+        );
+    }
+}
+
 #[test]
 fn resume_after_kill_9_ends_with_the_same_adapter() {
     let dir = tempfile::tempdir().unwrap();
@@ -364,46 +410,7 @@ fn resume_after_kills(dir: &Path, data: &Path, batching: &[&str]) {
     run_ok(train_cmd(&data, &reference, &args));
 
     let run = dir.join("killed");
-    for (kills, target) in [5usize, 17, 31].into_iter().enumerate() {
-        let mut c = train_cmd(&data, &run, &args);
-        if kills > 0 {
-            c.arg("--resume");
-        }
-        let mut child = c
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Kill as soon as checkpoint `target` shows up: at an arbitrary point of the next step
-        // or of the next checkpoint's write.
-        let ckpts = run.join("checkpoints");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !ckpts.join(format!("step-{target}")).exists() && std::time::Instant::now() < deadline
-        {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        if target == 17 {
-            // Ctrl-C: the run checkpoints the step it is on and exits with 130.
-            Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status()
-                .unwrap();
-            let status = child.wait().unwrap();
-            assert_eq!(status.code(), Some(130));
-            let (newest, _) = socratune::train::checkpoint::newest_valid(&ckpts);
-            assert!(newest.unwrap().1.step >= target);
-        } else {
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-        }
-        assert!(
-            !run.join("summary.json").exists(),
-            "the run finished before it was stopped"
-        );
-    }
+    stop_three_times(&data, &run, &args, [5, 17, 31]);
     let out = run_ok({
         let mut c = train_cmd(&data, &run, &args);
         c.arg("--resume");
@@ -675,7 +682,7 @@ fn bench_train_on_data_reports_each_batching_layout() {
     let data = write_data_with(dir.path(), 40, 2, |i| 12 + (i * 7) % 36);
     let train = data.join("train.jsonl");
     let bench = |extra: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+        let mut c = common::bin();
         c.args([
             "bench", "train", "--preset", "tiny", "--device", "cpu", "--json",
         ])
@@ -707,7 +714,7 @@ fn bench_train_on_data_reports_each_batching_layout() {
         (v["min_tokens"].as_u64(), v["max_tokens"].as_u64()),
         (Some(8), Some(60))
     );
-    let mut c = Command::new(env!("CARGO_BIN_EXE_socratune"));
+    let mut c = common::bin();
     c.args(["bench", "train", "--preset", "tiny", "--device", "cpu"])
         .args([
             "--data",
@@ -721,4 +728,87 @@ fn bench_train_on_data_reports_each_batching_layout() {
         !out.status.success() && err.contains("longest example (47 tokens)"),
         "{err}"
     );
+}
+
+fn safetensors(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn full_parameter_training_learns_writes_a_hub_model_and_resumes_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data(dir.path(), 12, 4, 32);
+    let args = [
+        "--full",
+        "--max-steps",
+        "30",
+        "--micro-batch",
+        "2",
+        "--grad-accum",
+        "2",
+        "--save-every",
+        "1",
+        "--eval-every",
+        "7",
+        "--lr",
+        "3e-3",
+        "--weight-decay",
+        "0.01",
+    ];
+    let reference = dir.path().join("ref");
+    let out = run_ok(train_cmd(&data, &reference, &args));
+    assert!(out.contains("completed after 30 steps"), "{out}");
+    let losses: Vec<f64> = events(&reference, "train")
+        .iter()
+        .map(|e| e["loss"].as_f64().unwrap())
+        .collect();
+    assert!(
+        losses[29] < 0.7 * losses[0],
+        "loss {} → {}",
+        losses[0],
+        losses[29]
+    );
+    // A whole model in the Hub layout: every base weight, changed, with its config (tokenizer
+    // files are copied too where the base has them; the fixture has none).
+    let model = reference.join("model");
+    for f in ["config.json", "generation_config.json"] {
+        assert!(model.join(f).is_file(), "model/ has no {f}");
+    }
+    assert!(!reference.join("adapter").exists());
+    let trained = safetensors(&model.join("model.safetensors"));
+    let base = safetensors(&fixture().join("model.safetensors"));
+    assert_eq!(trained.len(), base.len());
+    for (name, t) in &base {
+        let d = common::max_abs_diff(
+            &t.to_dtype(candle_core::DType::F32).unwrap(),
+            &trained[name],
+        );
+        assert!(d > 0.0, "{name} did not change");
+    }
+    // The trained model loads as a base model and scores what the run measured.
+    let src = socratune::model::Source::Local(reference.join("best"));
+    let best = socratune::model::load(&src, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let val = load_examples(&data.join("val.jsonl"), 1024).unwrap();
+    let v = evaluate(&best, &val.examples, 4, 0, vocab(), &Device::Cpu).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reference.join("summary.json")).unwrap())
+            .unwrap();
+    let want = summary["best_val_loss"].as_f64().unwrap();
+    assert!((v - want).abs() < 1e-5, "{v} vs {want}");
+
+    // Killed, interrupted and resumed: the same weights, bit for bit.
+    let run = dir.path().join("killed");
+    stop_three_times(&data, &run, &args, [4, 11, 19]);
+    let out = run_ok({
+        let mut c = train_cmd(&data, &run, &args);
+        c.arg("--resume");
+        c
+    });
+    assert!(out.contains("completed after 30 steps"), "{out}");
+    for folder in ["model", "best"] {
+        let a = safetensors(&reference.join(folder).join("model.safetensors"));
+        let b = safetensors(&run.join(folder).join("model.safetensors"));
+        let d = max_diff(&a, &b);
+        assert_eq!(d, 0.0, "{folder}: the resumed run differs by {d}");
+    }
 }

@@ -30,13 +30,7 @@ fn round(x: f64, places: i32) -> f64 {
 }
 
 pub fn bench_generate(o: &GenerateBench) -> Result<Value> {
-    let cfg = ModelConfig::preset(&o.preset).ok_or_else(|| {
-        ChatError::Invalid(format!(
-            "unknown preset `{}`; use one of {}",
-            o.preset,
-            ModelConfig::preset_names().join(", ")
-        ))
-    })?;
+    let cfg = ModelConfig::preset_or_list(&o.preset).map_err(ChatError::Invalid)?;
     if o.tokens < 2 || o.prompt_len == 0 {
         return Err(ChatError::Invalid(
             "--tokens must be at least 2 and --prompt-len at least 1".into(),

@@ -18,7 +18,8 @@ pub enum BenchCommand {
     /// LoRA training throughput on a random model of a preset shape, doing exactly the work of
     /// benches/hf_peft_reference.py; prints one JSON line with the same keys.
     Train {
-        /// tiny, small, gemma-2-2b, tiny-gemma3, gemma-3-1b or gemma-3-4b.
+        /// tiny, small, gemma-2-2b, tiny-gemma3, gemma-3-1b, gemma-3-4b, tiny-qwen3, qwen3-1.7b,
+        /// tiny-llama or llama-3.2-1b.
         #[arg(long, default_value = "small")]
         preset: String,
         /// Timed steps.
@@ -64,7 +65,8 @@ pub enum BenchCommand {
     /// Greedy decoding speed with the KV cache on a random model of a preset shape: the
     /// prompt's forward pass and the decoding timed apart; prints one JSON line.
     Generate {
-        /// tiny, small, gemma-2-2b, tiny-gemma3, gemma-3-1b or gemma-3-4b.
+        /// tiny, small, gemma-2-2b, tiny-gemma3, gemma-3-1b, gemma-3-4b, tiny-qwen3, qwen3-1.7b,
+        /// tiny-llama or llama-3.2-1b.
         #[arg(long, default_value = "small")]
         preset: String,
         /// Tokens to generate.

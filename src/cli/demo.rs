@@ -11,6 +11,9 @@ pub struct DemoArgs {
     /// Optimizer steps per variant.
     #[arg(long, default_value_t = 40)]
     pub steps: usize,
+    /// Full-parameter pre-training steps of the tiny base model.
+    #[arg(long, default_value_t = 150)]
+    pub pretrain_steps: usize,
 }
 
 impl DemoArgs {
@@ -18,6 +21,7 @@ impl DemoArgs {
         let o = socratune::demo::DemoOptions {
             out: self.out.clone(),
             steps: self.steps,
+            pretrain_steps: self.pretrain_steps,
             progress: true,
             interrupt: Some(super::interrupt_flag()),
         };

@@ -103,6 +103,9 @@ pub struct TrainOverrides {
     /// Early-stopping patience in evaluations (0: off).
     #[arg(long)]
     pub patience: Option<usize>,
+    /// Full-parameter training: every weight, f32; writes a whole model instead of an adapter.
+    #[arg(long)]
+    pub full: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -146,6 +149,9 @@ impl TrainOverrides {
             seed
         );
         set!(eval_every, save_every, keep_checkpoints);
+        if self.full {
+            c.full = true;
+        }
         if let Some(v) = &self.revision {
             c.revision = Some(v.clone());
         }

@@ -1,7 +1,8 @@
 //! What each model family needs in a GGUF file: its architecture name and `{arch}.*` keys,
 //! how its tensors are named, how its weights differ from the Hugging Face layout, and its
 //! chat format (for `tokenizer.chat_template` and an Ollama Modelfile). Each family the model
-//! module reads has an entry here, found by its `model_type`.
+//! module reads has an entry here, found by its `model_type`: llama.cpp's `gemma2`, `gemma3`,
+//! `qwen3` and `llama`.
 
 use super::{GgufError, Result};
 use crate::model::{Activation, ModelConfig, RopeScaling};
@@ -10,6 +11,9 @@ use candle_core::Tensor;
 
 /// GGUF key-value pairs.
 pub type Metadata = Vec<(String, Value)>;
+
+/// Named tensors, in llama.cpp's names.
+pub type NamedTensors = Vec<(String, Tensor)>;
 
 pub struct Family {
     /// `general.architecture`.
@@ -22,6 +26,8 @@ pub struct Family {
     pub metadata: fn(&ModelConfig) -> Result<Metadata>,
     /// Turns a weight in the Hugging Face layout into what llama.cpp computes with.
     pub convert: fn(&ModelConfig, &str, Tensor) -> Result<Tensor>,
+    /// Tensors llama.cpp wants that the checkpoint does not hold (`rope_freqs.weight`).
+    pub extra_tensors: fn(&ModelConfig) -> Result<NamedTensors>,
     /// The chat template (Jinja), used when the tokenizer config has none.
     pub chat_template: &'static str,
     /// The same format in Ollama's Go-template language.
@@ -49,6 +55,8 @@ pub fn family(model_type: &str) -> Result<&'static Family> {
     match model_type {
         "gemma2" => Ok(&GEMMA2),
         "gemma3_text" | "gemma3" => Ok(&GEMMA3),
+        "qwen3" => Ok(&QWEN3),
+        "llama" => Ok(&LLAMA),
         other => Err(GgufError::Invalid(format!(
             "GGUF export does not know the model family `{other}`"
         ))),
@@ -102,6 +110,7 @@ pub static GEMMA2: Family = Family {
     ],
     metadata: gemma2_metadata,
     convert: gemma2_convert,
+    extra_tensors: no_extra_tensors,
     chat_template: GEMMA2_CHAT_TEMPLATE,
     ollama_template: GEMMA_OLLAMA_TEMPLATE,
     end_of_turn: "<end_of_turn>",
@@ -130,10 +139,152 @@ pub static GEMMA3: Family = Family {
     ],
     metadata: gemma3_metadata,
     convert: gemma3_convert,
+    extra_tensors: no_extra_tensors,
     chat_template: GEMMA3_CHAT_TEMPLATE,
     ollama_template: GEMMA_OLLAMA_TEMPLATE,
     end_of_turn: "<end_of_turn>",
 };
+
+/// The tensors of a Llama-shaped family: an untied head as `output.weight`, no post-norms.
+const LLAMA_GLOBALS: &[(&str, &str)] = &[
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+const LLAMA_PER_LAYER: &[(&str, &str)] = &[
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+    ("self_attn.k_norm.weight", "attn_k_norm.weight"),
+    // Llama's post-attention norm is the one before the MLP.
+    ("post_attention_layernorm.weight", "ffn_norm.weight"),
+    ("mlp.gate_proj.weight", "ffn_gate.weight"),
+    ("mlp.up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
+];
+
+pub static QWEN3: Family = Family {
+    arch: "qwen3",
+    globals: LLAMA_GLOBALS,
+    per_layer: LLAMA_PER_LAYER,
+    metadata: qwen3_metadata,
+    // llama.cpp's qwen3 rotates halves (NeoX), as transformers does: weights as they are.
+    convert: |_, _, t| Ok(t),
+    extra_tensors: llama3_rope_freqs,
+    // ChatML with thinking off, as Qwen3's own template renders it with enable_thinking=False.
+    chat_template: "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n<think>\n\n</think>\n\n' }}{%- endif %}",
+    ollama_template: r#"{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 -}}
+<|im_start|>{{ .Role }}
+{{ .Content }}<|im_end|>
+{{ if and $last (ne .Role "assistant") }}<|im_start|>assistant
+<think>
+
+</think>
+
+{{ end }}
+{{- end }}"#,
+    end_of_turn: "<|im_end|>",
+};
+
+pub static LLAMA: Family = Family {
+    arch: "llama",
+    globals: LLAMA_GLOBALS,
+    per_layer: LLAMA_PER_LAYER,
+    metadata: llama_metadata,
+    convert: llama_convert,
+    extra_tensors: llama3_rope_freqs,
+    // Llama-3's header format (meta-llama/Meta-Llama-3-8B-Instruct's template).
+    chat_template: "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+    ollama_template: r#"{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 -}}
+<|start_header_id|>{{ .Role }}<|end_header_id|>
+
+{{ .Content }}<|eot_id|>
+{{- if and $last (ne .Role "assistant") }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ end }}
+{{- end }}"#,
+    end_of_turn: "<|eot_id|>",
+};
+
+fn no_extra_tensors(_: &ModelConfig) -> Result<NamedTensors> {
+    Ok(Vec::new())
+}
+
+/// The `{arch}.*` keys of a Llama-shaped family, as llama.cpp's converter writes them.
+fn llama_like_metadata(arch: &str, cfg: &ModelConfig) -> Result<Metadata> {
+    if cfg.activation != Activation::Silu || cfg.post_norms || cfg.scale_embeddings {
+        return Err(GgufError::Invalid(format!(
+            "llama.cpp's {arch} is SwiGLU with pre-norms only and unscaled embeddings; this config is not"
+        )));
+    }
+    let u = |k: &str, v: usize| (format!("{arch}.{k}"), Value::U32(v as u32));
+    let f = |k: &str, v: f64| (format!("{arch}.{k}"), Value::F32(v as f32));
+    let mut m = shape_metadata(cfg, arch);
+    m.extend([
+        u("rope.dimension_count", cfg.head_dim),
+        u("vocab_size", cfg.vocab_size),
+    ]);
+    // llama3 scaling travels as the rope_freqs tensor; linear as two keys.
+    if let RopeScaling::Linear { factor } = cfg.rope_global.scaling {
+        m.push((
+            format!("{arch}.rope.scaling.type"),
+            Value::String("linear".into()),
+        ));
+        m.push(f("rope.scaling.factor", factor));
+    }
+    Ok(m)
+}
+
+fn qwen3_metadata(cfg: &ModelConfig) -> Result<Metadata> {
+    llama_like_metadata("qwen3", cfg)
+}
+
+fn llama_metadata(cfg: &ModelConfig) -> Result<Metadata> {
+    if cfg.qk_norm {
+        return Err(GgufError::Invalid(
+            "llama.cpp's llama has no q/k norms".into(),
+        ));
+    }
+    llama_like_metadata("llama", cfg)
+}
+
+/// llama.cpp's llama rotates adjacent pairs where transformers rotates halves: the converter
+/// permutes the rows of each query and key head (`LlamaModel.permute`) so that both compute
+/// the same.
+fn llama_convert(cfg: &ModelConfig, gguf_name: &str, t: Tensor) -> Result<Tensor> {
+    let heads = if gguf_name.ends_with(".attn_q.weight") {
+        cfg.num_attention_heads
+    } else if gguf_name.ends_with(".attn_k.weight") {
+        cfg.num_key_value_heads
+    } else {
+        return Ok(t);
+    };
+    let (rows, cols) = t.dims2()?;
+    let half = rows / heads / 2;
+    Ok(t.reshape((heads, 2, half, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
+}
+
+/// Llama-3.1's RoPE scaling as llama.cpp reads it: per frequency, the factor it divides by
+/// (`LlamaModel.generate_extra_tensors`).
+fn llama3_rope_freqs(cfg: &ModelConfig) -> Result<NamedTensors> {
+    if !matches!(cfg.rope_global.scaling, RopeScaling::Llama3 { .. }) {
+        return Ok(Vec::new());
+    }
+    let factors = cfg.rope_global.divisors(cfg.head_dim);
+    let n = factors.len();
+    Ok(vec![(
+        "rope_freqs.weight".into(),
+        Tensor::from_vec(factors, n, &candle_core::Device::Cpu)?,
+    )])
+}
 
 /// llama.cpp scales queries by 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the 27B model
 /// (46 layers in Gemma-2, 62 in Gemma-3), whatever `query_pre_attn_scalar` says.
@@ -161,7 +312,7 @@ fn gemma2_metadata(cfg: &ModelConfig) -> Result<Metadata> {
     };
     let u = |k: &str, v: usize| (format!("gemma2.{k}"), Value::U32(v as u32));
     let f = |k: &str, v: f64| (format!("gemma2.{k}"), Value::F32(v as f32));
-    let mut m = gemma_shape(cfg, "gemma2");
+    let mut m = shape_metadata(cfg, "gemma2");
     m.push(f("attn_logit_softcapping", attn_cap));
     m.push(f("final_logit_softcapping", final_cap));
     // Without a window every layer attends globally: a window as long as the context.
@@ -181,7 +332,8 @@ fn gemma2_metadata(cfg: &ModelConfig) -> Result<Metadata> {
 }
 
 /// The `{arch}.*` keys Gemma-2 and Gemma-3 share.
-fn gemma_shape(cfg: &ModelConfig, arch: &str) -> Metadata {
+/// The `{arch}.*` keys of the model's shape and RoPE base, which every architecture has.
+fn shape_metadata(cfg: &ModelConfig, arch: &str) -> Metadata {
     let u = |k: &str, v: usize| (format!("{arch}.{k}"), Value::U32(v as u32));
     let f = |k: &str, v: f64| (format!("{arch}.{k}"), Value::F32(v as f32));
     vec![
@@ -209,7 +361,7 @@ fn gemma3_metadata(cfg: &ModelConfig) -> Result<Metadata> {
     if cfg.rope_local.scaling != RopeScaling::None {
         return refuse("scales RoPE on global layers only; this config scales the sliding ones");
     }
-    let mut m = gemma_shape(cfg, "gemma3");
+    let mut m = shape_metadata(cfg, "gemma3");
     m.push((
         "gemma3.rope.freq_base_swa".into(),
         Value::F32(cfg.rope_local.theta as f32),
@@ -299,11 +451,11 @@ mod tests {
             Some("blk.0.ffn_norm.weight")
         );
         assert_eq!(g.gguf_name("lm_head.weight"), None);
-        assert!(family("llama")
+        assert!(family("mistral")
             .err()
             .unwrap()
             .to_string()
-            .contains("`llama`"));
+            .contains("`mistral`"));
     }
 
     #[test]
@@ -393,5 +545,91 @@ mod tests {
         cfg.query_pre_attn_scalar = cfg.head_dim as f64 * 4.0;
         let q = gemma2_convert(&cfg, "blk.0.attn_q.weight", w).unwrap();
         assert_eq!(q.to_vec1::<f32>().unwrap(), [0.25, -0.5]);
+    }
+}
+
+#[cfg(test)]
+mod llama_tests {
+    use super::*;
+
+    #[test]
+    fn llama_names_the_pre_mlp_norm_ffn_norm_and_the_untied_head_output() {
+        for fam in [&QWEN3, &LLAMA] {
+            assert_eq!(
+                fam.gguf_name("model.layers.3.post_attention_layernorm.weight")
+                    .as_deref(),
+                Some("blk.3.ffn_norm.weight")
+            );
+            assert_eq!(
+                fam.gguf_name("lm_head.weight").as_deref(),
+                Some("output.weight")
+            );
+        }
+        assert_eq!(
+            QWEN3
+                .gguf_name("model.layers.0.self_attn.k_norm.weight")
+                .as_deref(),
+            Some("blk.0.attn_k_norm.weight")
+        );
+        assert_eq!(family("qwen3").unwrap().arch, "qwen3");
+        assert_eq!(family("llama").unwrap().arch, "llama");
+    }
+
+    #[test]
+    fn llama_permutes_query_and_key_rows_per_head() {
+        let cfg = ModelConfig::preset("tiny-llama").unwrap();
+        let (d, h) = (cfg.head_dim, cfg.hidden_size);
+        let rows = cfg.num_key_value_heads * d;
+        let v: Vec<f32> = (0..rows * h).map(|i| (i / h) as f32).collect();
+        let t = Tensor::from_vec(v, (rows, h), &candle_core::Device::Cpu).unwrap();
+        let p = llama_convert(&cfg, "blk.0.attn_k.weight", t.clone()).unwrap();
+        let first_col: Vec<f32> = p
+            .narrow(1, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // Head 0's rows 0..8 (first half) and 8..16 (second) interleave: 0, 8, 1, 9, …
+        assert_eq!(&first_col[..4], &[0.0, 8.0, 1.0, 9.0]);
+        assert_eq!(&first_col[16..18], &[16.0, 24.0]);
+        let same = llama_convert(&cfg, "blk.0.attn_v.weight", t.clone()).unwrap();
+        assert_eq!(same.to_vec2::<f32>().unwrap(), t.to_vec2::<f32>().unwrap());
+    }
+
+    #[test]
+    fn llama3_rope_freqs_follow_the_converter() {
+        // The tiny-llama preset: head_dim 16, theta 1e4, factor 8, low 1, high 4, original 64.
+        let cfg = ModelConfig::preset("tiny-llama").unwrap();
+        let t = llama3_rope_freqs(&cfg).unwrap();
+        assert_eq!(t[0].0, "rope_freqs.weight");
+        let f = t[0].1.to_vec1::<f32>().unwrap();
+        assert_eq!(f.len(), 8);
+        // Wavelengths 6.3 (kept), 19.9 and 62.8 (blended), 199 and longer (divided by 8).
+        assert_eq!(f[0], 1.0);
+        assert!(f[1] > 1.0 && f[1] < f[2] && f[2] < 8.0, "{f:?}");
+        assert!(f[3..].iter().all(|&x| x == 8.0), "{f:?}");
+        let plain = ModelConfig::preset("qwen3-1.7b").unwrap();
+        assert!(llama3_rope_freqs(&plain).unwrap().is_empty());
+    }
+
+    #[test]
+    fn llama_metadata_has_the_keys_llama_cpp_reads() {
+        let cfg = ModelConfig::preset("llama-3.2-1b").unwrap();
+        let m = llama_metadata(&cfg).unwrap();
+        let get = |k: &str| m.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("llama.rope.dimension_count").unwrap().to_u32().unwrap(),
+            64
+        );
+        assert_eq!(
+            get("llama.rope.freq_base").unwrap().to_f32().unwrap(),
+            500000.0
+        );
+        assert_eq!(get("llama.vocab_size").unwrap().to_u32().unwrap(), 128256);
+        let q = qwen3_metadata(&ModelConfig::preset("qwen3-1.7b").unwrap()).unwrap();
+        assert!(q.iter().all(|(k, _)| k.starts_with("qwen3.")));
+        let e = qwen3_metadata(&ModelConfig::preset("gemma-2-2b").unwrap()).unwrap_err();
+        assert!(e.to_string().contains("SwiGLU"), "{e}");
     }
 }

@@ -150,8 +150,10 @@ fn convert_tensors(model: &CausalLm, fam: &Family, quant: Quant) -> Result<Vec<(
         };
         let role = if dims.len() < 2 {
             Role::Vector
-        } else if name == "token_embd.weight" {
-            Role::TiedEmbedding
+        } else if name == "output.weight"
+            || (name == "token_embd.weight" && cfg.tie_word_embeddings)
+        {
+            Role::Output
         } else if name.ends_with(".attn_v.weight") {
             Role::AttnV(layer())
         } else if name.ends_with(".ffn_down.weight") {
@@ -162,6 +164,9 @@ fn convert_tensors(model: &CausalLm, fam: &Family, quant: Quant) -> Result<Vec<(
         let ncols = *dims.last().unwrap_or(&1);
         let ty: GgmlDType = quant::tensor_type(quant, role, ncols, cfg.num_hidden_layers);
         out.push((name, quant::encode(&t, ty)?));
+    }
+    for (name, t) in (fam.extra_tensors)(cfg)? {
+        out.push((name, quant::encode(&t, GgmlDType::F32)?));
     }
     Ok(out)
 }

@@ -85,8 +85,8 @@ impl Quant {
 pub enum Role {
     /// 1-D (norms): always F32, as llama.cpp's converter writes them.
     Vector,
-    /// The token embedding, which Gemma also uses as the output projection (tied).
-    TiedEmbedding,
+    /// The output projection: `output.weight`, or the token embedding when tied to it.
+    Output,
     /// `attn_v` of layer `i`.
     AttnV(usize),
     /// `ffn_down` of layer `i`.
@@ -113,9 +113,9 @@ pub fn tensor_type(quant: Quant, role: Role, ncols: usize, n_layers: usize) -> G
         return base;
     }
     let chosen = match role {
-        // Tied embeddings take the output tensor's type: Q6_K unless the file is Q8_0.
-        Role::TiedEmbedding if ncols % base.block_size() != 0 => GgmlDType::Q8_0,
-        Role::TiedEmbedding if base != GgmlDType::Q8_0 => GgmlDType::Q6K,
+        // The output projection (tied embedding or not): Q6_K unless the file is Q8_0.
+        Role::Output if ncols % base.block_size() != 0 => GgmlDType::Q8_0,
+        Role::Output if base != GgmlDType::Q8_0 => GgmlDType::Q6K,
         Role::AttnV(i) | Role::FfnDown(i) if quant == Quant::Q4KM && use_more_bits(i, n_layers) => {
             GgmlDType::Q6K
         }
@@ -177,7 +177,7 @@ mod tests {
     fn q4_k_m_follows_llama_cpp_mixture() {
         // Gemma-2 2B: 26 layers, rows of 2304 and 9216 (multiples of 256).
         let t = |role, ncols| tensor_type(Quant::Q4KM, role, ncols, 26);
-        assert_eq!(t(Role::TiedEmbedding, 2304), GgmlDType::Q6K);
+        assert_eq!(t(Role::Output, 2304), GgmlDType::Q6K);
         assert_eq!(t(Role::Matrix, 2304), GgmlDType::Q4K);
         assert_eq!(t(Role::Vector, 2304), GgmlDType::F32);
         // use_more_bits(26): layers 0–2, 22–25 and every third from 3 (5, 8, …, 20).
@@ -201,12 +201,12 @@ mod tests {
         assert_eq!(t(Quant::Q4KM, Role::Matrix, 64), GgmlDType::Q5_0);
         assert_eq!(t(Quant::Q4KM, Role::AttnV(0), 64), GgmlDType::Q5_0);
         assert_eq!(t(Quant::Q4KM, Role::AttnV(3), 64), GgmlDType::Q8_0);
-        assert_eq!(t(Quant::Q4KM, Role::TiedEmbedding, 64), GgmlDType::Q8_0);
-        assert_eq!(t(Quant::Q4_0, Role::TiedEmbedding, 64), GgmlDType::Q8_0);
-        assert_eq!(t(Quant::Q4_0, Role::TiedEmbedding, 512), GgmlDType::Q6K);
+        assert_eq!(t(Quant::Q4KM, Role::Output, 64), GgmlDType::Q8_0);
+        assert_eq!(t(Quant::Q4_0, Role::Output, 64), GgmlDType::Q8_0);
+        assert_eq!(t(Quant::Q4_0, Role::Output, 512), GgmlDType::Q6K);
         assert_eq!(t(Quant::Q4_0, Role::Matrix, 48), GgmlDType::F16);
-        assert_eq!(t(Quant::Q8_0, Role::TiedEmbedding, 512), GgmlDType::Q8_0);
-        assert_eq!(t(Quant::F16, Role::TiedEmbedding, 50), GgmlDType::F16);
+        assert_eq!(t(Quant::Q8_0, Role::Output, 512), GgmlDType::Q8_0);
+        assert_eq!(t(Quant::F16, Role::Output, 50), GgmlDType::F16);
         assert_eq!(t(Quant::Bf16, Role::Matrix, 64), GgmlDType::BF16);
     }
 

@@ -156,6 +156,41 @@ fn looks_special(t: &str) -> bool {
         || matches!(t, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
 }
 
+/// The split regexes of Llama-3's and Qwen2's (Qwen3's) `tokenizer.json`, as llama.cpp's
+/// `llama-vocab.cpp` quotes them; they differ in digits: up to three at once, or one.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// llama.cpp's `tokenizer.ggml.pre` for a byte-level BPE pre-tokenizer: GPT-2's own, or
+/// Llama-3's / Qwen2's regex split before a byte-level step without its own regex.
+fn bpe_pre_tokenizer(pre: &Json) -> Option<&'static str> {
+    let byte_level = |p: &Json, own_regex: bool| {
+        p["type"] == "ByteLevel"
+            && p["add_prefix_space"] != true
+            && (p["use_regex"] != false) == own_regex
+    };
+    if byte_level(pre, true) {
+        return Some("gpt-2");
+    }
+    let steps = pre["pretokenizers"].as_array()?;
+    let [split, bytes] = steps.as_slice() else {
+        return None;
+    };
+    if pre["type"] != "Sequence"
+        || split["type"] != "Split"
+        || split["behavior"] != "Isolated"
+        || split["invert"] == true
+        || !byte_level(bytes, false)
+    {
+        return None;
+    }
+    match split["pattern"]["Regex"].as_str()? {
+        LLAMA3_SPLIT => Some("llama-bpe"),
+        QWEN2_SPLIT => Some("qwen2"),
+        _ => None,
+    }
+}
+
 /// A byte-level BPE `tokenizer.json` (as `socratune data tokenizer` and the demo make), padded
 /// to `vocab_size`. Anything llama.cpp could not reproduce is refused.
 pub fn from_tokenizer_json(path: &Path, vocab_size: usize) -> Result<Vocab> {
@@ -175,14 +210,12 @@ pub fn from_tokenizer_json(path: &Path, vocab_size: usize) -> Result<Vocab> {
             "a SentencePiece-style BPE (byte_fallback) needs its tokenizer.model beside it for GGUF export".into(),
         ));
     }
-    let pre = &json["pre_tokenizer"];
-    let gpt2_pre =
-        pre["type"] == "ByteLevel" && pre["add_prefix_space"] != true && pre["use_regex"] != false;
-    if !gpt2_pre {
-        return Err(bad(format!(
-            "pre_tokenizer {pre} is not GPT-2's byte-level one, the only BPE pre-tokenizer the export maps"
-        )));
-    }
+    let pre_name = bpe_pre_tokenizer(&json["pre_tokenizer"]).ok_or_else(|| {
+        bad(format!(
+            "pre_tokenizer {} is neither GPT-2's byte-level one nor Llama-3's or Qwen2's split + byte-level, the BPE pre-tokenizers the export maps",
+            json["pre_tokenizer"]
+        ))
+    })?;
     let vocab = model["vocab"]
         .as_object()
         .ok_or_else(|| bad("model.vocab is not an object".into()))?;
@@ -237,7 +270,7 @@ pub fn from_tokenizer_json(path: &Path, vocab_size: usize) -> Result<Vocab> {
         .collect::<Result<Vec<_>>>()?;
     Ok(Vocab {
         model: "gpt2",
-        pre: "gpt-2",
+        pre: pre_name,
         tokens,
         scores: None,
         types,
@@ -334,6 +367,28 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bpe_pre_tokenizers_map_to_llama_cpp_names() {
+        let split = |regex: &str, trim: bool| {
+            serde_json::json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": trim, "use_regex": false}
+            ]})
+        };
+        // The regex as meta-llama/Llama-3.2-1B-Instruct's tokenizer.json spells it (JSON).
+        let llama3: String = serde_json::from_str(
+            r#""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+""#,
+        )
+        .unwrap();
+        assert_eq!(bpe_pre_tokenizer(&split(&llama3, true)), Some("llama-bpe"));
+        assert_eq!(bpe_pre_tokenizer(&split(QWEN2_SPLIT, false)), Some("qwen2"));
+        assert_eq!(bpe_pre_tokenizer(&split(r"\s+", false)), None);
+        let gpt2 = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false});
+        assert_eq!(bpe_pre_tokenizer(&gpt2), Some("gpt-2"));
+        let no_regex = serde_json::json!({"type": "ByteLevel", "use_regex": false});
+        assert_eq!(bpe_pre_tokenizer(&no_regex), None);
+    }
 
     fn piece(text: &str, score: f32, kind: u8) -> Vec<u8> {
         let mut m = vec![0x0a, text.len() as u8];

@@ -3,7 +3,7 @@
 //! norms, and the gated MLP (GeGLU or SwiGLU). The LoRA projection they use is
 //! [`super::lora::LoraLinear`].
 
-use super::config::{Activation, NormWeight, RopeScaling, RopeSpec};
+use super::config::{Activation, NormWeight, RopeSpec};
 use super::kernels::Kernels;
 use super::lora::{LoraLinear, Mode};
 use super::ops;
@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 pub(super) struct Norm {
     w1: Tensor,
     stored: Tensor,
+    convention: NormWeight,
 }
 
 impl Norm {
@@ -24,16 +25,39 @@ impl Norm {
             NormWeight::OnePlus => (&w + 1.0)?,
             NormWeight::Plain => w.clone(),
         };
-        Ok(Norm { w1, stored: w })
+        Ok(Norm {
+            w1,
+            stored: w,
+            convention,
+        })
     }
 
     pub fn forward(&self, x: &Tensor, eps: f64, kern: Kernels) -> Result<Tensor> {
-        Ok(ops::rms_norm(x, &self.w1, eps, kern)?)
+        Ok(ops::rms_norm(x, &self.effective()?, eps, kern)?)
     }
 
     /// `h + norm(x)`: a post-norm and the residual add after it.
     pub fn add_forward(&self, h: &Tensor, x: &Tensor, eps: f64, kern: Kernels) -> Result<Tensor> {
-        Ok(ops::add_rms_norm(h, x, &self.w1, eps, kern)?)
+        Ok(ops::add_rms_norm(h, x, &self.effective()?, eps, kern)?)
+    }
+
+    /// The effective weight; formed anew from a trainable stored weight, so that its gradient
+    /// reaches the variable (and weight decay acts on the stored weight, as in torch).
+    fn effective(&self) -> Result<Tensor> {
+        if !self.stored.is_variable() {
+            return Ok(self.w1.clone());
+        }
+        Ok(match self.convention {
+            NormWeight::OnePlus => (&self.stored + 1.0)?,
+            NormWeight::Plain => self.stored.clone(),
+        })
+    }
+
+    /// Makes the stored weight a variable (full-parameter training) and returns it.
+    pub fn make_trainable(&mut self) -> Result<candle_core::Var> {
+        let v = candle_core::Var::from_tensor(&self.stored)?;
+        self.stored = v.as_tensor().clone();
+        Ok(v)
     }
 
     /// The weight as the checkpoint stores it (f32).
@@ -51,14 +75,11 @@ pub(super) struct Rope {
 impl Rope {
     pub fn new(spec: &RopeSpec, head_dim: usize) -> Self {
         // As transformers: inverse frequencies and angles in f32, then cast to the model dtype.
-        let theta = spec.theta as f32;
-        let divisor = match spec.scaling {
-            RopeScaling::None => 1.0,
-            // Linear scaling divides positions by the factor, i.e. the frequencies.
-            RopeScaling::Linear { factor } => factor as f32,
-        };
-        let inv_freq = (0..head_dim / 2)
-            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32) / divisor)
+        let inv_freq = spec
+            .base_inv_freq(head_dim)
+            .iter()
+            .zip(spec.divisors(head_dim))
+            .map(|(f, d)| f / d)
             .collect();
         Self { inv_freq }
     }
@@ -240,6 +261,7 @@ impl Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::RopeScaling;
 
     #[test]
     fn linear_scaling_divides_the_frequencies() {
@@ -264,6 +286,42 @@ mod tests {
         for (x, y) in a.iter().zip(&b) {
             assert!(crate::model::max_abs_diff(x, y) < 1e-6);
         }
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_divides_low_and_blends_between() {
+        let spec = |scaling| RopeSpec {
+            theta: 10000.0,
+            scaling,
+        };
+        let d = 16;
+        let plain = spec(RopeScaling::None).base_inv_freq(d);
+        let scaled = Rope::new(
+            &spec(RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 64,
+            }),
+            d,
+        )
+        .inv_freq;
+        // Wavelengths below 64 / 4 = 16 keep their frequency, above 64 / 1 are divided by 8.
+        let mut kinds = [0; 3];
+        for (p, s) in plain.iter().zip(&scaled) {
+            let wavelen = 2.0 * std::f32::consts::PI / p;
+            if wavelen < 16.0 {
+                assert_eq!(s, p);
+                kinds[0] += 1;
+            } else if wavelen > 64.0 {
+                assert_eq!(*s, p / 8.0);
+                kinds[2] += 1;
+            } else {
+                assert!(*s < *p && *s > p / 8.0, "{s} vs {p}");
+                kinds[1] += 1;
+            }
+        }
+        assert!(kinds.iter().all(|&k| k > 0), "{kinds:?}");
     }
 
     #[test]

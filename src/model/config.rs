@@ -1,8 +1,8 @@
 //! A model's `config.json`, read as the Hugging Face Hub spells it, into one family-agnostic
-//! description. `model_type` picks the family reader (`gemma2`, `gemma3`); each reader fills
-//! the same [`ModelConfig`], so nothing past loading needs to know the family.
+//! description. `model_type` picks the family reader (`gemma2`, `gemma3`, `qwen3`, `llama`);
+//! each reader fills the same [`ModelConfig`], so nothing past loading needs to know the family.
 
-use super::{gemma2, gemma3, ModelError};
+use super::{gemma2, gemma3, llama, qwen3, ModelError};
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::Path;
@@ -13,6 +13,9 @@ pub enum Family {
     Gemma2,
     /// Gemma-3's text model (`gemma3_text`, or the text part of a `gemma3` checkpoint).
     Gemma3,
+    Qwen3,
+    /// Llama (Llama-3.x and the earlier ones without biases).
+    Llama,
 }
 
 impl Family {
@@ -21,6 +24,8 @@ impl Family {
         match self {
             Family::Gemma2 => "gemma2",
             Family::Gemma3 => "gemma3_text",
+            Family::Qwen3 => "qwen3",
+            Family::Llama => "llama",
         }
     }
 }
@@ -53,6 +58,14 @@ pub enum RopeScaling {
     Linear {
         factor: f64,
     },
+    /// Llama-3.1's: low frequencies divided by `factor`, high ones kept, the band between
+    /// interpolated (transformers' `llama3`).
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
 }
 
 /// The RoPE of one kind of layer.
@@ -60,6 +73,55 @@ pub enum RopeScaling {
 pub struct RopeSpec {
     pub theta: f64,
     pub scaling: RopeScaling,
+}
+
+impl RopeSpec {
+    /// The unscaled inverse frequencies `theta^(-2i/d)`, in f32 as transformers computes them.
+    pub fn base_inv_freq(&self, head_dim: usize) -> Vec<f32> {
+        let theta = self.theta as f32;
+        (0..head_dim / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect()
+    }
+
+    /// Per frequency, what the scaling divides it by (1 without scaling). llama.cpp takes
+    /// these for llama3 scaling as its `rope_freqs` tensor.
+    pub fn divisors(&self, head_dim: usize) -> Vec<f32> {
+        let base = self.base_inv_freq(head_dim);
+        match self.scaling {
+            RopeScaling::None => vec![1.0; base.len()],
+            RopeScaling::Linear { factor } => vec![factor as f32; base.len()],
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                // transformers' `_compute_llama3_parameters`: wavelengths shorter than
+                // old / high keep their frequency, longer than old / low are divided by the
+                // factor, and the band between blends the two.
+                let (factor, low, high) = (
+                    factor as f32,
+                    low_freq_factor as f32,
+                    high_freq_factor as f32,
+                );
+                let old = original_max_position_embeddings as f32;
+                base.iter()
+                    .map(|f| {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        if wavelen < old / high {
+                            1.0
+                        } else if wavelen > old / low {
+                            factor
+                        } else {
+                            let smooth = (old / wavelen - low) / (high - low);
+                            1.0 / ((1.0 - smooth) / factor + smooth)
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 /// The model's shape and numerics, whatever its family.
@@ -81,6 +143,9 @@ pub struct ModelConfig {
     pub qk_norm: bool,
     /// Embeddings multiplied by sqrt(hidden_size).
     pub scale_embeddings: bool,
+    /// Gemma's sandwich: a norm after attention and after the MLP, before each residual add
+    /// (otherwise only the pre-norms, as Llama).
+    pub post_norms: bool,
     /// RoPE of the full-attention layers.
     pub rope_global: RopeSpec,
     /// RoPE of the sliding-window layers.
@@ -144,6 +209,10 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub attention_bias: bool,
     #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    #[serde(default)]
     pub use_bidirectional_attention: Option<bool>,
     pub bos_token_id: Option<OneOrMany>,
     pub eos_token_id: Option<OneOrMany>,
@@ -162,6 +231,9 @@ pub(super) struct Defaults {
     pub max_position_embeddings: usize,
     pub query_pre_attn_scalar: Option<f64>,
     pub sliding_window: Option<usize>,
+    /// `hidden_act` when the config names none.
+    pub activation: &'static str,
+    pub tie_word_embeddings: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: &'static [u32],
     pub pad_token_id: Option<u32>,
@@ -174,6 +246,29 @@ pub(super) struct FamilyParts {
     pub rope_local: RopeSpec,
     pub sliding_layers: Vec<bool>,
     pub qk_norm: bool,
+    pub layout: Layout,
+}
+
+/// How a family's layers are put together, beyond its config's numbers.
+pub(super) struct Layout {
+    pub norm_weight: NormWeight,
+    pub scale_embeddings: bool,
+    pub post_norms: bool,
+}
+
+impl Layout {
+    /// `1 + w` norms, scaled embeddings, sandwich norms.
+    pub const GEMMA: Layout = Layout {
+        norm_weight: NormWeight::OnePlus,
+        scale_embeddings: true,
+        post_norms: true,
+    };
+    /// Plain norms, raw embeddings, pre-norms only (Llama, Qwen3).
+    pub const LLAMA: Layout = Layout {
+        norm_weight: NormWeight::Plain,
+        scale_embeddings: false,
+        post_norms: false,
+    };
 }
 
 impl RawConfig {
@@ -184,7 +279,12 @@ impl RawConfig {
         parts: impl FnOnce(&Self, usize, usize) -> Result<FamilyParts, String>,
     ) -> Result<ModelConfig, String> {
         if self.attention_bias {
-            return Err("attention_bias = true is not supported (Gemma has none)".into());
+            return Err(
+                "attention_bias = true is not supported (projections without bias only)".into(),
+            );
+        }
+        if self.mlp_bias {
+            return Err("mlp_bias = true is not supported (projections without bias only)".into());
         }
         let need = |name: &str, v: Option<usize>, dflt: Option<usize>| {
             v.or(dflt).ok_or_else(|| format!("missing field `{name}`"))
@@ -242,10 +342,11 @@ impl RawConfig {
             .hidden_activation
             .clone()
             .or(self.hidden_act.clone())
-            .unwrap_or_else(|| "gelu_pytorch_tanh".into());
+            .unwrap_or_else(|| d.activation.into());
         let activation = match act_name.as_str() {
             "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
             "gelu" => Activation::GeluErf,
+            "silu" | "swish" => Activation::Silu,
             other => return Err(format!("hidden_activation `{other}` is not supported")),
         };
         let sliding_window = self.sliding_window.or(d.sliding_window);
@@ -269,9 +370,10 @@ impl RawConfig {
             activation,
             max_position_embeddings,
             rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
-            norm_weight: NormWeight::OnePlus,
+            norm_weight: p.layout.norm_weight,
             qk_norm: p.qk_norm,
-            scale_embeddings: true,
+            scale_embeddings: p.layout.scale_embeddings,
+            post_norms: p.layout.post_norms,
             rope_global: p.rope_global,
             rope_local: p.rope_local,
             attn_logit_softcapping: positive_cap(
@@ -288,7 +390,7 @@ impl RawConfig {
                 .unwrap_or(head_dim as f64),
             sliding_window,
             sliding_layers: p.sliding_layers,
-            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(true),
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(d.tie_word_embeddings),
             bos_token_id: match self.bos_token_id {
                 Some(b) => b.into_vec().first().copied(),
                 None => d.bos_token_id,
@@ -358,13 +460,110 @@ pub(super) fn rope_object(v: &Value, field: &str) -> Result<(RopeScaling, Option
             }
             RopeScaling::Linear { factor }
         }
+        "llama3" => {
+            let num = |key: &str| {
+                o.get(key)
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| format!("{field}: llama3 RoPE scaling needs a numeric `{key}`"))
+            };
+            let factor = num("factor")?;
+            let low_freq_factor = num("low_freq_factor")?;
+            let high_freq_factor = num("high_freq_factor")?;
+            let original = o
+                .get("original_max_position_embeddings")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| {
+                    format!("{field}: llama3 RoPE scaling needs an integer `original_max_position_embeddings`")
+                })?;
+            if factor <= 0.0 || low_freq_factor <= 0.0 || original == 0 {
+                return Err(format!(
+                    "{field}: factor, low_freq_factor and original_max_position_embeddings must be positive"
+                ));
+            }
+            // The interpolation divides by their difference.
+            if high_freq_factor <= low_freq_factor {
+                return Err(format!(
+                    "{field}: high_freq_factor ({high_freq_factor}) must be larger than low_freq_factor ({low_freq_factor})"
+                ));
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: original as usize,
+            }
+        }
         other => {
             return Err(format!(
-                "{field}: rope_type `{other}` is not supported (default and linear are)"
+                "{field}: rope_type `{other}` is not supported (default, linear and llama3 are)"
             ))
         }
     };
     Ok((scaling, theta))
+}
+
+/// The one RoPE of a family without per-layer kinds, from either spelling: transformers 5's
+/// `rope_parameters` (one object) or the Hub's `rope_theta` + `rope_scaling`. As transformers,
+/// `rope_scaling` wins over `rope_parameters`, and a `rope_theta` inside the object wins over
+/// the top-level one.
+pub(super) fn single_rope(raw: &RawConfig, default_theta: f64) -> Result<RopeSpec, String> {
+    let (scaling, nested_theta) = match (&raw.rope_scaling, &raw.rope_parameters) {
+        (Some(s), _) if !s.is_null() => rope_object(s, "rope_scaling")?,
+        (_, Some(p)) if !p.is_null() => rope_object(p, "rope_parameters")?,
+        _ => (RopeScaling::None, None),
+    };
+    Ok(RopeSpec {
+        theta: nested_theta.or(raw.rope_theta).unwrap_or(default_theta),
+        scaling,
+    })
+}
+
+/// A RoPE object in transformers 5's spelling (`rope_parameters`, or a per-layer entry).
+pub(super) fn rope_json(r: &RopeSpec) -> Value {
+    let mut o = serde_json::Map::new();
+    o.insert("rope_theta".into(), serde_json::json!(r.theta));
+    o.extend(scaling_json(&r.scaling));
+    Value::Object(o)
+}
+
+/// The scaling fields of a RoPE object, `rope_type` included.
+pub(super) fn scaling_json(s: &RopeScaling) -> serde_json::Map<String, Value> {
+    let v = match *s {
+        RopeScaling::None => serde_json::json!({"rope_type": "default"}),
+        RopeScaling::Linear { factor } => {
+            serde_json::json!({"rope_type": "linear", "factor": factor})
+        }
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => serde_json::json!({
+            "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+            "high_freq_factor": high_freq_factor,
+            "original_max_position_embeddings": original_max_position_embeddings,
+        }),
+    };
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
+/// A preset: `fields` (a JSON object literal, as a Hub config spells them) with `common` added,
+/// read by the family's reader.
+pub(super) fn preset_config(
+    fields: Value,
+    common: &[(&str, Value)],
+    read: fn(&Value) -> Result<ModelConfig, String>,
+) -> ModelConfig {
+    let Value::Object(mut m) = fields else {
+        unreachable!("presets are JSON object literals")
+    };
+    for (k, v) in common {
+        m.insert((*k).into(), v.clone());
+    }
+    read(&Value::Object(m)).expect("presets are valid")
 }
 
 impl ModelConfig {
@@ -387,22 +586,40 @@ impl ModelConfig {
             None | Some("gemma2") => gemma2::read_config(&v),
             Some("gemma3_text") => gemma3::read_config(&v),
             Some("gemma3") => gemma3::read_multimodal_config(&v),
+            Some("qwen3") => qwen3::read_config(&v),
+            Some("llama") => llama::read_config(&v),
             Some(t) => Err(format!(
-                "model_type is `{t}`; socratune supports `gemma2`, `gemma3_text` and `gemma3` (its text part)"
+                "model_type is `{t}`; socratune supports `gemma2`, `gemma3_text`, `gemma3` (its text part), `qwen3` and `llama`"
             )),
         }
     }
 
     /// A shape preset for benchmarks and the demo (the same fields as the Hub's files):
-    /// `tiny`, `small`, `gemma-2-2b`, `tiny-gemma3`, `gemma-3-1b`, `gemma-3-4b`.
+    /// `tiny`, `small`, `gemma-2-2b`, `tiny-gemma3`, `gemma-3-1b`, `gemma-3-4b`, `tiny-qwen3`,
+    /// `qwen3-1.7b`, `tiny-llama`, `llama-3.2-1b`.
     pub fn preset(name: &str) -> Option<Self> {
-        gemma2::preset(name).or_else(|| gemma3::preset(name))
+        gemma2::preset(name)
+            .or_else(|| gemma3::preset(name))
+            .or_else(|| qwen3::preset(name))
+            .or_else(|| llama::preset(name))
+    }
+
+    /// [`ModelConfig::preset`], or an error that lists the presets.
+    pub fn preset_or_list(name: &str) -> Result<Self, String> {
+        Self::preset(name).ok_or_else(|| {
+            format!(
+                "unknown preset `{name}`; use one of {}",
+                Self::preset_names().join(", ")
+            )
+        })
     }
 
     /// Every preset name.
     pub fn preset_names() -> Vec<&'static str> {
         let mut v = gemma2::PRESETS.to_vec();
         v.extend_from_slice(gemma3::PRESETS);
+        v.extend_from_slice(qwen3::PRESETS);
+        v.extend_from_slice(llama::PRESETS);
         v
     }
 
@@ -411,6 +628,8 @@ impl ModelConfig {
         match self.family {
             Family::Gemma2 => gemma2::hub_json(self),
             Family::Gemma3 => gemma3::hub_json(self),
+            Family::Qwen3 => qwen3::hub_json(self),
+            Family::Llama => llama::hub_json(self),
         }
     }
 
@@ -425,13 +644,8 @@ impl ModelConfig {
             "num_attention_heads": self.num_attention_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "head_dim": self.head_dim,
-            "hidden_activation": self.activation_name(),
             "max_position_embeddings": self.max_position_embeddings,
             "rms_norm_eps": self.rms_norm_eps,
-            "attn_logit_softcapping": self.attn_logit_softcapping,
-            "final_logit_softcapping": self.final_logit_softcapping,
-            "query_pre_attn_scalar": self.query_pre_attn_scalar_json(),
-            "sliding_window": self.sliding_window,
             "layer_types": self.sliding_layers.iter()
                 .map(|s| if *s { "sliding_attention" } else { "full_attention" })
                 .collect::<Vec<_>>(),
@@ -446,6 +660,30 @@ impl ModelConfig {
             Value::Object(m) => m,
             _ => unreachable!("a JSON object literal"),
         }
+    }
+
+    /// [`ModelConfig::common_hub_json`] with the fields of Gemma's options.
+    pub(super) fn gemma_hub_json(&self) -> serde_json::Map<String, Value> {
+        let mut m = self.common_hub_json();
+        for (k, v) in [
+            (
+                "hidden_activation",
+                serde_json::json!(self.activation_name()),
+            ),
+            (
+                "attn_logit_softcapping",
+                serde_json::json!(self.attn_logit_softcapping),
+            ),
+            (
+                "final_logit_softcapping",
+                serde_json::json!(self.final_logit_softcapping),
+            ),
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar_json()),
+            ("sliding_window", serde_json::json!(self.sliding_window)),
+        ] {
+            m.insert(k.into(), v);
+        }
+        m
     }
 
     /// transformers declares `query_pre_attn_scalar: int` and refuses `16.0`; a (non-standard)
@@ -489,7 +727,8 @@ impl ModelConfig {
         let q = self.num_attention_heads * d;
         let kv = self.num_key_value_heads * d;
         let qk_norms = if self.qk_norm { 2 * d } else { 0 };
-        let layer = h * q * 2 + h * kv * 2 + 3 * h * i + 4 * h + qk_norms;
+        let norms = if self.post_norms { 4 * h } else { 2 * h };
+        let layer = h * q * 2 + h * kv * 2 + 3 * h * i + norms + qk_norms;
         let head = if self.tie_word_embeddings {
             0
         } else {
@@ -519,8 +758,8 @@ mod tests {
 
     #[test]
     fn model_type_picks_the_family_and_unknown_ones_are_named() {
-        let e = ModelConfig::from_json(r#"{"model_type":"llama"}"#).unwrap_err();
-        assert!(e.contains("model_type is `llama`"), "{e}");
+        let e = ModelConfig::from_json(r#"{"model_type":"mistral"}"#).unwrap_err();
+        assert!(e.contains("model_type is `mistral`"), "{e}");
         assert!(ModelConfig::from_json("[1]")
             .unwrap_err()
             .contains("not a JSON object"));

@@ -3,7 +3,8 @@
 //! and alternating sliding-window layers.
 
 use super::config::{
-    rope_object, Defaults, Family, FamilyParts, ModelConfig, RawConfig, RopeScaling, RopeSpec,
+    rope_object, Defaults, Family, FamilyParts, Layout, ModelConfig, RawConfig, RopeScaling,
+    RopeSpec,
 };
 use serde_json::{json, Value};
 
@@ -25,6 +26,8 @@ pub(super) fn read_config(v: &Value) -> Result<ModelConfig, String> {
         sliding_window: None,
         bos_token_id: None,
         eos_token_ids: &[],
+        activation: "gelu_pytorch_tanh",
+        tie_word_embeddings: true,
         pad_token_id: None,
     };
     raw.build(&defaults, |raw, n, _| {
@@ -50,6 +53,7 @@ pub(super) fn read_config(v: &Value) -> Result<ModelConfig, String> {
             // Gemma-2: even layers slide, odd layers are global.
             sliding_layers: raw.sliding_layers(n, |i| i % 2 == 0)?,
             qk_norm: false,
+            layout: Layout::GEMMA,
         })
     })
 }
@@ -74,7 +78,7 @@ pub(super) fn preset(name: &str) -> Option<ModelConfig> {
 }
 
 pub(super) fn hub_json(cfg: &ModelConfig) -> Value {
-    let mut m = cfg.common_hub_json();
+    let mut m = cfg.gemma_hub_json();
     m.insert("architectures".into(), json!(["Gemma2ForCausalLM"]));
     m.insert("hidden_act".into(), json!(cfg.activation_name()));
     m.insert("rope_theta".into(), json!(cfg.rope_global.theta));
@@ -159,8 +163,8 @@ mod tests {
                 "multiple of num_key_value_heads",
             ),
             (
-                HUB.replace("gelu_pytorch_tanh", "silu"),
-                "hidden_activation `silu`",
+                HUB.replace("gelu_pytorch_tanh", "relu"),
+                "hidden_activation `relu`",
             ),
             (
                 HUB.replace("\"vocab_size\":10,", ""),

@@ -5,9 +5,10 @@
 //! by default).
 
 use super::config::{
-    rope_object, Defaults, Family, FamilyParts, ModelConfig, RawConfig, RopeScaling, RopeSpec,
+    preset_config, rope_json, rope_object, scaling_json, Defaults, Family, FamilyParts, Layout,
+    ModelConfig, RawConfig, RopeScaling, RopeSpec,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 pub(super) const PRESETS: &[&str] = &["tiny-gemma3", "gemma-3-1b", "gemma-3-4b"];
 
@@ -26,6 +27,8 @@ const DEFAULTS: Defaults = Defaults {
     sliding_window: Some(4096),
     bos_token_id: Some(2),
     eos_token_ids: &[1],
+    activation: "gelu_pytorch_tanh",
+    tie_word_embeddings: true,
     pad_token_id: Some(0),
 };
 const GLOBAL_THETA: f64 = 1_000_000.0;
@@ -54,6 +57,7 @@ pub(super) fn read_config(v: &Value) -> Result<ModelConfig, String> {
             // As transformers: every `pattern`-th layer is global.
             sliding_layers: raw.sliding_layers(n, |i| (i + 1) % pattern != 0)?,
             qk_norm: true,
+            layout: Layout::GEMMA,
         })
     })
 }
@@ -155,50 +159,32 @@ pub(super) fn preset(name: &str) -> Option<ModelConfig> {
         }),
         _ => return None,
     };
-    let mut m = match json {
-        Value::Object(m) => m,
-        _ => unreachable!("a JSON object literal"),
-    };
-    m.insert("model_type".into(), json!("gemma3_text"));
-    for (k, v) in [
+    let common = [
+        ("model_type", json!("gemma3_text")),
         ("bos_token_id", json!(2)),
         ("eos_token_id", json!([1, 106])),
         ("pad_token_id", json!(0)),
         ("rms_norm_eps", json!(1e-6)),
         ("hidden_activation", json!("gelu_pytorch_tanh")),
-    ] {
-        m.insert(k.into(), v);
-    }
-    Some(read_config(&Value::Object(m)).expect("presets are valid"))
+    ];
+    Some(preset_config(json, &common, read_config))
 }
 
 /// Both RoPE spellings: `rope_parameters` for transformers 5, and the keys that older readers
 /// (llama.cpp's converter, vLLM) look for.
 pub(super) fn hub_json(cfg: &ModelConfig) -> Value {
-    let mut m = cfg.common_hub_json();
+    let mut m = cfg.gemma_hub_json();
     m.insert("architectures".into(), json!(["Gemma3ForCausalLM"]));
-    let entry = |r: &RopeSpec| {
-        let mut o = Map::new();
-        o.insert("rope_theta".into(), json!(r.theta));
-        match r.scaling {
-            RopeScaling::None => o.insert("rope_type".into(), json!("default")),
-            RopeScaling::Linear { factor } => {
-                o.insert("factor".into(), json!(factor));
-                o.insert("rope_type".into(), json!("linear"))
-            }
-        };
-        Value::Object(o)
-    };
     m.insert(
         "rope_parameters".into(),
-        json!({"full_attention": entry(&cfg.rope_global), "sliding_attention": entry(&cfg.rope_local)}),
+        json!({"full_attention": rope_json(&cfg.rope_global), "sliding_attention": rope_json(&cfg.rope_local)}),
     );
     m.insert("rope_theta".into(), json!(cfg.rope_global.theta));
     m.insert("rope_local_base_freq".into(), json!(cfg.rope_local.theta));
-    if let RopeScaling::Linear { factor } = cfg.rope_global.scaling {
+    if cfg.rope_global.scaling != RopeScaling::None {
         m.insert(
             "rope_scaling".into(),
-            json!({"rope_type": "linear", "factor": factor}),
+            Value::Object(scaling_json(&cfg.rope_global.scaling)),
         );
     }
     Value::Object(m)

@@ -6,7 +6,7 @@
 use super::causal_lm::CausalLm;
 use super::kernels::{self, Kernels};
 use super::lora::Mode;
-use super::ops::with_grad;
+use super::ops::{self, with_grad};
 use super::{ModelError, Result};
 use candle_core::{DType, Device, Tensor, D};
 
@@ -159,6 +159,21 @@ pub fn cross_entropy_sum(
     let wt = w.t()?;
     let mut sums = Vec::new();
     let mut grads = Vec::new();
+    // The output weight's own gradient, only when it is trained (full-parameter training).
+    let w_grad = need_grad && w.track_op();
+    let mut dw: Option<Tensor> = None;
+    let mut add_dw = |dz: &Tensor, start: usize, len: usize| -> Result<()> {
+        if w_grad {
+            let part = dz
+                .t()?
+                .matmul(&hd.narrow(0, start, len)?.to_dtype(DType::F32)?)?;
+            dw = Some(match dw.take() {
+                Some(s) => (s + part)?,
+                None => part,
+            });
+        }
+        Ok(())
+    };
     let mut start = 0;
     while start < n {
         let len = rows.min(n - start);
@@ -174,7 +189,8 @@ pub fn cross_entropy_sum(
         if let Some((sum, dz)) = fused {
             sums.push(Tensor::new(sum as f32, dev)?);
             if let Some(dz) = dz {
-                grads.push(dz.to_dtype(w.dtype())?.matmul(w)?);
+                add_dw(&dz, start, len)?;
+                grads.push(dz.to_dtype(w.dtype())?.matmul(&w.detach())?);
             }
             start += len;
             continue;
@@ -199,7 +215,8 @@ pub fn cross_entropy_sum(
             if let Some(t) = t {
                 p = (p * (1.0 - t.sqr()?)?)?;
             }
-            grads.push(p.to_dtype(w.dtype())?.matmul(w)?);
+            add_dw(&p, start, len)?;
+            grads.push(p.to_dtype(w.dtype())?.matmul(&w.detach())?);
         }
         start += len;
     }
@@ -208,6 +225,15 @@ pub fn cross_entropy_sum(
         return Ok(total);
     }
     let dh = Tensor::cat(&grads, 0)?.to_dtype(h.dtype())?;
+    if let Some(dw) = dw {
+        let dw = dw.to_dtype(w.dtype())?;
+        return Ok(ops::with_grad2(total, h, w, move |g| {
+            Ok((
+                Some(dh.broadcast_mul(&g.to_dtype(dh.dtype())?)?),
+                Some(dw.broadcast_mul(&g.to_dtype(dw.dtype())?)?),
+            ))
+        })?);
+    }
     Ok(with_grad(total, h, move |g| {
         dh.broadcast_mul(&g.to_dtype(dh.dtype())?)
     })?)

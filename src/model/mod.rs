@@ -2,7 +2,7 @@
 //! forward pass, the cached generation path, PEFT adapter IO and merging.
 //!
 //! Every family is the one decoder [`CausalLm`] built from the shared [`blocks`]; a family is
-//! a config reader (`gemma2`, `gemma3`) that fills the family-agnostic [`ModelConfig`].
+//! a config reader (`gemma2`, `gemma3`, `qwen3`, `llama`) that fills the family-agnostic [`ModelConfig`].
 //! `model::load` picks the reader from `config.json`'s `model_type`; nothing outside this
 //! module needs to know which family it runs.
 
@@ -17,9 +17,11 @@ mod gemma3;
 pub mod generate;
 pub mod hub;
 pub mod kernels;
+mod llama;
 pub mod lora;
 pub mod loss;
 pub mod ops;
+mod qwen3;
 pub mod weights;
 
 pub use causal_lm::{CausalLm, KvCache};

@@ -180,30 +180,66 @@ pub fn with_grad(
     with_grad2(value, input, input, move |g| Ok((Some(backward(g)?), None)))
 }
 
-/// `x · wᵀ` for a frozen weight `w` `[out, in]`: the backward gives `x` its gradient and
-/// computes no weight gradient.
+/// `x · wᵀ` for a weight `w` `[out, in]`: the backward gives `x` its gradient, and `w` its
+/// own only when `w` is a variable (full-parameter training); a frozen base costs nothing more.
 pub fn linear_frozen(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (out_dim, in_dim) = w.dims2()?;
     let dims = x.dims().to_vec();
     let n = x.elem_count() / in_dim;
-    let y = x.detach().reshape((n, in_dim))?.matmul(&w.t()?)?;
+    let x2 = x.detach().reshape((n, in_dim))?;
+    let y = x2.matmul(&w.t()?)?;
     let mut out_dims = dims.clone();
     *out_dims.last_mut().expect("x has a last dim") = out_dim;
     let y = y.reshape(out_dims)?;
-    let w = w.clone();
-    with_grad(y, x, move |g| {
-        g.reshape((n, out_dim))?
-            .matmul(&w)?
-            .reshape(dims.as_slice())
+    let wd = w.detach();
+    if !w.track_op() {
+        return with_grad(y, x, move |g| {
+            g.reshape((n, out_dim))?
+                .matmul(&wd)?
+                .reshape(dims.as_slice())
+        });
+    }
+    let x_tracks = x.track_op();
+    with_grad2(y, x, w, move |g| {
+        let g2 = g.reshape((n, out_dim))?;
+        let dw = g2.t()?.matmul(&x2)?;
+        let dx = if x_tracks {
+            Some(g2.matmul(&wd)?.reshape(dims.as_slice())?)
+        } else {
+            None
+        };
+        Ok((dx, Some(dw)))
     })
 }
 
 /// RMSNorm: `x / rms(x) * w1` computed in f32 (`w1` is the effective weight in f32: Gemma's
-/// `1 + weight`, or the weight itself), returned in `x`'s dtype.
+/// `1 + weight`, or the weight itself), returned in `x`'s dtype. `w1` gets a gradient when it
+/// is in a graph (full-parameter training).
 pub fn rms_norm(x: &Tensor, w1: &Tensor, eps: f64, kern: Kernels) -> Result<Tensor> {
     let (x32, y) = rms_norm_value(x, w1, eps)?;
-    let (w1, dtype) = (w1.clone(), x.dtype());
-    with_grad(y, x, move |g| rms_norm_grad(&x32, &w1, eps, g, dtype, kern))
+    let (w1d, dtype) = (w1.detach(), x.dtype());
+    if !w1.track_op() {
+        return with_grad(y, x, move |g| {
+            rms_norm_grad(&x32, &w1d, eps, g, dtype, kern)
+        });
+    }
+    with_grad2(y, x, w1, move |g| {
+        let dw = rms_norm_weight_grad(&x32, eps, g)?;
+        Ok((
+            Some(rms_norm_grad(&x32, &w1d, eps, g, dtype, kern)?),
+            Some(dw),
+        ))
+    })
+}
+
+/// `d rms_norm(x, w1) / d w1 · g`: the normalised rows times `g`, summed over rows (f32).
+fn rms_norm_weight_grad(x32: &Tensor, eps: f64, g: &Tensor) -> Result<Tensor> {
+    let h = x32.dim(D::Minus1)?;
+    let rstd = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
+    let xhat = x32.broadcast_mul(&rstd)?;
+    (xhat * g.to_dtype(DType::F32)?)?.reshape(((), h))?.sum(0)
 }
 
 /// `h + rms_norm(x, w1)`: a Gemma post-norm and the residual add after it, as one graph node
@@ -215,6 +251,10 @@ pub fn add_rms_norm(
     eps: f64,
     kern: Kernels,
 ) -> Result<Tensor> {
+    if w1.track_op() {
+        // Full-parameter training: the norm's weight needs its gradient too.
+        return h + rms_norm(x, w1, eps, kern)?;
+    }
     let (x32, y) = rms_norm_value(x, w1, eps)?;
     let out = (h.detach() + y)?;
     let (w1, dtype) = (w1.clone(), x.dtype());

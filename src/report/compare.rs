@@ -73,6 +73,24 @@ pub fn collect(runs: &Path) -> Result<Vec<RunReport>, ReportError> {
     Ok(out)
 }
 
+/// `runs/base.json`: the base model's common val loss on each run's own held-out text (the
+/// variants format the same dialogues differently), so the comparison can show what each run
+/// gained over the model it started from.
+pub const BASE_FILE: &str = "base.json";
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BaseScores {
+    pub model: String,
+    /// Variant → the base's common val loss on that variant's `common.jsonl`.
+    pub common_val_loss: std::collections::BTreeMap<String, f64>,
+}
+
+/// Reads `runs/base.json` when there is one.
+pub fn read_base(runs: &Path) -> Option<BaseScores> {
+    let text = std::fs::read_to_string(runs.join(BASE_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// The run to choose: lowest common val loss when every finished run has one; otherwise the
 /// lowest best val loss (with the caveat that those are not comparable across variants).
 pub fn best(reports: &[RunReport]) -> Option<(&RunReport, bool)> {
@@ -160,7 +178,11 @@ fn eval_cells(eval: &EvalReport, name: &str) -> Vec<(&'static str, String)> {
 }
 
 /// The comparison as Markdown, with the judged columns of `runs/eval.json` when there is one.
-pub fn markdown(reports: &[RunReport], eval: Option<&EvalReport>) -> String {
+pub fn markdown(
+    reports: &[RunReport],
+    eval: Option<&EvalReport>,
+    base: Option<&BaseScores>,
+) -> String {
     let mut md = String::from("# Run comparison\n\n");
     let extra_head: Vec<&str> = eval
         .map(|ev| eval_cells(ev, "").into_iter().map(|c| c.0).collect())
@@ -174,20 +196,32 @@ pub fn markdown(reports: &[RunReport], eval: Option<&EvalReport>) -> String {
         })
         .unwrap_or_default()
     };
-    md.push_str("| variant | common val loss |");
+    md.push_str("| variant | common val loss | base on the same text |");
     for h in &extra_head {
         md.push_str(&format!(" {h} |"));
     }
     md.push_str(" best val loss | final val loss | best step | train / val examples | tokens trained | wall time | status |\n");
-    md.push_str("|---|---:|");
+    md.push_str("|---|---:|---:|");
     md.push_str(&"---:|".repeat(extra_head.len()));
+    let base_on = |name: &str| fmt_loss(base.and_then(|b| b.common_val_loss.get(name).copied()));
+    if base.is_some() {
+        let chosen = best(reports)
+            .map(|(r, _)| r.name.clone())
+            .unwrap_or_default();
+        md.push_str(&format!(
+            "| base (on {chosen}'s text) | {} | – |{} – | – | – | – | – | – | base model |\n",
+            base_on(&chosen),
+            extra("base"),
+        ));
+    }
     md.push_str("---:|---:|---:|---:|---:|---:|---|\n");
     for r in reports {
         match &r.summary {
             Some(s) => md.push_str(&format!(
-                "| {} | {} |{} {} | {} | {} | {} / {} | {} | {} | {} |\n",
+                "| {} | {} | {} |{} {} | {} | {} | {} / {} | {} | {} | {} |\n",
                 r.name,
                 fmt_loss(s.common_val_loss),
+                base_on(&r.name),
                 extra(&r.name),
                 fmt_loss(Some(s.best_val_loss)),
                 fmt_loss(Some(s.final_val_loss)),
@@ -206,7 +240,7 @@ pub fn markdown(reports: &[RunReport], eval: Option<&EvalReport>) -> String {
                     .map(|p| p.1)
                     .fold(f64::INFINITY, f64::min);
                 md.push_str(&format!(
-                    "| {} | – |{} {} | – | – | – | – | – | unfinished (step {last}) |\n",
+                    "| {} | – | – |{} {} | – | – | – | – | – | unfinished (step {last}) |\n",
                     r.name,
                     extra(&r.name),
                     fmt_loss(best.is_finite().then_some(best))
@@ -247,12 +281,22 @@ the held-out text.\n\n",
         "Best"
     };
     match best(reports) {
-        Some((r, true)) => md.push_str(&format!(
-            "**{by_loss}: {}** (common val loss {}), adapter in `{}`.\n",
-            r.name,
-            fmt_loss(r.common()),
-            RunDir::new(&r.dir).best().display()
-        )),
+        Some((r, true)) => {
+            md.push_str(&format!(
+                "**{by_loss}: {}** (common val loss {}), adapter in `{}`.\n",
+                r.name,
+                fmt_loss(r.common()),
+                RunDir::new(&r.dir).best().display()
+            ));
+            if let (Some(b), Some(c)) = (base.and_then(|b| b.common_val_loss.get(&r.name)), r.common()) {
+                md.push_str(&format!(
+                    "The base model scores {b:.4} on the same held-out text: {} gains {:.4} nats per token ({:.0} % lower perplexity).\n",
+                    r.name,
+                    b - c,
+                    100.0 * (1.0 - (c - b).exp())
+                ));
+            }
+        }
         Some((r, false)) => md.push_str(&format!(
             "**Lowest best val loss: {}** ({}). Not every run has the common metric, so this is only a hint: \
 rebuild the data with `socratune data build` (which writes `common.jsonl`) and retrain to compare properly.\n",
@@ -268,7 +312,7 @@ rebuild the data with `socratune data build` (which writes `common.jsonl`) and r
 pub fn compare(runs: &Path) -> Result<String, ReportError> {
     let reports = collect(runs)?;
     let eval = crate::eval::report::read(runs);
-    let mut md = markdown(&reports, eval.as_ref());
+    let mut md = markdown(&reports, eval.as_ref(), read_base(runs).as_ref());
     let svg = runs.join("loss.svg");
     loss_svg(&reports, &svg)?;
     md.push_str("\n![training and validation loss](loss.svg)\n");

@@ -29,7 +29,8 @@ pub struct BenchOptions {
 /// The reference's batch and sequence length per preset.
 fn preset_batch(preset: &str) -> (usize, usize) {
     match preset {
-        "tiny" | "tiny-gemma3" => (2, 64),
+        // tiny, tiny-gemma3, tiny-qwen3, tiny-llama.
+        p if p.starts_with("tiny") => (2, 64),
         "small" => (4, 256),
         _ => (8, 512),
     }
@@ -49,12 +50,7 @@ pub(crate) struct BenchModel {
 impl BenchModel {
     /// The shape of a preset, or an error naming the presets.
     pub(crate) fn config(preset: &str) -> Result<ModelConfig, TrainError> {
-        ModelConfig::preset(preset).ok_or_else(|| {
-            TrainError::Config(format!(
-                "unknown preset `{preset}`; use one of {}",
-                ModelConfig::preset_names().join(", ")
-            ))
-        })
+        ModelConfig::preset_or_list(preset).map_err(TrainError::Config)
     }
 
     pub(crate) fn new(cfg: ModelConfig, device: &str) -> Result<Self, TrainError> {

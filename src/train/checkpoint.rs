@@ -1,5 +1,6 @@
-//! Checkpoints: `checkpoints/step-N/` holding the adapter (PEFT format), the optimizer moments
-//! and the loop state. Each is written into a temporary folder and renamed into place, so a
+//! Checkpoints: `checkpoints/step-N/` holding the adapter (PEFT format) or, for a
+//! full-parameter run, every weight (`model.safetensors`), the optimizer moments and the loop
+//! state. Each is written into a temporary folder and renamed into place, so a
 //! crash mid-write never leaves a folder named `step-N` that is incomplete.
 
 use super::adamw::AdamW;
@@ -8,13 +9,15 @@ use super::TrainError;
 use crate::fsutil::{sync_dir, write_json};
 use crate::model::lora::LoraConfig;
 use crate::model::{adapter, CausalLm};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 const STATE: &str = "state.json";
 const OPTIMIZER: &str = "optimizer.safetensors";
+/// A full-parameter checkpoint's weights, by their Hub names.
+pub const FULL_WEIGHTS: &str = "model.safetensors";
 
 /// Where the loop stands after `step` optimizer steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,11 +42,12 @@ pub struct State {
     pub data_sha256: String,
 }
 
-/// Writes checkpoint `step` under `dir` atomically; returns its folder.
+/// Writes checkpoint `step` under `dir` atomically; returns its folder. `lora` is the
+/// adapter's config, or None for a full-parameter run (the optimizer's parameters are saved).
 pub fn save(
     dir: &Path,
     model: &CausalLm,
-    lora: &LoraConfig,
+    lora: Option<&LoraConfig>,
     opt: &AdamW,
     state: &State,
 ) -> Result<PathBuf, TrainError> {
@@ -54,7 +58,17 @@ pub fn save(
         std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    adapter::save(model, lora, Some(&state.config.model), &tmp)?;
+    match lora {
+        Some(lora) => adapter::save(model, lora, Some(&state.config.model), &tmp)?,
+        None => {
+            let weights: HashMap<String, Tensor> = opt
+                .params()
+                .iter()
+                .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_device(&Device::Cpu)?)))
+                .collect::<Result<_, candle_core::Error>>()?;
+            candle_core::safetensors::save(&weights, tmp.join(FULL_WEIGHTS))?;
+        }
+    }
     let moments = opt.state_tensors()?;
     candle_core::safetensors::save(&moments, tmp.join(OPTIMIZER))?;
     std::fs::File::open(tmp.join(OPTIMIZER))
@@ -125,12 +139,17 @@ pub fn read_state(ckpt: &Path) -> Result<State, TrainError> {
     let p = ckpt.join(STATE);
     let text = std::fs::read_to_string(&p).map_err(|e| TrainError::io(&p, e))?;
     let state: State = serde_json::from_str(&text).map_err(|e| TrainError::parse(&p, e))?;
-    for f in [OPTIMIZER, adapter::WEIGHTS_FILE, adapter::CONFIG_FILE] {
+    let weights = weights_file(&state);
+    let mut needed = vec![OPTIMIZER, weights];
+    if !state.config.full {
+        needed.push(adapter::CONFIG_FILE);
+    }
+    for f in &needed {
         if !ckpt.join(f).is_file() {
             return Err(TrainError::file(&ckpt.join(f), "missing"));
         }
     }
-    for f in [OPTIMIZER, adapter::WEIGHTS_FILE] {
+    for f in [OPTIMIZER, weights] {
         check_safetensors(&ckpt.join(f))?;
     }
     if let Some(step) = folder_step(ckpt) {
@@ -145,6 +164,15 @@ pub fn read_state(ckpt: &Path) -> Result<State, TrainError> {
         }
     }
     Ok(state)
+}
+
+/// The file holding a checkpoint's trained weights.
+fn weights_file(state: &State) -> &'static str {
+    if state.config.full {
+        FULL_WEIGHTS
+    } else {
+        adapter::WEIGHTS_FILE
+    }
 }
 
 /// Checkpoint folders under `dir`, newest first.
@@ -175,29 +203,37 @@ pub fn newest_valid(dir: &Path) -> (Option<(PathBuf, State)>, Vec<String>) {
     (None, skipped)
 }
 
-/// Loads a checkpoint's adapter and optimizer state into the parameters `opt` holds.
+/// Loads a checkpoint's trained weights and optimizer state into the parameters `opt` holds.
 pub fn restore(ckpt: &Path, opt: &mut AdamW, state: &State) -> Result<(), TrainError> {
-    let load = |name: &str| {
-        let p = ckpt.join(name);
-        candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| TrainError::parse(&p, e))
-    };
-    let saved = load(adapter::WEIGHTS_FILE)?;
-    for (name, var) in opt.params() {
-        let t: &Tensor = saved.get(name).ok_or_else(|| {
-            TrainError::Checkpoint(format!("{}: adapter has no `{name}`", ckpt.display()))
-        })?;
-        if t.dims() != var.dims() {
-            return Err(TrainError::Checkpoint(format!(
-                "{}: `{name}` has shape {:?}, expected {:?}",
-                ckpt.display(),
-                t.dims(),
-                var.dims()
-            )));
-        }
-        var.set(&t.to_device(var.device())?)?;
-    }
-    let moments: HashMap<String, Tensor> = load(OPTIMIZER)?;
+    load_params(&ckpt.join(weights_file(state)), opt.params())?;
+    let p = ckpt.join(OPTIMIZER);
+    let moments: HashMap<String, Tensor> =
+        candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| TrainError::parse(&p, e))?;
     opt.load_state(moments, state.optimizer_t)?;
+    Ok(())
+}
+
+/// Sets each named variable from the safetensors file `path`; every one must be there, in its
+/// shape.
+pub fn load_params(path: &Path, params: &[(String, Var)]) -> Result<(), TrainError> {
+    let saved = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| TrainError::parse(path, e))?;
+    for (name, var) in params {
+        let t: &Tensor = saved
+            .get(name)
+            .ok_or_else(|| TrainError::file(path, format!("has no `{name}`")))?;
+        if t.dims() != var.dims() {
+            return Err(TrainError::file(
+                path,
+                format!(
+                    "`{name}` has shape {:?}, expected {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
+            ));
+        }
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
     Ok(())
 }
 
@@ -227,6 +263,30 @@ pub fn write_adapter_dir(
     lora: &LoraConfig,
     base_model: &str,
 ) -> Result<(), TrainError> {
+    write_dir(dest, |tmp| {
+        adapter::save(model, lora, Some(base_model), tmp)?;
+        Ok(())
+    })
+}
+
+/// Writes a whole model (a full-parameter run's `model/`, `best/`) in the Hub layout, f32,
+/// with `base`'s config and tokenizer files, by building it aside and swapping it in.
+pub fn write_model_dir(
+    dest: &Path,
+    model: &CausalLm,
+    base: &crate::model::Source,
+) -> Result<(), TrainError> {
+    write_dir(dest, |tmp| {
+        crate::model::export::export(model, Some(base), tmp, candle_core::DType::F32, 4 << 30)?;
+        Ok(())
+    })
+}
+
+/// Builds folder `dest` aside with `fill` and swaps it in: a crash never leaves it half written.
+fn write_dir(
+    dest: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
     let parent = dest.parent().unwrap_or(Path::new("."));
     let name = dest
         .file_name()
@@ -241,7 +301,7 @@ pub fn write_adapter_dir(
         }
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    adapter::save(model, lora, Some(base_model), &tmp)?;
+    fill(&tmp)?;
     if dest.exists() {
         std::fs::rename(dest, &old).map_err(|e| io(dest, e))?;
     }
@@ -290,12 +350,12 @@ mod tests {
             config: TrainConfig::default(),
             data_sha256: "x".into(),
         };
-        save(dir.path(), &m, &lora, &opt, &state(3)).unwrap();
-        save(dir.path(), &m, &lora, &opt, &state(4)).unwrap();
+        save(dir.path(), &m, Some(&lora), &opt, &state(3)).unwrap();
+        save(dir.path(), &m, Some(&lora), &opt, &state(4)).unwrap();
         // A crash while writing step 6 leaves only its temporary folder; step 5 lost a file.
         std::fs::create_dir_all(dir.path().join(".tmp-step-6")).unwrap();
         std::fs::write(dir.path().join(".tmp-step-6/state.json"), "{").unwrap();
-        let five = save(dir.path(), &m, &lora, &opt, &state(5)).unwrap();
+        let five = save(dir.path(), &m, Some(&lora), &opt, &state(5)).unwrap();
         std::fs::remove_file(five.join(OPTIMIZER)).unwrap();
         let (found, skipped) = newest_valid(dir.path());
         assert_eq!(found.unwrap().1.step, 4);
@@ -305,13 +365,13 @@ mod tests {
             "{skipped:?}"
         );
         // Weights cut short, a damaged header, a state that is not its folder's step.
-        let seven = save(dir.path(), &m, &lora, &opt, &state(7)).unwrap();
+        let seven = save(dir.path(), &m, Some(&lora), &opt, &state(7)).unwrap();
         let w = seven.join(adapter::WEIGHTS_FILE);
         let bytes = std::fs::read(&w).unwrap();
         std::fs::write(&w, &bytes[..bytes.len() - 10]).unwrap();
-        let eight = save(dir.path(), &m, &lora, &opt, &state(8)).unwrap();
+        let eight = save(dir.path(), &m, Some(&lora), &opt, &state(8)).unwrap();
         std::fs::write(eight.join(OPTIMIZER), b"\xff\xff\xff\xff\xff\xff\xff\x7f{}").unwrap();
-        let nine = save(dir.path(), &m, &lora, &opt, &state(3000)).unwrap();
+        let nine = save(dir.path(), &m, Some(&lora), &opt, &state(3000)).unwrap();
         std::fs::rename(&nine, dir.path().join("step-9")).unwrap();
         let (found, skipped) = newest_valid(dir.path());
         assert_eq!(found.unwrap().1.step, 4);

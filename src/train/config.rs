@@ -31,6 +31,9 @@ pub struct TrainConfig {
     /// Any of q,k,v,o,gate,up,down.
     pub lora_targets: Vec<String>,
     pub use_rslora: bool,
+    /// Full-parameter training: every weight trained (f32 master weights and AdamW state), a
+    /// whole model written instead of an adapter; the `lora_*` keys are then unused.
+    pub full: bool,
     pub epochs: usize,
     /// When set, train exactly this many optimizer steps (cycling through epochs).
     pub max_steps: Option<usize>,
@@ -84,6 +87,7 @@ impl Default for TrainConfig {
                 .map(String::from)
                 .to_vec(),
             use_rslora: false,
+            full: false,
             epochs: 3,
             max_steps: None,
             micro_batch: 4,

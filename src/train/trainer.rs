@@ -16,7 +16,7 @@ use crate::model::lora::Mode;
 use crate::model::loss::{loss_sum, Batch};
 use crate::model::{load, CausalLm, Source};
 use crate::rundir::{DataDir, RunDir};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,19 +170,35 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     }
 
     let device = parse_device(&cfg.device)?;
-    let dtype = parse_dtype(&cfg.dtype, &device)?;
     let src = Source::parse(&cfg.model, cfg.revision.as_deref())?;
+    // Full-parameter training keeps f32 master weights whatever `dtype` says.
+    let dtype = if cfg.full {
+        DType::F32
+    } else {
+        parse_dtype(&cfg.dtype, &device)?
+    };
     let mut model = load(&src, dtype, &device)?;
     let vocab = model.cfg.vocab_size;
     let pad = model.cfg.pad_token_id.unwrap_or(0);
-    model.attach_lora(&lora, cfg.seed)?;
+    // The one seam between the two kinds of run: what is trainable, and what gets written.
+    let tuned = if cfg.full {
+        check_full_fits(&model, cfg, &device)?;
+        Tuned::Full(src.clone())
+    } else {
+        model.attach_lora(&lora, cfg.seed)?;
+        Tuned::Lora(lora.clone())
+    };
+    let params = match &tuned {
+        Tuned::Lora(_) => model.lora_vars(),
+        Tuned::Full(_) => model.make_trainable()?,
+    };
     let hp = AdamWParams {
         beta1: cfg.adam_beta1,
         beta2: cfg.adam_beta2,
         eps: cfg.adam_eps,
         weight_decay: cfg.weight_decay,
     };
-    let mut opt = AdamW::new(model.lora_vars(), hp)?;
+    let mut opt = AdamW::new(params, hp)?;
 
     let plan = Plan::new(
         train_ex,
@@ -313,7 +329,7 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         if at(cfg.eval_every) {
             let v = evaluate(&model, val_ex, cfg.eval_batch, pad, vocab, &device)?;
             last_eval_step = Some(state.step);
-            stopped_early = record_eval(&spec, &model, &lora, &mut state, &mut metrics, v)?;
+            stopped_early = record_eval(&spec, &model, &tuned, &mut state, &mut metrics, v)?;
             log_line(
                 &bar,
                 format!("{}: step {} val loss {v:.4}", spec.name, state.step),
@@ -324,7 +340,7 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
             .as_ref()
             .is_some_and(|f| f.load(Ordering::SeqCst));
         if at(cfg.save_every) || interrupted || stopped_early {
-            let p = checkpoint::save(&ckpt_dir, &model, &lora, &opt, &state)?;
+            let p = checkpoint::save(&ckpt_dir, &model, tuned.lora(), &opt, &state)?;
             checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
             metrics.log(&Event::Checkpoint {
                 step: state.step,
@@ -355,20 +371,24 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
 
     if last_eval_step != Some(state.step) {
         let v = evaluate(&model, val_ex, cfg.eval_batch, pad, vocab, &device)?;
-        record_eval(&spec, &model, &lora, &mut state, &mut metrics, v)?;
+        record_eval(&spec, &model, &tuned, &mut state, &mut metrics, v)?;
     }
     state.elapsed_s = base_elapsed + t0.elapsed().as_secs_f64();
-    let p = checkpoint::save(&ckpt_dir, &model, &lora, &opt, &state)?;
+    let p = checkpoint::save(&ckpt_dir, &model, tuned.lora(), &opt, &state)?;
     checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
     metrics.log(&Event::Checkpoint {
         step: state.step,
         path: p.display().to_string(),
     })?;
-    checkpoint::write_adapter_dir(&out.adapter(), &model, &lora, &cfg.model)?;
+    let last = match &tuned {
+        Tuned::Lora(_) => out.adapter(),
+        Tuned::Full(_) => out.model(),
+    };
+    tuned.write(&last, &model, &cfg.model)?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    let common = common_metric(&spec, &mut model, pad, vocab, &device)?;
+    let common = common_metric(&spec, &mut model, &tuned, opt.params(), pad, vocab, &device)?;
     if let Some((loss, tokens)) = common {
         metrics.log(&Event::CommonEval {
             step: state.best_step.unwrap_or(state.step),
@@ -413,6 +433,103 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     Ok(summary)
 }
 
+/// What a run trains, and so what it writes: LoRA adapters on a frozen base (PEFT folders),
+/// or every weight of the base (whole models in the Hub layout, config and tokenizer copied
+/// from `Full`'s source).
+enum Tuned {
+    Lora(crate::model::LoraConfig),
+    Full(Source),
+}
+
+impl Tuned {
+    /// The adapter config, None for a full-parameter run (for checkpoints).
+    fn lora(&self) -> Option<&crate::model::LoraConfig> {
+        match self {
+            Tuned::Lora(l) => Some(l),
+            Tuned::Full(_) => None,
+        }
+    }
+
+    /// Writes the trained result to the folder `dest` (`adapter/`, `model/`, `best/`).
+    fn write(
+        &self,
+        dest: &std::path::Path,
+        model: &CausalLm,
+        base: &str,
+    ) -> Result<(), TrainError> {
+        match self {
+            Tuned::Lora(l) => checkpoint::write_adapter_dir(dest, model, l, base),
+            Tuned::Full(src) => checkpoint::write_model_dir(dest, model, src),
+        }
+    }
+}
+
+/// Bytes full-parameter training needs, roughly: every weight four times in f32 (the weight,
+/// its gradient, AdamW's two moments) plus the activations one micro-batch keeps for the
+/// backward (per layer and token: ~12 hidden-sized and ~4 intermediate-sized vectors and one
+/// row of attention scores per head; the logits of every position).
+pub fn full_training_bytes(
+    cfg: &crate::model::ModelConfig,
+    params: usize,
+    micro: usize,
+    seq: usize,
+) -> u64 {
+    let tokens = (micro * seq) as u64;
+    let per_token = cfg.num_hidden_layers as u64
+        * (12 * cfg.hidden_size + 4 * cfg.intermediate_size + 2 * cfg.num_attention_heads * seq)
+            as u64
+        + 2 * cfg.vocab_size as u64;
+    params as u64 * 16 + tokens * per_token * 4
+}
+
+/// Refuses a full-parameter run the machine cannot hold, naming both figures. Only the CPU's
+/// memory is known here (`MemAvailable`); on an accelerator the device's allocator decides.
+fn check_full_fits(model: &CausalLm, cfg: &TrainConfig, device: &Device) -> Result<(), TrainError> {
+    let params: usize = model
+        .named_weights()?
+        .iter()
+        .map(|(_, t)| t.elem_count())
+        .sum();
+    let need = full_training_bytes(&model.cfg, params, cfg.micro_batch, cfg.max_seq_len);
+    match (device, available_memory()) {
+        (Device::Cpu, Some(avail)) => refuse_above(cfg, params, need, avail),
+        _ => Ok(()),
+    }
+}
+
+/// The refusal itself: `need` bytes against `available`.
+fn refuse_above(
+    cfg: &TrainConfig,
+    params: usize,
+    need: u64,
+    available: u64,
+) -> Result<(), TrainError> {
+    if need <= available {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    Err(TrainError::Config(format!(
+        "full-parameter training of {} ({:.2} B parameters) needs about {:.1} GiB \
+         (16 bytes per parameter for f32 weights, gradients and AdamW moments, plus activations \
+         for micro_batch {} × max_seq_len {}), but only {:.1} GiB of memory is available; \
+         train a LoRA adapter instead, or lower micro_batch / max_seq_len",
+        cfg.model,
+        params as f64 / 1e9,
+        gib(need),
+        cfg.micro_batch,
+        cfg.max_seq_len,
+        gib(available)
+    )))
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes (None where there is no such file).
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// What one optimizer step did.
 pub struct StepResult {
     /// Mean token loss over the step's supervised tokens.
@@ -440,6 +557,9 @@ pub fn optimizer_step(
     model.take_lora_grads();
     let mut loss = 0f64;
     let mut tokens = 0;
+    // Gradients candle's autograd gives the variables (full-parameter training), summed over
+    // the micro-batches; LoRA layers keep theirs in their own accumulators instead.
+    let mut autograd: Vec<Option<Tensor>> = vec![None; opt.params().len()];
     for (micro, batch) in batches.iter().enumerate() {
         let mut mode = Mode::train(dropout_key(micro));
         // Each micro-batch's sum is divided by the step's supervised-token count, so the
@@ -447,10 +567,23 @@ pub fn optimizer_step(
         let part = (loss_sum(model, batch, &mut mode)? / supervised as f64)?;
         loss += part.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         // The LoRA layers add their gradients to their own accumulators during the backward.
-        part.backward()?;
+        let store = part.backward()?;
+        for ((_, var), acc) in opt.params().iter().zip(autograd.iter_mut()) {
+            if let Some(g) = store.get(var) {
+                *acc = Some(match acc.take() {
+                    Some(s) => (s + g)?,
+                    None => g.clone(),
+                });
+            }
+        }
         tokens += batch.real_tokens;
     }
-    let grads = model.take_lora_grads();
+    let lora_grads = model.take_lora_grads();
+    let grads = if lora_grads.is_empty() {
+        autograd
+    } else {
+        lora_grads
+    };
     if !loss.is_finite() {
         return Ok(StepResult {
             loss,
@@ -479,6 +612,8 @@ pub fn optimizer_step(
 fn common_metric(
     spec: &RunSpec,
     model: &mut CausalLm,
+    tuned: &Tuned,
+    params: &[(String, candle_core::Var)],
     pad: u32,
     vocab: usize,
     device: &Device,
@@ -496,7 +631,14 @@ fn common_metric(
             return Ok(None);
         }
     };
-    crate::model::adapter::load(model, &best)?;
+    match tuned {
+        Tuned::Lora(_) => {
+            crate::model::adapter::load(model, &best)?;
+        }
+        Tuned::Full(_) => {
+            checkpoint::load_params(&best.join(checkpoint::FULL_WEIGHTS), params)?;
+        }
+    }
     let tokens = file.examples.iter().map(Example::supervised).sum();
     // Whole dialogues are long: one at a time.
     Ok(Some((
@@ -509,7 +651,7 @@ fn common_metric(
 fn record_eval(
     spec: &RunSpec,
     model: &CausalLm,
-    lora: &crate::model::LoraConfig,
+    tuned: &Tuned,
     state: &mut State,
     metrics: &mut MetricsLog,
     val: f64,
@@ -524,7 +666,7 @@ fn record_eval(
         state.best_val_loss = Some(val);
         state.best_step = Some(state.step);
         state.evals_since_best = 0;
-        checkpoint::write_adapter_dir(&spec.out_dir.best(), model, lora, &spec.config.model)?;
+        tuned.write(&spec.out_dir.best(), model, &spec.config.model)?;
     } else {
         state.evals_since_best += 1;
     }
@@ -621,4 +763,28 @@ fn log_line(bar: &Option<ProgressBar>, line: String) {
 pub fn read_summary(run: &RunDir) -> Option<Summary> {
     let text = std::fs::read_to_string(run.summary()).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_training_of_gemma2_2b_is_refused_with_both_figures() {
+        let m = crate::model::ModelConfig::preset("gemma-2-2b").unwrap();
+        let params = 2_614_341_888;
+        let cfg = TrainConfig::default();
+        let need = full_training_bytes(&m, params, cfg.micro_batch, cfg.max_seq_len);
+        assert!(need > params as u64 * 16, "{need}");
+        let e = refuse_above(&cfg, params, need, 32 << 30)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("2.61 B parameters")
+                && e.contains("needs about")
+                && e.contains("only 32.0 GiB"),
+            "{e}"
+        );
+        assert!(refuse_above(&cfg, params, need, need).is_ok());
+    }
 }

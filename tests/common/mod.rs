@@ -4,22 +4,26 @@
 use candle_core::Tensor;
 use std::path::PathBuf;
 
-/// The Gemma-2 fixture: `GEMMA2_FIXTURE`, or the repository's own `tests/fixtures/gemma2-tiny`
-/// (made by `scripts/make_fixture.py`).
-pub fn fixture() -> PathBuf {
-    match std::env::var("GEMMA2_FIXTURE") {
+/// The parity fixture of a family (`gemma2`, `gemma3`, `qwen3`, `llama`): `{FAMILY}_FIXTURE`
+/// (`GEMMA2_FIXTURE`…), or the repository's own `tests/fixtures/{family}-tiny` (made by
+/// `scripts/make_fixture.py --family {family}`).
+pub fn family_fixture(family: &str) -> PathBuf {
+    match std::env::var(format!("{}_FIXTURE", family.to_uppercase())) {
         Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma2-tiny"),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(format!("{family}-tiny")),
     }
 }
 
-/// The Gemma-3 (text) fixture: `GEMMA3_FIXTURE`, or the repository's own
-/// `tests/fixtures/gemma3-tiny` (made by `scripts/make_fixture.py --family gemma3`).
+/// The Gemma-2 fixture (see [`family_fixture`]).
+pub fn fixture() -> PathBuf {
+    family_fixture("gemma2")
+}
+
+/// The Gemma-3 (text) fixture (see [`family_fixture`]).
 pub fn gemma3_fixture() -> PathBuf {
-    match std::env::var("GEMMA3_FIXTURE") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-tiny"),
-    }
+    family_fixture("gemma3")
 }
 
 /// The binary, ready for arguments: offline and without a Hub token, since tests use only

@@ -1,5 +1,7 @@
-"""Shared fixtures of the interop layer: the socratune binary, a tiny base model, tokenized
-data and a trained adapter, all made in pytest's temporary folders (no downloads).
+"""Shared fixtures of the interop layer: the socratune binary, a tiny base model of each
+family (the repository's parity fixtures), tokenized data and a trained adapter, all made in
+pytest's temporary folders (no downloads). Every test that uses `base_model` runs once per
+family.
 
 Environment: SOCRATUNE_BIN (the binary under test), SOCRATUNE_ROOT (the repository).
 """
@@ -14,7 +16,10 @@ import torch
 
 ROOT = Path(os.environ.get("SOCRATUNE_ROOT", Path(__file__).resolve().parents[2]))
 BIN = Path(os.environ.get("SOCRATUNE_BIN", ROOT / "target" / "release" / "socratune"))
-FIXTURE = ROOT / "tests" / "fixtures" / "gemma2-tiny"
+FIXTURES = ROOT / "tests" / "fixtures"
+# Gemma-2 (sandwich norms, soft-caps), Qwen3 (q/k norms, tied head), Llama-3 (llama3 RoPE
+# scaling, untied head): tests/fixtures/{family}-tiny.
+FAMILIES = ["gemma2", "qwen3", "llama"]
 
 # One thread: the figures are reproducible, and the machine's other cores stay free.
 torch.set_num_threads(1)
@@ -23,9 +28,10 @@ torch.set_num_threads(1)
 FIGURES = []
 
 
-def figure(line):
-    """Records a check's measured figure; all are printed at the end of the run."""
-    FIGURES.append(line)
+def figure(line, base_model=None):
+    """Records a check's measured figure (naming the family of `base_model`, the folder
+    `base_model` made); all are printed at the end of the run."""
+    FIGURES.append(line if base_model is None else f"[{base_model.name}] {line}")
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -68,14 +74,14 @@ def rel(a, b):
     return abs(a - b) / abs(b)
 
 
-@pytest.fixture(scope="session")
-def base_model(tmp_path_factory):
-    """The repository's tiny random Gemma-2 (Hub spelling of config.json), copied."""
+@pytest.fixture(scope="session", params=FAMILIES)
+def base_model(request, tmp_path_factory):
+    """The repository's tiny random model of one family (Hub spelling of config.json), copied."""
     if not BIN.is_file():
         pytest.fail(f"no socratune binary at {BIN}: cargo build --release first")
-    d = tmp_path_factory.mktemp("base")
+    d = tmp_path_factory.mktemp(request.param, numbered=False)
     for name in ("config.json", "generation_config.json", "model.safetensors"):
-        shutil.copy(FIXTURE / name, d / name)
+        shutil.copy(FIXTURES / f"{request.param}-tiny" / name, d / name)
     return d
 
 

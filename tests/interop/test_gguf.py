@@ -42,14 +42,6 @@ def socratune(*args, stdin=""):
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """The base model, its adapter, the merged safetensors export and every GGUF file."""
-    tmp = tmp_path_factory.mktemp("gguf")
-    base = tmp / "base"
-    base.mkdir()
-    socratune(
-        "data", "tokenizer",
-        "--dialogues", ROOT / "data" / "dialogues" / "sample.jsonl",
-        "--out", base / "tokenizer.json",
-    )
     torch.manual_seed(0)
     cfg = transformers.Gemma2Config(
         # Rows of 256 so that q4_k_m uses real k-quants; a vocabulary larger than the
@@ -62,12 +54,25 @@ def made(tmp_path_factory):
         attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
         bos_token_id=2, eos_token_id=[1, 107], pad_token_id=0,
     )
-    model = transformers.Gemma2ForCausalLM(cfg)
+    return build(tmp_path_factory.mktemp("gguf"), transformers.Gemma2ForCausalLM(cfg), QUANTS)
+
+
+def build(tmp, model, quants):
+    """Saves `model` with a tokenizer, makes a random PEFT adapter for it, and exports the
+    merged model as safetensors and as GGUF in each of `quants`."""
+    base = tmp / "base"
+    base.mkdir()
+    socratune(
+        "data", "tokenizer",
+        "--dialogues", ROOT / "data" / "dialogues" / "sample.jsonl",
+        "--out", base / "tokenizer.json",
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
-                p.normal_(0.0, 0.2)
-            elif name.endswith("embed_tokens.weight"):
+                # Around Gemma's 0 (it stores 1 + w) or the others' 1.
+                p.normal_(0.0 if model.config.model_type == "gemma2" else 1.0, 0.2)
+            elif name.endswith(("embed_tokens.weight", "lm_head.weight")):
                 # As the demo's random model: a residual stream the layers steer rather than
                 # drown, so that next-token predictions are decided, not near-ties that any
                 # rounding flips (a real model's margins are larger still).
@@ -90,7 +95,7 @@ def made(tmp_path_factory):
 
     socratune("export", "--adapter", tmp / "adapter", "--out", tmp / "merged", "--dtype", "f32")
     files = {}
-    for q in QUANTS:
+    for q in quants:
         out = tmp / "gguf" / f"tiny.{q}.gguf"
         socratune("export", "--format", "gguf", "--quant", q, "--adapter", tmp / "adapter", "--out", out)
         files[q] = out
@@ -288,3 +293,80 @@ def test_sentencepiece_vocab_tokenizes_as_sentencepiece(tmp_path):
     for s in samples:
         assert llm.tokenize(s.encode(), add_bos=False, special=False) == sp.encode(s), s
     assert llm.tokenize(b"<start_of_turn>user", add_bos=True, special=True)[:2] == [2, 4]
+
+
+# Qwen3 (q/k norms, tied head, llama.cpp's NeoX RoPE) and Llama-3 (untied head as output.weight,
+# query/key rows permuted for llama.cpp's pairwise RoPE, llama3 scaling as rope_freqs), in
+# llama.cpp's `qwen3` and `llama` architectures.
+FAMILY_CONFIGS = {
+    "qwen3": lambda: transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
+        vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=256,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0)),
+    "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=256,
+        # Wavelengths from 6 to 4·10⁴ positions: all three bands of the scaling are used.
+        rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 64},
+        tie_word_embeddings=False, bos_token_id=2, eos_token_id=1, pad_token_id=0)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILY_CONFIGS))
+def family_made(request, tmp_path_factory):
+    torch.manual_seed(0)
+    model = FAMILY_CONFIGS[request.param]()
+    return request.param, build(tmp_path_factory.mktemp(f"gguf-{request.param}"), model,
+                                ["f16", "q8_0", "q4_k_m"])
+
+
+def test_family_gguf_has_its_architecture_and_tensors(family_made):
+    family, made = family_made
+    r = gguf.GGUFReader(made["gguf"]["f16"])
+    f = {k: v.contents() for k, v in r.fields.items() if not k.startswith("GGUF.")}
+    assert f["general.architecture"] == family
+    for k, v in {"block_count": LAYERS, "embedding_length": 256, "attention.head_count": 4,
+                 "attention.head_count_kv": 2, "rope.dimension_count": 64,
+                 "rope.freq_base": 10000.0}.items():
+        assert f[f"{family}.{k}"] == pytest.approx(v), k
+    names = {t.name: t for t in r.tensors}
+    per_layer = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm",
+                 "ffn_gate", "ffn_up", "ffn_down"]
+    if family == "qwen3":
+        per_layer += ["attn_q_norm", "attn_k_norm"]
+    expected = {"token_embd.weight", "output_norm.weight"} | {
+        f"blk.{i}.{n}.weight" for i in range(LAYERS) for n in per_layer}
+    if family == "llama":
+        expected |= {"output.weight", "rope_freqs.weight"}
+        freqs = np.asarray(names["rope_freqs.weight"].data)
+        assert freqs.shape == (32,) and freqs[0] == 1.0 and freqs[-1] == pytest.approx(8.0)
+        assert ((freqs > 1.0) & (freqs < 8.0)).any()
+    assert set(names) == expected
+    q4 = {x.name: x.tensor_type.name for x in gguf.GGUFReader(made["gguf"]["q4_k_m"]).tensors}
+    # The output projection takes Q6_K, whichever tensor it is.
+    out = "output.weight" if family == "llama" else "token_embd.weight"
+    assert q4[out] == "Q6_K"
+
+
+def test_family_f16_logits_match_the_merged_model(family_made):
+    family, made = family_made
+    ids = fixed_prompt()
+    ref = reference_logits(made["merged"], ids)
+    got = llama_logits(made["gguf"]["f16"], ids)
+    rel = np.abs(got - ref).max() / np.abs(ref).max()
+    print(f"{family} f16 GGUF vs merged model: max |Δlogit| / max |logit| = {rel:.2e}")
+    assert rel <= 1e-2, f"{family} f16: max relative difference {rel}"
+    base = reference_logits(made["base"], ids)
+    assert np.abs(base - ref).max() > 20 * np.abs(got - ref).max()
+    # A random model has near-ties that 8-bit rounding may flip: one or two of 64 positions.
+    # In Q4_K_M an untied embedding (Llama's) is 4-bit too, as llama.cpp makes it, and a random
+    # model's thin margins flip far more (0.61 measured for Llama, 0.98 for tied Qwen3); chance
+    # is 1/512, so a wrong layout would still fail.
+    floor4 = 0.5 if family == "llama" else 0.9
+    for quant, floor in (("q8_0", 0.95), ("q4_k_m", floor4)):
+        agree = (llama_logits(made["gguf"][quant], ids).argmax(-1) == ref.argmax(-1)).mean()
+        print(f"{family} {quant} GGUF: top-1 agreement {agree:.3f} over {len(ids)} positions")
+        assert agree >= floor, f"{family} {quant}: top-1 agreement {agree:.3f}"

@@ -36,5 +36,5 @@ def test_model_score_matches_transformers_on_a_peft_adapter(base_model, data, tm
     assert out["tokens"] == sum(sum(l != -100 for l in ex["labels"][1:]) for ex in val)
     figure(f"(c) PEFT-trained adapter, val loss: transformers {theirs:.8f}, "
           f"socratune model score {out['loss']:.8f}, relative difference "
-          f"{rel(out['loss'], theirs):.2e} (tolerance {TOLERANCE:.0e})")
+          f"{rel(out['loss'], theirs):.2e} (tolerance {TOLERANCE:.0e})", base_model)
     assert rel(out["loss"], theirs) <= TOLERANCE

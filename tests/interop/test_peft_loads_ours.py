@@ -15,5 +15,5 @@ def test_peft_recomputes_our_val_loss(base_model, data, trained_run):
     model = PeftModel.from_pretrained(model, trained_run / "best").eval()
     theirs = hf_loss(model, read_jsonl(data / "val.jsonl"))
     figure(f"(a) val loss: socratune {ours:.8f}, PEFT {theirs:.8f}, "
-          f"relative difference {rel(ours, theirs):.2e} (tolerance {TOLERANCE:.0e})")
+          f"relative difference {rel(ours, theirs):.2e} (tolerance {TOLERANCE:.0e})", base_model)
     assert rel(ours, theirs) <= TOLERANCE

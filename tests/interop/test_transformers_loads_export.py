@@ -42,7 +42,7 @@ def test_export_loads_and_matches_merge_and_unload(dtype, base_model, data, trai
     assert effect > 1000 * TOLERANCE["f32"]
     d = ((got - ref).abs().max() / ref.abs().max()).item()
     figure(f"(b) {dtype} export vs PEFT merge_and_unload: max |Δlogit| / max |logit| = {d:.2e} "
-          f"(tolerance {TOLERANCE[dtype]:.0e}; the adapter itself moves them by {effect:.2e})")
+          f"(tolerance {TOLERANCE[dtype]:.0e}; the adapter itself moves them by {effect:.2e})", base_model)
     assert d <= TOLERANCE[dtype]
 
 
@@ -51,4 +51,12 @@ def test_configs_made_from_scratch_pass_strict_validation(base_model, tmp_path):
     cfg = json.loads(socratune("model", "info", "--model", base_model, "--json"))
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     loaded = AutoConfig.from_pretrained(tmp_path)
-    assert loaded.query_pre_attn_scalar == 20 and isinstance(loaded.query_pre_attn_scalar, int)
+    base = json.loads((base_model / "config.json").read_text())
+    assert loaded.model_type == base["model_type"]
+    if "query_pre_attn_scalar" in base:  # Gemma: declared int, and 16.0 is refused
+        assert loaded.query_pre_attn_scalar == 20
+        assert isinstance(loaded.query_pre_attn_scalar, int)
+    for key in ("tie_word_embeddings", "num_key_value_heads", "head_dim"):
+        assert getattr(loaded, key) == base[key], key
+    # Either RoPE spelling must mean the base model's RoPE.
+    assert loaded.rope_parameters == AutoConfig.from_pretrained(base_model).rope_parameters
