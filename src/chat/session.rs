@@ -623,12 +623,12 @@ pub fn chat(args: &ChatSpec, interrupt: Option<Arc<Interrupt>>) -> Result<()> {
     writeln!(err, "{}", loaded.summary)?;
     let mut branches = Vec::new();
     for (adapter, run) in adapters.into_iter().zip(&runs) {
-        let run_variant = run.as_ref().and_then(|r| r.variant.as_ref());
+        let run_variant = run.as_ref().map(|r| &r.variant);
         let (format, variant) = prompt_format(&args.prompt, run_variant)?;
         let b = Branch::new(adapter, variant, format);
         let from = match (&args.prompt.variant, run) {
             (Some(f), _) => format!(" from {}", f.display()),
-            (None, Some(r)) if r.variant.is_some() => format!(" from {}", r.stats.display()),
+            (None, Some(r)) => format!(" from {}", r.stats.display()),
             _ => String::new(),
         };
         let variant = match &b.variant {

@@ -116,7 +116,7 @@ pub fn find_runs(o: &EvalOptions) -> Result<Vec<Entry>> {
             )));
         }
         let info = RunInfo::find(&best)?;
-        let variant = info.as_ref().and_then(|i| i.variant.as_ref());
+        let variant = info.as_ref().map(|i| &i.variant);
         let base = match &o.model.model {
             Some(m) => m.clone(),
             None => adapter::read_config(&best)?.base_model.ok_or_else(|| {

@@ -44,6 +44,18 @@ pub fn socratune_in(cwd: &std::path::Path, args: &[&str]) -> (bool, String, Stri
     )
 }
 
+/// Writes `run/data/stats.json` as `data build` wrote it for variant model8 (pairs 0, four
+/// utterances, prefix ソクラテスさん。; tests/fixtures/stats/model8.json), naming `tokenizer`.
+pub fn write_model8_stats(run: &std::path::Path, tokenizer: &std::path::Path) {
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stats/model8.json");
+    let mut stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    stats["tokenizer"] = tokenizer.to_str().unwrap().into();
+    std::fs::create_dir_all(run.join("data")).unwrap();
+    std::fs::write(run.join("data/stats.json"), stats.to_string()).unwrap();
+}
+
 /// max |t| over all elements.
 pub fn max_abs(t: &Tensor) -> f32 {
     t.abs()
