@@ -2,7 +2,7 @@
 //! held-out prompts, the resamples of the intervals, and how the base model is prompted.
 
 use super::{EvalError, Result};
-use crate::chat::session::SamplingConfig;
+use crate::model::generate::SamplingRequest;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -25,7 +25,7 @@ pub struct EvalConfig {
     #[serde(default = "default_prior")]
     pub bt_prior: f64,
     #[serde(default)]
-    pub sampling: SamplingConfig,
+    pub sampling: SamplingRequest,
     #[serde(default)]
     pub base: BaseFormat,
     #[serde(default)]

@@ -208,7 +208,10 @@ pub fn run(o: &EvalOptions) -> Result<EvalReport> {
         prompts.len(),
         held_out.len()
     ));
-    let params = crate::chat::session::sampling(&Default::default(), &cfg.sampling, cfg.seed)?;
+    let params = crate::chat::session::sampling(&crate::model::generate::SamplingRequest {
+        seed: Some(cfg.seed),
+        ..cfg.sampling.clone()
+    })?;
     if o.pairwise && o.judge.is_none() {
         return Err(EvalError::Invalid(
             "--pairwise needs a judge (not --judge none)".into(),
