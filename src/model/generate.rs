@@ -103,7 +103,7 @@ impl SamplingParams {
         }
     }
 
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Invalid(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad(format!("temperature must be ≥ 0, got {}", self.temperature));
@@ -211,7 +211,7 @@ fn suppress(logits: &Tensor, tokens: &[u32]) -> Result<Tensor> {
 
 /// Turns a token stream into text pieces, holding back incomplete UTF-8 (byte-fallback tokens)
 /// until a whole character is there.
-pub struct TextStream<'a> {
+pub(crate) struct TextStream<'a> {
     tokenizer: &'a tokenizers::Tokenizer,
     tokens: Vec<u32>,
     printed: usize,

@@ -533,13 +533,6 @@ fn gelu_erf_grad(x: &Tensor) -> Result<Tensor> {
     cdf? + (x * pdf)?
 }
 
-/// Multiplies by a fixed mask (dropout); the gradient is masked the same way.
-pub fn mul_fixed(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let y = x.detach().mul(mask)?;
-    let mask = mask.clone();
-    with_grad(y, x, move |g| g.mul(&mask))
-}
-
 /// Soft-capping `cap · tanh(x / cap)` without a graph (used where no gradient is needed).
 pub fn softcap(x: &Tensor, cap: Option<f64>) -> Result<Tensor> {
     match cap {
