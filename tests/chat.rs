@@ -4,7 +4,7 @@
 
 mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::fixture;
+use common::{fixture, write_model8_stats};
 use serde_json::Value;
 use socratune::dataset::tokenizer::train_small;
 use socratune::model::generate::{generate, SamplingParams};
@@ -168,16 +168,10 @@ fn the_adapters_run_decides_variant_window_prefix_and_tokenizer() {
     // runs/model8: the fixture's adapter as its best, the data folder's stats naming the variant.
     let best = d.join("runs/model8/best");
     std::fs::create_dir_all(&best).unwrap();
-    std::fs::create_dir_all(d.join("runs/model8/data")).unwrap();
     for file in ["adapter_config.json", "adapter_model.safetensors"] {
         std::fs::copy(f.join("adapter").join(file), best.join(file)).unwrap();
     }
-    let stats = serde_json::json!({
-        "variant": "model8",
-        "config": {"name": "model8", "pairs": "0", "utterances": 4, "prefix": "ソクラテスさん。", "include_rejected": false},
-        "tokenizer": s(&tok),
-    });
-    std::fs::write(d.join("runs/model8/data/stats.json"), stats.to_string()).unwrap();
+    write_model8_stats(&d.join("runs/model8"), &tok);
     let questions = repo().join("data/questions.jsonl");
     let args = [
         "chat",

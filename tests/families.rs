@@ -7,12 +7,12 @@
 mod common;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
-use common::{family_fixture, gemma3_fixture, socratune_in};
+use common::{adapter_tensors, family_fixture, gemma3_fixture, run_ok, socratune_in, spawn_until};
 use socratune::dataset::ChatTemplate;
 use socratune::model::{adapter, load, Source};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn socratune(args: &[&str]) -> (bool, String, String) {
     socratune_in(Path::new("."), args)
@@ -67,29 +67,28 @@ fn tokenizer(path: &Path, family: ChatTemplate) {
     t.save(path, false).unwrap();
 }
 
-fn adapter_tensors(dir: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap()
-}
-
 fn train_cmd(fixture: &Path, data: &Path, out: &Path) -> Command {
-    let config = out.with_extension("toml");
-    std::fs::write(&config, "# defaults\n").unwrap();
-    let mut c = common::bin();
-    c.args(["train", "--data", s(data), "--out", s(out)])
-        .args(["--model", s(fixture), "--device", "cpu"])
-        .args(["--dtype", "f32", "--config", s(&config)])
-        .args([
+    common::train_cmd(
+        fixture,
+        data,
+        out,
+        &[
             "--max-steps",
             "40",
             "--micro-batch",
             "2",
             "--grad-accum",
             "1",
-        ])
-        .args(["--save-every", "1", "--eval-every", "10", "--lr", "5e-3"])
-        .args(["--lora-dropout", "0.1"])
-        .env("HF_HUB_OFFLINE", "1");
-    c
+            "--save-every",
+            "1",
+            "--eval-every",
+            "10",
+            "--lr",
+            "5e-3",
+            "--lora-dropout",
+            "0.1",
+        ],
+    )
 }
 
 /// Trains on a family's fixture, kills a second run with SIGKILL and resumes it: the adapter
@@ -98,40 +97,23 @@ fn trains_and_resumes_after_kill_9_to_the_same_adapter(fixture: &Path, layers: u
     let dir = tempfile::tempdir().unwrap();
     let data = write_data(fixture, dir.path(), 12);
     let reference = dir.path().join("ref");
-    let out = train_cmd(fixture, &data, &reference).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let log = String::from_utf8_lossy(&out.stdout);
+    let log = run_ok(train_cmd(fixture, &data, &reference));
     assert!(log.contains("completed after 40 steps"), "{log}");
 
     let run = dir.path().join("killed");
-    let mut child = train_cmd(fixture, &data, &run)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !run.join("checkpoints/step-5").exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    let mut child = spawn_until(
+        train_cmd(fixture, &data, &run),
+        &run.join("checkpoints/step-5"),
+    );
     let _ = child.kill(); // SIGKILL
     let _ = child.wait();
     assert!(
         !run.join("summary.json").exists(),
         "the run finished before it was killed"
     );
-    let out = train_cmd(fixture, &data, &run)
-        .arg("--resume")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut resume = train_cmd(fixture, &data, &run);
+    resume.arg("--resume");
+    run_ok(resume);
     let (a, b) = (
         adapter_tensors(&reference.join("adapter")),
         adapter_tensors(&run.join("adapter")),

@@ -8,18 +8,22 @@ use socratune::model::{load, Source};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-fn socratune(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
-    let mut c = common::bin();
-    c.args(args);
-    for (k, v) in envs {
-        c.env(k, v);
+use common::socratune_env as socratune;
+
+/// `socratune model SUB --model MODEL [--adapter ADAPTER] --device cpu EXTRA…`.
+fn model_cmd(
+    sub: &str,
+    model: &Path,
+    adapter: Option<&Path>,
+    extra: &[&str],
+) -> (bool, String, String) {
+    let mut args = vec!["model", sub, "--model", model.to_str().unwrap()];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", a.to_str().unwrap()]);
     }
-    let out = c.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    args.extend(["--device", "cpu"]);
+    args.extend(extra);
+    socratune(&args, &[])
 }
 
 /// A copy of the fixture's model folder whose tensors can be edited.
@@ -79,19 +83,7 @@ fn sharded_checkpoint_loads_like_the_single_file() {
 #[test]
 fn model_check_loads_model_and_adapter() {
     let f = fixture();
-    let (ok, out, err) = socratune(
-        &[
-            "model",
-            "check",
-            "--model",
-            f.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--adapter",
-            f.join("adapter").to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (ok, out, err) = model_cmd("check", &f, Some(&f.join("adapter")), &[]);
     assert!(ok, "{err}");
     assert!(out.contains("gemma2") && out.contains("LoRA r="), "{out}");
 }
@@ -101,18 +93,7 @@ fn bad_inputs_get_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let check = |model: &Path, adapter: Option<&Path>, want: &[&str]| {
-        let mut args = vec![
-            "model",
-            "check",
-            "--device",
-            "cpu",
-            "--model",
-            model.to_str().unwrap(),
-        ];
-        if let Some(a) = adapter {
-            args.extend(["--adapter", a.to_str().unwrap()]);
-        }
-        let (ok, _, err) = socratune(&args, &[]);
+        let (ok, _, err) = model_cmd("check", model, adapter, &[]);
         assert!(!ok, "expected a failure for {want:?}");
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
         for w in want {
@@ -314,19 +295,7 @@ fn fixture_examples(fixture: &Path, path: &Path) {
 fn every_family_checks_and_scores_like_transformers() {
     for family in ["gemma3", "qwen3", "llama"] {
         let f = common::family_fixture(family);
-        let (ok, out, err) = socratune(
-            &[
-                "model",
-                "check",
-                "--model",
-                f.to_str().unwrap(),
-                "--adapter",
-            ]
-            .into_iter()
-            .chain([f.join("adapter").to_str().unwrap(), "--device", "cpu"])
-            .collect::<Vec<_>>(),
-            &[],
-        );
+        let (ok, out, err) = model_cmd("check", &f, Some(&f.join("adapter")), &[]);
         assert!(ok, "{family}: {err}");
         assert!(out.contains(family) && out.contains("LoRA r="), "{out}");
         let dir = tempfile::tempdir().unwrap();
@@ -334,19 +303,11 @@ fn every_family_checks_and_scores_like_transformers() {
         fixture_examples(&f, &data);
         let io = candle_core::safetensors::load(f.join("io.safetensors"), &Device::Cpu).unwrap();
         let want = io["lora_loss"].to_scalar::<f32>().unwrap() as f64;
-        let (ok, out, err) = socratune(
-            &[
-                "model",
-                "score",
-                "--model",
-                f.to_str().unwrap(),
-                "--adapter",
-            ]
-            .into_iter()
-            .chain([f.join("adapter").to_str().unwrap(), "--data"])
-            .chain([data.to_str().unwrap(), "--device", "cpu", "--json"])
-            .collect::<Vec<_>>(),
-            &[],
+        let (ok, out, err) = model_cmd(
+            "score",
+            &f,
+            Some(&f.join("adapter")),
+            &["--data", data.to_str().unwrap(), "--json"],
         );
         assert!(ok, "{family}: {err}");
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -369,23 +330,11 @@ fn model_score_recomputes_the_reference_loss() {
     let f = fixture();
     let mut losses = Vec::new();
     for batch in ["1", "8"] {
-        let (ok, out, err) = socratune(
-            &[
-                "model",
-                "score",
-                "--model",
-                f.to_str().unwrap(),
-                "--adapter",
-                f.join("adapter").to_str().unwrap(),
-                "--data",
-                data.to_str().unwrap(),
-                "--device",
-                "cpu",
-                "--batch",
-                batch,
-                "--json",
-            ],
-            &[],
+        let (ok, out, err) = model_cmd(
+            "score",
+            &f,
+            Some(&f.join("adapter")),
+            &["--data", data.to_str().unwrap(), "--batch", batch, "--json"],
         );
         assert!(ok, "{err}");
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -409,13 +358,7 @@ fn model_score_recomputes_the_reference_loss() {
     assert!((losses[0] - losses[1]).abs() < 1e-6, "{losses:?}");
 
     // Without the adapter: a different loss; a bad line is named by file and line.
-    let (ok, out, err) = socratune(
-        &["model", "score", "--model", f.to_str().unwrap(), "--data"]
-            .into_iter()
-            .chain([data.to_str().unwrap(), "--device", "cpu"])
-            .collect::<Vec<_>>(),
-        &[],
-    );
+    let (ok, out, err) = model_cmd("score", &f, None, &["--data", data.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(
         out.contains("perplexity") && out.contains("2 examples"),
@@ -424,13 +367,7 @@ fn model_score_recomputes_the_reference_loss() {
     let mut text = std::fs::read_to_string(&data).unwrap();
     text.push_str("{\"id\":\"bad\",\"input_ids\":[2,5],\"labels\":[-100]}\n");
     std::fs::write(&data, text).unwrap();
-    let (ok, _, err) = socratune(
-        &["model", "score", "--model", f.to_str().unwrap(), "--data"]
-            .into_iter()
-            .chain([data.to_str().unwrap(), "--device", "cpu"])
-            .collect::<Vec<_>>(),
-        &[],
-    );
+    let (ok, _, err) = model_cmd("score", &f, None, &["--data", data.to_str().unwrap()]);
     assert!(!ok);
     assert!(
         err.contains("val.jsonl:3") && err.contains("2 input_ids but 1 labels"),

@@ -4,6 +4,7 @@
 mod fake_llm;
 
 use fake_llm::{FakeLlm, Fault};
+use socratune::model::generate::SamplingRequest;
 use socratune::synth::client::{ChatRequest, Client, Message, Sampling};
 use socratune::synth::config::{EndpointConfig, Limits};
 use socratune::synth::limiter::Limiter;
@@ -56,9 +57,12 @@ fn request() -> ChatRequest {
             Message::new("user", "正義とは？"),
         ],
         sampling: Sampling {
-            temperature: Some(0.5),
-            max_tokens: Some(50),
-            seed: Some(3),
+            common: SamplingRequest {
+                temperature: Some(0.5),
+                max_new_tokens: Some(50),
+                seed: Some(3),
+                ..Default::default()
+            },
             ..Default::default()
         },
         schema: None,

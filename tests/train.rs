@@ -4,12 +4,12 @@
 
 mod common;
 use candle_core::{Device, Tensor};
-use common::fixture;
+use common::{adapter_tensors as adapter, fixture, max_diff_all as max_diff, run_ok, spawn_until};
 use socratune::train::data::{load_examples, Example};
 use socratune::train::trainer::evaluate;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn vocab() -> usize {
     let c: serde_json::Value =
@@ -68,61 +68,15 @@ fn write_data_with(
 }
 
 fn train_cmd(data: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut c = common::bin();
-    c.args([
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .args([
-        "--model",
-        fixture().to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--dtype",
-        "f32",
-    ])
-    .args(["--config", empty_config(out).to_str().unwrap()])
-    .args(extra);
-    c
+    common::train_cmd(&fixture(), data, out, extra)
 }
 
-/// An empty config file: every option at its default unless a flag says otherwise.
 /// The fixture model with its adapter, f32 on the CPU.
 fn fixture_with_adapter() -> socratune::model::CausalLm {
     let src = socratune::model::Source::Local(fixture());
     let mut model = socratune::model::load(&src, candle_core::DType::F32, &Device::Cpu).unwrap();
     socratune::model::adapter::load(&mut model, &fixture().join("adapter")).unwrap();
     model
-}
-
-fn empty_config(out: &Path) -> PathBuf {
-    let p = out.with_extension("toml");
-    std::fs::write(&p, "# defaults\n").unwrap();
-    p
-}
-
-fn run_ok(mut c: Command) -> String {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into()
-}
-
-fn adapter(dir: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .map(|(k, t)| common::max_abs_diff(t, &b[k]))
-        .fold(0.0, f32::max)
 }
 
 fn events(run: &Path, kind: &str) -> Vec<serde_json::Value> {
@@ -132,6 +86,21 @@ fn events(run: &Path, kind: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|e| e["event"] == kind)
         .collect()
+}
+
+/// The loss of every `train` event of a run, in step order.
+fn train_losses(run: &Path) -> Vec<f64> {
+    events(run, "train")
+        .iter()
+        .map(|e| e["loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// Resumes the run `run` to its end; its stdout.
+fn resume(data: &Path, run: &Path, args: &[&str]) -> String {
+    let mut c = train_cmd(data, run, args);
+    c.arg("--resume");
+    run_ok(c)
 }
 
 const QUICK: [&str; 8] = [
@@ -169,10 +138,7 @@ fn overfits_a_handful_of_examples_and_writes_peft_outputs() {
         .concat(),
     ));
     assert!(out.contains("completed after 40 steps"), "{out}");
-    let losses: Vec<f64> = events(&run, "train")
-        .iter()
-        .map(|e| e["loss"].as_f64().unwrap())
-        .collect();
+    let losses = train_losses(&run);
     assert_eq!(losses.len(), 40);
     assert!(
         losses[39] < 0.5 * losses[0],
@@ -284,14 +250,8 @@ fn gradient_accumulation_4x1_equals_one_batch_of_4() {
     // compared exactly below.
     let d = max_diff(&adapter(&a.join("adapter")), &adapter(&b.join("adapter")));
     assert!(d < 1e-4, "adapters differ by {d}");
-    let la: Vec<f64> = events(&a, "train")
-        .iter()
-        .map(|e| e["loss"].as_f64().unwrap())
-        .collect();
-    let lb: Vec<f64> = events(&b, "train")
-        .iter()
-        .map(|e| e["loss"].as_f64().unwrap())
-        .collect();
+    let la = train_losses(&a);
+    let lb = train_losses(&b);
     for (x, y) in la.iter().zip(&lb) {
         assert!((x - y).abs() < 1e-5, "{la:?} vs {lb:?}");
     }
@@ -319,22 +279,10 @@ fn stop_three_times(data: &Path, run: &Path, args: &[&str], targets: [usize; 3])
         if kills > 0 {
             c.arg("--resume");
         }
-        let mut child = c
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Kill as soon as checkpoint `target` shows up: at an arbitrary point of the next step
+        // Stop as soon as checkpoint `target` shows up: at an arbitrary point of the next step
         // or of the next checkpoint's write.
         let ckpts = run.join("checkpoints");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !ckpts.join(format!("step-{target}")).exists() && std::time::Instant::now() < deadline
-        {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        let mut child = spawn_until(c, &ckpts.join(format!("step-{target}")));
         if kills == 1 {
             // Ctrl-C: the run checkpoints the step it is on and exits with 130.
             Command::new("kill")
@@ -411,11 +359,7 @@ fn resume_after_kills(dir: &Path, data: &Path, batching: &[&str]) {
 
     let run = dir.join("killed");
     stop_three_times(&data, &run, &args, [5, 17, 31]);
-    let out = run_ok({
-        let mut c = train_cmd(&data, &run, &args);
-        c.arg("--resume");
-        c
-    });
+    let out = resume(&data, &run, &args);
     assert!(out.contains("completed after 60 steps"), "{out}");
     let d = max_diff(
         &adapter(&reference.join("adapter")),
@@ -583,16 +527,8 @@ fn a_live_run_folder_is_locked_and_a_killed_holder_leaves_a_stale_lock() {
         &["--max-steps", "100000", "--save-every", "1000"],
     ]
     .concat();
-    let mut live = train_cmd(&data, &run, &long)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !run.join("metrics.jsonl").exists() && std::time::Instant::now() < deadline {
-        assert!(live.try_wait().unwrap().is_none(), "the first run ended");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut live = spawn_until(train_cmd(&data, &run, &long), &run.join("metrics.jsonl"));
+    assert!(live.try_wait().unwrap().is_none(), "the first run ended");
     let pid = live.id().to_string();
     for extra in ["--resume", "--fresh"] {
         let out = train_cmd(&data, &run, &[&long[..], &[extra]].concat())
@@ -758,10 +694,7 @@ fn full_parameter_training_learns_writes_a_hub_model_and_resumes_bit_identically
     let reference = dir.path().join("ref");
     let out = run_ok(train_cmd(&data, &reference, &args));
     assert!(out.contains("completed after 30 steps"), "{out}");
-    let losses: Vec<f64> = events(&reference, "train")
-        .iter()
-        .map(|e| e["loss"].as_f64().unwrap())
-        .collect();
+    let losses = train_losses(&reference);
     assert!(
         losses[29] < 0.7 * losses[0],
         "loss {} → {}",
@@ -799,11 +732,7 @@ fn full_parameter_training_learns_writes_a_hub_model_and_resumes_bit_identically
     // Killed, interrupted and resumed: the same weights, bit for bit.
     let run = dir.path().join("killed");
     stop_three_times(&data, &run, &args, [4, 11, 19]);
-    let out = run_ok({
-        let mut c = train_cmd(&data, &run, &args);
-        c.arg("--resume");
-        c
-    });
+    let out = resume(&data, &run, &args);
     assert!(out.contains("completed after 30 steps"), "{out}");
     for folder in ["model", "best"] {
         let a = safetensors(&reference.join(folder).join("model.safetensors"));

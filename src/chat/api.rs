@@ -9,7 +9,7 @@
 
 use crate::corpus::Role;
 use crate::dataset::Utterance;
-use crate::model::generate::SamplingParams;
+use crate::model::generate::{SamplingParams, SamplingRequest};
 use serde_json::{json, Map, Value};
 
 /// An OpenAI-style error: HTTP status and `{"error": {"message", "type", "param", "code"}}`.
@@ -151,7 +151,8 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     };
     let (system, turns) = messages(&o)?;
 
-    let mut params = default_params();
+    // OpenAI's ranges here; the shared rules (top-p 1 and top-k 0 are off) in `resolve`.
+    let mut asked = SamplingRequest::default();
     if let Some(t) = number(&o, "temperature")? {
         if !(0.0..=2.0).contains(&t) {
             return Err(ApiError::invalid(
@@ -159,7 +160,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
                 format!("'temperature' must be between 0 and 2, got {t}"),
             ));
         }
-        params.temperature = t;
+        asked.temperature = Some(t);
     }
     if let Some(p) = number(&o, "top_p")? {
         if !(p > 0.0 && p <= 1.0) {
@@ -168,7 +169,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
                 format!("'top_p' must be greater than 0 and at most 1, got {p}"),
             ));
         }
-        params.top_p = (p < 1.0).then_some(p);
+        asked.top_p = Some(p);
     }
     if let Some(k) = integer(&o, "top_k")? {
         // 0 and -1 turn it off, as in llama.cpp and vLLM.
@@ -178,7 +179,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
                 format!("'top_k' must be at least 1 (or 0 / -1 for no limit), got {k}"),
             ));
         }
-        params.top_k = (k >= 1).then_some(k as usize);
+        asked.top_k = Some(k.max(0) as usize);
     }
     if let Some(r) = number(&o, "repetition_penalty")? {
         if !(r > 0.0 && r <= 10.0) {
@@ -187,11 +188,14 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
                 format!("'repetition_penalty' must be greater than 0 and at most 10, got {r}"),
             ));
         }
-        params.repetition_penalty = r as f32;
+        asked.repetition_penalty = Some(r as f32);
     }
     if let Some(s) = integer(&o, "seed")? {
-        params.seed = s as u64;
+        asked.seed = Some(s as u64);
     }
+    let params = asked
+        .resolve(&default_params())
+        .map_err(|e| ApiError::invalid(None, e.to_string()))?;
     let mut max_tokens = None;
     for k in ["max_tokens", "max_completion_tokens"] {
         if let Some(m) = integer(&o, k)? {

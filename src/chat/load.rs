@@ -2,7 +2,7 @@
 //! tokenizer the run's data was made with, and the variant that decides the prompt format.
 
 use super::{ChatError, PromptFormat, Result};
-use crate::dataset::{ChatTemplate, ChatTokenizer, Variant};
+use crate::dataset::{ChatTemplate, ChatTokenizer, StatsFile, Variant};
 use crate::model::device::{device_name, parse_device, parse_dtype};
 use crate::model::{adapter, CausalLm, Source};
 use crate::rundir::RunDir;
@@ -17,7 +17,7 @@ pub const DEFAULT_MODEL: &str = "google/gemma-2-2b-it";
 pub struct RunInfo {
     pub stats: PathBuf,
     /// The variant the run was trained on (`config` in stats.json).
-    pub variant: Option<Variant>,
+    pub variant: Variant,
     /// The tokenizer its data was made with, when that file still exists.
     pub tokenizer: Option<PathBuf>,
 }
@@ -32,34 +32,11 @@ impl RunInfo {
     }
 
     pub fn read(stats: &Path) -> Result<Self> {
-        let bad = |message: String| ChatError::Config {
-            path: stats.to_path_buf(),
-            message,
-        };
-        let text =
-            std::fs::read_to_string(stats).map_err(|e| crate::fsutil::FileError::new(stats, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("malformed JSON: {e}")))?;
-        let variant = match v.get("config").filter(|c| !c.is_null()) {
-            // The variant as data build wrote it; read back through the variant file's own
-            // parser so that its checks apply.
-            Some(c) => {
-                let t: toml::Value = serde_json::from_value(c.clone())
-                    .map_err(|e| bad(format!("`config` is not a variant: {e}")))?;
-                let text = toml::to_string(&t)
-                    .map_err(|e| bad(format!("`config` is not a variant: {e}")))?;
-                Some(Variant::from_toml(&text, stats)?)
-            }
-            None => None,
-        };
-        let tokenizer = v
-            .get("tokenizer")
-            .and_then(|t| t.as_str())
-            .map(PathBuf::from)
-            .filter(|p| p.is_file());
+        let file = StatsFile::read(stats)?;
+        let tokenizer = Some(PathBuf::from(file.tokenizer)).filter(|p| p.is_file());
         Ok(Self {
             stats: stats.to_path_buf(),
-            variant,
+            variant: file.config,
             tokenizer,
         })
     }
@@ -269,15 +246,16 @@ mod tests {
         std::fs::create_dir_all(run.join("checkpoints/step-10")).unwrap();
         let tok = dir.path().join("tokenizer.json");
         std::fs::write(&tok, "{}").unwrap();
-        let stats = serde_json::json!({
-            "variant": "model8", "examples": 3,
-            "config": {"name": "model8", "pairs": "0", "utterances": 4, "prefix": "ソクラテスさん。", "include_rejected": false},
-            "tokenizer": tok.display().to_string(),
-        });
+        // A stats.json as data build writes it, naming this tokenizer.
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stats/model8.json");
+        let mut stats: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+        stats["tokenizer"] = tok.display().to_string().into();
         std::fs::write(run.join("data/stats.json"), stats.to_string()).unwrap();
         for adapter in [run.join("best"), run.join("checkpoints/step-10")] {
             let info = RunInfo::find(&adapter).unwrap().unwrap();
-            let v = info.variant.unwrap();
+            let v = info.variant;
             assert_eq!((v.name.as_str(), v.utterances), ("model8", 4));
             assert_eq!(v.prefix, "ソクラテスさん。");
             assert_eq!(info.tokenizer.as_deref(), Some(tok.as_path()));
@@ -285,8 +263,8 @@ mod tests {
         assert!(RunInfo::find(&dir.path().join("elsewhere/x"))
             .unwrap()
             .is_none());
-        let bad = serde_json::json!({"config": {"name": "m", "pairs": "0", "utterances": 3}});
-        std::fs::write(run.join("data/stats.json"), bad.to_string()).unwrap();
+        stats["config"]["utterances"] = 3.into();
+        std::fs::write(run.join("data/stats.json"), stats.to_string()).unwrap();
         let e = RunInfo::find(&run.join("best")).unwrap_err().to_string();
         assert!(
             e.contains("stats.json") && e.contains("not an even number"),

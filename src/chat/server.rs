@@ -556,10 +556,7 @@ pub fn serve(args: &ServeSpec) -> Result<()> {
     // Off unless asked for: the run's own window and prefix are not applied to clients'
     // histories. Its layout (format and system text) is: it is how the model reads any prompt.
     let (mut format, variant) = prompt_format(&args.prompt, None)?;
-    let run_layout = run
-        .as_ref()
-        .and_then(|r| r.variant.as_ref())
-        .map(|v| &v.layout);
+    let run_layout = run.as_ref().map(|r| &r.variant).map(|v| &v.layout);
     if let (None, Some(layout)) = (&args.prompt.variant, run_layout) {
         format.layout.format = layout.format;
         if args.prompt.system.is_none() {

@@ -13,7 +13,7 @@ use super::prompt::PromptFormat;
 use super::{reply, stop_tokens, ChatError, Result};
 use crate::corpus::{load_questions, Dialogue, Role, Turn};
 use crate::dataset::{ChatTokenizer, Utterance};
-use crate::model::generate::{SamplingParams, Stop};
+use crate::model::generate::{SamplingParams, SamplingRequest, Stop};
 use crate::model::CausalLm;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -38,20 +38,9 @@ pub struct ChatConfig {
     pub persona_name: Option<String>,
     /// The prompt before the user's lines.
     pub user_name: Option<String>,
+    /// `[sampling]`, under the flags.
     #[serde(default)]
-    pub sampling: SamplingConfig,
-}
-
-/// Sampling as asked, by flags or by `[sampling]` in chat.toml: each unset one falls back
-/// (flags → config → the library's defaults), see [`sampling`].
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SamplingConfig {
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub top_k: Option<usize>,
-    pub repetition_penalty: Option<f32>,
-    pub max_new_tokens: Option<usize>,
+    pub sampling: SamplingRequest,
 }
 
 impl ChatConfig {
@@ -69,33 +58,16 @@ impl ChatConfig {
     }
 }
 
-/// Sampling from the flags, then the config, then the library's defaults. Replies are never
-/// empty: a stop token cannot come first.
-pub fn sampling(flags: &SamplingConfig, cfg: &SamplingConfig, seed: u64) -> Result<SamplingParams> {
-    let d = SamplingParams::default();
-    let top_p = flags.top_p.or(cfg.top_p).or(d.top_p);
-    let top_k = flags.top_k.or(cfg.top_k).or(d.top_k);
-    let p = SamplingParams {
-        temperature: flags
-            .temperature
-            .or(cfg.temperature)
-            .unwrap_or(d.temperature),
-        // 1 and 0 mean "off", as in most tools.
-        top_p: top_p.filter(|&p| p != 1.0),
-        top_k: top_k.filter(|&k| k != 0),
-        repetition_penalty: flags
-            .repetition_penalty
-            .or(cfg.repetition_penalty)
-            .unwrap_or(d.repetition_penalty),
-        seed,
-        max_new_tokens: flags
-            .max_new_tokens
-            .or(cfg.max_new_tokens)
-            .unwrap_or(d.max_new_tokens),
+/// Chat's sampling: what is asked (flags over the config's `[sampling]`), else the library's
+/// defaults; no seed asked: a random one. Replies are never empty: a stop token cannot come
+/// first.
+pub fn sampling(asked: &SamplingRequest) -> Result<SamplingParams> {
+    let defaults = SamplingParams {
+        seed: asked.seed.unwrap_or_else(rand::random),
         min_new_tokens: 1,
-        ..d
+        ..SamplingParams::default()
     };
-    p.validate()?;
+    let p = asked.resolve(&defaults)?;
     if p.max_new_tokens == 0 {
         return Err(ChatError::Invalid(
             "--max-new-tokens must be at least 1".into(),
@@ -114,10 +86,9 @@ pub struct ChatSpec {
     pub compare: Vec<String>,
     pub model: ModelSpec,
     pub prompt: PromptChoice,
-    /// Over the config's `[sampling]`.
-    pub sampling: SamplingConfig,
-    /// Seed of the first reply (each later reply adds its turn number); None: random.
-    pub seed: Option<u64>,
+    /// Over the config's `[sampling]`; `seed` is the first reply's (each later reply adds its
+    /// turn number), None: random.
+    pub sampling: SamplingRequest,
     /// The persona's opening line.
     pub opening: Option<String>,
     /// The opening by question id, from `questions`.
@@ -597,8 +568,8 @@ impl Session {
 pub fn chat(args: &ChatSpec, interrupt: Option<Arc<Interrupt>>) -> Result<()> {
     let config = ChatConfig::load(&args.config)?;
     let opening = Opening::resolve(args, &config)?;
-    let seed = args.seed.unwrap_or_else(rand::random);
-    let params = sampling(&args.sampling, &config.sampling, seed)?;
+    let params = sampling(&args.sampling.or(&config.sampling))?;
+    let seed = params.seed;
     let adapters: Vec<Option<PathBuf>> = if args.compare.is_empty() {
         vec![args.adapter.clone()]
     } else {
@@ -625,12 +596,12 @@ pub fn chat(args: &ChatSpec, interrupt: Option<Arc<Interrupt>>) -> Result<()> {
     writeln!(err, "{}", loaded.summary)?;
     let mut branches = Vec::new();
     for (adapter, run) in adapters.into_iter().zip(&runs) {
-        let run_variant = run.as_ref().and_then(|r| r.variant.as_ref());
+        let run_variant = run.as_ref().map(|r| &r.variant);
         let (format, variant) = prompt_format(&args.prompt, run_variant)?;
         let b = Branch::new(adapter, variant, format);
         let from = match (&args.prompt.variant, run) {
             (Some(f), _) => format!(" from {}", f.display()),
-            (None, Some(r)) if r.variant.is_some() => format!(" from {}", r.stats.display()),
+            (None, Some(r)) => format!(" from {}", r.stats.display()),
             _ => String::new(),
         };
         let variant = match &b.variant {

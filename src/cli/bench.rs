@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use socratune::chat::bench::GenerateBench;
 use socratune::train::bench::BenchOptions;
 use socratune::train::bench_data::{DataBenchOptions, LengthProfile};
 use std::path::PathBuf;
@@ -17,173 +16,156 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// LoRA training throughput on a random model of a preset shape, doing exactly the work of
     /// benches/hf_peft_reference.py; prints one JSON line with the same keys.
-    Train {
-        /// tiny, small, gemma-2-2b, tiny-gemma3, gemma-3-1b, gemma-3-4b, tiny-qwen3, qwen3-1.7b,
-        /// tiny-llama or llama-3.2-1b.
-        #[arg(long, default_value = "small")]
-        preset: String,
-        /// Timed steps.
-        #[arg(long, default_value_t = 10)]
-        steps: usize,
-        /// Untimed steps first.
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        /// cpu, cuda, cuda:N, metal or auto.
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// Sequences a step (default: the preset's).
-        #[arg(long)]
-        batch: Option<usize>,
-        /// Tokens a sequence (default: the preset's).
-        #[arg(long)]
-        seq: Option<usize>,
-        /// Measure on the lengths of a tokenized examples file (runs/<variant>/data/train.jsonl)
-        /// instead: padding share, real tokens/s and steps per epoch of each batching layout.
-        #[arg(long, conflicts_with_all = ["batch", "seq"])]
-        data: Option<PathBuf>,
-        /// With --data: examples a micro-batch of the padded and grouped layouts.
-        #[arg(long, default_value_t = 4, requires = "data")]
-        micro_batch: usize,
-        /// With --data: the token budget of the budget layouts (default: --micro-batch × the
-        /// longest example).
-        #[arg(long, requires = "data")]
-        micro_batch_tokens: Option<usize>,
-        /// With --data: micro-batches an optimizer step (for steps per epoch).
-        #[arg(long, default_value_t = 4, requires = "data")]
-        grad_accum: usize,
-        /// With --data: first rebuild the examples with a triangular length profile MIN,MODE,MAX
-        /// by concatenating them (60,203,535: the seed's model1, mean 266, longest 535).
-        #[arg(long, requires = "data")]
-        length_profile: Option<LengthProfile>,
-        /// With --data: the seed of the layouts and of the profile corpus.
-        #[arg(long, default_value_t = 42, requires = "data")]
-        seed: u64,
-        /// Print only the JSON line (the default prints it too, after a one-line summary on stderr).
-        #[arg(long)]
-        json: bool,
-    },
+    Train(TrainBenchArgs),
     /// Greedy decoding speed with the KV cache on a random model of a preset shape: the
     /// prompt's forward pass and the decoding timed apart; prints one JSON line.
-    Generate {
-        /// tiny, small, gemma-2-2b, tiny-gemma3, gemma-3-1b, gemma-3-4b, tiny-qwen3, qwen3-1.7b,
-        /// tiny-llama or llama-3.2-1b.
-        #[arg(long, default_value = "small")]
-        preset: String,
-        /// Tokens to generate.
-        #[arg(long, default_value_t = 128)]
-        tokens: usize,
-        /// Tokens in the (random) prompt.
-        #[arg(long, default_value_t = 128)]
-        prompt_len: usize,
-        /// cpu, cuda, cuda:N, metal or auto.
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// f32, bf16, f16 or auto (bf16 on GPUs, f32 on CPU).
-        #[arg(long, default_value = "auto")]
-        dtype: String,
-        /// Also decode this many prompts together (as `eval` does), right after the single
-        /// one, and compare the tokens/s of all rows with it.
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        /// Print only the JSON line (the default prints it too, after a one-line summary on stderr).
-        #[arg(long)]
-        json: bool,
-    },
+    Generate(GenerateBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TrainBenchArgs {
+    /// tiny, small, gemma-2-2b, tiny-gemma3, gemma-3-1b, gemma-3-4b, tiny-qwen3, qwen3-1.7b,
+    /// tiny-llama or llama-3.2-1b.
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// cpu, cuda, cuda:N, metal or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Sequences a step (default: the preset's).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Tokens a sequence (default: the preset's).
+    #[arg(long)]
+    pub seq: Option<usize>,
+    /// Measure on the lengths of a tokenized examples file (runs/<variant>/data/train.jsonl)
+    /// instead: padding share, real tokens/s and steps per epoch of each batching layout.
+    #[arg(long, conflicts_with_all = ["batch", "seq"])]
+    pub data: Option<PathBuf>,
+    /// With --data: examples a micro-batch of the padded and grouped layouts.
+    #[arg(long, default_value_t = 4, requires = "data")]
+    pub micro_batch: usize,
+    /// With --data: the token budget of the budget layouts (default: --micro-batch × the
+    /// longest example).
+    #[arg(long, requires = "data")]
+    pub micro_batch_tokens: Option<usize>,
+    /// With --data: micro-batches an optimizer step (for steps per epoch).
+    #[arg(long, default_value_t = 4, requires = "data")]
+    pub grad_accum: usize,
+    /// With --data: first rebuild the examples with a triangular length profile MIN,MODE,MAX
+    /// by concatenating them (60,203,535: the seed's model1, mean 266, longest 535).
+    #[arg(long, requires = "data")]
+    pub length_profile: Option<LengthProfile>,
+    /// With --data: the seed of the layouts and of the profile corpus.
+    #[arg(long, default_value_t = 42, requires = "data")]
+    pub seed: u64,
+    /// Print only the JSON line (the default prints it too, after a one-line summary on stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateBenchArgs {
+    /// tiny, small, gemma-2-2b, tiny-gemma3, gemma-3-1b, gemma-3-4b, tiny-qwen3, qwen3-1.7b,
+    /// tiny-llama or llama-3.2-1b.
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub tokens: usize,
+    /// Tokens in the (random) prompt.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_len: usize,
+    /// cpu, cuda, cuda:N, metal or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// f32, bf16, f16 or auto (bf16 on GPUs, f32 on CPU).
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Also decode this many prompts together (as `eval` does), right after the single
+    /// one, and compare the tokens/s of all rows with it.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Print only the JSON line (the default prints it too, after a one-line summary on stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl BenchArgs {
     pub fn run(self) -> Result<()> {
         match self.command {
-            BenchCommand::Train {
-                preset,
-                steps,
-                warmup,
-                device,
-                data: Some(data),
-                micro_batch,
-                micro_batch_tokens,
-                grad_accum,
-                length_profile,
-                seed,
-                json,
-                ..
-            } => {
-                let o = DataBenchOptions {
-                    data,
-                    preset,
-                    device,
-                    micro_batch,
-                    micro_batch_tokens,
-                    grad_accum,
-                    steps,
-                    warmup,
-                    length_profile,
-                    seed,
-                };
-                let r = socratune::train::bench_data::bench_data(&o)?;
-                if !json {
-                    print_layouts(&r);
-                }
-                println!("{r}");
-            }
-            BenchCommand::Train {
-                preset,
-                steps,
-                warmup,
-                device,
-                batch,
-                seq,
-                json,
-                ..
-            } => {
-                let o = BenchOptions {
-                    preset,
-                    steps,
-                    warmup,
-                    device,
-                    batch,
-                    seq,
-                };
-                let r = socratune::train::bench::bench_train(&o)?;
-                let line = format!(
-                    "{} tokens/s, {} s/step, peak {:.1} MiB",
-                    r["tokens_per_s"],
-                    r["s_per_step"],
-                    r["peak_mem_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
-                );
-                print_bench(&r, &line, json);
-            }
-            BenchCommand::Generate {
-                preset,
-                tokens,
-                prompt_len,
-                device,
-                dtype,
-                batch,
-                json,
-            } => {
-                let o = GenerateBench {
-                    preset,
-                    tokens,
-                    prompt_len,
-                    device,
-                    dtype,
-                    batch,
-                };
-                let r = socratune::chat::bench::bench_generate(&o)?;
-                let mut line = format!(
-                    "prefill {} tokens/s, decode {} tokens/s ({} ms/token)",
-                    r["prefill_tokens_per_s"], r["decode_tokens_per_s"], r["ms_per_token"]
-                );
-                if batch > 1 {
-                    line += &format!(
-                        "; batch {batch}: {} tokens/s of all rows vs {} for one prompt ({}x)",
-                        r["batch_tokens_per_s"], r["single_tokens_per_s"], r["batch_speedup"]
-                    );
-                }
-                print_bench(&r, &line, json);
-            }
+            BenchCommand::Train(a) => a.run(),
+            BenchCommand::Generate(a) => a.run(),
         }
+    }
+}
+
+impl TrainBenchArgs {
+    fn run(self) -> Result<()> {
+        let Some(data) = self.data else {
+            let r = socratune::train::bench::bench_train(&BenchOptions {
+                preset: self.preset,
+                steps: self.steps,
+                warmup: self.warmup,
+                device: self.device,
+                batch: self.batch,
+                seq: self.seq,
+            })?;
+            let line = format!(
+                "{} tokens/s, {} s/step, peak {:.1} MiB",
+                r["tokens_per_s"],
+                r["s_per_step"],
+                r["peak_mem_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+            );
+            print_bench(&r, &line, self.json);
+            return Ok(());
+        };
+        let r = socratune::train::bench_data::bench_data(&DataBenchOptions {
+            data,
+            preset: self.preset,
+            device: self.device,
+            micro_batch: self.micro_batch,
+            micro_batch_tokens: self.micro_batch_tokens,
+            grad_accum: self.grad_accum,
+            steps: self.steps,
+            warmup: self.warmup,
+            length_profile: self.length_profile,
+            seed: self.seed,
+        })?;
+        if !self.json {
+            print_layouts(&r);
+        }
+        println!("{r}");
+        Ok(())
+    }
+}
+
+impl GenerateBenchArgs {
+    fn run(self) -> Result<()> {
+        let r = socratune::chat::bench::bench_generate(&socratune::chat::bench::GenerateBench {
+            preset: self.preset,
+            tokens: self.tokens,
+            prompt_len: self.prompt_len,
+            device: self.device,
+            dtype: self.dtype,
+            batch: self.batch,
+        })?;
+        let mut line = format!(
+            "prefill {} tokens/s, decode {} tokens/s ({} ms/token)",
+            r["prefill_tokens_per_s"], r["decode_tokens_per_s"], r["ms_per_token"]
+        );
+        if self.batch > 1 {
+            line += &format!(
+                "; batch {}: {} tokens/s of all rows vs {} for one prompt ({}x)",
+                self.batch, r["batch_tokens_per_s"], r["single_tokens_per_s"], r["batch_speedup"]
+            );
+        }
+        print_bench(&r, &line, self.json);
         Ok(())
     }
 }

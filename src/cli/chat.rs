@@ -4,7 +4,8 @@ use super::model::DeviceArgs;
 use clap::Args;
 use socratune::chat::load::{ModelSpec, PromptChoice};
 use socratune::chat::server::ServeSpec;
-use socratune::chat::session::{ChatSpec, Interrupt, SamplingConfig};
+use socratune::chat::session::{ChatSpec, Interrupt};
+use socratune::model::generate::SamplingRequest;
 use std::path::PathBuf;
 
 /// The model to talk to (chat and serve).
@@ -149,14 +150,15 @@ impl From<PromptArgs> for PromptChoice {
     }
 }
 
-impl From<SamplingArgs> for SamplingConfig {
+impl From<SamplingArgs> for SamplingRequest {
     fn from(a: SamplingArgs) -> Self {
-        SamplingConfig {
+        SamplingRequest {
             temperature: a.temperature,
             top_p: a.top_p,
             top_k: a.top_k,
             repetition_penalty: a.repetition_penalty,
             max_new_tokens: a.max_new_tokens,
+            seed: a.seed,
         }
     }
 }
@@ -168,7 +170,6 @@ impl ChatArgs {
             compare: self.compare,
             model: self.model.into(),
             prompt: self.prompt.into(),
-            seed: self.sampling.seed,
             sampling: self.sampling.into(),
             opening: self.opening,
             question: self.question,

@@ -85,8 +85,8 @@ impl ExportArgs {
                     a.chat_config.display()
                 )
             })?;
-            let sampling =
-                socratune::chat::session::sampling(&Default::default(), &cfg.sampling, 0)?;
+            // The Modelfile takes no seed.
+            let sampling = socratune::chat::session::sampling(&cfg.sampling)?;
             Some((opening, sampling))
         } else {
             None

@@ -12,7 +12,7 @@ use crate::fsutil::write_json;
 use crate::rundir::RunDir;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Which variants to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +102,7 @@ pub struct BuildOptions {
 }
 
 /// What `build` wrote for one variant.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BuildReport {
     pub variant: String,
     pub dir: PathBuf,
@@ -112,7 +112,9 @@ pub struct BuildReport {
     /// Examples cut to `max_len`, and examples left out by the max-length policy.
     pub truncated: usize,
     pub dropped: usize,
-    /// Tokens in the longest example written to train.jsonl or val.jsonl.
+    /// Tokens in the longest example written to train.jsonl or val.jsonl (0 in a stats.json
+    /// written before it was recorded).
+    #[serde(default)]
     pub longest: usize,
 }
 
@@ -173,22 +175,37 @@ impl Record {
     }
 }
 
-/// `stats.json`: the statistics row, then how the data was made.
-#[derive(Serialize)]
-struct StatsFile<'a> {
+/// `stats.json`: the statistics row, then how the data was made. Written by `data build`, read
+/// by everything that needs a run's variant or tokenizer (chat, serve, eval).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsFile {
     #[serde(flatten)]
-    stats: &'a VariantStats,
-    config: &'a Variant,
-    tokenizer: String,
-    corpus: String,
-    corpus_sha256: &'a str,
-    seed: u64,
-    include_unjudged: bool,
-    max_len: Option<usize>,
-    overflow: Overflow,
-    written: &'a BuildReport,
+    pub stats: VariantStats,
+    /// The variant the data was made with (validated again when read back).
+    pub config: Variant,
+    /// The tokenizer as it was given to `data build`.
+    pub tokenizer: String,
+    pub corpus: String,
+    pub corpus_sha256: String,
+    pub seed: u64,
+    pub include_unjudged: bool,
+    pub max_len: Option<usize>,
+    pub overflow: Overflow,
+    pub written: BuildReport,
     /// Dialogues left out as too short (under `--skip-bad`).
-    too_short: &'a [String],
+    pub too_short: Vec<String>,
+}
+
+impl StatsFile {
+    /// Reads and checks a `stats.json`; an error names the file and what is wrong in it.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| crate::fsutil::FileError::new(path, e))?;
+        serde_json::from_str(&text).map_err(|e| DatasetError::Stats {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
 }
 
 /// Writes `train.jsonl`, `val.jsonl`, `split.json` and `stats.json` for every prepared variant.
@@ -271,17 +288,17 @@ pub fn build(p: &Prepared, opts: &BuildOptions) -> Result<Vec<BuildReport>> {
         write_jsonl(&data.common(), &whole)?;
         write_json(&data.split(), &manifest)?;
         let file = StatsFile {
-            stats,
-            config: v,
+            stats: stats.clone(),
+            config: v.clone(),
             tokenizer: p.tokenizer.path().display().to_string(),
             corpus: p.corpus.path.display().to_string(),
-            corpus_sha256: &p.corpus.sha256,
+            corpus_sha256: p.corpus.sha256.clone(),
             seed: p.split.seed,
             include_unjudged: p.inputs.include_unjudged,
             max_len: opts.max_len,
             overflow: opts.overflow,
-            written: &report,
-            too_short: &x.too_short,
+            written: report.clone(),
+            too_short: x.too_short.clone(),
         };
         write_json(&data.stats(), &file)?;
         reports.push(report);
@@ -317,5 +334,82 @@ mod tests {
             w[1].contains("17000000 tokens") && w[1].contains("--max-len"),
             "{w:?}"
         );
+    }
+
+    /// stats.json files as `data build` wrote them before this type owned the schema
+    /// (tests/fixtures/stats): each reads back and writes out byte for byte.
+    #[test]
+    fn stats_json_written_earlier_reads_and_writes_back_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stats");
+        for name in ["model8", "listed"] {
+            let path = fixtures.join(format!("{name}.json"));
+            let file = StatsFile::read(&path).unwrap();
+            assert_eq!(file.config.name, name);
+            let out = dir.path().join("stats.json");
+            write_json(&out, &file).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(&out).unwrap(),
+                std::fs::read_to_string(&path).unwrap(),
+                "{name}"
+            );
+        }
+        let listed = StatsFile::read(&fixtures.join("listed.json")).unwrap();
+        assert_eq!(
+            listed.config.pairs,
+            super::super::Pairs::List(vec![0, 2, 10])
+        );
+        assert_eq!((listed.max_len, listed.overflow), (None, Overflow::Drop));
+    }
+
+    #[test]
+    fn a_bad_stats_json_is_named_with_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let good: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stats/model8.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let path = dir.path().join("stats.json");
+        let cases: [(&str, serde_json::Value, &str); 4] = [
+            (
+                "/config/utterances",
+                3.into(),
+                "variant `model8`: utterances: 3 is not an even number",
+            ),
+            (
+                "/config/pairs",
+                "3..1".into(),
+                "variant `model8`: pairs: range `3..1` is empty",
+            ),
+            (
+                "/config/name",
+                "../x".into(),
+                "name: `../x` must be letters",
+            ),
+            ("/overflow", "keep".into(), "unknown variant `keep`"),
+        ];
+        for (pointer, value, expected) in cases {
+            let mut bad = good.clone();
+            *bad.pointer_mut(pointer).unwrap() = value;
+            std::fs::write(&path, bad.to_string()).unwrap();
+            let e = StatsFile::read(&path).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&path.display().to_string()) && e.contains(expected),
+                "{pointer}: {e}"
+            );
+        }
+        let mut missing = good.clone();
+        missing.as_object_mut().unwrap().remove("tokenizer");
+        std::fs::write(&path, missing.to_string()).unwrap();
+        let e = StatsFile::read(&path).unwrap_err().to_string();
+        assert!(e.contains("missing field `tokenizer`"), "{e}");
+        // Written before `longest` was recorded: still reads.
+        let mut older = good;
+        older["written"].as_object_mut().unwrap().remove("longest");
+        std::fs::write(&path, older.to_string()).unwrap();
+        assert_eq!(StatsFile::read(&path).unwrap().written.longest, 0);
     }
 }

@@ -17,7 +17,9 @@ pub(crate) mod template;
 pub mod tokenizer;
 pub(crate) mod variant;
 
-pub use build::{build, prepare, BuildOptions, BuildReport, Inputs, Prepared, Selection};
+pub use build::{
+    build, prepare, BuildOptions, BuildReport, Inputs, Prepared, Selection, StatsFile,
+};
 pub use chat_format::{ChatTemplate, Format, Layout, Specials};
 pub use check::{check, CheckReport};
 pub use extract::{extract, Example, Extracted, Utterance};
@@ -52,6 +54,9 @@ pub enum DatasetError {
         line: Option<usize>,
         message: String,
     },
+    /// A `stats.json` that does not parse or holds a bad value.
+    #[error("{}: {message}", path.display())]
+    Stats { path: PathBuf, message: String },
     /// A tokenizer that cannot be loaded, lacks a special token, or fails to encode.
     #[error("{}: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },

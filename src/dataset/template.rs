@@ -294,7 +294,7 @@ pub fn render_text(
 }
 
 /// What to do with an example longer than the maximum length.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Overflow {
     /// Leave it out.

@@ -130,7 +130,8 @@ impl Serialize for Pairs {
 }
 
 /// A validated variant.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "VariantFile")]
 pub struct Variant {
     pub name: String,
     pub pairs: Pairs,
@@ -162,6 +163,90 @@ struct VariantFile {
     system: Option<String>,
 }
 
+impl VariantFile {
+    /// The checks every variant passes, from a variant file or read back from `stats.json`:
+    /// `Err((key, message))` names the faulty key. `stem`: the file's name, which `name` must
+    /// match so that `--variant NAME` finds it.
+    fn check(self, stem: Option<&str>) -> Result<Variant, (&'static str, String)> {
+        let name_ok = !self.name.is_empty()
+            && !self.name.starts_with('.')
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !name_ok {
+            return Err((
+                "name",
+                format!(
+                    "`{}` must be letters, digits, `-`, `_` or `.` (it names a run folder)",
+                    self.name
+                ),
+            ));
+        }
+        if let Some(stem) = stem.filter(|s| *s != self.name) {
+            return Err((
+                "name",
+                format!("`{}` differs from the file name `{stem}.toml`", self.name),
+            ));
+        }
+        let pairs = Pairs::parse(&self.pairs).map_err(|m| ("pairs", m))?;
+        if self.utterances < 2 || self.utterances % 2 != 0 {
+            return Err((
+                "utterances",
+                format!(
+                    "{} is not an even number of at least 2 (2 = one pair per example, 4 = two consecutive pairs)",
+                    self.utterances
+                ),
+            ));
+        }
+        let format = match self.format.as_deref() {
+            None | Some("chat") => Format::Chat,
+            Some("alpaca") => Format::Alpaca,
+            Some(other) => {
+                return Err((
+                    "format",
+                    format!("`{other}` is not a format (chat or alpaca)"),
+                ))
+            }
+        };
+        if let Some(s) = &self.system {
+            if s.trim().is_empty() {
+                return Err((
+                    "system",
+                    "is empty; leave the key out for no system text".into(),
+                ));
+            }
+            if s.trim() != s {
+                return Err((
+                    "system",
+                    "starts or ends with whitespace, which the official Gemma and Llama templates trim away; remove it".into(),
+                ));
+            }
+        }
+        Ok(Variant {
+            name: self.name,
+            pairs,
+            utterances: self.utterances as usize,
+            prefix: self.prefix,
+            include_rejected: self.include_rejected,
+            layout: Layout {
+                format,
+                system: self.system,
+            },
+        })
+    }
+}
+
+/// A variant read back (the `config` of `stats.json`) passes the variant file's checks.
+impl TryFrom<VariantFile> for Variant {
+    type Error = String;
+    fn try_from(f: VariantFile) -> std::result::Result<Self, String> {
+        let name = f.name.clone();
+        f.check(None)
+            .map_err(|(key, message)| format!("variant `{name}`: {key}: {message}"))
+    }
+}
+
 impl Variant {
     /// Pairs per example.
     pub fn span(&self) -> usize {
@@ -180,77 +265,13 @@ impl Variant {
             let line = e.span().map(|s| line_of(text, s.start));
             DatasetError::variant(path, line, e.message().trim().to_string())
         })?;
-        let at = |key: &str, message: String| {
+        let stem = path
+            .extension()
+            .is_some_and(|e| e == "toml")
+            .then(|| path.file_stem().and_then(|s| s.to_str()))
+            .flatten();
+        f.check(stem).map_err(|(key, message)| {
             DatasetError::variant(path, key_line(text, key), format!("{key}: {message}"))
-        };
-        let name_ok = !f.name.is_empty()
-            && !f.name.starts_with('.')
-            && f.name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !name_ok {
-            return Err(at(
-                "name",
-                format!(
-                    "`{}` must be letters, digits, `-`, `_` or `.` (it names a run folder)",
-                    f.name
-                ),
-            ));
-        }
-        if path.extension().is_some_and(|e| e == "toml") {
-            if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
-                if stem != f.name {
-                    return Err(at(
-                        "name",
-                        format!("`{}` differs from the file name `{stem}.toml`", f.name),
-                    ));
-                }
-            }
-        }
-        let pairs = Pairs::parse(&f.pairs).map_err(|m| at("pairs", m))?;
-        if f.utterances < 2 || f.utterances % 2 != 0 {
-            return Err(at(
-                "utterances",
-                format!(
-                    "{} is not an even number of at least 2 (2 = one pair per example, 4 = two consecutive pairs)",
-                    f.utterances
-                ),
-            ));
-        }
-        let format = match f.format.as_deref() {
-            None | Some("chat") => Format::Chat,
-            Some("alpaca") => Format::Alpaca,
-            Some(other) => {
-                return Err(at(
-                    "format",
-                    format!("`{other}` is not a format (chat or alpaca)"),
-                ))
-            }
-        };
-        if let Some(s) = &f.system {
-            if s.trim().is_empty() {
-                return Err(at(
-                    "system",
-                    "is empty; leave the key out for no system text".into(),
-                ));
-            }
-            if s.trim() != s {
-                return Err(at(
-                    "system",
-                    "starts or ends with whitespace, which the official Gemma and Llama templates trim away; remove it".into(),
-                ));
-            }
-        }
-        Ok(Variant {
-            name: f.name,
-            pairs,
-            utterances: f.utterances as usize,
-            prefix: f.prefix,
-            include_rejected: f.include_rejected,
-            layout: Layout {
-                format,
-                system: f.system,
-            },
         })
     }
 

@@ -290,7 +290,7 @@ fn best_run(
 fn evaluate(o: &DemoOptions, best: &str) -> Result<crate::eval::EvalReport, DemoError> {
     let out = &o.out;
     let best_format = crate::chat::RunInfo::find(&crate::rundir::RunDir::of(out, best).best())?
-        .and_then(|i| i.variant)
+        .map(|i| i.variant)
         .map(|v| crate::chat::PromptFormat::from_variant(&v))
         .unwrap_or_default();
     let mut eval_cfg = EvalConfig::parse(EVAL_CONFIG, Path::new("configs/eval.toml"))?;

@@ -4,11 +4,12 @@
 
 use super::{DemoError, SAMPLE};
 use crate::chat::load::{load_base, prompt_format, ModelSpec, PromptChoice, RunInfo};
-use crate::chat::session::{sampling, Branch, ChatConfig, SamplingConfig};
+use crate::chat::session::{sampling, Branch, ChatConfig};
 use crate::chat::{Opening, Session};
 use crate::corpus::{Dialogue, Role};
 use crate::eval::report::is_question;
 use crate::eval::stats::Estimate;
+use crate::model::generate::SamplingRequest;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -86,11 +87,12 @@ pub fn talk(
     };
     let follow = follow_up()?;
     // As `chat --max-new-tokens N --seed 0` would: the flag over the config's sampling.
-    let flags = SamplingConfig {
+    let flags = SamplingRequest {
         max_new_tokens: Some(max_new_tokens),
+        seed: Some(SEED),
         ..Default::default()
     };
-    let params = sampling(&flags, &cfg.sampling, SEED)?;
+    let params = sampling(&flags.or(&cfg.sampling))?;
 
     let adapter = crate::rundir::RunDir::of(runs, best).best();
     let info = RunInfo::find(&adapter)?;
@@ -103,10 +105,8 @@ pub fn talk(
         &[adapter.as_path()],
         &[info.as_ref()],
     )?;
-    let (format, variant) = prompt_format(
-        &PromptChoice::default(),
-        info.as_ref().and_then(|i| i.variant.as_ref()),
-    )?;
+    let (format, variant) =
+        prompt_format(&PromptChoice::default(), info.as_ref().map(|i| &i.variant))?;
     // The base model gets the best run's window and prefix too: the prompts are identical.
     let branches = vec![
         Branch::new(None, variant.clone(), format.clone()),

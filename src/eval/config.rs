@@ -3,7 +3,7 @@
 //! base model is prompted.
 
 use super::{EvalError, Result};
-use crate::chat::session::SamplingConfig;
+use crate::model::generate::SamplingRequest;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -29,7 +29,7 @@ pub struct EvalConfig {
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     #[serde(default)]
-    pub sampling: SamplingConfig,
+    pub sampling: SamplingRequest,
     #[serde(default)]
     pub base: BaseFormat,
     #[serde(default)]

@@ -116,7 +116,7 @@ pub fn find_runs(o: &EvalOptions) -> Result<Vec<Entry>> {
             )));
         }
         let info = RunInfo::find(&best)?;
-        let variant = info.as_ref().and_then(|i| i.variant.as_ref());
+        let variant = info.as_ref().map(|i| &i.variant);
         let base = match &o.model.model {
             Some(m) => m.clone(),
             None => adapter::read_config(&best)?.base_model.ok_or_else(|| {
@@ -221,7 +221,10 @@ pub fn run(o: &EvalOptions) -> Result<EvalReport> {
         prompts.len(),
         held_out.len()
     ));
-    let params = crate::chat::session::sampling(&Default::default(), &cfg.sampling, cfg.seed)?;
+    let params = crate::chat::session::sampling(&crate::model::generate::SamplingRequest {
+        seed: Some(cfg.seed),
+        ..cfg.sampling.clone()
+    })?;
     if o.pairwise && o.judge.is_none() {
         return Err(EvalError::Invalid(
             "--pairwise needs a judge (not --judge none)".into(),

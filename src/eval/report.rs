@@ -551,6 +551,36 @@ mod tests {
         }
     }
 
+    /// The report of `entries` on `prompts` with these replies (one list an entry), judge
+    /// scores and pairwise verdicts, under the default config and sampling.
+    fn report(
+        entries: &[Entry],
+        prompts: &[EvalPrompt],
+        replies: Vec<Vec<Generated>>,
+        scores: HashMap<String, Judge>,
+        pairwise: Option<&(Vec<Verdict>, usize, Value)>,
+    ) -> EvalReport {
+        let judged = Judged {
+            scores,
+            failed: 0,
+            counts: json!({}),
+            file: "j".into(),
+        };
+        let all = AllReplies {
+            speed: vec![None; replies.len()],
+            replies,
+        };
+        build(Inputs {
+            entries,
+            prompts,
+            replies: &all,
+            judged: Some(&judged),
+            pairwise,
+            config: &EvalConfig::default(),
+            params: &SamplingParams::default(),
+        })
+    }
+
     #[test]
     fn scores_wins_against_base_best_and_rank_agreement_by_hand() {
         let entries = [
@@ -590,26 +620,7 @@ mod tests {
                     .collect()
             })
             .collect();
-        let judged = Judged {
-            scores,
-            failed: 0,
-            counts: json!({}),
-            file: "j".into(),
-        };
-        let all = AllReplies {
-            replies,
-            speed: vec![None; 3],
-        };
-        let cfg = EvalConfig::default();
-        let r = build(Inputs {
-            entries: &entries,
-            prompts: &prompts,
-            replies: &all,
-            judged: Some(&judged),
-            pairwise: None,
-            config: &cfg,
-            params: &SamplingParams::default(),
-        });
+        let r = report(&entries, &prompts, replies, scores, None);
         let by = |n: &str| r.entries.iter().find(|e| e.name == n).unwrap();
         // base: the empty reply counts as 0 on both scales; socratic (2 + 0 + 3) / 3.
         assert_eq!(by(BASE).empty, 1);
@@ -660,26 +671,7 @@ mod tests {
             }
         }
         let pairwise = (verdicts, 0, json!({}));
-        let judged = Judged {
-            scores: HashMap::new(),
-            failed: 0,
-            counts: json!({}),
-            file: "j".into(),
-        };
-        let all = AllReplies {
-            replies,
-            speed: vec![None; 3],
-        };
-        let cfg = EvalConfig::default();
-        let r = build(Inputs {
-            entries: &entries,
-            prompts: &prompts,
-            replies: &all,
-            judged: Some(&judged),
-            pairwise: Some(&pairwise),
-            config: &cfg,
-            params: &SamplingParams::default(),
-        });
+        let r = report(&entries, &prompts, replies, HashMap::new(), Some(&pairwise));
         let rank = |n: &str| {
             let e = r.entries.iter().find(|e| e.name == n).unwrap();
             (e.pairwise.as_ref().unwrap().rank, e.pairwise_win_vs_base)

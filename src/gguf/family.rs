@@ -116,7 +116,7 @@ pub static GEMMA2: Family = Family {
     end_of_turn: "<end_of_turn>",
 };
 
-pub static GEMMA3: Family = Family {
+pub(crate) static GEMMA3: Family = Family {
     arch: "gemma3",
     globals: GEMMA_GLOBALS,
     per_layer: &[
@@ -166,7 +166,7 @@ const LLAMA_PER_LAYER: &[(&str, &str)] = &[
     ("mlp.down_proj.weight", "ffn_down.weight"),
 ];
 
-pub static QWEN3: Family = Family {
+pub(crate) static QWEN3: Family = Family {
     arch: "qwen3",
     globals: LLAMA_GLOBALS,
     per_layer: LLAMA_PER_LAYER,
@@ -190,7 +190,7 @@ pub static QWEN3: Family = Family {
     end_of_turn: "<|im_end|>",
 };
 
-pub static LLAMA: Family = Family {
+pub(crate) static LLAMA: Family = Family {
     arch: "llama",
     globals: LLAMA_GLOBALS,
     per_layer: LLAMA_PER_LAYER,

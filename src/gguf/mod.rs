@@ -4,8 +4,8 @@
 
 pub mod family;
 pub mod ollama;
-pub mod quant;
-pub mod vocab;
+pub(crate) mod quant;
+pub(crate) mod vocab;
 
 pub use quant::Quant;
 

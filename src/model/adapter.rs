@@ -11,11 +11,11 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-pub const CONFIG_FILE: &str = "adapter_config.json";
-pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+pub(crate) const CONFIG_FILE: &str = "adapter_config.json";
+pub(crate) const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
 /// The PEFT name of a projection's adapter, without the `.lora_A.weight` suffix.
-pub fn peft_prefix(layer: usize, t: Target) -> String {
+pub(crate) fn peft_prefix(layer: usize, t: Target) -> String {
     format!(
         "base_model.model.model.layers.{layer}.{}.{}",
         t.block(),
@@ -66,7 +66,7 @@ pub fn save(
 }
 
 /// The `adapter_config.json` PEFT writes for a LoRA on a causal LM.
-pub fn config_json(lora: &LoraConfig, base_model: Option<&str>) -> Value {
+pub(crate) fn config_json(lora: &LoraConfig, base_model: Option<&str>) -> Value {
     json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",

@@ -264,17 +264,16 @@ impl Attention {
         let tables = ops::RopeTables { cos, sin, neg_sin };
         let Some(cache) = cache else {
             // The whole sequence at once (training, evaluation): one fused op where allowed.
-            let o = ops::attention(
-                &q,
-                &k,
-                &v,
-                ops::Heads { b, t, nh, nkv, d },
-                &tables,
-                &(c.bias)(c.offset, t)?,
-                s.scale,
-                s.cap,
-                c.kern,
-            )?;
+            let bias = (c.bias)(c.offset, t)?;
+            let a = ops::Attention {
+                shape: ops::Heads { b, t, nh, nkv, d },
+                rope_tables: &tables,
+                bias: &bias,
+                scale: s.scale,
+                cap: s.cap,
+                kern: c.kern,
+            };
+            let o = ops::attention(&q, &k, &v, &a)?;
             return self.o.forward(&o, mode);
         };
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {

@@ -144,7 +144,7 @@ const MASKED: f32 = -1e30;
 impl CausalLm {
     /// Loads the base model from checked weights; the kernels are those of the device unless
     /// `SOCRATUNE_KERNELS` says otherwise (see [`CausalLm::set_kernels`]).
-    pub fn from_weights(
+    pub(crate) fn from_weights(
         cfg: &ModelConfig,
         w: &Weights,
         dtype: DType,
@@ -259,7 +259,7 @@ impl CausalLm {
     }
 
     /// Chooses the kernels (the fused ones need the CPU).
-    pub fn set_kernels(&mut self, k: Kernels) -> Result<()> {
+    pub(crate) fn set_kernels(&mut self, k: Kernels) -> Result<()> {
         k.check(&self.device).map_err(ModelError::Invalid)?;
         self.kernels = k;
         Ok(())
@@ -307,7 +307,7 @@ impl CausalLm {
     /// Makes every base weight a variable for full-parameter training and returns them by
     /// their Hugging Face names (those of [`CausalLm::named_weights`]); the forward passes then
     /// give each its gradient. The weights must be f32: they are the master weights.
-    pub fn make_trainable(&mut self) -> Result<Vec<(String, Var)>> {
+    pub(crate) fn make_trainable(&mut self) -> Result<Vec<(String, Var)>> {
         if self.dtype != DType::F32 {
             return Err(ModelError::Invalid(format!(
                 "full-parameter training keeps f32 master weights; the model is loaded in {:?} (use dtype = \"f32\")",
@@ -369,7 +369,7 @@ impl CausalLm {
     }
 
     /// Every adaptable projection: (layer, target, layer object).
-    pub fn linears_mut(&mut self) -> impl Iterator<Item = (usize, Target, &mut LoraLinear)> {
+    pub(crate) fn linears_mut(&mut self) -> impl Iterator<Item = (usize, Target, &mut LoraLinear)> {
         self.layers.iter_mut().enumerate().flat_map(|(l, layer)| {
             let Layer { attn, mlp, .. } = layer;
             [
@@ -387,7 +387,7 @@ impl CausalLm {
     }
 
     /// Every adaptable projection, read-only.
-    pub fn linears(&self) -> impl Iterator<Item = (usize, Target, &LoraLinear)> {
+    pub(crate) fn linears(&self) -> impl Iterator<Item = (usize, Target, &LoraLinear)> {
         self.layers
             .iter()
             .enumerate()
@@ -499,13 +499,13 @@ impl CausalLm {
     }
 
     /// Applies the final norm.
-    pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+    pub(crate) fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
         self.final_norm
             .forward(h, self.cfg.rms_norm_eps, self.kernels)
     }
 
     /// The output projection (tied embedding unless the checkpoint has its own), `[vocab, hidden]`.
-    pub fn output_weight(&self) -> &Tensor {
+    pub(crate) fn output_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 

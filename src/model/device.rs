@@ -25,7 +25,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 }
 
 /// CUDA if built in and present, else Metal, else CPU.
-pub fn best_device() -> Device {
+pub(crate) fn best_device() -> Device {
     if candle_core::utils::cuda_is_available() {
         if let Ok(d) = Device::new_cuda(0) {
             return d;

@@ -6,7 +6,60 @@ use super::causal_lm::{BatchCache, CausalLm, KvCache};
 use super::{ModelError, Result};
 use candle_core::{DType, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
+use serde::Deserialize;
 use std::ops::ControlFlow;
+
+/// Sampling as asked — by `chat`'s flags, a config's `[sampling]` table (chat.toml,
+/// eval.toml) or an API request — each field unset until [`SamplingRequest::resolve`] takes it
+/// from the caller's defaults. `seed` is no `[sampling]` key: chat takes it from `--seed`,
+/// eval from the config's own `seed`, serve from the request.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingRequest {
+    /// 0 is greedy.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling; 1 turns it off.
+    pub top_p: Option<f64>,
+    /// The k most likely tokens; 0 turns it off.
+    pub top_k: Option<usize>,
+    /// 1 is none.
+    pub repetition_penalty: Option<f32>,
+    pub max_new_tokens: Option<usize>,
+    #[serde(skip)]
+    pub seed: Option<u64>,
+}
+
+impl SamplingRequest {
+    /// `self`, each unset field taken from `fallback` (flags over a config file).
+    pub fn or(&self, fallback: &Self) -> Self {
+        Self {
+            temperature: self.temperature.or(fallback.temperature),
+            top_p: self.top_p.or(fallback.top_p),
+            top_k: self.top_k.or(fallback.top_k),
+            repetition_penalty: self.repetition_penalty.or(fallback.repetition_penalty),
+            max_new_tokens: self.max_new_tokens.or(fallback.max_new_tokens),
+            seed: self.seed.or(fallback.seed),
+        }
+    }
+
+    /// The parameters: each unset field from `defaults` (which also give `repeat_last_n` and
+    /// `min_new_tokens`), top-p 1 and top-k 0 as "off" (as in most tools), then validated.
+    pub fn resolve(&self, defaults: &SamplingParams) -> Result<SamplingParams> {
+        let p = SamplingParams {
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_p: self.top_p.or(defaults.top_p).filter(|&p| p != 1.0),
+            top_k: self.top_k.or(defaults.top_k).filter(|&k| k != 0),
+            repetition_penalty: self
+                .repetition_penalty
+                .unwrap_or(defaults.repetition_penalty),
+            seed: self.seed.unwrap_or(defaults.seed),
+            max_new_tokens: self.max_new_tokens.unwrap_or(defaults.max_new_tokens),
+            ..defaults.clone()
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -51,7 +104,7 @@ impl SamplingParams {
         }
     }
 
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Invalid(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad(format!("temperature must be ≥ 0, got {}", self.temperature));
@@ -270,7 +323,7 @@ pub fn decode(tokenizer: &tokenizers::Tokenizer, tokens: &[u32]) -> Result<Strin
 
 /// Turns a token stream into text pieces, holding back incomplete UTF-8 (byte-fallback tokens)
 /// until a whole character is there.
-pub struct TextStream<'a> {
+pub(crate) struct TextStream<'a> {
     tokenizer: &'a tokenizers::Tokenizer,
     tokens: Vec<u32>,
     printed: usize,
@@ -323,6 +376,36 @@ mod tests {
             ControlFlow::Continue(())
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_request_falls_back_field_by_field_and_one_and_zero_mean_off() {
+        let flags = SamplingRequest {
+            temperature: Some(0.2),
+            top_k: Some(0),
+            seed: Some(9),
+            ..Default::default()
+        };
+        let config: SamplingRequest =
+            toml::from_str("temperature = 1.1\ntop_p = 1\nmax_new_tokens = 12\n").unwrap();
+        let p = flags
+            .or(&config)
+            .resolve(&SamplingParams::default())
+            .unwrap();
+        assert_eq!(
+            (p.temperature, p.top_p, p.top_k, p.seed, p.max_new_tokens),
+            (0.2, None, None, 9, 12)
+        );
+        let d = SamplingParams::default();
+        assert_eq!(SamplingRequest::default().resolve(&d).unwrap(), d);
+        let bad = SamplingRequest {
+            top_p: Some(1.5),
+            ..Default::default()
+        };
+        let e = bad.resolve(&d).unwrap_err().to_string();
+        assert!(e.contains("top_p must be in (0, 1], got 1.5"), "{e}");
+        // `seed` is no `[sampling]` key.
+        assert!(toml::from_str::<SamplingRequest>("seed = 1").is_err());
     }
 
     #[test]

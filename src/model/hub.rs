@@ -60,7 +60,7 @@ impl Source {
     }
 
     /// Like [`Source::file`], but a file the source does not have is `None`, not an error.
-    pub fn optional_file(&self, name: &str) -> Result<Option<PathBuf>, ModelError> {
+    pub(crate) fn optional_file(&self, name: &str) -> Result<Option<PathBuf>, ModelError> {
         match self {
             Source::Local(dir) => {
                 let p = if dir.is_file() {

@@ -46,7 +46,7 @@ impl Target {
     }
 
     /// `self_attn` or `mlp`.
-    pub fn block(self) -> &'static str {
+    pub(crate) fn block(self) -> &'static str {
         match self {
             Target::QProj | Target::KProj | Target::VProj | Target::OProj => "self_attn",
             _ => "mlp",
@@ -116,24 +116,10 @@ impl LoraConfig {
         }
         Ok(())
     }
-
-    /// Parses `q,k,v,o,gate,up,down` (or `all`).
-    pub fn parse_targets(s: &str) -> Result<Vec<Target>> {
-        if s.trim() == "all" {
-            return Ok(Target::ALL.to_vec());
-        }
-        let mut v = s
-            .split(',')
-            .map(Target::parse)
-            .collect::<Result<Vec<_>>>()?;
-        v.sort();
-        v.dedup();
-        Ok(v)
-    }
 }
 
 /// The trainable pair: `A` `[r, in]` and `B` `[out, r]`, always f32.
-pub struct Lora {
+pub(crate) struct Lora {
     pub a: Var,
     pub b: Var,
     pub scale: f64,
@@ -220,7 +206,7 @@ impl Mode {
 }
 
 /// A frozen linear layer `y = x Wᵀ`, optionally with a LoRA adapter `+ scale · x Aᵀ Bᵀ`.
-pub struct LoraLinear {
+pub(crate) struct LoraLinear {
     pub weight: Tensor,
     pub lora: Option<Lora>,
 }
@@ -230,17 +216,17 @@ impl LoraLinear {
         Self { weight, lora: None }
     }
 
-    pub fn in_dim(&self) -> usize {
+    pub(crate) fn in_dim(&self) -> usize {
         self.weight.dims()[1]
     }
 
-    pub fn out_dim(&self) -> usize {
+    pub(crate) fn out_dim(&self) -> usize {
         self.weight.dims()[0]
     }
 
     /// Attaches a fresh adapter: `A` Kaiming-uniform (PEFT's `a = sqrt(5)`, i.e. bound
     /// `1/sqrt(in)`), `B` zero.
-    pub fn attach(&mut self, cfg: &LoraConfig, rng: &mut ChaCha8Rng) -> Result<()> {
+    pub(crate) fn attach(&mut self, cfg: &LoraConfig, rng: &mut ChaCha8Rng) -> Result<()> {
         let (out_dim, in_dim) = (self.out_dim(), self.in_dim());
         let bound = 1.0 / (in_dim as f32).sqrt();
         let a: Vec<f32> = (0..cfg.r * in_dim)
@@ -253,7 +239,13 @@ impl LoraLinear {
     }
 
     /// Installs given `A`/`B` (e.g. from an adapter file), checking their shapes.
-    pub fn set_lora(&mut self, a: Tensor, b: Tensor, scale: f64, dropout: f32) -> Result<()> {
+    pub(crate) fn set_lora(
+        &mut self,
+        a: Tensor,
+        b: Tensor,
+        scale: f64,
+        dropout: f32,
+    ) -> Result<()> {
         let (out_dim, in_dim) = (self.out_dim(), self.in_dim());
         let (r, a_in) = a.dims2()?;
         let (b_out, b_r) = b.dims2()?;
@@ -347,7 +339,7 @@ impl LoraLinear {
 
     /// The gradients of `A` and `B` accumulated since the last call (None where no backward
     /// pass reached the layer), resetting the accumulators.
-    pub fn take_grads(&self) -> Option<(Option<Tensor>, Option<Tensor>)> {
+    pub(crate) fn take_grads(&self) -> Option<(Option<Tensor>, Option<Tensor>)> {
         self.lora
             .as_ref()
             .map(|l| std::mem::take(&mut *l.grads.lock().expect("LoRA gradients")))
@@ -381,12 +373,9 @@ mod tests {
 
     #[test]
     fn targets_parse_short_and_long_names() {
-        assert_eq!(
-            LoraConfig::parse_targets("q,v_proj,q").unwrap(),
-            vec![Target::QProj, Target::VProj]
-        );
-        assert_eq!(LoraConfig::parse_targets("all").unwrap().len(), 7);
-        assert!(LoraConfig::parse_targets("q,lm_head")
+        assert_eq!(Target::parse("q").unwrap(), Target::QProj);
+        assert_eq!(Target::parse("v_proj").unwrap(), Target::VProj);
+        assert!(Target::parse("lm_head")
             .unwrap_err()
             .to_string()
             .contains("`lm_head`"));

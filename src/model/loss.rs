@@ -25,7 +25,7 @@ pub struct Batch {
 }
 
 /// The label value that marks an untrained position (as in Hugging Face).
-pub const IGNORE: i64 = -100;
+pub(crate) const IGNORE: i64 = -100;
 
 impl Batch {
     /// Builds a batch from `(input_ids, labels)` pairs aligned as in Hugging Face (`labels[i]`

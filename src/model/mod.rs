@@ -9,20 +9,20 @@
 pub mod adapter;
 mod blocks;
 mod causal_lm;
-pub mod config;
+pub(crate) mod config;
 pub mod device;
 pub mod export;
 mod gemma2;
 mod gemma3;
 pub mod generate;
 pub mod hub;
-pub mod kernels;
+pub(crate) mod kernels;
 mod llama;
 pub mod lora;
 pub mod loss;
-pub mod ops;
+pub(crate) mod ops;
 mod qwen3;
-pub mod weights;
+pub(crate) mod weights;
 
 pub use causal_lm::{BatchCache, CausalLm, KvCache};
 pub use config::{Activation, Family, ModelConfig, NormWeight, RopeScaling, RopeSpec};

@@ -364,29 +364,39 @@ pub fn attend(
     p.to_dtype(vh.dtype())?.matmul(vh)?.reshape((b, nh, t, d))
 }
 
+/// Everything an [`attention`] pass takes besides `q`, `k` and `v`: the head shape, the RoPE
+/// tables, the additive bias (0 allowed, large negative masked), the score scale, the
+/// optional soft-cap and the kernels.
+#[derive(Clone, Copy)]
+pub struct Attention<'a> {
+    pub shape: Heads,
+    pub rope_tables: &'a RopeTables<'a>,
+    pub bias: &'a Tensor,
+    pub scale: f64,
+    pub cap: Option<f64>,
+    pub kern: Kernels,
+}
+
 /// Self-attention of a whole sequence from the projections `q` `[B·T, nh·D]`, `k` and `v`
 /// `[B·T, nkv·D]`: heads split, RoPE, [`attend`], heads merged, `[B·T, nh·D]`.
 ///
 /// With the fused kernels (CPU, f32) all of it is one graph node with the backward written out (two dozen
 /// candle nodes otherwise, each zero-filling and adding its inputs' gradients: at the `tiny`
 /// shape that bookkeeping costs more than the arithmetic).
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    shape: Heads,
-    rope_tables: &RopeTables,
-    bias: &Tensor,
-    scale: f64,
-    cap: Option<f64>,
-    kern: Kernels,
-) -> Result<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, a: &Attention) -> Result<Tensor> {
+    let Attention {
+        shape,
+        rope_tables,
+        bias,
+        scale,
+        cap,
+        kern,
+    } = *a;
     let Heads { b, t, nh, nkv, d } = shape;
     let split = move |y: &Tensor, n: usize| shape.split(y, n);
     let merge = move |y: &Tensor, n: usize| shape.merge(y, n);
     if !(kern.fuse(q) && bias.rank() == 4 && kern.fuse(bias)) {
-        return attention_composed(q, k, v, shape, rope_tables, bias, scale, cap, kern);
+        return attention_composed(q, k, v, a);
     }
     let RopeTables { cos, sin, neg_sin } = rope_tables;
     let g = nh / nkv;
@@ -419,26 +429,14 @@ pub fn attention(
 
 /// [`attention`] as a composition of candle ops and the ops above (the reference path; the
 /// softmax inside may still be fused when `kern` allows).
-#[allow(clippy::too_many_arguments)]
-fn attention_composed(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    shape: Heads,
-    rope_tables: &RopeTables,
-    bias: &Tensor,
-    scale: f64,
-    cap: Option<f64>,
-    kern: Kernels,
-) -> Result<Tensor> {
-    let Heads { nh, nkv, .. } = shape;
-    let RopeTables { cos, sin, neg_sin } = rope_tables;
-    let qh = rope(&shape.split(q, nh)?, cos, sin, neg_sin)?;
-    let kh = rope(&shape.split(k, nkv)?, cos, sin, neg_sin)?;
-    shape.merge(
-        &attend(&qh, &kh, &shape.split(v, nkv)?, bias, scale, cap, kern)?,
-        nh,
-    )
+fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, a: &Attention) -> Result<Tensor> {
+    let Heads { nh, nkv, .. } = a.shape;
+    let RopeTables { cos, sin, neg_sin } = a.rope_tables;
+    let qh = rope(&a.shape.split(q, nh)?, cos, sin, neg_sin)?;
+    let kh = rope(&a.shape.split(k, nkv)?, cos, sin, neg_sin)?;
+    let v = a.shape.split(v, nkv)?;
+    a.shape
+        .merge(&attend(&qh, &kh, &v, a.bias, a.scale, a.cap, a.kern)?, nh)
 }
 
 /// Attention probabilities: `softmax(cap · tanh(s / cap) + bias)` over the last dim, in f32.
@@ -531,13 +529,6 @@ fn gelu_erf_grad(x: &Tensor) -> Result<Tensor> {
     let cdf = ((x / std::f64::consts::SQRT_2)?.erf()? + 1.0)? * 0.5;
     let pdf = ((x.sqr()? * -0.5)?.exp()? * (1.0 / (2.0 * std::f64::consts::PI).sqrt()))?;
     cdf? + (x * pdf)?
-}
-
-/// Multiplies by a fixed mask (dropout); the gradient is masked the same way.
-pub fn mul_fixed(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let y = x.detach().mul(mask)?;
-    let mask = mask.clone();
-    with_grad(y, x, move |g| g.mul(&mask))
 }
 
 /// Soft-capping `cap · tanh(x / cap)` without a graph (used where no gradient is needed).
@@ -748,30 +739,26 @@ mod tests {
             sin: &sin,
             neg_sin: &neg_sin,
         };
+        let a = Attention {
+            shape,
+            rope_tables: &tables,
+            bias: &bias,
+            scale: 0.5,
+            cap: Some(3.0),
+            kern: Kernels::Reference,
+        };
         if fused {
             attention(
                 q,
                 k,
                 v,
-                shape,
-                &tables,
-                &bias,
-                0.5,
-                Some(3.0),
-                Kernels::Fused,
+                &Attention {
+                    kern: Kernels::Fused,
+                    ..a
+                },
             )
         } else {
-            attention_composed(
-                q,
-                k,
-                v,
-                shape,
-                &tables,
-                &bias,
-                0.5,
-                Some(3.0),
-                Kernels::Reference,
-            )
+            attention_composed(q, k, v, &a)
         }
     }
 

@@ -7,7 +7,7 @@ use crate::eval::stats::Estimate;
 use crate::eval::EvalReport;
 use crate::fsutil::write_atomic;
 use crate::rundir::RunDir;
-use crate::train::metrics::read_events;
+use crate::train::metrics::{read_events, Event};
 use crate::train::trainer::{read_summary, Summary};
 use std::path::{Path, PathBuf};
 
@@ -41,18 +41,25 @@ pub fn collect(runs: &Path) -> Result<Vec<RunReport>, ReportError> {
             continue;
         }
         let events = read_events(&metrics)?;
-        let curve = |kind: &str, key: &str| -> Vec<(f64, f64)> {
-            events
-                .iter()
-                .filter(|e| e["event"] == kind)
-                .filter_map(|e| Some((e["step"].as_f64()?, e[key].as_f64()?)))
-                .collect()
-        };
+        let train_curve = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Train { step, loss, .. } => Some((*step as f64, *loss)),
+                _ => None,
+            })
+            .collect();
+        let val_curve = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Eval { step, val_loss, .. } => Some((*step as f64, *val_loss)),
+                _ => None,
+            })
+            .collect();
         out.push(RunReport {
             name: e.file_name().to_string_lossy().to_string(),
             summary: read_summary(&run),
-            train_curve: curve("train", "loss"),
-            val_curve: curve("eval", "val_loss"),
+            train_curve,
+            val_curve,
             dir,
         });
     }

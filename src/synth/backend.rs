@@ -138,24 +138,32 @@ pub fn request_body(
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
     body.insert("messages".into(), messages(system_role, req));
-    let s = &req.sampling;
+    let s = &req.sampling.common;
     if let Some(t) = s.temperature {
         body.insert("temperature".into(), json!(t));
     }
     if let Some(p) = s.top_p {
         body.insert("top_p".into(), json!(p));
     }
-    if let Some(m) = s.max_tokens {
+    // Not OpenAI's; vLLM, llama.cpp and `socratune serve` take them. No endpoint config sets
+    // them, so an API that refuses them never sees them.
+    if let Some(k) = s.top_k {
+        body.insert("top_k".into(), json!(k));
+    }
+    if let Some(r) = s.repetition_penalty {
+        body.insert("repetition_penalty".into(), json!(r));
+    }
+    if let Some(m) = s.max_new_tokens {
         body.insert(profile.max_tokens_field.into(), json!(m));
     }
     if let (Some(seed), true) = (s.seed, profile.seed) {
         body.insert("seed".into(), json!(seed));
     }
     if profile.penalties {
-        if let Some(f) = s.frequency_penalty {
+        if let Some(f) = req.sampling.frequency_penalty {
             body.insert("frequency_penalty".into(), json!(f));
         }
-        if let Some(p) = s.presence_penalty {
+        if let Some(p) = req.sampling.presence_penalty {
             body.insert("presence_penalty".into(), json!(p));
         }
     }
@@ -206,6 +214,7 @@ fn messages(system_role: bool, req: &ChatRequest) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::generate::SamplingRequest;
     use crate::synth::client::{JsonSchema, Message, Sampling};
 
     fn req() -> ChatRequest {
@@ -216,10 +225,13 @@ mod tests {
                 Message::new("user", "U"),
             ],
             sampling: Sampling {
-                temperature: Some(0.7),
-                top_p: Some(0.9),
-                max_tokens: Some(100),
-                seed: Some(1),
+                common: SamplingRequest {
+                    temperature: Some(0.7),
+                    top_p: Some(0.9),
+                    max_new_tokens: Some(100),
+                    seed: Some(1),
+                    ..Default::default()
+                },
                 frequency_penalty: Some(0.1),
                 presence_penalty: None,
             },
@@ -278,6 +290,16 @@ mod tests {
         assert_eq!(b["response_format"], json!({"type": "json_object"}));
         let b = request_body(&v, FormatMode::None, true, "m", &r);
         assert!(b.get("response_format").is_none());
+        assert!(b.get("top_k").is_none() && b.get("repetition_penalty").is_none());
+        // The shared fields no endpoint config sets go out under their own names when set.
+        let mut r = req();
+        r.sampling.common.top_k = Some(40);
+        r.sampling.common.repetition_penalty = Some(1.5);
+        let b = request_body(&v, FormatMode::None, true, "m", &r);
+        assert_eq!(
+            (b["top_k"].as_u64(), b["repetition_penalty"].as_f64()),
+            (Some(40), Some(1.5))
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use super::limiter::Limiter;
 use super::progress::{Log, Stats};
 use super::retry::{classify, retry_after, RetryPolicy, Verdict};
 use super::SynthError;
+use crate::model::generate::SamplingRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
@@ -32,30 +33,26 @@ impl Message {
     }
 }
 
-/// Sampling parameters; `None` leaves the server's default.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// What a request asks of the API's sampling: the fields local generation shares
+/// ([`SamplingRequest`]; its `max_new_tokens` is sent as the profile's max-tokens field), and
+/// the penalties only OpenAI-compatible APIs take. `None` leaves the server's default.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sampling {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common: SamplingRequest,
     pub frequency_penalty: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence_penalty: Option<f64>,
 }
 
 impl Sampling {
     pub fn from_config(c: &EndpointConfig) -> Self {
         Self {
-            temperature: c.temperature,
-            top_p: c.top_p,
-            max_tokens: c.max_tokens,
-            seed: c.seed,
+            common: SamplingRequest {
+                temperature: c.temperature,
+                top_p: c.top_p,
+                max_new_tokens: c.max_tokens.map(|m| m as usize),
+                seed: c.seed,
+                ..Default::default()
+            },
             frequency_penalty: c.frequency_penalty,
             presence_penalty: c.presence_penalty,
         }

@@ -182,10 +182,8 @@ fn run_dialogue(ctx: &Ctx, job: &Job, p: &Persona, q: &Question) -> Result<Dialo
         ("persona_description", &p.description),
         ("question", &q.text),
     ]);
-    let user_sampling = Sampling {
-        temperature: Some(job.temperature),
-        ..ctx.user_sampling.clone()
-    };
+    let mut user_sampling = ctx.user_sampling.clone();
+    user_sampling.common.temperature = Some(job.temperature);
     let mut turns = vec![Turn {
         role: Role::User,
         text: q.text.clone(),

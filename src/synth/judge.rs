@@ -203,10 +203,8 @@ impl Session {
             log.clone(),
         )?;
         let journal = Journal::open(journal, &log)?;
-        let sampling = Sampling {
-            temperature: Some(cfg.temperature.unwrap_or(0.0)),
-            ..Sampling::from_config(cfg)
-        };
+        let mut sampling = Sampling::from_config(cfg);
+        sampling.common.temperature = Some(cfg.temperature.unwrap_or(0.0));
         Ok(Self {
             stats,
             progress,
@@ -421,7 +419,7 @@ pub fn judge(opts: &JudgeOptions) -> Result<JudgeSummary, SynthError> {
     let total = dialogues.len();
     let settings = json!({
         "judge": manifest::endpoint(cfg),
-        "effective_temperature": sampling.temperature,
+        "effective_temperature": sampling.common.temperature,
         "prompts": {opts.template.as_str(): template.sha256},
         "labels": {"user": opts.user_label, "model": opts.model_label},
         "max_reasks": opts.max_reasks,

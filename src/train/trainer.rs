@@ -6,7 +6,7 @@ use super::batching::Plan;
 use super::checkpoint::{self, State};
 use super::config::TrainConfig;
 use super::data::{load_examples, Example};
-use super::metrics::MetricsLog;
+use super::metrics::{Begin, Event, MetricsLog};
 use super::schedule::learning_rate;
 use super::TrainError;
 use crate::fsutil::{sha256_hex, write_atomic, write_json};
@@ -19,7 +19,6 @@ use crate::rundir::{DataDir, RunDir};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -245,16 +244,21 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     let cfg_json = serde_json::to_string_pretty(cfg).expect("config serializes");
     write_atomic(&out.config(), cfg_json.as_bytes())?;
     let mut metrics = MetricsLog::open(&out.metrics(), resume_from.as_ref().map(|(_, s)| s.step))?;
-    let event = if resume_from.is_some() {
-        "resume"
-    } else {
-        "start"
+    let begin = Begin {
+        step: state.step,
+        total_steps: total,
+        train_examples: train_ex.len(),
+        val_examples: val_ex.len(),
+        device: device_name(&device),
+        dtype: format!("{dtype:?}"),
+        model: cfg.model.clone(),
+        variant: spec.name.clone(),
     };
-    metrics.log(json!({
-        "event": event, "step": state.step, "total_steps": total, "train_examples": train_ex.len(),
-        "val_examples": val_ex.len(), "device": device_name(&device), "dtype": format!("{dtype:?}"),
-        "model": cfg.model, "variant": spec.name,
-    }))?;
+    metrics.log(&if resume_from.is_some() {
+        Event::Resume(begin)
+    } else {
+        Event::Start(begin)
+    })?;
     let mut last_ckpt = resume_from.as_ref().map(|(p, _)| p.display().to_string());
 
     let bar = progress_bar(spec.progress, total, state.step, &spec.name);
@@ -298,11 +302,16 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         state.supervised_trained += r.supervised;
         state.elapsed_s = base_elapsed + t0.elapsed().as_secs_f64();
         let tps = tokens as f64 / step_start.elapsed().as_secs_f64().max(1e-9);
-        metrics.log(json!({
-            "event": "train", "step": state.step, "epoch": plan.epochs_done(state.step),
-            "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": tps,
-            "elapsed_s": state.elapsed_s,
-        }))?;
+        metrics.log(&Event::Train {
+            step: state.step,
+            epoch: plan.epochs_done(state.step),
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            tokens_per_s: tps,
+            elapsed_s: state.elapsed_s,
+        })?;
         match &bar {
             Some(b) => {
                 b.set_position(state.step as u64);
@@ -333,9 +342,10 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         if at(cfg.save_every) || interrupted || stopped_early {
             let p = checkpoint::save(&ckpt_dir, &model, tuned.lora(), &opt, &state)?;
             checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
-            metrics.log(
-                json!({"event": "checkpoint", "step": state.step, "path": p.display().to_string()}),
-            )?;
+            metrics.log(&Event::Checkpoint {
+                step: state.step,
+                path: p.display().to_string(),
+            })?;
             last_ckpt = Some(p.display().to_string());
         }
         if interrupted {
@@ -366,8 +376,10 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     state.elapsed_s = base_elapsed + t0.elapsed().as_secs_f64();
     let p = checkpoint::save(&ckpt_dir, &model, tuned.lora(), &opt, &state)?;
     checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
-    metrics
-        .log(json!({"event": "checkpoint", "step": state.step, "path": p.display().to_string()}))?;
+    metrics.log(&Event::Checkpoint {
+        step: state.step,
+        path: p.display().to_string(),
+    })?;
     let last = match &tuned {
         Tuned::Lora(_) => out.adapter(),
         Tuned::Full(_) => out.model(),
@@ -378,7 +390,11 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
     }
     let common = common_metric(&spec, &mut model, &tuned, opt.params(), pad, vocab, &device)?;
     if let Some((loss, tokens)) = common {
-        metrics.log(json!({"event": "common_eval", "step": state.best_step.unwrap_or(state.step), "common_val_loss": loss, "tokens": tokens}))?;
+        metrics.log(&Event::CommonEval {
+            step: state.best_step.unwrap_or(state.step),
+            common_val_loss: loss,
+            tokens,
+        })?;
     }
     let summary = Summary {
         variant: spec.name.clone(),
@@ -406,8 +422,13 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         common_val_loss: common.map(|c| c.0),
         common_tokens: common.map(|c| c.1),
     };
-    metrics.log(json!({"event": "end", "step": state.step, "status": summary.status, "best_val_loss": summary.best_val_loss,
-        "final_val_loss": summary.final_val_loss, "elapsed_s": summary.wall_time_s}))?;
+    metrics.log(&Event::End {
+        step: state.step,
+        status: summary.status.clone(),
+        best_val_loss: summary.best_val_loss,
+        final_val_loss: summary.final_val_loss,
+        elapsed_s: summary.wall_time_s,
+    })?;
     write_json(&out.summary(), &summary)?;
     Ok(summary)
 }
@@ -636,9 +657,11 @@ fn record_eval(
     val: f64,
 ) -> Result<bool, TrainError> {
     state.last_val_loss = Some(val);
-    metrics.log(
-        json!({"event": "eval", "step": state.step, "val_loss": val, "elapsed_s": state.elapsed_s}),
-    )?;
+    metrics.log(&Event::Eval {
+        step: state.step,
+        val_loss: val,
+        elapsed_s: state.elapsed_s,
+    })?;
     if state.best_val_loss.is_none_or(|b| val < b) {
         state.best_val_loss = Some(val);
         state.best_step = Some(state.step);

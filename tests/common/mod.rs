@@ -36,7 +36,20 @@ pub fn bin() -> std::process::Command {
 
 /// Runs the binary with `args` in `cwd`: (success, stdout, stderr).
 pub fn socratune_in(cwd: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = bin().args(args).current_dir(cwd).output().unwrap();
+    outcome(bin().args(args).current_dir(cwd))
+}
+
+/// Runs the binary with `args` and the environment variables `envs` on top of [`bin`]'s:
+/// (success, stdout, stderr).
+pub fn socratune_env(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let mut c = bin();
+    c.args(args).envs(envs.iter().copied());
+    outcome(&mut c)
+}
+
+/// Runs `c` to its end: (success, stdout, stderr).
+pub fn outcome(c: &mut std::process::Command) -> (bool, String, String) {
+    let out = c.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -63,6 +76,84 @@ pub fn with_stdin(cwd: &std::path::Path, args: &[&str], input: &str) -> std::pro
         .write_all(input.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// Writes `run/data/stats.json` as `data build` wrote it for variant model8 (pairs 0, four
+/// utterances, prefix ソクラテスさん。; tests/fixtures/stats/model8.json), naming `tokenizer`.
+pub fn write_model8_stats(run: &std::path::Path, tokenizer: &std::path::Path) {
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stats/model8.json");
+    let mut stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    stats["tokenizer"] = tokenizer.to_str().unwrap().into();
+    std::fs::create_dir_all(run.join("data")).unwrap();
+    std::fs::write(run.join("data/stats.json"), stats.to_string()).unwrap();
+}
+
+/// `socratune train` of `model` (f32 on the CPU) on the data folder `data` into the run
+/// folder `out`, under an empty config file (every option at its default unless a flag in
+/// `extra` says otherwise).
+pub fn train_cmd(
+    model: &std::path::Path,
+    data: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Command {
+    let config = out.with_extension("toml");
+    std::fs::write(&config, "# defaults\n").unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let mut c = bin();
+    c.args(["train", "--data", &path(data), "--out", &path(out)])
+        .args(["--model", &path(model), "--device", "cpu", "--dtype", "f32"])
+        .args(["--config", &path(&config)])
+        .args(extra);
+    c
+}
+
+/// Runs `c`, fails the test with its stderr unless it succeeds, and returns its stdout.
+pub fn run_ok(mut c: std::process::Command) -> String {
+    let (ok, out, err) = outcome(&mut c);
+    assert!(ok, "stderr: {err}");
+    out
+}
+
+/// Starts `c` (its output discarded) and returns the child as soon as `path` exists (or the
+/// child ended, or a minute passed), for the caller to stop it right there.
+pub fn spawn_until(mut c: std::process::Command, path: &std::path::Path) -> std::process::Child {
+    use std::process::Stdio;
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !path.exists() && std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child
+}
+
+/// The tensors of a PEFT adapter folder.
+pub fn adapter_tensors(dir: &std::path::Path) -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        dir.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// max |a − b| over every tensor of two sets with the same names.
+pub fn max_diff_all(
+    a: &std::collections::HashMap<String, Tensor>,
+    b: &std::collections::HashMap<String, Tensor>,
+) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .map(|(k, t)| max_abs_diff(t, &b[k]))
+        .fold(0.0, f32::max)
 }
 
 /// max |t| over all elements.
