@@ -107,6 +107,43 @@ impl Rope {
         let neg_sin = sin.neg()?;
         Ok([cos, sin, neg_sin])
     }
+
+    /// cos, sin and −sin of each row's own positions, `[B, T, head_dim / 2]` each (rows of
+    /// equal length: packed examples restart at 0, left-padded prompts start late).
+    pub fn tables_for(
+        &self,
+        positions: &[Vec<u32>],
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<[Tensor; 3]> {
+        let (b, t, half) = (
+            positions.len(),
+            positions.first().map_or(0, Vec::len),
+            self.inv_freq.len(),
+        );
+        let mut cos = Vec::with_capacity(b * t * half);
+        let mut sin = Vec::with_capacity(b * t * half);
+        for row in positions {
+            if row.len() != t {
+                return Err(super::ModelError::Invalid(format!(
+                    "RoPE positions: rows of {t} and {} positions",
+                    row.len()
+                )));
+            }
+            for &p in row {
+                for f in &self.inv_freq {
+                    // The same f32 product as `tables`, so a row of 0..t gives the same table.
+                    let a = p as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (b, t, half), dev)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (b, t, half), dev)?.to_dtype(dtype)?;
+        let neg_sin = sin.neg()?;
+        Ok([cos, sin, neg_sin])
+    }
 }
 
 /// The keys and values an attention layer has seen, for generation.

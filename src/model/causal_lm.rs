@@ -88,6 +88,11 @@ struct Pass<'a> {
     offset: usize,
     /// Per sequence, whether each key position is real (None: all are).
     key_mask: Option<&'a [Vec<bool>]>,
+    /// Per row, the RoPE position of each query token (None: offset..offset + t in every row).
+    positions: Option<&'a [Vec<u32>]>,
+    /// Per row, per position, which packed example it belongs to: a query sees only keys of
+    /// its own segment (None: one segment a row).
+    segments: Option<&'a [Vec<u32>]>,
     /// Attention biases already built in this pass, by (first key, keys, sliding): every layer
     /// of a kind shares one.
     biases: std::cell::RefCell<Vec<(BiasKey, Tensor)>>,
@@ -102,6 +107,8 @@ impl<'a> Pass<'a> {
             t,
             offset,
             key_mask,
+            positions: None,
+            segments: None,
             biases: Default::default(),
             ropes: Default::default(),
         }
@@ -477,6 +484,19 @@ impl CausalLm {
         attention_mask: Option<&[Vec<bool>]>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
+        self.hidden_states_packed(ids, attention_mask, None, mode)
+    }
+
+    /// [`CausalLm::hidden_states`] of rows that may hold several examples each (packing):
+    /// `packed` gives, per row and position, the RoPE position and the example's segment id;
+    /// attention stays within a segment, so each example computes as if it were alone.
+    pub fn hidden_states_packed(
+        &self,
+        ids: &Tensor,
+        attention_mask: Option<&[Vec<bool>]>,
+        packed: Option<(&[Vec<u32>], &[Vec<u32>])>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if t > self.cfg.max_position_embeddings {
             return Err(ModelError::Invalid(format!(
@@ -484,7 +504,11 @@ impl CausalLm {
                 self.cfg.max_position_embeddings
             )));
         }
-        let pass = Pass::new(b, t, 0, attention_mask);
+        let mut pass = Pass::new(b, t, 0, attention_mask);
+        if let Some((positions, segments)) = packed {
+            pass.positions = Some(positions);
+            pass.segments = Some(segments);
+        }
         let mut h = self.embed(ids)?;
         for layer in &self.layers {
             h = self.layer_forward(layer, &h, &pass, None, mode)?;
@@ -563,8 +587,11 @@ impl CausalLm {
         let rope = match pass.ropes[rope_index].get() {
             Some(r) => r,
             None => {
-                let r =
-                    self.ropes[rope_index].tables(pass.offset, pass.t, self.dtype, &self.device)?;
+                let rope = &self.ropes[rope_index];
+                let r = match pass.positions {
+                    Some(p) => rope.tables_for(p, self.dtype, &self.device)?,
+                    None => rope.tables(pass.offset, pass.t, self.dtype, &self.device)?,
+                };
                 pass.ropes[rope_index].get_or_init(|| r)
             }
         };
@@ -631,9 +658,10 @@ impl CausalLm {
         } else {
             None
         };
-        let rows = match pass.key_mask {
-            Some(m) => m.len(),
-            None => 1,
+        let rows = match (pass.key_mask, pass.segments) {
+            (Some(m), _) => m.len(),
+            (None, Some(s)) => s.len(),
+            (None, None) => 1,
         };
         let mut bias = Vec::with_capacity(rows * g * pass.t * s);
         for r in 0..rows {
@@ -645,6 +673,11 @@ impl CausalLm {
                         let mut ok = j <= i && window.is_none_or(|w| j + w > i);
                         if let Some(m) = pass.key_mask {
                             ok &= m[r].get(kj).copied().unwrap_or(false);
+                        }
+                        // Packed rows: indices and positions advance together within an
+                        // example, so the causal and window tests above hold per example.
+                        if let Some(seg) = pass.segments {
+                            ok &= seg[r].get(i) == seg[r].get(j);
                         }
                         bias.push(if ok { 0.0 } else { MASKED });
                     }

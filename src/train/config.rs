@@ -48,6 +48,11 @@ pub struct TrainConfig {
     /// included) instead of `micro_batch` examples each.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub micro_batch_tokens: Option<usize>,
+    /// Several examples a row of `max_seq_len` tokens, kept apart by the attention mask and
+    /// positions (see `train::batching`); `micro_batch` then counts rows. Left out of the
+    /// serialized config when off, like `batching`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pack: bool,
     /// Longest example (tokens); longer ones are refused, not cut.
     pub max_seq_len: usize,
     pub eval_batch: usize,
@@ -94,6 +99,7 @@ impl Default for TrainConfig {
             grad_accum: 4,
             batching: Batching::Random,
             micro_batch_tokens: None,
+            pack: false,
             max_seq_len: 1024,
             eval_batch: 8,
             learning_rate: 2e-4,
@@ -166,6 +172,12 @@ impl TrainConfig {
         }
         if self.micro_batch_tokens == Some(0) {
             return bad("micro_batch_tokens must be at least 1 (or left out)".into());
+        }
+        if self.pack && self.batching == Batching::Grouped {
+            // Packed rows are already full: grouping would have nothing left to remove.
+            return bad(
+                "pack = true and batching = \"grouped\" together: packing leaves no padding to group away; use one of them".into(),
+            );
         }
         if self.max_steps == Some(0) {
             return bad("max_steps must be at least 1".into());
