@@ -296,7 +296,11 @@ mod tests {
     fn default_batching_leaves_the_serialized_config_as_before() {
         // Runs made before `batching` existed must keep their config hash.
         let v = serde_json::to_value(TrainConfig::default()).unwrap();
-        assert!(v.get("batching").is_none() && v.get("micro_batch_tokens").is_none());
+        assert!(
+            v.get("batching").is_none()
+                && v.get("micro_batch_tokens").is_none()
+                && v.get("pack").is_none()
+        );
         let g = TrainConfig {
             batching: Batching::Grouped,
             micro_batch_tokens: Some(2048),
@@ -310,6 +314,23 @@ mod tests {
             ]
         );
         assert_eq!(TrainConfig::default().resume_conflicts(&g).len(), 2);
+    }
+
+    #[test]
+    fn the_shipped_config_packs_and_pack_with_grouping_is_refused() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/train.toml");
+        let c = TrainConfig::from_toml_file(&p).unwrap();
+        assert!(c.pack && c.micro_batch_tokens == Some(1024), "{c:?}");
+        // Without the key: off, and left out of the serialized config (old runs' hashes).
+        assert!(!TrainConfig::default().pack);
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["pack"], serde_json::json!(true));
+        let g = TrainConfig {
+            batching: Batching::Grouped,
+            ..c
+        };
+        let e = g.validate().unwrap_err().to_string();
+        assert!(e.contains("pack = true") && e.contains("grouped"), "{e}");
     }
 
     #[test]
