@@ -7,7 +7,7 @@
 //! sliding-window layers with their own RoPE, q/k norms, GeGLU or SwiGLU, GQA, a tied or
 //! untied head.
 
-use super::blocks::{Attention, AttnCall, AttnShape, LayerCache, Mlp, Norm, Rope};
+use super::blocks::{Attention, AttnCall, AttnShape, Gather, LayerCache, Mlp, Norm, Rope};
 use super::config::{ModelConfig, NormWeight};
 use super::kernels::Kernels;
 use super::lora::{LoraConfig, LoraLinear, Mode, Target};
@@ -88,11 +88,9 @@ struct Pass<'a> {
     offset: usize,
     /// Per sequence, whether each key position is real (None: all are).
     key_mask: Option<&'a [Vec<bool>]>,
-    /// Per row, the RoPE position of each query token (None: offset..offset + t in every row).
-    positions: Option<&'a [Vec<u32>]>,
-    /// Per row, per position, which packed example it belongs to: a query sees only keys of
-    /// its own segment (None: one segment a row).
-    segments: Option<&'a [Vec<u32>]>,
+    /// Packed rows: attention runs on one example a row (`b`, `t`, `key_mask` are then those
+    /// of that layout).
+    gather: Option<Gather>,
     /// Attention biases already built in this pass, by (first key, keys, sliding): every layer
     /// of a kind shares one.
     biases: std::cell::RefCell<Vec<(BiasKey, Tensor)>>,
@@ -107,8 +105,7 @@ impl<'a> Pass<'a> {
             t,
             offset,
             key_mask,
-            positions: None,
-            segments: None,
+            gather: None,
             biases: Default::default(),
             ropes: Default::default(),
         }
@@ -488,13 +485,14 @@ impl CausalLm {
     }
 
     /// [`CausalLm::hidden_states`] of rows that may hold several examples each (packing):
-    /// `packed` gives, per row and position, the RoPE position and the example's segment id;
-    /// attention stays within a segment, so each example computes as if it were alone.
+    /// `packed` lists every example as (row, first token, tokens). Each attends only to
+    /// itself, from position 0, as if it were alone (see [`Gather`]); the padding after a
+    /// row's last example is not attended.
     pub fn hidden_states_packed(
         &self,
         ids: &Tensor,
         attention_mask: Option<&[Vec<bool>]>,
-        packed: Option<(&[Vec<u32>], &[Vec<u32>])>,
+        packed: Option<&[(usize, usize, usize)]>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
@@ -504,11 +502,20 @@ impl CausalLm {
                 self.cfg.max_position_embeddings
             )));
         }
-        let mut pass = Pass::new(b, t, 0, attention_mask);
-        if let Some((positions, segments)) = packed {
-            pass.positions = Some(positions);
-            pass.segments = Some(segments);
-        }
+        let (gather, masks) = match packed {
+            Some(examples) => {
+                let (g, masks) = Gather::new(examples, b, t, &self.device)?;
+                (Some(g), Some(masks))
+            }
+            None => (None, None),
+        };
+        let pass = match (&masks, gather) {
+            (Some(m), Some(g)) => Pass {
+                gather: Some(g),
+                ..Pass::new(m.len(), m[0].len(), 0, Some(m))
+            },
+            _ => Pass::new(b, t, 0, attention_mask),
+        };
         let mut h = self.embed(ids)?;
         for layer in &self.layers {
             h = self.layer_forward(layer, &h, &pass, None, mode)?;
@@ -587,11 +594,8 @@ impl CausalLm {
         let rope = match pass.ropes[rope_index].get() {
             Some(r) => r,
             None => {
-                let rope = &self.ropes[rope_index];
-                let r = match pass.positions {
-                    Some(p) => rope.tables_for(p, self.dtype, &self.device)?,
-                    None => rope.tables(pass.offset, pass.t, self.dtype, &self.device)?,
-                };
+                let r =
+                    self.ropes[rope_index].tables(pass.offset, pass.t, self.dtype, &self.device)?;
                 pass.ropes[rope_index].get_or_init(|| r)
             }
         };
@@ -603,6 +607,7 @@ impl CausalLm {
             rope,
             bias: &bias,
             kern,
+            gather: pass.gather.as_ref(),
         };
         let shape = AttnShape {
             nh: cfg.num_attention_heads,
@@ -658,10 +663,9 @@ impl CausalLm {
         } else {
             None
         };
-        let rows = match (pass.key_mask, pass.segments) {
-            (Some(m), _) => m.len(),
-            (None, Some(s)) => s.len(),
-            (None, None) => 1,
+        let rows = match pass.key_mask {
+            Some(m) => m.len(),
+            None => 1,
         };
         let mut bias = Vec::with_capacity(rows * g * pass.t * s);
         for r in 0..rows {
@@ -673,11 +677,6 @@ impl CausalLm {
                         let mut ok = j <= i && window.is_none_or(|w| j + w > i);
                         if let Some(m) = pass.key_mask {
                             ok &= m[r].get(kj).copied().unwrap_or(false);
-                        }
-                        // Packed rows: indices and positions advance together within an
-                        // example, so the causal and window tests above hold per example.
-                        if let Some(seg) = pass.segments {
-                            ok &= seg[r].get(i) == seg[r].get(j);
                         }
                         bias.push(if ok { 0.0 } else { MASKED });
                     }

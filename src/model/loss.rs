@@ -26,12 +26,9 @@ pub struct Batch {
     pub packed: Option<Packed>,
 }
 
-/// Per row and position of a packed batch: the RoPE position (0 at each example's first
-/// token) and the example's segment (its index in the row; the padding after the last
-/// example is a segment of its own).
+/// Where the examples of a packed batch are: (row, first token, tokens) each, in order.
 pub struct Packed {
-    pub positions: Vec<Vec<u32>>,
-    pub segments: Vec<Vec<u32>>,
+    pub examples: Vec<(usize, usize, usize)>,
 }
 
 /// The label value that marks an untrained position (as in Hugging Face).
@@ -75,14 +72,12 @@ impl Batch {
         let mut targets = Vec::new();
         let mut real_tokens = 0;
         let mut layout = Packed {
-            positions: Vec::with_capacity(b),
-            segments: Vec::with_capacity(b),
+            examples: Vec::new(),
         };
         // Examples are named by their running index in the batch (rows in order).
         let mut index = 0;
         for (row, seqs) in rows.iter().enumerate() {
-            let (mut rope_pos, mut segs) = (Vec::with_capacity(t), Vec::with_capacity(t));
-            for (k, (seq, labels)) in seqs.iter().enumerate() {
+            for (seq, labels) in seqs.iter() {
                 if seq.len() != labels.len() {
                     return Err(ModelError::Invalid(format!(
                         "sequence {index}: {} input ids but {} labels",
@@ -114,18 +109,13 @@ impl Batch {
                     targets.push(l as u32);
                 }
                 ids.extend_from_slice(seq);
-                rope_pos.extend(0..seq.len() as u32);
-                segs.extend(std::iter::repeat_n(k as u32, seq.len()));
+                layout.examples.push((row, start, seq.len()));
                 real_tokens += seq.len();
                 index += 1;
             }
             let len = row_len(seqs);
             ids.extend(std::iter::repeat_n(pad_id, t - len));
             key_mask.push((0..t).map(|i| i < len).collect());
-            rope_pos.extend(0..(t - len) as u32);
-            segs.extend(std::iter::repeat_n(seqs.len() as u32, t - len));
-            layout.positions.push(rope_pos);
-            layout.segments.push(segs);
         }
         let n = positions.len();
         Ok(Self {
@@ -177,10 +167,7 @@ pub fn loss_sum(model: &CausalLm, batch: &Batch, mode: &mut Mode) -> Result<Tens
     if batch.supervised() == 0 {
         return Ok(Tensor::zeros((), DType::F32, model.device())?);
     }
-    let packed = batch
-        .packed
-        .as_ref()
-        .map(|p| (p.positions.as_slice(), p.segments.as_slice()));
+    let packed = batch.packed.as_ref().map(|p| p.examples.as_slice());
     let h = model.hidden_states_packed(&batch.input_ids, Some(&batch.key_mask), packed, mode)?;
     let h = model.final_norm(&h.index_select(&batch.positions, 0)?)?;
     cross_entropy_sum(

@@ -325,6 +325,19 @@ mod tests {
             .collect()
     }
 
+    /// Every example of a set of steps, sorted.
+    fn sorted_examples(steps: &[Vec<MicroBatch>]) -> Vec<usize> {
+        let mut seen: Vec<usize> = steps
+            .iter()
+            .flatten()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
+        seen.sort();
+        seen
+    }
+
     #[test]
     fn random_order_is_the_historical_one() {
         // Before this module: step s took order[s·m·a ..][.. m·a] cut into chunks of m.
@@ -348,15 +361,11 @@ mod tests {
                 let p = plan(uneven(), 4, 3, tokens, b);
                 for epoch in 0..3 {
                     let steps = all_steps(&p, epoch);
-                    let mut seen: Vec<usize> = steps
-                        .iter()
-                        .flatten()
-                        .flatten()
-                        .flatten()
-                        .copied()
-                        .collect();
-                    seen.sort();
-                    assert_eq!(seen, (0..1000).collect::<Vec<_>>(), "{b:?} {tokens:?}");
+                    assert_eq!(
+                        sorted_examples(&steps),
+                        (0..1000).collect::<Vec<_>>(),
+                        "{b:?} {tokens:?}"
+                    );
                     for s in &steps {
                         assert!(!s.is_empty() && s.len() <= 3);
                         for m in s {
@@ -494,8 +503,8 @@ mod tests {
             .map(|(i, n)| ex(format!("e{i}"), n))
             .collect();
         let path = Path::new("train.jsonl");
-        for tokens in [None, Some(1600)] {
-            let p = Plan::new(
+        let plan = |tokens| {
+            Plan::new(
                 &examples,
                 path,
                 4,
@@ -505,21 +514,16 @@ mod tests {
                 Some(1024),
                 9,
             )
-            .unwrap();
+            .unwrap()
+        };
+        for tokens in [None, Some(1600)] {
+            let p = plan(tokens);
             // Rows are as long as the budget allows.
             let row = tokens.map_or(1024, |t| t.min(1024));
             assert_eq!(p.pack, Some(row));
             for epoch in 0..2 {
                 let steps = all_steps(&p, epoch);
-                let mut seen: Vec<usize> = steps
-                    .iter()
-                    .flatten()
-                    .flatten()
-                    .flatten()
-                    .copied()
-                    .collect();
-                seen.sort();
-                assert_eq!(seen, (0..1000).collect::<Vec<_>>());
+                assert_eq!(sorted_examples(&steps), (0..1000).collect::<Vec<_>>());
                 for m in steps.iter().flatten() {
                     let lens: Vec<usize> = m.iter().map(|r| row_len(&p.lengths, r)).collect();
                     assert!(lens.iter().all(|&l| l <= row));
@@ -533,19 +537,8 @@ mod tests {
             }
             assert_ne!(p.epoch_micro_batches(0), p.epoch_micro_batches(1));
             // A restart lays out every step the same way.
-            let again = Plan::new(
-                &examples,
-                path,
-                4,
-                3,
-                tokens,
-                Batching::Random,
-                Some(1024),
-                9,
-            )
-            .unwrap();
             for s in [0, 5, p.total_steps(1) + 2] {
-                assert_eq!(p.step_batches(s), again.step_batches(s));
+                assert_eq!(p.step_batches(s), plan(tokens).step_batches(s));
             }
         }
         // An example longer than the row is refused, named.

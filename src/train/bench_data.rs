@@ -234,28 +234,15 @@ pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
         let timed: Vec<&MicroBatch> = (0..o.steps.min(batches.len()))
             .map(|k| &batches[k * batches.len() / o.steps.min(batches.len())])
             .collect();
+        let batch = |b: &MicroBatch| make_batch(&examples, b, pack, pad, cfg.vocab_size, &device);
         for b in batches.iter().take(o.warmup) {
-            let mb = [make_batch(
-                &examples,
-                b,
-                pack,
-                pad,
-                cfg.vocab_size,
-                &device,
-            )?];
+            let mb = [batch(b)?];
             optimizer_step(&model, &mut opt, &mb, |_| 0, 1e-4, 0.0)?;
         }
         device.synchronize()?;
         let (mut secs, mut timed_real, mut timed_padded) = (0f64, 0usize, 0usize);
         for b in timed {
-            let mb = [make_batch(
-                &examples,
-                b,
-                pack,
-                pad,
-                cfg.vocab_size,
-                &device,
-            )?];
+            let mb = [batch(b)?];
             let start = Instant::now();
             optimizer_step(&model, &mut opt, &mb, |_| 0, 1e-4, 0.0)?;
             device.synchronize()?;
