@@ -295,7 +295,7 @@ fn greedy_continuation_matches(f: &Fixture) {
     let n = if target().1 == DType::F32 {
         want.len()
     } else {
-        decided_prefix(&f, &prompt, &want)
+        decided_prefix(f, &prompt, &want)
     };
     if n == 0 {
         // Reduced precision only (f32 checks every token): the fixture's first greedy token is
