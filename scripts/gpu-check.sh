@@ -9,7 +9,8 @@
 #      achieved fraction of the GPU's dense bf16 peak;
 #   3. `bench train --data` on a corpus with the seed's model1 length profile (made here from
 #      data/dialogues/sample.jsonl with socratune's own data commands): padded vs grouped vs
-#      token-budget batches (and packed, once it exists);
+#      token-budget batches vs packed rows, at the same micro-batch token budget (the summary's
+#      packed_vs_padded is the ratio of real tokens/s);
 #   4. `socratune bench generate`.
 #
 # Usage, from a checkout (its tests/fixtures, data/ and benches/ are used):
@@ -193,6 +194,10 @@ summary["batching"] = None if js is None else {
     "layouts": {k: None if l is None else {f: l[f] for f in (
         "padding_share", "steps_per_epoch", "real_tokens_per_s", "epoch_s", "speedup_vs_padded")}
         for k, l in js["layouts"].items()}}
+if js is not None:
+    lay = js["layouts"]
+    summary["batching"]["packed_vs_padded"] = round(
+        lay["packed"]["real_tokens_per_s"] / lay["padded"]["real_tokens_per_s"], 3)
 ok, js, _, why = step("generate")
 if not ok or js is None:
     failed.append("generate")

@@ -332,6 +332,36 @@ fn resume_with_grouped_token_budget_batches_ends_with_the_same_adapter() {
     );
 }
 
+/// Packed rows (about three examples of 12 to 47 tokens in a row of 100): stopped three
+/// times and resumed, the run recomputes each epoch's rows from the lengths and lands on the
+/// same adapter; the rows are packed (fewer steps than one example a row would take).
+#[test]
+fn resume_with_packed_rows_ends_with_the_same_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_data_with(dir.path(), 24, 4, |i| 12 + (i * 7) % 36);
+    resume_after_kills(
+        dir.path(),
+        &data,
+        &[
+            "--pack",
+            "true",
+            "--max-seq-len",
+            "100",
+            "--micro-batch",
+            "2",
+        ],
+    );
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("killed/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["pack"], serde_json::json!(true));
+    // 24 examples (708 tokens) in rows of ≤ 100 tokens: 8 or 9 rows, 2 a micro-batch, 2 a
+    // step: 2 or 3 steps an epoch, where one example a row would take 6.
+    let first = &events(&dir.path().join("ref"), "train")[0];
+    assert!(first["epoch"].as_f64().unwrap() >= 1.0 / 3.0, "{first}");
+}
+
 /// Trains 60 steps once uninterrupted and once stopped three times (SIGKILL, Ctrl-C,
 /// SIGKILL) and resumed; the adapters must be identical.
 fn resume_after_kills(dir: &Path, data: &Path, batching: &[&str]) {
@@ -635,14 +665,27 @@ fn bench_train_on_data_reports_each_batching_layout() {
     };
     let v = bench(&[]);
     let l = &v["layouts"];
-    assert!(l["packed"].is_null(), "{v}");
     let share = |k: &str| l[k]["padding_share"].as_f64().unwrap();
     assert!(share("padded") > 0.2 && share("grouped") < 0.1, "{v}");
+    // Packed rows of up to 4 × 47 tokens (the budget; --max-seq-len 1024 is longer): nearly
+    // no padding, far fewer steps.
+    assert!(share("packed") < 0.05, "{v}");
+    assert_eq!(l["packed"]["row_tokens"], 4 * 47, "{v}");
+    assert!(
+        l["packed"]["steps_per_epoch"].as_u64() < l["padded"]["steps_per_epoch"].as_u64(),
+        "{v}"
+    );
     assert!(share("budget_grouped") < share("budget_padded"), "{v}");
     // 40 examples, 4 a micro-batch, 4 micro-batches a step.
     assert_eq!(l["padded"]["steps_per_epoch"], 3, "{v}");
     assert_eq!(l["budget_grouped"]["micro_batch_tokens"], 4 * 47, "{v}");
-    for k in ["padded", "grouped", "budget_padded", "budget_grouped"] {
+    for k in [
+        "padded",
+        "grouped",
+        "budget_padded",
+        "budget_grouped",
+        "packed",
+    ] {
         assert!(l[k]["real_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
     }
     let v = bench(&["--length-profile", "8,20,60"]);

@@ -54,6 +54,10 @@ pub struct TrainBenchArgs {
     /// longest example).
     #[arg(long, requires = "data")]
     pub micro_batch_tokens: Option<usize>,
+    /// With --data: the longest row of the packed layout (as max_seq_len in training; rows
+    /// are also bounded by the token budget).
+    #[arg(long, default_value_t = 1024, requires = "data")]
+    pub max_seq_len: usize,
     /// With --data: micro-batches an optimizer step (for steps per epoch).
     #[arg(long, default_value_t = 4, requires = "data")]
     pub grad_accum: usize,
@@ -131,6 +135,7 @@ impl TrainBenchArgs {
             device: self.device,
             micro_batch: self.micro_batch,
             micro_batch_tokens: self.micro_batch_tokens,
+            max_seq_len: self.max_seq_len,
             grad_accum: self.grad_accum,
             steps: self.steps,
             warmup: self.warmup,
@@ -181,12 +186,8 @@ fn print_layouts(r: &serde_json::Value) {
         r["max_tokens"]
     );
     eprintln!("layout           padding  steps/epoch  real tokens/s  epoch s  vs padded");
-    for name in socratune::train::bench_data::LAYOUT_NAMES {
+    for (name, ..) in socratune::train::bench_data::LAYOUTS {
         let l = &r["layouts"][name];
-        if l.is_null() {
-            eprintln!("{name:<15}  (not implemented)");
-            continue;
-        }
         let f = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
         eprintln!(
             "{name:<15}  {:>6.1}%  {:>11}  {:>13.0}  {:>7.1}  {:>8.2}x",

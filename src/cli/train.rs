@@ -75,6 +75,9 @@ pub struct TrainOverrides {
     /// --micro-batch examples.
     #[arg(long)]
     pub micro_batch_tokens: Option<usize>,
+    /// true: several examples a row of --max-seq-len, kept apart (--micro-batch counts rows).
+    #[arg(long)]
+    pub pack: Option<bool>,
     #[arg(long)]
     pub max_seq_len: Option<usize>,
     #[arg(long)]
@@ -137,7 +140,8 @@ impl TrainOverrides {
             use_rslora,
             epochs,
             micro_batch,
-            grad_accum
+            grad_accum,
+            pack
         );
         set!(
             max_seq_len,

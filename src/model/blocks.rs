@@ -233,6 +233,74 @@ pub(super) struct AttnCall<'a> {
     /// The additive bias for keys from `key_start`, `s` of them (causal, window, padding).
     pub bias: &'a dyn Fn(usize, usize) -> Result<Tensor>,
     pub kern: Kernels,
+    /// Packed rows: where each example's tokens are; attention then runs on `b` rows of `t`,
+    /// one example each (None: the rows attend as they are).
+    pub gather: Option<&'a Gather>,
+}
+
+/// How the examples of packed rows are taken out into rows of their own for attention, and
+/// put back. Attention is the only place where tokens of a row meet, so computing it per
+/// example is the block-diagonal mask without the masked blocks: each example sees only
+/// itself, from position 0 (RoPE and sliding windows as if it were alone), and the work is
+/// Σ len² instead of rows × row².
+pub(super) struct Gather {
+    /// For each (example, position) of the `[E, L]` layout, the packed token (`[E·L]` u32;
+    /// past an example's end its last token, a key the mask hides and a query nobody reads).
+    take: Tensor,
+    /// For each packed token `[B·T]`, its place in the `[E·L]` layout, or `E·L` (a row of
+    /// zeros) for the padding after a row's last example.
+    back: Tensor,
+}
+
+impl Gather {
+    /// From the examples' (row, first token, tokens) in packed rows of `t` tokens, `rows` of
+    /// them: the gather and the per-example key masks of the `[E, L]` layout.
+    pub fn new(
+        examples: &[(usize, usize, usize)],
+        rows: usize,
+        t: usize,
+        dev: &Device,
+    ) -> Result<(Self, Vec<Vec<bool>>)> {
+        if examples.is_empty() {
+            return Err(super::ModelError::Invalid(
+                "packed rows without an example".into(),
+            ));
+        }
+        let l = examples.iter().map(|e| e.2).max().unwrap_or(0);
+        let n = examples.len() * l;
+        let mut take = Vec::with_capacity(n);
+        let mut back = vec![n as u32; rows * t];
+        let mut masks = Vec::with_capacity(examples.len());
+        for (e, &(row, start, len)) in examples.iter().enumerate() {
+            if len == 0 || row >= rows || start + len > t {
+                return Err(super::ModelError::Invalid(format!(
+                    "packed example {e}: {len} tokens from {start} in row {row} of {rows} × {t}"
+                )));
+            }
+            for i in 0..l {
+                let at = row * t + start + i.min(len - 1);
+                take.push(at as u32);
+                if i < len {
+                    back[at] = (e * l + i) as u32;
+                }
+            }
+            masks.push((0..l).map(|i| i < len).collect());
+        }
+        let take = Tensor::from_vec(take, n, dev)?;
+        let back = Tensor::from_vec(back, rows * t, dev)?;
+        Ok((Self { take, back }, masks))
+    }
+
+    /// `[B·T, ·]` → `[E·L, ·]`.
+    fn take(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.index_select(&self.take, 0)?)
+    }
+
+    /// `[E·L, ·]` → `[B·T, ·]`, zeros at the padding.
+    fn put_back(&self, y: &Tensor) -> Result<Tensor> {
+        let zero = Tensor::zeros((1, y.dim(1)?), y.dtype(), y.device())?;
+        Ok(Tensor::cat(&[y, &zero], 0)?.index_select(&self.back, 0)?)
+    }
 }
 
 pub(super) struct Attention {
@@ -264,6 +332,10 @@ impl Attention {
         let tables = ops::RopeTables { cos, sin, neg_sin };
         let Some(cache) = cache else {
             // The whole sequence at once (training, evaluation): one fused op where allowed.
+            let (q, k, v) = match c.gather {
+                Some(g) => (g.take(&q)?, g.take(&k)?, g.take(&v)?),
+                None => (q, k, v),
+            };
             let bias = (c.bias)(c.offset, t)?;
             let a = ops::Attention {
                 shape: ops::Heads { b, t, nh, nkv, d },
@@ -274,6 +346,10 @@ impl Attention {
                 kern: c.kern,
             };
             let o = ops::attention(&q, &k, &v, &a)?;
+            let o = match c.gather {
+                Some(g) => g.put_back(&o)?,
+                None => o,
+            };
             return self.o.forward(&o, mode);
         };
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {

@@ -7,7 +7,7 @@
 //! sliding-window layers with their own RoPE, q/k norms, GeGLU or SwiGLU, GQA, a tied or
 //! untied head.
 
-use super::blocks::{Attention, AttnCall, AttnShape, LayerCache, Mlp, Norm, Rope};
+use super::blocks::{Attention, AttnCall, AttnShape, Gather, LayerCache, Mlp, Norm, Rope};
 use super::config::{ModelConfig, NormWeight};
 use super::kernels::Kernels;
 use super::lora::{LoraConfig, LoraLinear, Mode, Target};
@@ -93,6 +93,9 @@ struct Pass<'a> {
     key_mask: Option<&'a [Vec<bool>]>,
     /// Per row, the RoPE position of each query (None: `offset..offset + t` in every row).
     positions: Option<&'a [Vec<u32>]>,
+    /// Packed rows: attention runs on one example a row (`b`, `t`, `key_mask` are then those
+    /// of that layout).
+    gather: Option<Gather>,
     /// Attention biases already built in this pass, by (first key, keys, sliding): every layer
     /// of a kind shares one.
     biases: std::cell::RefCell<Vec<(BiasKey, Tensor)>>,
@@ -108,6 +111,7 @@ impl<'a> Pass<'a> {
             offset,
             key_mask,
             positions: None,
+            gather: None,
             biases: Default::default(),
             ropes: Default::default(),
         }
@@ -483,6 +487,20 @@ impl CausalLm {
         attention_mask: Option<&[Vec<bool>]>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
+        self.hidden_states_packed(ids, attention_mask, None, mode)
+    }
+
+    /// [`CausalLm::hidden_states`] of rows that may hold several examples each (packing):
+    /// `packed` lists every example as (row, first token, tokens). Each attends only to
+    /// itself, from position 0, as if it were alone (see [`Gather`]); the padding after a
+    /// row's last example is not attended.
+    pub fn hidden_states_packed(
+        &self,
+        ids: &Tensor,
+        attention_mask: Option<&[Vec<bool>]>,
+        packed: Option<&[(usize, usize, usize)]>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if t > self.cfg.max_position_embeddings {
             return Err(ModelError::Invalid(format!(
@@ -490,7 +508,20 @@ impl CausalLm {
                 self.cfg.max_position_embeddings
             )));
         }
-        let pass = Pass::new(b, t, 0, attention_mask);
+        let (gather, masks) = match packed {
+            Some(examples) => {
+                let (g, masks) = Gather::new(examples, b, t, &self.device)?;
+                (Some(g), Some(masks))
+            }
+            None => (None, None),
+        };
+        let pass = match (&masks, gather) {
+            (Some(m), Some(g)) => Pass {
+                gather: Some(g),
+                ..Pass::new(m.len(), m[0].len(), 0, Some(m))
+            },
+            _ => Pass::new(b, t, 0, attention_mask),
+        };
         let mut h = self.embed(ids)?;
         for layer in &self.layers {
             h = self.layer_forward(layer, &h, &pass, None, mode)?;
@@ -601,6 +632,7 @@ impl CausalLm {
             rope,
             bias: &bias,
             kern,
+            gather: pass.gather.as_ref(),
         };
         let shape = AttnShape {
             nh: cfg.num_attention_heads,

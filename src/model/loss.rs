@@ -22,63 +22,100 @@ pub struct Batch {
     pub targets: Vec<u32>,
     /// Real (non-padding) tokens in the batch.
     pub real_tokens: usize,
+    /// Rows holding several examples each (packing): where each example sits.
+    pub packed: Option<Packed>,
+}
+
+/// Where the examples of a packed batch are: (row, first token, tokens) each, in order.
+pub struct Packed {
+    pub examples: Vec<(usize, usize, usize)>,
 }
 
 /// The label value that marks an untrained position (as in Hugging Face).
 pub(crate) const IGNORE: i64 = -100;
 
+/// One example: input ids and labels aligned as in Hugging Face.
+pub type Seq<'a> = (&'a [u32], &'a [i64]);
+
 impl Batch {
     /// Builds a batch from `(input_ids, labels)` pairs aligned as in Hugging Face (`labels[i]`
     /// is `input_ids[i]` or -100; position i's logits predict `labels[i + 1]`).
-    pub fn new(
-        seqs: &[(&[u32], &[i64])],
+    pub fn new(seqs: &[Seq], pad_id: u32, vocab: usize, device: &Device) -> Result<Self> {
+        let rows: Vec<Vec<Seq>> = seqs.iter().map(|&s| vec![s]).collect();
+        Self::build(&rows, false, pad_id, vocab, device)
+    }
+
+    /// A batch whose rows each hold the examples listed, one after the other: every example
+    /// keeps its own tokens (its BOS too), positions restart at 0 for it, it attends only to
+    /// itself, and its labels stay inside it (its last token predicts nothing). Its loss and
+    /// gradients are those of the same examples in a [`Batch::new`] batch.
+    pub fn packed(rows: &[Vec<Seq>], pad_id: u32, vocab: usize, device: &Device) -> Result<Self> {
+        Self::build(rows, true, pad_id, vocab, device)
+    }
+
+    fn build(
+        rows: &[Vec<Seq>],
+        pack: bool,
         pad_id: u32,
         vocab: usize,
         device: &Device,
     ) -> Result<Self> {
-        let t = seqs.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        let row_len = |r: &Vec<Seq>| r.iter().map(|(ids, _)| ids.len()).sum::<usize>();
+        let t = rows.iter().map(row_len).max().unwrap_or(0);
         if t == 0 {
             return Err(ModelError::Invalid("empty batch".into()));
         }
-        let b = seqs.len();
+        let b = rows.len();
         let mut ids = Vec::with_capacity(b * t);
         let mut key_mask = Vec::with_capacity(b);
         let mut positions = Vec::new();
         let mut targets = Vec::new();
         let mut real_tokens = 0;
-        for (row, (seq, labels)) in seqs.iter().enumerate() {
-            if seq.len() != labels.len() {
-                return Err(ModelError::Invalid(format!(
-                    "sequence {row}: {} input ids but {} labels",
-                    seq.len(),
-                    labels.len()
-                )));
-            }
-            for &id in seq.iter() {
-                if id as usize >= vocab {
+        let mut layout = Packed {
+            examples: Vec::new(),
+        };
+        // Examples are named by their running index in the batch (rows in order).
+        let mut index = 0;
+        for (row, seqs) in rows.iter().enumerate() {
+            for (seq, labels) in seqs.iter() {
+                if seq.len() != labels.len() {
                     return Err(ModelError::Invalid(format!(
-                        "token id {id} is outside the model's vocabulary of {vocab} (data tokenized with another tokenizer?)"
+                        "sequence {index}: {} input ids but {} labels",
+                        seq.len(),
+                        labels.len()
                     )));
                 }
-            }
-            ids.extend_from_slice(seq);
-            ids.extend(std::iter::repeat_n(pad_id, t - seq.len()));
-            key_mask.push((0..t).map(|i| i < seq.len()).collect());
-            real_tokens += seq.len();
-            for i in 0..seq.len().saturating_sub(1) {
-                let l = labels[i + 1];
-                if l == IGNORE {
-                    continue;
+                for &id in seq.iter() {
+                    if id as usize >= vocab {
+                        return Err(ModelError::Invalid(format!(
+                            "token id {id} is outside the model's vocabulary of {vocab} (data tokenized with another tokenizer?)"
+                        )));
+                    }
                 }
-                if l < 0 || l as usize >= vocab {
-                    return Err(ModelError::Invalid(format!(
-                        "sequence {row}: label {l} at position {} is neither -100 nor a token id below {vocab}",
-                        i + 1
-                    )));
+                let start = ids.len() - row * t;
+                // Within the example only: its last token predicts nothing.
+                for i in 0..seq.len().saturating_sub(1) {
+                    let l = labels[i + 1];
+                    if l == IGNORE {
+                        continue;
+                    }
+                    if l < 0 || l as usize >= vocab {
+                        return Err(ModelError::Invalid(format!(
+                            "sequence {index}: label {l} at position {} is neither -100 nor a token id below {vocab}",
+                            i + 1
+                        )));
+                    }
+                    positions.push((row * t + start + i) as u32);
+                    targets.push(l as u32);
                 }
-                positions.push((row * t + i) as u32);
-                targets.push(l as u32);
+                ids.extend_from_slice(seq);
+                layout.examples.push((row, start, seq.len()));
+                real_tokens += seq.len();
+                index += 1;
             }
+            let len = row_len(seqs);
+            ids.extend(std::iter::repeat_n(pad_id, t - len));
+            key_mask.push((0..t).map(|i| i < len).collect());
         }
         let n = positions.len();
         Ok(Self {
@@ -87,6 +124,7 @@ impl Batch {
             positions: Tensor::from_vec(positions, n, device)?,
             targets,
             real_tokens,
+            packed: pack.then_some(layout),
         })
     }
 
@@ -129,7 +167,8 @@ pub fn loss_sum(model: &CausalLm, batch: &Batch, mode: &mut Mode) -> Result<Tens
     if batch.supervised() == 0 {
         return Ok(Tensor::zeros((), DType::F32, model.device())?);
     }
-    let h = model.hidden_states(&batch.input_ids, Some(&batch.key_mask), mode)?;
+    let packed = batch.packed.as_ref().map(|p| p.examples.as_slice());
+    let h = model.hidden_states_packed(&batch.input_ids, Some(&batch.key_mask), packed, mode)?;
     let h = model.final_norm(&h.index_select(&batch.positions, 0)?)?;
     cross_entropy_sum(
         &h,

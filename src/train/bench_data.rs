@@ -4,7 +4,7 @@
 //! running optimizer steps on micro-batches drawn evenly across the epoch, and counts only
 //! real tokens, so the layouts compare by the time an epoch takes.
 
-use super::batching::{padding, Batching, Plan};
+use super::batching::{padding, Batching, MicroBatch, Plan};
 use super::bench::BenchModel;
 use super::data::{load_examples, Example};
 use super::trainer::{make_batch, optimizer_step};
@@ -28,6 +28,8 @@ pub struct DataBenchOptions {
     /// The budget of the token-budget layouts (default: `micro_batch` × the longest example,
     /// the worst case of the padded layout, so that every layout has the same memory bound).
     pub micro_batch_tokens: Option<usize>,
+    /// The longest row of the `packed` layout (rows are also bounded by the token budget).
+    pub max_seq_len: usize,
     /// Micro-batches an optimizer step (for steps per epoch only; each timed micro-batch is
     /// its own step).
     pub grad_accum: usize,
@@ -151,21 +153,13 @@ pub fn profile_corpus(
     Ok(out)
 }
 
-/// The layouts of the report, in order; `packed` is reported as null until packing exists.
-pub const LAYOUT_NAMES: [&str; 5] = [
-    "padded",
-    "grouped",
-    "budget_padded",
-    "budget_grouped",
-    "packed",
-];
-
-/// The layouts measured, by name: (batching, with the token budget).
-const LAYOUTS: [(&str, Batching, bool); 4] = [
-    ("padded", Batching::Random, false),
-    ("grouped", Batching::Grouped, false),
-    ("budget_padded", Batching::Random, true),
-    ("budget_grouped", Batching::Grouped, true),
+/// The layouts measured, in order: (name, batching, with the token budget, packed).
+pub const LAYOUTS: [(&str, Batching, bool, bool); 5] = [
+    ("padded", Batching::Random, false, false),
+    ("grouped", Batching::Grouped, false, false),
+    ("budget_padded", Batching::Random, true, false),
+    ("budget_grouped", Batching::Grouped, true, false),
+    ("packed", Batching::Random, true, true),
 ];
 
 pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
@@ -218,7 +212,7 @@ pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
 
     let mut layouts = serde_json::Map::new();
     let mut padded_epoch_s = None;
-    for (name, batching, with_budget) in LAYOUTS {
+    for (name, batching, with_budget, pack) in LAYOUTS {
         let plan = Plan::new(
             &examples,
             &o.data,
@@ -226,6 +220,7 @@ pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
             o.grad_accum,
             with_budget.then_some(budget),
             batching,
+            pack.then_some(o.max_seq_len),
             o.seed,
         )?;
         let batches = plan.epoch_micro_batches(0);
@@ -236,17 +231,18 @@ pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
             .max()
             .unwrap_or(0);
         // Evenly spaced across the epoch, so the sample has the epoch's mix of lengths.
-        let timed: Vec<&Vec<usize>> = (0..o.steps.min(batches.len()))
+        let timed: Vec<&MicroBatch> = (0..o.steps.min(batches.len()))
             .map(|k| &batches[k * batches.len() / o.steps.min(batches.len())])
             .collect();
+        let batch = |b: &MicroBatch| make_batch(&examples, b, pack, pad, cfg.vocab_size, &device);
         for b in batches.iter().take(o.warmup) {
-            let mb = [make_batch(&examples, b, pad, cfg.vocab_size, &device)?];
+            let mb = [batch(b)?];
             optimizer_step(&model, &mut opt, &mb, |_| 0, 1e-4, 0.0)?;
         }
         device.synchronize()?;
         let (mut secs, mut timed_real, mut timed_padded) = (0f64, 0usize, 0usize);
         for b in timed {
-            let mb = [make_batch(&examples, b, pad, cfg.vocab_size, &device)?];
+            let mb = [batch(b)?];
             let start = Instant::now();
             optimizer_step(&model, &mut opt, &mb, |_| 0, 1e-4, 0.0)?;
             device.synchronize()?;
@@ -261,7 +257,8 @@ pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
         layouts.insert(
             name.into(),
             json!({
-                "batching": format!("{batching:?}").to_lowercase(),
+                "batching": if pack { json!("packed") } else { json!(format!("{batching:?}").to_lowercase()) },
+                "row_tokens": plan.pack,
                 "micro_batch": if with_budget { Value::Null } else { json!(o.micro_batch) },
                 "micro_batch_tokens": if with_budget { json!(budget) } else { Value::Null },
                 "micro_batches_per_epoch": batches.len(),
@@ -276,8 +273,6 @@ pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
             }),
         );
     }
-    // Packing is not implemented yet; the key is kept so that reports have its column.
-    layouts.insert("packed".into(), Value::Null);
     let mean = lengths.iter().sum::<usize>() as f64 / lengths.len() as f64;
     Ok(json!({
         "impl": "socratune",

@@ -48,6 +48,11 @@ pub struct TrainConfig {
     /// included) instead of `micro_batch` examples each.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub micro_batch_tokens: Option<usize>,
+    /// Several examples a row of `max_seq_len` tokens, kept apart by the attention mask and
+    /// positions (see `train::batching`); `micro_batch` then counts rows. Left out of the
+    /// serialized config when off, like `batching`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pack: bool,
     /// Longest example (tokens); longer ones are refused, not cut.
     pub max_seq_len: usize,
     pub eval_batch: usize,
@@ -94,6 +99,7 @@ impl Default for TrainConfig {
             grad_accum: 4,
             batching: Batching::Random,
             micro_batch_tokens: None,
+            pack: false,
             max_seq_len: 1024,
             eval_batch: 8,
             learning_rate: 2e-4,
@@ -166,6 +172,12 @@ impl TrainConfig {
         }
         if self.micro_batch_tokens == Some(0) {
             return bad("micro_batch_tokens must be at least 1 (or left out)".into());
+        }
+        if self.pack && self.batching == Batching::Grouped {
+            // Packed rows are already full: grouping would have nothing left to remove.
+            return bad(
+                "pack = true and batching = \"grouped\" together: packing leaves no padding to group away; use one of them".into(),
+            );
         }
         if self.max_steps == Some(0) {
             return bad("max_steps must be at least 1".into());
@@ -284,7 +296,11 @@ mod tests {
     fn default_batching_leaves_the_serialized_config_as_before() {
         // Runs made before `batching` existed must keep their config hash.
         let v = serde_json::to_value(TrainConfig::default()).unwrap();
-        assert!(v.get("batching").is_none() && v.get("micro_batch_tokens").is_none());
+        assert!(
+            v.get("batching").is_none()
+                && v.get("micro_batch_tokens").is_none()
+                && v.get("pack").is_none()
+        );
         let g = TrainConfig {
             batching: Batching::Grouped,
             micro_batch_tokens: Some(2048),
@@ -298,6 +314,23 @@ mod tests {
             ]
         );
         assert_eq!(TrainConfig::default().resume_conflicts(&g).len(), 2);
+    }
+
+    #[test]
+    fn the_shipped_config_packs_and_pack_with_grouping_is_refused() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/train.toml");
+        let c = TrainConfig::from_toml_file(&p).unwrap();
+        assert!(c.pack && c.micro_batch_tokens == Some(1024), "{c:?}");
+        // Without the key: off, and left out of the serialized config (old runs' hashes).
+        assert!(!TrainConfig::default().pack);
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["pack"], serde_json::json!(true));
+        let g = TrainConfig {
+            batching: Batching::Grouped,
+            ..c
+        };
+        let e = g.validate().unwrap_err().to_string();
+        assert!(e.contains("pack = true") && e.contains("grouped"), "{e}");
     }
 
     #[test]

@@ -207,6 +207,7 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         cfg.grad_accum,
         cfg.micro_batch_tokens,
         cfg.batching,
+        cfg.pack.then_some(cfg.max_seq_len),
         cfg.seed,
     )?;
     let total = cfg
@@ -274,7 +275,7 @@ pub fn train(spec: RunSpec) -> Result<Summary, TrainError> {
         let lr = learning_rate(cfg.schedule, cfg.learning_rate, state.step, warmup, total);
         let batches = batches
             .iter()
-            .map(|idx| make_batch(train_ex, idx, pad, vocab, &device))
+            .map(|rows| make_batch(train_ex, rows, cfg.pack, pad, vocab, &device))
             .collect::<Result<Vec<_>, _>>()?;
         let step_no = state.step;
         let r = optimizer_step(
@@ -674,25 +675,38 @@ fn record_eval(
     Ok(p > 0 && state.evals_since_best >= p)
 }
 
+/// The batch of a micro-batch's rows: one example a row, or packed rows when `pack`.
 pub(crate) fn make_batch(
     examples: &[Example],
-    idx: &[usize],
+    rows: &[Vec<usize>],
+    pack: bool,
     pad: u32,
     vocab: usize,
     device: &Device,
 ) -> Result<Batch, TrainError> {
-    let seqs: Vec<(&[u32], &[i64])> = idx
-        .iter()
-        .map(|&i| {
-            (
-                examples[i].input_ids.as_slice(),
-                examples[i].labels.as_slice(),
-            )
-        })
-        .collect();
-    Batch::new(&seqs, pad, vocab, device).map_err(|e| match e {
+    let seq = |i: usize| {
+        (
+            examples[i].input_ids.as_slice(),
+            examples[i].labels.as_slice(),
+        )
+    };
+    let built = if pack {
+        let rows: Vec<Vec<_>> = rows
+            .iter()
+            .map(|r| r.iter().map(|&i| seq(i)).collect())
+            .collect();
+        Batch::packed(&rows, pad, vocab, device)
+    } else {
+        let seqs: Vec<_> = rows.iter().flatten().map(|&i| seq(i)).collect();
+        Batch::new(&seqs, pad, vocab, device)
+    };
+    built.map_err(|e| match e {
         crate::model::ModelError::Invalid(m) => {
-            let ids: Vec<&str> = idx.iter().map(|&i| examples[i].id.as_str()).collect();
+            let ids: Vec<&str> = rows
+                .iter()
+                .flatten()
+                .map(|&i| examples[i].id.as_str())
+                .collect();
             TrainError::Data(format!("batch of examples {}: {m}", ids.join(", ")))
         }
         other => other.into(),
@@ -715,7 +729,8 @@ pub fn evaluate(
     let mut sum = 0f64;
     let mut count = 0usize;
     for idx in order.chunks(batch) {
-        let b = make_batch(examples, idx, pad, vocab, device)?;
+        let rows: Vec<Vec<usize>> = idx.iter().map(|&i| vec![i]).collect();
+        let b = make_batch(examples, &rows, false, pad, vocab, device)?;
         let s = loss_sum(model, &b, &mut Mode::eval())?;
         sum += s.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         count += b.supervised();

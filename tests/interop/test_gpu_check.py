@@ -34,9 +34,13 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert (b["max_tokens"], round(b["mean_tokens"])) == (535, 266), b
     assert set(b["layouts"]) == {"padded", "grouped", "budget_padded", "budget_grouped", "packed"}
     assert b["layouts"]["grouped"]["padding_share"] < b["layouts"]["padded"]["padding_share"]
+    # Packed rows: almost no padding, a real speed measured against padded.
+    assert b["layouts"]["packed"]["padding_share"] < 0.05, b
+    assert b["packed_vs_padded"] > 0, b
     assert s["generate"]["decode_tokens_per_s"] > 0, s
     figure(f"gpu-check --device cpu: ratio {s['ratio_tokens_per_s']}x tokens/s, "
-           f"grouped {b['layouts']['grouped']['speedup_vs_padded']}x padded (tiny, real lengths)")
+           f"grouped {b['layouts']['grouped']['speedup_vs_padded']}x padded, "
+           f"packed {b['packed_vs_padded']}x padded real tokens/s (tiny, real lengths)")
 
 
 def test_gpu_check_refuses_a_missing_binary(tmp_path):
