@@ -75,11 +75,9 @@ impl ChatTemplate {
 
     /// The template a model family was instruction-tuned with.
     pub fn of_family(f: Family) -> Self {
-        match f {
-            Family::Gemma2 | Family::Gemma3 => ChatTemplate::Gemma,
-            Family::Qwen3 => ChatTemplate::Qwen3,
-            Family::Llama => ChatTemplate::Llama3,
-        }
+        f.chat_template()
+            .parse()
+            .expect("every family names a known template")
     }
 
     pub(crate) fn names(self) -> TokenNames {
@@ -491,9 +489,9 @@ mod tests {
 
     #[test]
     fn the_template_follows_the_family_and_parses() {
-        assert_eq!(ChatTemplate::of_family(Family::Gemma3), ChatTemplate::Gemma);
-        assert_eq!(ChatTemplate::of_family(Family::Qwen3), ChatTemplate::Qwen3);
-        assert_eq!(ChatTemplate::of_family(Family::Llama), ChatTemplate::Llama3);
+        for f in Family::ALL {
+            assert_eq!(ChatTemplate::of_family(f).name(), f.chat_template());
+        }
         for t in ChatTemplate::ALL {
             assert_eq!(t.name().parse::<ChatTemplate>(), Ok(t));
         }

@@ -311,7 +311,7 @@ impl CausalLm {
     /// Makes every base weight a variable for full-parameter training and returns them by
     /// their Hugging Face names (those of [`CausalLm::named_weights`]); the forward passes then
     /// give each its gradient. The weights must be f32: they are the master weights.
-    pub(crate) fn make_trainable(&mut self) -> Result<Vec<(String, Var)>> {
+    pub fn make_trainable(&mut self) -> Result<Vec<(String, Var)>> {
         if self.dtype != DType::F32 {
             return Err(ModelError::Invalid(format!(
                 "full-parameter training keeps f32 master weights; the model is loaded in {:?} (use dtype = \"f32\")",

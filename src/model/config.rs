@@ -19,6 +19,18 @@ pub enum Family {
 }
 
 impl Family {
+    pub const ALL: [Family; 4] = [Family::Gemma2, Family::Gemma3, Family::Qwen3, Family::Llama];
+
+    /// The name of the chat template the family was instruction-tuned with (a
+    /// `dataset::ChatTemplate` name): the one fact about chat formats the model side owns.
+    pub fn chat_template(self) -> &'static str {
+        match self {
+            Family::Gemma2 | Family::Gemma3 => "gemma",
+            Family::Qwen3 => "qwen3",
+            Family::Llama => "llama3",
+        }
+    }
+
     /// The `model_type` that names this family in a text-only `config.json`.
     pub fn model_type(self) -> &'static str {
         match self {

@@ -32,7 +32,7 @@ pub struct Packed {
 }
 
 /// The label value that marks an untrained position (as in Hugging Face).
-pub(crate) const IGNORE: i64 = -100;
+pub const IGNORE: i64 = -100;
 
 /// One example: input ids and labels aligned as in Hugging Face.
 pub type Seq<'a> = (&'a [u32], &'a [i64]);
