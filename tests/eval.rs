@@ -97,22 +97,9 @@ fn setup(d: &Path, srv: &FakeLlm) {
 }
 
 fn eval_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "eval",
-        "--runs",
-        "runs",
-        "--base",
-        "--config",
-        "synth.toml",
-        "--prompt-templates",
-        "prompts",
-        "--eval-config",
-        "eval.toml",
-        "--device",
-        "cpu",
-    ];
+    let mut a = vec!["--base"];
     a.extend(extra);
-    a
+    common::eval_args("runs", &a)
 }
 
 fn read_json(p: &Path) -> Value {

@@ -150,25 +150,17 @@ fn fallback_variants_run_everywhere(family: &str, template: ChatTemplate) {
     .unwrap();
     let (ok, out, err) = socratune_in(
         d,
-        &[
-            "eval",
-            "--runs",
+        &common::eval_args(
             "short-runs",
-            "--config",
-            "synth.toml",
-            "--prompt-templates",
-            "prompts",
-            "--eval-config",
-            "eval.toml",
-            "--device",
-            "cpu",
-            "--judge",
-            "none",
-            "--model",
-            s(&model),
-            "--tokenizer",
-            s(&tok),
-        ],
+            &[
+                "--judge",
+                "none",
+                "--model",
+                s(&model),
+                "--tokenizer",
+                s(&tok),
+            ],
+        ),
     );
     assert!(ok, "{err}");
     assert!(out.contains("| fallback-alpaca |"), "{out}");

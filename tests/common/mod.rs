@@ -249,3 +249,23 @@ impl Drop for ServeChild {
         let _ = self.child.wait();
     }
 }
+
+/// `socratune eval` over `runs` with the project files `fake_llm::eval_project` writes
+/// (synth.toml, prompts/, eval.toml) on the CPU, then `extra`.
+pub fn eval_args<'a>(runs: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "eval",
+        "--runs",
+        runs,
+        "--config",
+        "synth.toml",
+        "--prompt-templates",
+        "prompts",
+        "--eval-config",
+        "eval.toml",
+        "--device",
+        "cpu",
+    ];
+    a.extend(extra);
+    a
+}
