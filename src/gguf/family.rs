@@ -68,12 +68,11 @@ const GEMMA_GLOBALS: &[(&str, &str)] = &[
     ("model.norm.weight", "output_norm.weight"),
 ];
 
-/// google/gemma-2-2b-it's template.
-const GEMMA2_CHAT_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
-
-/// Gemma-3's turn format, text only: as Gemma-2's, with a system message folded into the
-/// first user turn (google/gemma-3-1b-it does the same).
-const GEMMA3_CHAT_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] | trim + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
+/// Gemma's turn format, text only, with a system message folded into the first user turn as
+/// google/gemma-3-1b-it's template does and as training renders it (`dataset::chat_format`).
+/// Both Gemma families get it: google/gemma-2-2b-it's own template refuses a system message,
+/// which would make llama.cpp fail on a model trained with a variant's `system`.
+const GEMMA_CHAT_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] | trim + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}";
 
 /// Ollama's gemma2 template (a system message is rendered as a user turn); Gemma-3 uses the
 /// same turns.
@@ -111,7 +110,7 @@ pub static GEMMA2: Family = Family {
     metadata: gemma2_metadata,
     convert: gemma2_convert,
     extra_tensors: no_extra_tensors,
-    chat_template: GEMMA2_CHAT_TEMPLATE,
+    chat_template: GEMMA_CHAT_TEMPLATE,
     ollama_template: GEMMA_OLLAMA_TEMPLATE,
     end_of_turn: "<end_of_turn>",
 };
@@ -140,7 +139,7 @@ pub(crate) static GEMMA3: Family = Family {
     metadata: gemma3_metadata,
     convert: gemma3_convert,
     extra_tensors: no_extra_tensors,
-    chat_template: GEMMA3_CHAT_TEMPLATE,
+    chat_template: GEMMA_CHAT_TEMPLATE,
     ollama_template: GEMMA_OLLAMA_TEMPLATE,
     end_of_turn: "<end_of_turn>",
 };
@@ -174,8 +173,10 @@ pub(crate) static QWEN3: Family = Family {
     // llama.cpp's qwen3 rotates halves (NeoX), as transformers does: weights as they are.
     convert: |_, _, t| Ok(t),
     extra_tensors: llama3_rope_freqs,
-    // ChatML with thinking off, as Qwen3's own template renders it with enable_thinking=False.
-    chat_template: "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n<think>\n\n</think>\n\n' }}{%- endif %}",
+    // ChatML with thinking off, as Qwen3's own template renders it with enable_thinking=False
+    // and as training renders it: the empty think block on replies after the last user
+    // message and in the generation prompt, none on earlier replies.
+    chat_template: "{%- set ns = namespace(last_user=-1) %}{%- for message in messages %}{%- if message['role'] == 'user' %}{%- set ns.last_user = loop.index0 %}{%- endif %}{%- endfor %}{%- for message in messages %}{%- if message['role'] == 'assistant' and loop.index0 > ns.last_user %}{{- '<|im_start|>assistant\n<think>\n\n</think>\n\n' + message['content'] + '<|im_end|>\n' }}{%- else %}{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n<think>\n\n</think>\n\n' }}{%- endif %}",
     ollama_template: r#"{{- range $i, $_ := .Messages }}
 {{- $last := eq (len (slice $.Messages $i)) 1 -}}
 <|im_start|>{{ .Role }}

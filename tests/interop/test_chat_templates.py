@@ -215,3 +215,56 @@ def test_serve_prompts_with_the_generation_prompt(made, template, tmp_path):
         proc.kill()
         proc.wait()
     figure(f"[{template}] serve's prompt == apply_chat_template(add_generation_prompt=True) in length")
+
+
+@pytest.mark.parametrize("template", list(FAMILIES))
+def test_gguf_fallback_template_renders_the_trained_prompt(made, template, tmp_path):
+    """A base without a chat template of its own is exported to GGUF with the family's
+    fallback `tokenizer.chat_template`; rendered by transformers' Jinja, that template must
+    give exactly the ids `data build` trained on (with and without a system message) and
+    serve's generation prompt, or llama.cpp and Ollama users would prompt the model in a
+    format it never saw."""
+    gguf = pytest.importorskip("gguf")
+    _, _, _, family = FAMILIES[template]
+    d = made[template]
+    base = tmp_path / "base"
+    base.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(FIXTURES / f"{family}-tiny" / name, base / name)
+    # The tokenizer only: no tokenizer_config.json, so the export falls back.
+    shutil.copy(d / "tokenizer.json", base / "tokenizer.json")
+    # Export takes an adapter: PEFT's default one (B = 0) leaves the base unchanged.
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+    peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                        peft.LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(
+        tmp_path / "adapter")
+    out = tmp_path / "model.gguf"
+    socratune("export", "--format", "gguf", "--quant", "f16", "--model", base,
+              "--adapter", tmp_path / "adapter", "--out", out)
+    fields = gguf.GGUFReader(out).fields
+    fallback = fields["tokenizer.chat_template"].contents()
+
+    hf = AutoTokenizer.from_pretrained(d)
+    official = hf.chat_template
+    by_id = {dialogue(i)["id"]: dialogue(i) for i in range(10)}
+    checked = 0
+    for variant in sorted(p.name for p in (d / "runs").iterdir()):
+        rounds, system = int(variant[1]), variant.endswith("s")
+        for line in (d / "runs" / variant / "data" / "train.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            msgs = messages(by_id[r["dialogue"]]["turns"][:2 * rounds], SYSTEM if system else None)
+            hf.chat_template = fallback
+            got = ids(hf.apply_chat_template(msgs, tokenize=True))
+            assert got == r["input_ids"], (template, variant, r["id"])
+            # The generation prompt after the last user turn, as the official template gives it.
+            prompt = msgs[:-1]
+            got = ids(hf.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True))
+            hf.chat_template = official
+            want = ids(hf.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
+                                              **KWARGS))
+            assert got == want, (template, variant, r["id"])
+            checked += 1
+    assert checked > 0
+    figure(f"[{template}] GGUF fallback chat_template == data build on {checked} examples, "
+           "and == the official generation prompt")
