@@ -32,12 +32,31 @@ fn first_record(runs: &Path, variant: &str) -> (Vec<u32>, Vec<i64>) {
     (ids, labels)
 }
 
+/// A copy of the model at `fixture` in `to` whose context is `context` tokens: Llama-3's
+/// system header (always rendered) and the fallback variant's system text make held-out
+/// prompts longer than the fixtures' 256.
+fn with_context(fixture: &Path, to: &Path, context: u64) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(fixture).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let config = to.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["max_position_embeddings"] = context.into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    to.to_path_buf()
+}
+
 fn fallback_variants_run_everywhere(family: &str, template: ChatTemplate) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let sample = repo().join("data/dialogues/sample.jsonl");
     let variants = repo().join("configs/variants-fallback");
-    let model = family_fixture(family);
+    let model = with_context(&family_fixture(family), &d.join("model"), 1024);
     let tok = d.join("tokenizer.json");
     let name = template.name();
     let out = run(
@@ -206,7 +225,17 @@ fn fallback_variants_run_everywhere(family: &str, template: ChatTemplate) {
             assert!(system.starts_with("<|im_start|>system\n"), "{system}");
             assert!(system.contains("<think>\n\n</think>\n\n"), "{system}");
         }
-        _ => {
+        ChatTemplate::Llama3 => {
+            assert_eq!(ids[..2], [sp.bos.unwrap(), sp.start_of_turn]);
+            assert!(
+                system.starts_with(
+                    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n\
+                     Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\nあなたは"
+                ),
+                "{system}"
+            );
+        }
+        ChatTemplate::Gemma => {
             assert_eq!(ids[..2], [sp.bos.unwrap(), sp.start_of_turn]);
             assert!(
                 system.starts_with("<bos><start_of_turn>user\nあなたは"),
@@ -287,6 +316,11 @@ fn fallback_variants_on_gemma() {
 #[test]
 fn fallback_variants_on_qwen3() {
     fallback_variants_run_everywhere("qwen3", ChatTemplate::Qwen3);
+}
+
+#[test]
+fn fallback_variants_on_llama() {
+    fallback_variants_run_everywhere("llama", ChatTemplate::Llama3);
 }
 
 /// A tokenizer of another family than the model's is refused, both named.
