@@ -587,15 +587,22 @@ impl CausalLm {
         }
         let mut h = self.embed(ids)?;
         for (layer, lc) in self.layers.iter().zip(caches.iter_mut()) {
-            h = self.layer_forward(layer, &h, pass, Some(lc), &mut Mode::eval())?;
+            h = self.layer_forward(layer, &h, pass, Some(lc), &mut Mode::decode(self.kernels))?;
         }
         Ok(h)
     }
 
     /// The f32 logits (soft-capped) of last-layer hidden states `[N, hidden]`: `[N, vocab]`.
     fn head_logits(&self, h: &Tensor) -> Result<Tensor> {
-        let z =
-            ops::linear_frozen(&self.final_norm(h)?, self.output_weight())?.to_dtype(DType::F32)?;
+        let x = self.final_norm(h)?;
+        let few = match self.kernels {
+            Kernels::Fused => super::matvec::matvec(&x, &[self.output_weight()])?,
+            Kernels::Reference => None,
+        };
+        let z = match few {
+            Some(mut y) => y.remove(0),
+            None => ops::linear_frozen(&x, self.output_weight())?.to_dtype(DType::F32)?,
+        };
         Ok(ops::softcap(&z, self.cfg.final_logit_softcapping)?)
     }
 

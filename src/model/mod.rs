@@ -20,6 +20,7 @@ pub(crate) mod kernels;
 mod llama;
 pub mod lora;
 pub mod loss;
+mod matvec;
 pub(crate) mod ops;
 mod qwen3;
 pub(crate) mod weights;
