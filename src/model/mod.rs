@@ -8,6 +8,7 @@
 
 pub mod adapter;
 mod blocks;
+mod cache;
 mod causal_lm;
 pub(crate) mod config;
 pub mod device;
