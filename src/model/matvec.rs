@@ -31,10 +31,13 @@ pub fn matvec(x: &Tensor, ws: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
     if n == 0 || n > MAX_ROWS || !cpu_f32(x) || !ws.iter().all(|w| cpu_f32(w)) {
         return Ok(None);
     }
+    let mut heights = Vec::with_capacity(ws.len());
     for w in ws {
-        if w.dims2()?.1 != k {
+        let (out, w_in) = w.dims2()?;
+        if w_in != k {
             candle_core::bail!("matvec: weight {:?} for inputs of {k}", w.dims());
         }
+        heights.push(out);
     }
     let x = x.contiguous()?;
     let ws = ws
@@ -45,10 +48,7 @@ pub fn matvec(x: &Tensor, ws: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
         return Ok(None);
     };
     // Per weight, its output transposed (`[out, n]`): a task's output rows are contiguous.
-    let mut outs: Vec<Vec<f32>> = ws
-        .iter()
-        .map(|w| vec![0f32; w.dim(0).unwrap_or(0) * n])
-        .collect();
+    let mut outs: Vec<Vec<f32>> = heights.iter().map(|&out| vec![0f32; out * n]).collect();
     let guards: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
     let mut slices = Vec::with_capacity(ws.len());
     for (w, (storage, layout)) in ws.iter().zip(&guards) {
