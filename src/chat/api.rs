@@ -427,7 +427,7 @@ fn messages(o: &Fields) -> Result<(Option<String>, Vec<Utterance>), ApiError> {
                 ))
             }
         };
-        let want = if turns.len() % 2 == 0 {
+        let want = if turns.len().is_multiple_of(2) {
             Role::User
         } else {
             Role::Model

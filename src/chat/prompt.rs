@@ -133,7 +133,7 @@ pub struct Prompt {
 /// A history a reply can follow: alternating user and model turns, starting and ending with
 /// a user turn.
 fn check(history: &[Utterance]) -> Result<()> {
-    if history.len() % 2 == 0 {
+    if history.len().is_multiple_of(2) {
         return Err(ChatError::Invalid(
             "a reply follows a conversation that ends with a user turn".into(),
         ));

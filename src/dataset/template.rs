@@ -255,7 +255,7 @@ pub fn render_prompt(
             )));
         }
     }
-    if turns.len() % 2 == 0 {
+    if turns.len().is_multiple_of(2) {
         return Err(DatasetError::Invalid(
             "a prompt must end with a user turn".into(),
         ));

@@ -114,7 +114,7 @@ pub fn tensor_type(quant: Quant, role: Role, ncols: usize, n_layers: usize) -> G
     }
     let chosen = match role {
         // The output projection (tied embedding or not): Q6_K unless the file is Q8_0.
-        Role::Output if ncols % base.block_size() != 0 => GgmlDType::Q8_0,
+        Role::Output if !ncols.is_multiple_of(base.block_size()) => GgmlDType::Q8_0,
         Role::Output if base != GgmlDType::Q8_0 => GgmlDType::Q6K,
         Role::AttnV(i) | Role::FfnDown(i) if quant == Quant::Q4KM && use_more_bits(i, n_layers) => {
             GgmlDType::Q6K
@@ -127,7 +127,7 @@ pub fn tensor_type(quant: Quant, role: Role, ncols: usize, n_layers: usize) -> G
 /// Rows that do not split into whole blocks: the 256-wide k-quants fall back to a 32-wide
 /// type of similar size, and what still does not fit becomes F16.
 fn fallback(t: GgmlDType, ncols: usize) -> GgmlDType {
-    if ncols % t.block_size() == 0 {
+    if ncols.is_multiple_of(t.block_size()) {
         return t;
     }
     let smaller = match t {
@@ -135,7 +135,7 @@ fn fallback(t: GgmlDType, ncols: usize) -> GgmlDType {
         GgmlDType::Q6K => GgmlDType::Q8_0,
         other => other,
     };
-    if ncols % smaller.block_size() == 0 {
+    if ncols.is_multiple_of(smaller.block_size()) {
         smaller
     } else {
         GgmlDType::F16

@@ -3,6 +3,7 @@
 //! norms, and the gated MLP (GeGLU or SwiGLU). The LoRA projection they use is
 //! [`super::lora::LoraLinear`].
 
+use super::cache::{Keys, LayerCache};
 use super::config::{Activation, NormWeight, RopeSpec};
 use super::kernels::Kernels;
 use super::lora::{LoraLinear, Mode};
@@ -137,74 +138,6 @@ impl Rope {
         let sin = Tensor::from_vec(sin, shape.as_slice(), dev)?.to_dtype(dtype)?;
         let neg_sin = sin.neg()?;
         Ok([cos, sin, neg_sin])
-    }
-}
-
-/// The keys and values an attention layer has seen, for generation.
-#[derive(Clone)]
-pub(super) struct LayerCache {
-    k: Tensor,
-    v: Tensor,
-    /// Absolute position of the first cached key (sliding layers drop old keys).
-    start: usize,
-}
-
-impl LayerCache {
-    /// The cache of the rows `rows` (a batch's sequences that are still decoding), without
-    /// the keys before `first` (the slots no remaining row has a real token in).
-    pub fn select(&self, rows: &Tensor, first: usize) -> Result<Self> {
-        let drop = first.saturating_sub(self.start).min(self.k.dim(2)?);
-        let keep = self.k.dim(2)? - drop;
-        let pick = |x: &Tensor| -> Result<Tensor> {
-            Ok(x.narrow(2, drop, keep)?
-                .contiguous()?
-                .index_select(rows, 0)?)
-        };
-        Ok(Self {
-            k: pick(&self.k)?,
-            v: pick(&self.v)?,
-            start: self.start + drop,
-        })
-    }
-
-    /// One-row caches as the cache of a batch: row r's keys sit `shifts[r]` slots to the right
-    /// of its own positions (its left padding) and every row ends at the same slot; the slots
-    /// before a row's first key are zeros (the batch masks them).
-    pub fn stack(rows: &[&LayerCache], shifts: &[usize]) -> Result<Self> {
-        let span = |c: &LayerCache, s: usize| -> Result<(usize, usize)> {
-            Ok((c.start + s, c.start + s + c.k.dim(2)?))
-        };
-        let spans = rows
-            .iter()
-            .zip(shifts)
-            .map(|(c, &s)| span(c, s))
-            .collect::<Result<Vec<_>>>()?;
-        let first = spans.iter().map(|s| s.0).min().unwrap_or(0);
-        if spans.iter().any(|s| s.1 != spans[0].1) {
-            return Err(super::ModelError::Invalid(
-                "stacked caches must end at the same slot".into(),
-            ));
-        }
-        let pad = |x: &Tensor, n: usize| -> Result<Tensor> {
-            let (b, h, _, d) = x.dims4()?;
-            let zeros = Tensor::zeros((b, h, n, d), x.dtype(), x.device())?;
-            Ok(Tensor::cat(&[&zeros, x], 2)?)
-        };
-        let mut k = Vec::with_capacity(rows.len());
-        let mut v = Vec::with_capacity(rows.len());
-        for (c, s) in rows.iter().zip(&spans) {
-            k.push(pad(&c.k, s.0 - first)?);
-            v.push(pad(&c.v, s.0 - first)?);
-        }
-        Ok(Self {
-            k: Tensor::cat(&k, 0)?,
-            v: Tensor::cat(&v, 0)?,
-            start: first,
-        })
-    }
-
-    pub fn device(&self) -> Device {
-        self.k.device().clone()
     }
 }
 
@@ -358,26 +291,8 @@ impl Attention {
         let (q, k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
         let q = ops::rope(&q, cos, sin, neg_sin)?;
         let k = ops::rope(&k, cos, sin, neg_sin)?;
-        let (k, v, key_start) = match cache.take() {
-            Some(lc) => (
-                Tensor::cat(&[&lc.k, &k], 2)?,
-                Tensor::cat(&[&lc.v, &v], 2)?,
-                lc.start,
-            ),
-            None => (k, v, c.offset),
-        };
-        // A sliding layer never looks further back than the window: drop older keys.
-        let keep = match s.window {
-            Some(w) => w.min(k.dim(2)?),
-            None => k.dim(2)?,
-        };
-        let drop = k.dim(2)? - keep;
-        *cache = Some(LayerCache {
-            k: k.narrow(2, drop, keep)?,
-            v: v.narrow(2, drop, keep)?,
-            start: key_start + drop,
-        });
-        let bias = (c.bias)(key_start, k.dim(2)?)?;
+        let Keys { k, v, start } = LayerCache::append(cache, &k, &v, c.offset, s.window)?;
+        let bias = (c.bias)(start, k.dim(2)?)?;
         let o = ops::attend(&q, &k, &v, &bias, s.scale, s.cap, c.kern)?;
         let o = o.transpose(1, 2)?.reshape((b * t, nh * d))?;
         self.o.forward(&o, mode)

@@ -7,7 +7,8 @@
 //! sliding-window layers with their own RoPE, q/k norms, GeGLU or SwiGLU, GQA, a tied or
 //! untied head.
 
-use super::blocks::{Attention, AttnCall, AttnShape, Gather, LayerCache, Mlp, Norm, Rope};
+use super::blocks::{Attention, AttnCall, AttnShape, Gather, Mlp, Norm, Rope};
+use super::cache::LayerCache;
 use super::config::{ModelConfig, NormWeight};
 use super::kernels::Kernels;
 use super::lora::{LoraConfig, LoraLinear, Mode, Target};
@@ -587,15 +588,22 @@ impl CausalLm {
         }
         let mut h = self.embed(ids)?;
         for (layer, lc) in self.layers.iter().zip(caches.iter_mut()) {
-            h = self.layer_forward(layer, &h, pass, Some(lc), &mut Mode::eval())?;
+            h = self.layer_forward(layer, &h, pass, Some(lc), &mut Mode::decode(self.kernels))?;
         }
         Ok(h)
     }
 
     /// The f32 logits (soft-capped) of last-layer hidden states `[N, hidden]`: `[N, vocab]`.
     fn head_logits(&self, h: &Tensor) -> Result<Tensor> {
-        let z =
-            ops::linear_frozen(&self.final_norm(h)?, self.output_weight())?.to_dtype(DType::F32)?;
+        let x = self.final_norm(h)?;
+        let few = match self.kernels {
+            Kernels::Fused => super::matvec::matvec(&x, &[self.output_weight()])?,
+            Kernels::Reference => None,
+        };
+        let z = match few {
+            Some(mut y) => y.remove(0),
+            None => ops::linear_frozen(&x, self.output_weight())?.to_dtype(DType::F32)?,
+        };
         Ok(ops::softcap(&z, self.cfg.final_logit_softcapping)?)
     }
 
@@ -844,6 +852,46 @@ mod tests {
             e.contains("r = 100000") && e.contains("at most min(in, out) = 32"),
             "{e}"
         );
+    }
+
+    /// Decoding token by token (past several reallocations of the cache and far past a short
+    /// sliding window, after a prompt fed at once) gives the logits of the whole sequence
+    /// recomputed, for every family's options and both kernel sets.
+    #[test]
+    fn cached_decoding_matches_recomputing_the_sequence() {
+        let dev = Device::Cpu;
+        let ids: Vec<u32> = (0..150).map(|i| 3 + (i * 37 % 300) as u32).collect();
+        for preset in ["tiny", "tiny-gemma3", "tiny-qwen3", "tiny-llama"] {
+            let mut cfg = ModelConfig::preset(preset).unwrap();
+            if cfg.sliding_window.is_some() {
+                cfg.sliding_window = Some(5);
+            }
+            for kernels in [Kernels::Fused, Kernels::Reference] {
+                let mut m =
+                    CausalLm::random_with_embedding_std(&cfg, 1, 0.5, DType::F32, &dev).unwrap();
+                m.set_kernels(kernels).unwrap();
+                let full = m
+                    .logits(
+                        &Tensor::new(ids.as_slice(), &dev)
+                            .unwrap()
+                            .unsqueeze(0)
+                            .unwrap(),
+                        None,
+                    )
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap();
+                let mut cache = KvCache::new();
+                let mut pos = 0;
+                for len in std::iter::once(9).chain(std::iter::repeat_n(1, ids.len() - 9)) {
+                    let got = m.forward_cached(&ids[pos..pos + len], &mut cache).unwrap();
+                    pos += len;
+                    let want = full.get(pos - 1).unwrap();
+                    let d = crate::model::max_abs_diff(&got, &want);
+                    assert!(d < 1e-4, "{preset} {kernels:?}, position {pos}: {d}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -331,7 +331,7 @@ impl RawConfig {
             .head_dim
             .or(d.head_dim)
             .unwrap_or(hidden_size / heads.max(1));
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(format!(
                 "head_dim must be a positive even number, got {head_dim}"
             ));

@@ -136,7 +136,7 @@ const GELU_K0: f32 = 0.797_884_6; // sqrt(2 / pi)
 const GELU_K1: f32 = 0.044_715;
 
 /// The contiguous f32 data of a CPU tensor, if it is one.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     if !t.device().is_cpu() || t.dtype() != DType::F32 || !t.is_contiguous() {
         return None;
     }

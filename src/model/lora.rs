@@ -177,6 +177,9 @@ impl DropoutRng {
 pub struct Mode {
     pub grad: bool,
     pub dropout: Option<DropoutRng>,
+    /// Projections of a few rows (a decoding step) may take [`super::matvec`] (CPU, f32; inference
+    /// with the fused kernels).
+    pub matvec: bool,
 }
 
 impl Mode {
@@ -185,6 +188,16 @@ impl Mode {
         Self {
             grad: false,
             dropout: None,
+            matvec: false,
+        }
+    }
+
+    /// A decoding step with the kernels `kern`: [`Mode::eval`], and the projections take the
+    /// matrix-vector kernel where the fused kernels run.
+    pub fn decode(kern: super::Kernels) -> Self {
+        Self {
+            matvec: kern == super::Kernels::Fused,
+            ..Self::eval()
         }
     }
 
@@ -193,6 +206,7 @@ impl Mode {
         Self {
             grad: true,
             dropout: Some(DropoutRng::new(dropout_key)),
+            matvec: false,
         }
     }
 
@@ -201,6 +215,7 @@ impl Mode {
         Self {
             grad: true,
             dropout: None,
+            matvec: false,
         }
     }
 }
@@ -276,15 +291,27 @@ impl LoraLinear {
     /// the layer's own accumulators ([`LoraLinear::take_grads`]). candle's autograd would
     /// instead make a dozen nodes of it, each zero-filling and adding a full-size gradient.
     pub fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let Some(l) = &self.lora else {
-            return Ok(ops::linear_frozen(x, &self.weight)?);
-        };
         let (out_dim, in_dim) = (self.out_dim(), self.in_dim());
         let dims = x.dims().to_vec();
         let n = x.elem_count() / in_dim;
+        let mut out_dims = dims.clone();
+        *out_dims.last_mut().expect("x has a last dim") = out_dim;
+        let few = match mode.matvec && !mode.grad {
+            true => super::matvec::matvec(&x.reshape((n, in_dim))?, &[&self.weight])?,
+            false => None,
+        };
+        let Some(l) = &self.lora else {
+            return match few {
+                Some(mut y) => Ok(y.remove(0).reshape(out_dims)?),
+                None => Ok(ops::linear_frozen(x, &self.weight)?),
+            };
+        };
         let dtype = x.dtype();
         let x2 = x.detach().reshape((n, in_dim))?;
-        let base = x2.matmul(&self.weight.t()?)?;
+        let base = match few {
+            Some(mut y) => y.remove(0),
+            None => x2.matmul(&self.weight.t()?)?,
+        };
         let mask = match (mode.dropout.as_mut(), l.dropout > 0.0 && mode.grad) {
             (Some(rng), true) => Some(rng.mask(&[n, in_dim], l.dropout, x.device())?),
             _ => None,
@@ -298,8 +325,6 @@ impl LoraLinear {
         } else {
             (base.to_dtype(DType::F32)? + delta)?.to_dtype(dtype)?
         };
-        let mut out_dims = dims.clone();
-        *out_dims.last_mut().expect("x has a last dim") = out_dim;
         let y = y.reshape(out_dims)?;
         if !mode.grad {
             return Ok(y);

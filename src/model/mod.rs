@@ -8,6 +8,7 @@
 
 pub mod adapter;
 mod blocks;
+mod cache;
 mod causal_lm;
 pub(crate) mod config;
 pub mod device;
@@ -20,6 +21,7 @@ pub(crate) mod kernels;
 mod llama;
 pub mod lora;
 pub mod loss;
+mod matvec;
 pub(crate) mod ops;
 mod qwen3;
 pub(crate) mod weights;

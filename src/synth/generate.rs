@@ -83,7 +83,7 @@ pub struct GenerateSummary {
 /// temperatures (at most two decimals, 0–2) always give distinct tags.
 pub fn temperature_tag(t: f64) -> String {
     let h = (t * 100.0).round() as u32;
-    if h % 10 == 0 {
+    if h.is_multiple_of(10) {
         format!("{}{}", h / 100, (h / 10) % 10)
     } else {
         format!("{}{:02}", h / 100, h % 100)

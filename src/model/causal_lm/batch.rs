@@ -11,7 +11,7 @@
 //! hundred tokens already fills the matrix units.
 
 use super::{CausalLm, KvCache, Pass};
-use crate::model::blocks::LayerCache;
+use crate::model::cache::LayerCache;
 use crate::model::{ModelError, Result};
 use candle_core::Tensor;
 
