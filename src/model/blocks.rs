@@ -347,19 +347,27 @@ impl Gather {
         s: &AttnShape,
         kern: Kernels,
     ) -> Result<Tensor> {
-        let mut outs = Vec::with_capacity(self.groups.len() + 1);
-        for (g, a) in self.groups.iter().zip(groups) {
-            let take = |x: &Tensor| x.index_select(&g.take, 0);
-            let heads = (g.e, g.l, a.rope, &a.bias);
-            outs.push(attend_rows(
-                (&take(q)?, &take(k)?, &take(v)?),
-                heads,
-                s,
-                kern,
-            )?);
-        }
-        outs.push(Tensor::zeros((1, q.dim(1)?), q.dtype(), q.device())?);
-        Ok(Tensor::cat(&outs, 0)?.index_select(&self.back, 0)?)
+        let tables: Vec<ops::RopeTables> = groups
+            .iter()
+            .map(|a| {
+                let [cos, sin, neg_sin] = a.rope;
+                ops::RopeTables { cos, sin, neg_sin }
+            })
+            .collect();
+        let gathered = ops::Gathered {
+            groups: self
+                .groups
+                .iter()
+                .zip(groups)
+                .zip(&tables)
+                .map(|((g, a), rope_tables)| {
+                    let heads = (g.e, g.l, rope_tables, &a.bias);
+                    (&g.take, call(heads, s, kern))
+                })
+                .collect(),
+            back: &self.back,
+        };
+        Ok(ops::attention_gathered(q, k, v, &gathered)?)
     }
 }
 
@@ -393,16 +401,13 @@ fn length_groups(lengths: &[usize], group_cost: usize) -> Vec<Vec<usize>> {
     groups
 }
 
-/// Attention of `b` rows of `t` positions each: `q` `[b·t, nh·D]`, `k`, `v` `[b·t, nkv·D]`,
-/// with the rows' RoPE tables and bias.
-fn attend_rows(
-    (q, k, v): (&Tensor, &Tensor, &Tensor),
-    (b, t, rope, bias): (usize, usize, &[Tensor; 3], &Tensor),
+/// The attention call of `b` rows of `t` positions each, with the rows' RoPE tables and bias.
+fn call<'a>(
+    (b, t, rope_tables, bias): (usize, usize, &'a ops::RopeTables<'a>, &'a Tensor),
     s: &AttnShape,
     kern: Kernels,
-) -> Result<Tensor> {
-    let [cos, sin, neg_sin] = rope;
-    let a = ops::Attention {
+) -> ops::Attention<'a> {
+    ops::Attention {
         shape: ops::Heads {
             b,
             t,
@@ -410,13 +415,12 @@ fn attend_rows(
             nkv: s.nkv,
             d: s.d,
         },
-        rope_tables: &ops::RopeTables { cos, sin, neg_sin },
+        rope_tables,
         bias,
         scale: s.scale,
         cap: s.cap,
         kern,
-    };
-    Ok(ops::attention(q, k, v, &a)?)
+    }
 }
 
 pub(super) struct Attention {
@@ -450,7 +454,9 @@ impl Attention {
                 Some((g, groups)) => g.attention((&q, &k, &v), groups, s, c.kern)?,
                 None => {
                     let bias = (c.bias)(c.offset, t)?;
-                    attend_rows((&q, &k, &v), (b, t, c.rope, &bias), s, c.kern)?
+                    let [cos, sin, neg_sin] = c.rope;
+                    let tables = ops::RopeTables { cos, sin, neg_sin };
+                    ops::attention(&q, &k, &v, &call((b, t, &tables, &bias), s, c.kern))?
                 }
             };
             return self.o.forward(&o, mode);
