@@ -667,7 +667,7 @@ fn bench_train_on_data_reports_each_batching_layout() {
     let l = &v["layouts"];
     let share = |k: &str| l[k]["padding_share"].as_f64().unwrap();
     assert!(share("padded") > 0.2 && share("grouped") < 0.1, "{v}");
-    // Packed rows of up to 4 × 47 tokens (the budget; --max-seq-len 1024 is longer): nearly
+    // Packed rows of up to 4 × 47 tokens (the budget, the default of --max-seq-len): nearly
     // no padding, far fewer steps.
     assert!(share("packed") < 0.05, "{v}");
     assert_eq!(l["packed"]["row_tokens"], 4 * 47, "{v}");

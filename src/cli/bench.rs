@@ -55,9 +55,10 @@ pub struct TrainBenchArgs {
     #[arg(long, requires = "data")]
     pub micro_batch_tokens: Option<usize>,
     /// With --data: the longest row of the packed layout (as max_seq_len in training; rows
-    /// are also bounded by the token budget).
-    #[arg(long, default_value_t = 1024, requires = "data")]
-    pub max_seq_len: usize,
+    /// are also bounded by the token budget). Default: the token budget, so that packed
+    /// micro-batches fill the same budget as the others, one row each.
+    #[arg(long, requires = "data")]
+    pub max_seq_len: Option<usize>,
     /// With --data: micro-batches an optimizer step (for steps per epoch).
     #[arg(long, default_value_t = 4, requires = "data")]
     pub grad_accum: usize,

@@ -29,8 +29,9 @@ pub struct DataBenchOptions {
     /// The budget of the token-budget layouts (default: `micro_batch` × the longest example,
     /// the worst case of the padded layout, so that every layout has the same memory bound).
     pub micro_batch_tokens: Option<usize>,
-    /// The longest row of the `packed` layout (rows are also bounded by the token budget).
-    pub max_seq_len: usize,
+    /// The longest row of the `packed` layout (rows are also bounded by the token budget;
+    /// default: the budget, one row a micro-batch, as the shipped config packs).
+    pub max_seq_len: Option<usize>,
     /// Micro-batches an optimizer step (for steps per epoch only; each timed micro-batch is
     /// its own step).
     pub grad_accum: usize,
@@ -250,7 +251,7 @@ pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
             o.grad_accum,
             with_budget.then_some(budget),
             batching,
-            pack.then_some(o.max_seq_len),
+            pack.then_some(o.max_seq_len.unwrap_or(budget)),
             o.seed,
         )?;
         let batches = plan.epoch_micro_batches(0);
