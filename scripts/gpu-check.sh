@@ -9,8 +9,9 @@
 #      achieved fraction of the GPU's dense bf16 peak;
 #   3. `bench train --data` on a corpus with the seed's model1 length profile (made here from
 #      data/dialogues/sample.jsonl with socratune's own data commands): padded vs grouped vs
-#      token-budget batches vs packed rows, at the same micro-batch token budget (the summary's
-#      packed_vs_padded is the ratio of real tokens/s);
+#      token-budget batches vs packed rows (the summary's packed_vs_budget_padded is the ratio
+#      of real tokens/s at the same micro-batch token budget, packed_vs_padded against random
+#      micro-batches of 4);
 #   4. `socratune bench generate`.
 #
 # Usage, from a checkout (its tests/fixtures, data/ and benches/ are used):
@@ -192,12 +193,14 @@ if not ok or js is None:
 summary["batching"] = None if js is None else {
     "examples": js["examples"], "mean_tokens": js["mean_tokens"], "max_tokens": js["max_tokens"],
     "layouts": {k: None if l is None else {f: l[f] for f in (
-        "padding_share", "steps_per_epoch", "real_tokens_per_s", "epoch_s", "speedup_vs_padded")}
+        "padding_share", "steps_per_epoch", "real_tokens_per_s", "epoch_s", "speedup_vs_padded",
+        "speedup_vs_budget_padded")}
         for k, l in js["layouts"].items()}}
 if js is not None:
     lay = js["layouts"]
-    summary["batching"]["packed_vs_padded"] = round(
-        lay["packed"]["real_tokens_per_s"] / lay["padded"]["real_tokens_per_s"], 3)
+    ratio = lambda base: round(lay["packed"]["real_tokens_per_s"] / lay[base]["real_tokens_per_s"], 3)
+    summary["batching"]["packed_vs_padded"] = ratio("padded")
+    summary["batching"]["packed_vs_budget_padded"] = ratio("budget_padded")
 ok, js, _, why = step("generate")
 if not ok or js is None:
     failed.append("generate")

@@ -667,7 +667,7 @@ fn bench_train_on_data_reports_each_batching_layout() {
     let l = &v["layouts"];
     let share = |k: &str| l[k]["padding_share"].as_f64().unwrap();
     assert!(share("padded") > 0.2 && share("grouped") < 0.1, "{v}");
-    // Packed rows of up to 4 × 47 tokens (the budget; --max-seq-len 1024 is longer): nearly
+    // Packed rows of up to 4 × 47 tokens (the budget, the default of --max-seq-len): nearly
     // no padding, far fewer steps.
     assert!(share("packed") < 0.05, "{v}");
     assert_eq!(l["packed"]["row_tokens"], 4 * 47, "{v}");
@@ -688,6 +688,15 @@ fn bench_train_on_data_reports_each_batching_layout() {
     ] {
         assert!(l[k]["real_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
     }
+    // Only the layouts asked for, each against budget_padded when it is measured.
+    let v = bench(&["--layouts", "packed,budget_padded"]);
+    let names: Vec<&String> = v["layouts"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["budget_padded", "packed"], "{v}");
+    assert_eq!(
+        v["layouts"]["budget_padded"]["speedup_vs_budget_padded"],
+        1.0
+    );
+    assert!(v["layouts"]["packed"]["speedup_vs_padded"].is_null(), "{v}");
     let v = bench(&["--length-profile", "8,20,60"]);
     assert_eq!(
         (v["min_tokens"].as_u64(), v["max_tokens"].as_u64()),
@@ -705,6 +714,15 @@ fn bench_train_on_data_reports_each_batching_layout() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("longest example (47 tokens)"),
+        "{err}"
+    );
+    let mut c = common::bin();
+    c.args(["bench", "train", "--preset", "tiny", "--device", "cpu"])
+        .args(["--data", train.to_str().unwrap(), "--layouts", "packed,pad"]);
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no layout `pad`"),
         "{err}"
     );
 }

@@ -55,12 +55,17 @@ pub struct TrainBenchArgs {
     #[arg(long, requires = "data")]
     pub micro_batch_tokens: Option<usize>,
     /// With --data: the longest row of the packed layout (as max_seq_len in training; rows
-    /// are also bounded by the token budget).
-    #[arg(long, default_value_t = 1024, requires = "data")]
-    pub max_seq_len: usize,
+    /// are also bounded by the token budget). Default: the token budget, so that packed
+    /// micro-batches fill the same budget as the others, one row each.
+    #[arg(long, requires = "data")]
+    pub max_seq_len: Option<usize>,
     /// With --data: micro-batches an optimizer step (for steps per epoch).
     #[arg(long, default_value_t = 4, requires = "data")]
     pub grad_accum: usize,
+    /// With --data: only these layouts, comma-separated (padded, grouped, budget_padded,
+    /// budget_grouped, packed; default: all).
+    #[arg(long, value_delimiter = ',', requires = "data")]
+    pub layouts: Vec<String>,
     /// With --data: first rebuild the examples with a triangular length profile MIN,MODE,MAX
     /// by concatenating them (60,203,535: the seed's model1, mean 266, longest 535).
     #[arg(long, requires = "data")]
@@ -139,6 +144,7 @@ impl TrainBenchArgs {
             grad_accum: self.grad_accum,
             steps: self.steps,
             warmup: self.warmup,
+            layouts: self.layouts,
             length_profile: self.length_profile,
             seed: self.seed,
         })?;
@@ -185,17 +191,23 @@ fn print_layouts(r: &serde_json::Value) {
         r["mean_tokens"],
         r["max_tokens"]
     );
-    eprintln!("layout           padding  steps/epoch  real tokens/s  epoch s  vs padded");
+    eprintln!(
+        "layout           padding  steps/epoch  real tokens/s  epoch s  vs padded  vs budget_padded"
+    );
     for (name, ..) in socratune::train::bench_data::LAYOUTS {
         let l = &r["layouts"][name];
+        if l.is_null() {
+            continue;
+        }
         let f = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
         eprintln!(
-            "{name:<15}  {:>6.1}%  {:>11}  {:>13.0}  {:>7.1}  {:>8.2}x",
+            "{name:<15}  {:>6.1}%  {:>11}  {:>13.0}  {:>7.1}  {:>8.2}x  {:>15.2}x",
             f("padding_share") * 100.0,
             f("steps_per_epoch"),
             f("real_tokens_per_s"),
             f("epoch_s"),
-            f("speedup_vs_padded")
+            f("speedup_vs_padded"),
+            f("speedup_vs_budget_padded")
         );
     }
 }

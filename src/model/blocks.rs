@@ -166,73 +166,193 @@ pub(super) struct AttnCall<'a> {
     /// The additive bias for keys from `key_start`, `s` of them (causal, window, padding).
     pub bias: &'a dyn Fn(usize, usize) -> Result<Tensor>,
     pub kern: Kernels,
-    /// Packed rows: where each example's tokens are; attention then runs on `b` rows of `t`,
-    /// one example each (None: the rows attend as they are).
-    pub gather: Option<&'a Gather>,
+    /// Packed rows: where each example's tokens are, and the RoPE tables and bias of each of
+    /// the gather's groups; attention then runs per group (None: the rows attend as they are).
+    pub gather: Option<(&'a Gather, &'a [GroupAttn<'a>])>,
 }
+
+/// The RoPE tables and the bias `[e, 1, groups·l, l]` of one group of a [`Gather`].
+pub(super) struct GroupAttn<'a> {
+    pub rope: &'a [Tensor; 3],
+    pub bias: Tensor,
+}
+
+/// The fixed cost of one more attention group, in the unit of a group's cost (examples ×
+/// positions², the scores computed per head): about what 20-odd candle ops a layer (forward
+/// and backward, each a parallel dispatch and an allocation) cost against the score work of
+/// an example of 128 tokens, on the CPU. Shorter examples are cheaper padded together than
+/// attended one by one.
+const GROUP_COST: usize = 128 * 128;
 
 /// How the examples of packed rows are taken out into rows of their own for attention, and
 /// put back. Attention is the only place where tokens of a row meet, so computing it per
 /// example is the block-diagonal mask without the masked blocks: each example sees only
-/// itself, from position 0 (RoPE and sliding windows as if it were alone), and the work is
-/// Σ len² instead of rows × row².
+/// itself, from position 0 (RoPE and sliding windows as if it were alone).
+///
+/// Examples of similar length are laid out together: the examples sorted by length are cut
+/// into groups (see [`length_groups`]), each group `[e, l]` (its `e` examples padded to its
+/// longest, `l`), so the work is close to Σ len² rather than examples × longest².
 pub(super) struct Gather {
-    /// For each (example, position) of the `[E, L]` layout, the packed token (`[E·L]` u32;
-    /// past an example's end its last token, a key the mask hides and a query nobody reads).
-    take: Tensor,
-    /// For each packed token `[B·T]`, its place in the `[E·L]` layout, or `E·L` (a row of
-    /// zeros) for the padding after a row's last example.
+    groups: Vec<Group>,
+    /// For each packed token `[B·T]`, its place in the groups' layouts laid end to end, or
+    /// their total (a row of zeros) for the padding after a row's last example.
     back: Tensor,
+}
+
+/// `e` examples of `l` positions.
+pub(super) struct Group {
+    pub e: usize,
+    pub l: usize,
+    /// Per example of the group, whether each of its `l` positions is a real token.
+    pub masks: Vec<Vec<bool>>,
+    /// For each (example, position), the packed token (`[e·l]` u32; past an example's end
+    /// its last token, a key the mask hides and a query nobody reads).
+    take: Tensor,
 }
 
 impl Gather {
     /// From the examples' (row, first token, tokens) in packed rows of `t` tokens, `rows` of
-    /// them: the gather and the per-example key masks of the `[E, L]` layout.
+    /// them.
     pub fn new(
         examples: &[(usize, usize, usize)],
         rows: usize,
         t: usize,
         dev: &Device,
-    ) -> Result<(Self, Vec<Vec<bool>>)> {
+    ) -> Result<Self> {
         if examples.is_empty() {
             return Err(super::ModelError::Invalid(
                 "packed rows without an example".into(),
             ));
         }
-        let l = examples.iter().map(|e| e.2).max().unwrap_or(0);
-        let n = examples.len() * l;
-        let mut take = Vec::with_capacity(n);
-        let mut back = vec![n as u32; rows * t];
-        let mut masks = Vec::with_capacity(examples.len());
         for (e, &(row, start, len)) in examples.iter().enumerate() {
             if len == 0 || row >= rows || start + len > t {
                 return Err(super::ModelError::Invalid(format!(
                     "packed example {e}: {len} tokens from {start} in row {row} of {rows} × {t}"
                 )));
             }
-            for i in 0..l {
-                let at = row * t + start + i.min(len - 1);
-                take.push(at as u32);
-                if i < len {
-                    back[at] = (e * l + i) as u32;
-                }
-            }
-            masks.push((0..l).map(|i| i < len).collect());
         }
-        let take = Tensor::from_vec(take, n, dev)?;
+        let lengths: Vec<usize> = examples.iter().map(|e| e.2).collect();
+        let mut groups = Vec::new();
+        let mut back = vec![u32::MAX; rows * t];
+        let mut placed = 0;
+        for members in length_groups(&lengths, GROUP_COST) {
+            let l = members.iter().map(|&e| lengths[e]).max().unwrap_or(0);
+            let mut take = Vec::with_capacity(members.len() * l);
+            let mut masks = Vec::with_capacity(members.len());
+            for &e in &members {
+                let (row, start, len) = examples[e];
+                for i in 0..l {
+                    let at = row * t + start + i.min(len - 1);
+                    if i < len {
+                        back[at] = (placed + take.len()) as u32;
+                    }
+                    take.push(at as u32);
+                }
+                masks.push((0..l).map(|i| i < len).collect());
+            }
+            placed += take.len();
+            groups.push(Group {
+                e: members.len(),
+                l,
+                masks,
+                take: Tensor::from_vec(take, members.len() * l, dev)?,
+            });
+        }
+        for b in &mut back {
+            if *b == u32::MAX {
+                *b = placed as u32;
+            }
+        }
         let back = Tensor::from_vec(back, rows * t, dev)?;
-        Ok((Self { take, back }, masks))
+        Ok(Self { groups, back })
     }
 
-    /// `[B·T, ·]` → `[E·L, ·]`.
-    fn take(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.index_select(&self.take, 0)?)
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
     }
 
-    /// `[E·L, ·]` → `[B·T, ·]`, zeros at the padding.
-    fn put_back(&self, y: &Tensor) -> Result<Tensor> {
-        let zero = Tensor::zeros((1, y.dim(1)?), y.dtype(), y.device())?;
-        Ok(Tensor::cat(&[y, &zero], 0)?.index_select(&self.back, 0)?)
+    /// Attention of `q` `[B·T, nh·D]`, `k`, `v` `[B·T, nkv·D]` in packed rows, group by
+    /// group: `[B·T, nh·D]`, zeros at the padding.
+    fn attention(
+        &self,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        groups: &[GroupAttn],
+        s: &AttnShape,
+        kern: Kernels,
+    ) -> Result<Tensor> {
+        let tables: Vec<ops::RopeTables> = groups
+            .iter()
+            .map(|a| {
+                let [cos, sin, neg_sin] = a.rope;
+                ops::RopeTables { cos, sin, neg_sin }
+            })
+            .collect();
+        let gathered = ops::Gathered {
+            groups: self
+                .groups
+                .iter()
+                .zip(groups)
+                .zip(&tables)
+                .map(|((g, a), rope_tables)| {
+                    let heads = (g.e, g.l, rope_tables, &a.bias);
+                    (&g.take, call(heads, s, kern))
+                })
+                .collect(),
+            back: &self.back,
+        };
+        Ok(ops::attention_gathered(q, k, v, &gathered)?)
+    }
+}
+
+/// The examples (by index into `lengths`) cut into groups that minimise the attention work
+/// Σ (examples × longest²) + `group_cost` a group: the examples sorted by length (longest
+/// first, ties by index) and cut into runs, the best cut found by dynamic programming over
+/// the sorted order (a best partition is always made of such runs).
+fn length_groups(lengths: &[usize], group_cost: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let n = order.len();
+    // best[j]: the least cost of the first j sorted examples, and where its last run starts.
+    let mut best = vec![(0usize, 0usize); n + 1];
+    for j in 1..=n {
+        best[j] = (0..j)
+            .map(|i| {
+                let l = lengths[order[i]];
+                (best[i].0 + (j - i) * l * l + group_cost, i)
+            })
+            .min()
+            .expect("j ≥ 1");
+    }
+    let mut groups = Vec::new();
+    let mut j = n;
+    while j > 0 {
+        let i = best[j].1;
+        groups.push(order[i..j].to_vec());
+        j = i;
+    }
+    groups.reverse();
+    groups
+}
+
+/// The attention call of `b` rows of `t` positions each, with the rows' RoPE tables and bias.
+fn call<'a>(
+    (b, t, rope_tables, bias): (usize, usize, &'a ops::RopeTables<'a>, &'a Tensor),
+    s: &AttnShape,
+    kern: Kernels,
+) -> ops::Attention<'a> {
+    ops::Attention {
+        shape: ops::Heads {
+            b,
+            t,
+            nh: s.nh,
+            nkv: s.nkv,
+            d: s.d,
+        },
+        rope_tables,
+        bias,
+        scale: s.scale,
+        cap: s.cap,
+        kern,
     }
 }
 
@@ -261,30 +381,20 @@ impl Attention {
         let q = head_norm(self.q.forward(x, mode)?, nh, d, self.q_norm.as_ref(), s, c)?;
         let k = head_norm(self.k.forward(x, mode)?, nkv, d, self.k_norm.as_ref(), s, c)?;
         let v = self.v.forward(x, mode)?;
-        let [cos, sin, neg_sin] = c.rope;
-        let tables = ops::RopeTables { cos, sin, neg_sin };
         let Some(cache) = cache else {
             // The whole sequence at once (training, evaluation): one fused op where allowed.
-            let (q, k, v) = match c.gather {
-                Some(g) => (g.take(&q)?, g.take(&k)?, g.take(&v)?),
-                None => (q, k, v),
-            };
-            let bias = (c.bias)(c.offset, t)?;
-            let a = ops::Attention {
-                shape: ops::Heads { b, t, nh, nkv, d },
-                rope_tables: &tables,
-                bias: &bias,
-                scale: s.scale,
-                cap: s.cap,
-                kern: c.kern,
-            };
-            let o = ops::attention(&q, &k, &v, &a)?;
             let o = match c.gather {
-                Some(g) => g.put_back(&o)?,
-                None => o,
+                Some((g, groups)) => g.attention((&q, &k, &v), groups, s, c.kern)?,
+                None => {
+                    let bias = (c.bias)(c.offset, t)?;
+                    let [cos, sin, neg_sin] = c.rope;
+                    let tables = ops::RopeTables { cos, sin, neg_sin };
+                    ops::attention(&q, &k, &v, &call((b, t, &tables, &bias), s, c.kern))?
+                }
             };
             return self.o.forward(&o, mode);
         };
+        let [cos, sin, neg_sin] = c.rope;
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
@@ -402,6 +512,54 @@ mod tests {
             }
         }
         assert!(kinds.iter().all(|&k| k > 0), "{kinds:?}");
+    }
+
+    /// The groups are runs of the length-sorted examples, and the best ones: checked against
+    /// every partition of the sorted order into runs.
+    #[test]
+    fn length_groups_are_the_cheapest_runs() {
+        let cost = |lengths: &[usize], groups: &[Vec<usize>], k: usize| -> usize {
+            let longest = |g: &Vec<usize>| g.iter().map(|&e| lengths[e]).max().unwrap();
+            groups.iter().map(|g| g.len() * longest(g).pow(2) + k).sum()
+        };
+        let cases: [&[usize]; 4] = [
+            &[23, 9, 17, 5, 30, 12, 8, 14, 200, 131, 140],
+            &[535, 400, 300, 250, 220, 200, 150, 100, 60],
+            &[60, 60, 61, 59],
+            &[7],
+        ];
+        for lengths in cases {
+            let groups = length_groups(lengths, GROUP_COST);
+            let mut all: Vec<usize> = groups.concat();
+            let mut sorted = all.clone();
+            sorted.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+            assert_eq!(all, sorted, "{lengths:?}: runs of the sorted order");
+            all.sort();
+            assert_eq!(all, (0..lengths.len()).collect::<Vec<_>>());
+            // Every cut of the sorted order into runs (a bit per boundary).
+            let n = sorted.len();
+            let best = (0..1usize << (n - 1))
+                .map(|cuts| {
+                    let mut runs = vec![vec![sorted[0]]];
+                    for (i, &e) in sorted.iter().enumerate().skip(1) {
+                        if cuts >> (i - 1) & 1 == 1 {
+                            runs.push(Vec::new());
+                        }
+                        runs.last_mut().unwrap().push(e);
+                    }
+                    cost(lengths, &runs, GROUP_COST)
+                })
+                .min()
+                .unwrap();
+            assert_eq!(cost(lengths, &groups, GROUP_COST), best, "{lengths:?}");
+        }
+        // tests/packing.rs relies on its lengths making several groups, one of several.
+        let g = length_groups(cases[0], GROUP_COST);
+        assert_eq!(g.len(), 3, "{g:?}");
+        assert!(g.iter().any(|g| g.len() > 1));
+        // Long examples alone, short ones together.
+        assert_eq!(length_groups(&[500, 20, 480, 30], GROUP_COST).len(), 3);
+        assert_eq!(length_groups(&[60, 61, 59], GROUP_COST).len(), 1);
     }
 
     #[test]

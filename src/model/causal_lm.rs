@@ -7,7 +7,7 @@
 //! sliding-window layers with their own RoPE, q/k norms, GeGLU or SwiGLU, GQA, a tied or
 //! untied head.
 
-use super::blocks::{Attention, AttnCall, AttnShape, Gather, Mlp, Norm, Rope};
+use super::blocks::{Attention, AttnCall, AttnShape, Gather, GroupAttn, Mlp, Norm, Rope};
 use super::cache::LayerCache;
 use super::config::{ModelConfig, NormWeight};
 use super::kernels::Kernels;
@@ -94,9 +94,9 @@ struct Pass<'a> {
     key_mask: Option<&'a [Vec<bool>]>,
     /// Per row, the RoPE position of each query (None: `offset..offset + t` in every row).
     positions: Option<&'a [Vec<u32>]>,
-    /// Packed rows: attention runs on one example a row (`b`, `t`, `key_mask` are then those
-    /// of that layout).
-    gather: Option<Gather>,
+    /// Packed rows: attention runs on the gather's groups of examples, one example a row,
+    /// each group with its own pass (its rows, positions and key masks).
+    gather: Option<(&'a Gather, Vec<Pass<'a>>)>,
     /// Attention biases already built in this pass, by (first key, keys, sliding): every layer
     /// of a kind shares one.
     biases: std::cell::RefCell<Vec<(BiasKey, Tensor)>>,
@@ -509,19 +509,19 @@ impl CausalLm {
                 self.cfg.max_position_embeddings
             )));
         }
-        let (gather, masks) = match packed {
-            Some(examples) => {
-                let (g, masks) = Gather::new(examples, b, t, &self.device)?;
-                (Some(g), Some(masks))
+        let gather = packed
+            .map(|examples| Gather::new(examples, b, t, &self.device))
+            .transpose()?;
+        let pass = match &gather {
+            Some(g) => {
+                let groups = g.groups().iter();
+                let groups = groups.map(|g| Pass::new(g.e, g.l, 0, Some(&g.masks)));
+                Pass {
+                    gather: Some((g, groups.collect())),
+                    ..Pass::new(b, t, 0, None)
+                }
             }
-            None => (None, None),
-        };
-        let pass = match (&masks, gather) {
-            (Some(m), Some(g)) => Pass {
-                gather: Some(g),
-                ..Pass::new(m.len(), m[0].len(), 0, Some(m))
-            },
-            _ => Pass::new(b, t, 0, attention_mask),
+            None => Pass::new(b, t, 0, attention_mask),
         };
         let mut h = self.embed(ids)?;
         for layer in &self.layers {
@@ -621,26 +621,27 @@ impl CausalLm {
         let (eps, kern) = (cfg.rms_norm_eps, self.kernels);
         let sliding = layer.sliding && cfg.sliding_window.is_some();
         let rope_index = usize::from(layer.sliding);
-        let rope = match pass.ropes[rope_index].get() {
-            Some(r) => r,
-            None => {
-                let rope = &self.ropes[rope_index];
-                let r = match pass.positions {
-                    Some(p) => rope.tables_for(p, self.dtype, &self.device)?,
-                    None => rope.tables(pass.offset, pass.t, self.dtype, &self.device)?,
-                };
-                pass.ropes[rope_index].get_or_init(|| r)
-            }
+        let groups = match &pass.gather {
+            Some((_, passes)) => passes
+                .iter()
+                .map(|p| {
+                    Ok(GroupAttn {
+                        rope: self.pass_rope(p, rope_index)?,
+                        bias: self.shared_bias(p, 0, p.t, sliding)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
         };
         let bias = |key_start: usize, s: usize| self.shared_bias(pass, key_start, s, sliding);
         let call = AttnCall {
             b: pass.b,
             t: pass.t,
             offset: pass.offset,
-            rope,
+            rope: self.pass_rope(pass, rope_index)?,
             bias: &bias,
             kern,
-            gather: pass.gather.as_ref(),
+            gather: pass.gather.as_ref().map(|(g, _)| (*g, groups.as_slice())),
         };
         let shape = AttnShape {
             nh: cfg.num_attention_heads,
@@ -661,6 +662,20 @@ impl CausalLm {
         let x = layer.pre_ff_norm.forward(&h, eps, kern)?;
         let x = layer.mlp.forward(&x, kern, mode)?;
         residual(&h, &x, &layer.post_ff_norm)
+    }
+
+    /// The RoPE tables of a pass's positions (`rope_index` 0: global layers, 1: sliding),
+    /// made once per pass.
+    fn pass_rope<'p>(&self, pass: &'p Pass, rope_index: usize) -> Result<&'p [Tensor; 3]> {
+        if let Some(r) = pass.ropes[rope_index].get() {
+            return Ok(r);
+        }
+        let rope = &self.ropes[rope_index];
+        let r = match pass.positions {
+            Some(p) => rope.tables_for(p, self.dtype, &self.device)?,
+            None => rope.tables(pass.offset, pass.t, self.dtype, &self.device)?,
+        };
+        Ok(pass.ropes[rope_index].get_or_init(|| r))
     }
 
     /// [`CausalLm::attention_bias`], built once per pass for all layers of a kind.

@@ -384,45 +384,161 @@ pub struct Attention<'a> {
 /// candle nodes otherwise, each zero-filling and adding its inputs' gradients: at the `tiny`
 /// shape that bookkeeping costs more than the arithmetic).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, a: &Attention) -> Result<Tensor> {
-    let Attention {
-        shape,
-        rope_tables,
-        bias,
-        scale,
-        cap,
-        kern,
-    } = *a;
-    let Heads { b, t, nh, nkv, d } = shape;
-    let split = move |y: &Tensor, n: usize| shape.split(y, n);
-    let merge = move |y: &Tensor, n: usize| shape.merge(y, n);
-    if !(kern.fuse(q) && bias.rank() == 4 && kern.fuse(bias)) {
+    if !fusable(q, a) {
         return attention_composed(q, k, v, a);
     }
-    let RopeTables { cos, sin, neg_sin } = rope_tables;
-    let g = nh / nkv;
-    let rot = |x: &Tensor, s: &Tensor| candle_nn::rotary_emb::rope(x, cos, s);
-    let qg = rot(&split(&q.detach(), nh)?, sin)?.reshape((b, nkv, g * t, d))?;
-    let kh = rot(&split(&k.detach(), nkv)?, sin)?;
-    let vh = split(&v.detach(), nkv)?;
-    let s = (qg.matmul(&kh.t()?)? * scale)?;
-    let p = kernels::capped_softmax_forward(&s, cap, bias)?
-        .ok_or_else(|| candle_core::Error::Msg("attention: bias layout".into()))?;
-    let out = merge(&p.matmul(&vh)?, nh)?;
-    let (cos, neg_sin) = ((*cos).clone(), (*neg_sin).clone());
+    let (out, f) = Fused::forward(&q.detach(), &k.detach(), &v.detach(), a)?;
     with_grad3(out, [q, k, v], move |dout| {
-        let d_o = split(dout, nh)?.reshape((b, nkv, g * t, d))?;
-        let dv = p.t()?.matmul(&d_o)?;
-        let dp = d_o.matmul(&vh.t()?)?;
-        let ds = (kernels::capped_softmax_backward(&s, &p, &dp, cap)?
+        let (dq, dk, dv) = f.backward(dout)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    })
+}
+
+fn fusable(q: &Tensor, a: &Attention) -> bool {
+    a.kern.fuse(q) && a.bias.rank() == 4 && a.kern.fuse(a.bias)
+}
+
+/// The fused attention of one call: its forward, and what its backward needs.
+struct Fused {
+    shape: Heads,
+    /// Queries (rotated, grouped per key/value head), keys (rotated), values: `[B, nkv, ·, D]`.
+    qg: Tensor,
+    kh: Tensor,
+    vh: Tensor,
+    /// Scaled scores and probabilities, `[B, nkv, g·T, T]`.
+    s: Tensor,
+    p: Tensor,
+    scale: f64,
+    cap: Option<f64>,
+    cos: Tensor,
+    neg_sin: Tensor,
+}
+
+impl Fused {
+    /// `q`, `k`, `v` detached: the output `[B·T, nh·D]` and the state of the backward.
+    fn forward(q: &Tensor, k: &Tensor, v: &Tensor, a: &Attention) -> Result<(Tensor, Self)> {
+        let shape = a.shape;
+        let Heads { b, t, nh, nkv, d } = shape;
+        let RopeTables { cos, sin, neg_sin } = a.rope_tables;
+        let rot = |x: &Tensor| candle_nn::rotary_emb::rope(x, cos, sin);
+        let qg = rot(&shape.split(q, nh)?)?.reshape((b, nkv, nh / nkv * t, d))?;
+        let kh = rot(&shape.split(k, nkv)?)?;
+        let vh = shape.split(v, nkv)?;
+        let s = (qg.matmul(&kh.t()?)? * a.scale)?;
+        let p = kernels::capped_softmax_forward(&s, a.cap, a.bias)?
+            .ok_or_else(|| candle_core::Error::Msg("attention: bias layout".into()))?;
+        let out = shape.merge(&p.matmul(&vh)?, nh)?;
+        let f = Self {
+            shape,
+            qg,
+            kh,
+            vh,
+            s,
+            p,
+            scale: a.scale,
+            cap: a.cap,
+            cos: (*cos).clone(),
+            neg_sin: (*neg_sin).clone(),
+        };
+        Ok((out, f))
+    }
+
+    /// The gradients of `q`, `k`, `v` from the output's, `dout` `[B·T, nh·D]`.
+    fn backward(&self, dout: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let Heads { b, t, nh, nkv, d } = self.shape;
+        let d_o = self
+            .shape
+            .split(dout, nh)?
+            .reshape((b, nkv, nh / nkv * t, d))?;
+        let dv = self.p.t()?.matmul(&d_o)?;
+        let dp = d_o.matmul(&self.vh.t()?)?;
+        let ds = (kernels::capped_softmax_backward(&self.s, &self.p, &dp, self.cap)?
             .ok_or_else(|| candle_core::Error::Msg("attention backward: not CPU f32".into()))?
-            * scale)?;
-        let unrot = |x: &Tensor| candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &neg_sin);
-        let dq = unrot(&ds.matmul(&kh)?.reshape((b, nh, t, d))?)?;
-        let dk = unrot(&ds.t()?.matmul(&qg)?)?;
+            * self.scale)?;
+        let unrot =
+            |x: &Tensor| candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos, &self.neg_sin);
+        let dq = unrot(&ds.matmul(&self.kh)?.reshape((b, nh, t, d))?)?;
+        let dk = unrot(&ds.t()?.matmul(&self.qg)?)?;
         Ok((
-            Some(merge(&dq, nh)?),
-            Some(merge(&dk, nkv)?),
-            Some(merge(&dv, nkv)?),
+            self.shape.merge(&dq, nh)?,
+            self.shape.merge(&dk, nkv)?,
+            self.shape.merge(&dv, nkv)?,
+        ))
+    }
+}
+
+/// Attention of sequences gathered out of packed rows (several examples a row), in groups:
+/// each group is `b` sequences of `t` positions, with its own [`Attention`] and the packed row
+/// each of its `b·t` positions reads (`[b·t]` u32).
+pub struct Gathered<'a> {
+    pub groups: Vec<(&'a Tensor, Attention<'a>)>,
+    /// For each packed row, its place in the groups' positions laid end to end, or their
+    /// total: a row of zeros (padding).
+    pub back: &'a Tensor,
+}
+
+/// [`attention`] of the groups of `g` on packed rows `q` `[N, nh·D]`, `k` and `v` `[N, nkv·D]`:
+/// `[N, nh·D]`, zeros at the rows no group puts back.
+///
+/// With the fused kernels the gathers are inside the one graph node: the backward puts each
+/// group's gradients back with one indexed add a tensor (taking the rows out with candle's
+/// index_select instead costs a full copy of the packed gradient per group and tensor).
+pub fn attention_gathered(q: &Tensor, k: &Tensor, v: &Tensor, g: &Gathered) -> Result<Tensor> {
+    let width = q.dim(1)?;
+    let zero_row = |w: usize| Tensor::zeros((1, w), q.dtype(), q.device());
+    if !g.groups.iter().all(|(_, a)| fusable(q, a)) {
+        let mut outs = Vec::with_capacity(g.groups.len() + 1);
+        for (take, a) in &g.groups {
+            let pick = |x: &Tensor| x.index_select(take, 0);
+            outs.push(attention_composed(&pick(q)?, &pick(k)?, &pick(v)?, a)?);
+        }
+        outs.push(zero_row(width)?);
+        return Tensor::cat(&outs, 0)?.index_select(g.back, 0);
+    }
+    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
+    let mut outs = Vec::with_capacity(g.groups.len() + 1);
+    let mut fused = Vec::with_capacity(g.groups.len());
+    for (take, a) in &g.groups {
+        let pick = |x: &Tensor| x.index_select(take, 0);
+        let (out, f) = Fused::forward(&pick(&qd)?, &pick(&kd)?, &pick(&vd)?, a)?;
+        outs.push(out);
+        fused.push(f);
+    }
+    let rows: Vec<usize> = outs.iter().map(|o| o.dim(0)).collect::<Result<_>>()?;
+    outs.push(zero_row(width)?);
+    let out = Tensor::cat(&outs, 0)?.index_select(g.back, 0)?;
+    let takes: Vec<&Tensor> = g.groups.iter().map(|(t, _)| *t).collect();
+    let take = Tensor::cat(&takes, 0)?;
+    let back = g.back.clone();
+    let packed = q.dim(0)?;
+    let (kw, vw) = (k.dim(1)?, v.dim(1)?);
+    let total: usize = rows.iter().sum();
+    with_grad3(out, [q, k, v], move |dout| {
+        // Each group position's output gradient; the padding's goes to the extra row.
+        let d_all = Tensor::zeros((total + 1, width), dout.dtype(), dout.device())?
+            .index_add(&back, dout, 0)?;
+        let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
+        let mut at = 0;
+        for (f, &n) in fused.iter().zip(&rows) {
+            let (a, b, c) = f.backward(&d_all.narrow(0, at, n)?)?;
+            dq.push(a);
+            dk.push(b);
+            dv.push(c);
+            at += n;
+        }
+        // Positions past an example's end read its last token: their gradients are zeros
+        // (no output read, keys masked), so adding them changes nothing.
+        let put = |parts: Vec<Tensor>, w: usize| -> Result<Tensor> {
+            Tensor::zeros((packed, w), dout.dtype(), dout.device())?.index_add(
+                &take,
+                &Tensor::cat(&parts, 0)?,
+                0,
+            )
+        };
+        Ok((
+            Some(put(dq, width)?),
+            Some(put(dk, kw)?),
+            Some(put(dv, vw)?),
         ))
     })
 }

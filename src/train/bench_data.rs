@@ -4,6 +4,7 @@
 //! running optimizer steps on micro-batches drawn evenly across the epoch, and counts only
 //! real tokens, so the layouts compare by the time an epoch takes.
 
+use super::adamw::AdamW;
 use super::batching::{padding, Batching, MicroBatch, Plan};
 use super::bench::BenchModel;
 use super::data::{load_examples, Example};
@@ -28,8 +29,9 @@ pub struct DataBenchOptions {
     /// The budget of the token-budget layouts (default: `micro_batch` × the longest example,
     /// the worst case of the padded layout, so that every layout has the same memory bound).
     pub micro_batch_tokens: Option<usize>,
-    /// The longest row of the `packed` layout (rows are also bounded by the token budget).
-    pub max_seq_len: usize,
+    /// The longest row of the `packed` layout (rows are also bounded by the token budget;
+    /// default: the budget, one row a micro-batch, as the shipped config packs).
+    pub max_seq_len: Option<usize>,
     /// Micro-batches an optimizer step (for steps per epoch only; each timed micro-batch is
     /// its own step).
     pub grad_accum: usize,
@@ -37,6 +39,8 @@ pub struct DataBenchOptions {
     pub steps: usize,
     /// Untimed micro-batches first (per layout).
     pub warmup: usize,
+    /// The layouts to measure, by name (empty: all of [`LAYOUTS`]).
+    pub layouts: Vec<String>,
     /// Rebuild the corpus with these lengths before measuring (see [`profile_corpus`]).
     pub length_profile: Option<LengthProfile>,
     pub seed: u64,
@@ -172,6 +176,17 @@ pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
             return Err(TrainError::Config(format!("{name} must be at least 1")));
         }
     }
+    if let Some(l) = o
+        .layouts
+        .iter()
+        .find(|l| !LAYOUTS.iter().any(|k| k.0 == l.as_str()))
+    {
+        let known: Vec<&str> = LAYOUTS.iter().map(|k| k.0).collect();
+        return Err(TrainError::Config(format!(
+            "--layouts: no layout `{l}` (known: {})",
+            known.join(", ")
+        )));
+    }
     let cfg = BenchModel::config(&o.preset)?;
     let file = load_examples(&o.data, cfg.max_position_embeddings)?;
     let mut examples = match o.length_profile {
@@ -210,9 +225,25 @@ pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
     } = BenchModel::new(cfg, &o.device)?;
     let pad = cfg.pad_token_id.unwrap_or(0);
 
-    let mut layouts = serde_json::Map::new();
-    let mut padded_epoch_s = None;
+    // Every layout's plan and the micro-batches it times, evenly spaced across the epoch so
+    // that the sample has the epoch's mix of lengths.
+    struct Run {
+        name: &'static str,
+        batching: Batching,
+        with_budget: bool,
+        pack: bool,
+        plan: Plan,
+        batches: Vec<MicroBatch>,
+        timed: Vec<usize>,
+        secs: f64,
+        real: usize,
+        padded: usize,
+    }
+    let mut runs = Vec::new();
     for (name, batching, with_budget, pack) in LAYOUTS {
+        if !o.layouts.is_empty() && !o.layouts.iter().any(|l| l == name) {
+            continue;
+        }
         let plan = Plan::new(
             &examples,
             &o.data,
@@ -220,56 +251,88 @@ pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
             o.grad_accum,
             with_budget.then_some(budget),
             batching,
-            pack.then_some(o.max_seq_len),
+            pack.then_some(o.max_seq_len.unwrap_or(budget)),
             o.seed,
         )?;
         let batches = plan.epoch_micro_batches(0);
-        let (real, padded) = padding(&lengths, &batches);
-        let max_tokens = batches
+        let n = o.steps.min(batches.len());
+        let timed = (0..n).map(|k| k * batches.len() / n).collect();
+        runs.push(Run {
+            name,
+            batching,
+            with_budget,
+            pack,
+            plan,
+            batches,
+            timed,
+            secs: 0.0,
+            real: 0,
+            padded: 0,
+        });
+    }
+    let step = |r: &Run, b: &MicroBatch, opt: &mut AdamW| -> Result<f64, TrainError> {
+        let mb = [make_batch(
+            &examples,
+            b,
+            r.pack,
+            pad,
+            cfg.vocab_size,
+            &device,
+        )?];
+        let start = Instant::now();
+        optimizer_step(&model, opt, &mb, |_| 0, 1e-4, 0.0)?;
+        device.synchronize()?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    for r in &runs {
+        for b in r.batches.iter().take(o.warmup) {
+            step(r, b, &mut opt)?;
+        }
+    }
+    // The layouts take turns, one micro-batch each, so that a change in the machine's load
+    // during the run weighs on all of them alike (their ratios are what the bench is for).
+    for k in 0..o.steps {
+        for r in runs.iter_mut() {
+            let Some(&i) = r.timed.get(k) else { continue };
+            let secs = step(r, &r.batches[i], &mut opt)?;
+            r.secs += secs;
+            let (real, padded) = padding(&lengths, std::slice::from_ref(&r.batches[i]));
+            r.real += real;
+            r.padded += padded;
+        }
+    }
+    let epoch_s = |r: &Run| padding(&lengths, &r.batches).0 as f64 * r.secs / r.real as f64;
+    let base = |name: &str| runs.iter().find(|r| r.name == name).map(epoch_s);
+    let (vs_padded, vs_budget_padded) = (base("padded"), base("budget_padded"));
+    let mut layouts = serde_json::Map::new();
+    for r in &runs {
+        let (real, padded) = padding(&lengths, &r.batches);
+        let max_tokens = r
+            .batches
             .iter()
             .map(|b| padding(&lengths, std::slice::from_ref(b)).1)
             .max()
             .unwrap_or(0);
-        // Evenly spaced across the epoch, so the sample has the epoch's mix of lengths.
-        let timed: Vec<&MicroBatch> = (0..o.steps.min(batches.len()))
-            .map(|k| &batches[k * batches.len() / o.steps.min(batches.len())])
-            .collect();
-        let batch = |b: &MicroBatch| make_batch(&examples, b, pack, pad, cfg.vocab_size, &device);
-        for b in batches.iter().take(o.warmup) {
-            let mb = [batch(b)?];
-            optimizer_step(&model, &mut opt, &mb, |_| 0, 1e-4, 0.0)?;
-        }
-        device.synchronize()?;
-        let (mut secs, mut timed_real, mut timed_padded) = (0f64, 0usize, 0usize);
-        for b in timed {
-            let mb = [batch(b)?];
-            let start = Instant::now();
-            optimizer_step(&model, &mut opt, &mb, |_| 0, 1e-4, 0.0)?;
-            device.synchronize()?;
-            secs += start.elapsed().as_secs_f64();
-            let (r, p) = padding(&lengths, std::slice::from_ref(b));
-            timed_real += r;
-            timed_padded += p;
-        }
-        let tps = timed_real as f64 / secs;
-        let epoch_s = real as f64 / tps;
-        let base = *padded_epoch_s.get_or_insert(epoch_s);
+        let tps = r.real as f64 / r.secs;
+        let epoch = epoch_s(r);
+        let vs = |base: Option<f64>| base.map(|b| round4(b / epoch));
         layouts.insert(
-            name.into(),
+            r.name.into(),
             json!({
-                "batching": if pack { json!("packed") } else { json!(format!("{batching:?}").to_lowercase()) },
-                "row_tokens": plan.pack,
-                "micro_batch": if with_budget { Value::Null } else { json!(o.micro_batch) },
-                "micro_batch_tokens": if with_budget { json!(budget) } else { Value::Null },
-                "micro_batches_per_epoch": batches.len(),
-                "steps_per_epoch": plan.steps_in_epoch(0),
+                "batching": if r.pack { json!("packed") } else { json!(format!("{:?}", r.batching).to_lowercase()) },
+                "row_tokens": r.plan.pack,
+                "micro_batch": if r.with_budget { Value::Null } else { json!(o.micro_batch) },
+                "micro_batch_tokens": if r.with_budget { json!(budget) } else { Value::Null },
+                "micro_batches_per_epoch": r.batches.len(),
+                "steps_per_epoch": r.plan.steps_in_epoch(0),
                 "padding_share": round4(1.0 - real as f64 / padded as f64),
                 "max_micro_batch_tokens": max_tokens,
-                "timed_micro_batches": o.steps.min(batches.len()),
-                "timed_padding_share": round4(1.0 - timed_real as f64 / timed_padded as f64),
+                "timed_micro_batches": r.timed.len(),
+                "timed_padding_share": round4(1.0 - r.real as f64 / r.padded as f64),
                 "real_tokens_per_s": (tps * 10.0).round() / 10.0,
-                "epoch_s": (epoch_s * 10.0).round() / 10.0,
-                "speedup_vs_padded": round4(base / epoch_s),
+                "epoch_s": (epoch * 10.0).round() / 10.0,
+                "speedup_vs_padded": vs(vs_padded),
+                "speedup_vs_budget_padded": vs(vs_budget_padded),
             }),
         );
     }

@@ -36,7 +36,7 @@ def test_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert b["layouts"]["grouped"]["padding_share"] < b["layouts"]["padded"]["padding_share"]
     # Packed rows: almost no padding, a real speed measured against padded.
     assert b["layouts"]["packed"]["padding_share"] < 0.05, b
-    assert b["packed_vs_padded"] > 0, b
+    assert b["packed_vs_padded"] > 0 and b["packed_vs_budget_padded"] > 0, b
     assert s["generate"]["decode_tokens_per_s"] > 0, s
     figure(f"gpu-check --device cpu: ratio {s['ratio_tokens_per_s']}x tokens/s, "
            f"grouped {b['layouts']['grouped']['speedup_vs_padded']}x padded, "
