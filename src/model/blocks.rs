@@ -325,9 +325,23 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, d) = (c.b, c.t, s.d);
         let (nh, nkv) = (s.nh, s.nkv);
-        let q = head_norm(self.q.forward(x, mode)?, nh, d, self.q_norm.as_ref(), s, c)?;
-        let k = head_norm(self.k.forward(x, mode)?, nkv, d, self.k_norm.as_ref(), s, c)?;
-        let v = self.v.forward(x, mode)?;
+        let q = head_norm(
+            self.q.forward(x, c.kern, mode)?,
+            nh,
+            d,
+            self.q_norm.as_ref(),
+            s,
+            c,
+        )?;
+        let k = head_norm(
+            self.k.forward(x, c.kern, mode)?,
+            nkv,
+            d,
+            self.k_norm.as_ref(),
+            s,
+            c,
+        )?;
+        let v = self.v.forward(x, c.kern, mode)?;
         let [cos, sin, neg_sin] = c.rope;
         let tables = ops::RopeTables { cos, sin, neg_sin };
         let Some(cache) = cache else {
@@ -350,7 +364,7 @@ impl Attention {
                 Some(g) => g.put_back(&o)?,
                 None => o,
             };
-            return self.o.forward(&o, mode);
+            return self.o.forward(&o, c.kern, mode);
         };
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
@@ -380,7 +394,7 @@ impl Attention {
         let bias = (c.bias)(key_start, k.dim(2)?)?;
         let o = ops::attend(&q, &k, &v, &bias, s.scale, s.cap, c.kern)?;
         let o = o.transpose(1, 2)?.reshape((b * t, nh * d))?;
-        self.o.forward(&o, mode)
+        self.o.forward(&o, c.kern, mode)
     }
 }
 
@@ -412,14 +426,14 @@ pub(super) struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor, kern: Kernels, mode: &mut Mode) -> Result<Tensor> {
-        let gate = self.gate.forward(x, mode)?;
-        let up = self.up.forward(x, mode)?;
+        let gate = self.gate.forward(x, kern, mode)?;
+        let up = self.up.forward(x, kern, mode)?;
         let act = match self.activation {
             Activation::GeluTanh => ops::geglu(&gate, &up, false, kern)?,
             Activation::GeluErf => ops::geglu(&gate, &up, true, kern)?,
             Activation::Silu => ops::swiglu(&gate, &up)?,
         };
-        self.down.forward(&act, mode)
+        self.down.forward(&act, kern, mode)
     }
 }
 

@@ -1,10 +1,13 @@
 //! LoRA: low-rank adapters on frozen linear layers, initialised and scaled as PEFT does.
 
+use super::cpu_gemm::{self, gemm_into, gemm_new, Mat};
+use super::kernels::Kernels;
 use super::ops;
 use super::{ModelError, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
@@ -275,10 +278,13 @@ impl LoraLinear {
     /// its backward, written out below, gives `x` its gradient and adds those of `A` and `B` to
     /// the layer's own accumulators ([`LoraLinear::take_grads`]). candle's autograd would
     /// instead make a dozen nodes of it, each zero-filling and adding a full-size gradient.
-    pub fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, kern: Kernels, mode: &mut Mode) -> Result<Tensor> {
         let Some(l) = &self.lora else {
             return Ok(ops::linear_frozen(x, &self.weight)?);
         };
+        if kern.fuse(x) && kern.fuse(&self.weight) {
+            return self.forward_fused(x, l, mode);
+        }
         let (out_dim, in_dim) = (self.out_dim(), self.in_dim());
         let dims = x.dims().to_vec();
         let n = x.elem_count() / in_dim;
@@ -334,6 +340,111 @@ impl LoraLinear {
             }
             let dx = (g2.matmul(&w)? + dl.to_dtype(dtype)?)?;
             Ok((Some(dx.reshape(dims.as_slice())?), None))
+        })?)
+    }
+
+    /// [`LoraLinear::forward`] with the products written straight by `gemm` (f32 on the CPU):
+    /// `y = x·Wᵀ`, then `scale · (x·Aᵀ)·Bᵀ` added into `y` by the same call that forms it; in
+    /// the backward `dx = g·W` with `du·A` accumulated into it (dropout aside), the scale
+    /// folded into `du` and `dB`. No zero-filled outputs, no scale or add passes.
+    fn forward_fused(&self, x: &Tensor, l: &Lora, mode: &mut Mode) -> Result<Tensor> {
+        let (out_dim, in_dim) = (self.out_dim(), self.in_dim());
+        let r = l.a.as_tensor().dim(0)?;
+        let dims = x.dims().to_vec();
+        let n = x.elem_count() / in_dim;
+        let x2 = x.detach().reshape((n, in_dim))?.contiguous()?;
+        let mask = match (mode.dropout.as_mut(), l.dropout > 0.0 && mode.grad) {
+            (Some(rng), true) => Some(rng.mask(&[n, in_dim], l.dropout, x.device())?),
+            _ => None,
+        };
+        let xin = adapter_input(&x2, mask.as_ref())?.contiguous()?;
+        let (a, b) = (l.a.as_tensor().detach(), l.b.as_tensor().detach());
+        let w = self.weight.contiguous()?;
+        let scale = l.scale as f32;
+        let (y, u) = {
+            let (xs, ws) = (cpu_gemm::data(&x2)?, cpu_gemm::data(&w)?);
+            let (xi, av, bv) = (
+                cpu_gemm::data(&xin)?,
+                cpu_gemm::data(&a)?,
+                cpu_gemm::data(&b)?,
+            );
+            let mut y = gemm_new(
+                Mat::new(xs.slice(), n, in_dim),
+                Mat::new(ws.slice(), out_dim, in_dim).t(),
+                1.0,
+            );
+            let u = gemm_new(
+                Mat::new(xi.slice(), n, in_dim),
+                Mat::new(av.slice(), r, in_dim).t(),
+                1.0,
+            );
+            gemm_into(
+                &mut y,
+                Mat::new(&u, n, r),
+                Mat::new(bv.slice(), out_dim, r).t(),
+                scale,
+                true,
+            );
+            (y, u)
+        };
+        let mut out_dims = dims.clone();
+        *out_dims.last_mut().expect("x has a last dim") = out_dim;
+        let y = Tensor::from_vec(y, out_dims, x.device())?;
+        if !mode.grad {
+            return Ok(y);
+        }
+        let (grads, x_tracks) = (l.grads.clone(), x.track_op());
+        Ok(ops::with_grad2(y, x, l.a.as_tensor(), move |g| {
+            let g = g.contiguous()?;
+            let gs = cpu_gemm::data(&g)?;
+            let gm = Mat::new(gs.slice(), n, out_dim);
+            let (bv, av) = (cpu_gemm::data(&b)?, cpu_gemm::data(&a)?);
+            let du = gemm_new(gm, Mat::new(bv.slice(), out_dim, r), scale);
+            let db = gemm_new(gm.t(), Mat::new(&u, n, r), scale);
+            let xin = adapter_input(&x2, mask.as_ref())?.contiguous()?;
+            let da = gemm_new(
+                Mat::new(&du, n, r).t(),
+                Mat::new(cpu_gemm::data(&xin)?.slice(), n, in_dim),
+                1.0,
+            );
+            let dev = g.device();
+            let (da, db) = (
+                Tensor::from_vec(da, (r, in_dim), dev)?,
+                Tensor::from_vec(db, (out_dim, r), dev)?,
+            );
+            {
+                let mut acc = grads.lock().expect("LoRA gradients");
+                acc.0 = Some(match acc.0.take() {
+                    Some(s) => (s + da)?,
+                    None => da,
+                });
+                acc.1 = Some(match acc.1.take() {
+                    Some(s) => (s + db)?,
+                    None => db,
+                });
+            }
+            if !x_tracks {
+                return Ok((None, None));
+            }
+            let ws = cpu_gemm::data(&w)?;
+            let mut dx = gemm_new(gm, Mat::new(ws.slice(), out_dim, in_dim), 1.0);
+            let dum = Mat::new(&du, n, r);
+            let am = Mat::new(av.slice(), r, in_dim);
+            match &mask {
+                None => gemm_into(&mut dx, dum, am, 1.0, true),
+                Some(m) => {
+                    let dl = gemm_new(dum, am, 1.0);
+                    let ms = cpu_gemm::data(m)?;
+                    dx.par_chunks_mut(1 << 14)
+                        .zip(dl.par_chunks(1 << 14).zip(ms.slice().par_chunks(1 << 14)))
+                        .for_each(|(d, (l, k))| {
+                            for ((d, l), k) in d.iter_mut().zip(l).zip(k) {
+                                *d += l * k;
+                            }
+                        });
+                }
+            }
+            Ok((Some(Tensor::from_vec(dx, dims.as_slice(), dev)?), None))
         })?)
     }
 
@@ -432,10 +543,10 @@ mod tests {
             .set(&Tensor::new(&[[1f32, 2.0], [0.5, -1.0], [3.0, 0.0]], &dev).unwrap())
             .unwrap();
         let x = Tensor::new(&[[1f32, -2.0, 0.5, 3.0]], &dev).unwrap();
-        let with_adapter = l.forward(&x, &mut Mode::eval()).unwrap();
+        let with_adapter = l.forward(&x, Kernels::Fused, &mut Mode::eval()).unwrap();
         l.merge().unwrap();
         assert!(l.lora.is_none());
-        let merged = l.forward(&x, &mut Mode::eval()).unwrap();
+        let merged = l.forward(&x, Kernels::Fused, &mut Mode::eval()).unwrap();
         let d = crate::model::max_abs_diff(&with_adapter, &merged);
         assert!(d < 1e-5, "{d}");
     }

@@ -10,6 +10,7 @@ pub mod adapter;
 mod blocks;
 mod causal_lm;
 pub(crate) mod config;
+pub(crate) mod cpu_gemm;
 pub mod device;
 pub mod export;
 mod gemma2;
