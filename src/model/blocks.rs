@@ -4,6 +4,7 @@
 //! [`super::lora::LoraLinear`].
 
 use super::config::{Activation, NormWeight, RopeSpec};
+use super::cpu_gemm;
 use super::kernels::Kernels;
 use super::lora::{LoraLinear, Mode};
 use super::ops;
@@ -426,6 +427,15 @@ pub(super) struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor, kern: Kernels, mode: &mut Mode) -> Result<Tensor> {
+        let linears = [&self.gate, &self.up, &self.down];
+        if self.activation == Activation::GeluTanh
+            && kern.fuse(x)
+            && linears
+                .iter()
+                .all(|l| kern.fuse(&l.weight) && !l.weight.track_op())
+        {
+            return self.forward_fused(x, mode);
+        }
         let gate = self.gate.forward(x, kern, mode)?;
         let up = self.up.forward(x, kern, mode)?;
         let act = match self.activation {
@@ -434,6 +444,66 @@ impl Mlp {
             Activation::Silu => ops::swiglu(&gate, &up)?,
         };
         self.down.forward(&act, kern, mode)
+    }
+}
+
+impl Mlp {
+    /// The GeGLU block as one graph node (f32 on the CPU), its backward written out: the
+    /// three projections through gemm ([`LoraLinear::fused_forward`]), the fused GeGLU
+    /// kernels between them, and `dx = dgate·W_gate + dup·W_up` accumulated by gemm. As
+    /// separate nodes, every edge costs candle's gradient store a zero-filled buffer and an add
+    /// (for the `[tokens, intermediate]` activations, 8 MB each at the `small` shape), and
+    /// every node's output a copy.
+    fn forward_fused(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (hidden, inter) = (self.gate.in_dim(), self.gate.out_dim());
+        let n = x.elem_count() / hidden;
+        let dev = x.device().clone();
+        let x2 = x.detach().reshape((n, hidden))?.contiguous()?;
+        // Dropout masks are drawn in the order of the separate layers: gate, up, down.
+        let (g, gate) = self.gate.fused_forward(&x2, mode)?;
+        let (u, up) = self.up.fused_forward(&x2, mode)?;
+        let g = Tensor::from_vec(g, (n, inter), &dev)?;
+        let u = Tensor::from_vec(u, (n, inter), &dev)?;
+        let not_f32 = || candle_core::Error::Msg("GeGLU: not CPU f32".into());
+        let act = super::kernels::geglu_forward(&g, &u)?.ok_or_else(not_f32)?;
+        let (y, down) = self.down.fused_forward(&act, mode)?;
+        let y = Tensor::from_vec(y, dims.as_slice(), &dev)?;
+        if !mode.grad {
+            return Ok(y);
+        }
+        // The adapters' `A` are inputs too, so that the backward runs even where `x` has no
+        // graph (the first layer); their gradients stay in the layers' accumulators.
+        let mut anchors = [&self.gate, &self.up, &self.down]
+            .into_iter()
+            .filter_map(|l| l.lora.as_ref().map(|l| l.a.as_tensor()))
+            .chain(std::iter::repeat(x));
+        let (a1, a2) = (anchors.next().unwrap_or(x), anchors.next().unwrap_or(x));
+        let x_tracks = x.track_op();
+        Ok(ops::with_grad3(y, [x, a1, a2], move |dy| {
+            let dy = dy.contiguous()?;
+            let mut dact = None;
+            down.backward(&act, cpu_gemm::data(&dy)?.slice(), Some(&mut dact))?;
+            let dact = dact.ok_or_else(|| candle_core::Error::Msg("MLP: no dact".into()))?;
+            let dact = Tensor::from_vec(dact, (n, inter), &dev)?;
+            let (dg, du) = super::kernels::geglu_backward(&g, &u, &dact)?.ok_or_else(not_f32)?;
+            drop(dact);
+            let mut dx = None;
+            gate.backward(
+                &x2,
+                cpu_gemm::data(&dg)?.slice(),
+                x_tracks.then_some(&mut dx),
+            )?;
+            up.backward(
+                &x2,
+                cpu_gemm::data(&du)?.slice(),
+                x_tracks.then_some(&mut dx),
+            )?;
+            let dx = dx
+                .map(|d| Tensor::from_vec(d, dims.as_slice(), &dev))
+                .transpose()?;
+            Ok((dx, None, None))
+        })?)
     }
 }
 

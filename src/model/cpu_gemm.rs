@@ -7,6 +7,7 @@
 //! product accumulates into the first (`read_dst`).
 
 use candle_core::{CpuStorage, Result, Storage, Tensor};
+use rayon::prelude::*;
 use std::ops::Deref;
 
 /// A row-major f32 matrix, or the transpose of one (a strided view, no copy).
@@ -68,9 +69,53 @@ pub(crate) fn gemm_new(lhs: Mat, rhs: Mat, beta: f32) -> Vec<f32> {
     dst
 }
 
+/// `batch` products `beta · lhs(i) · rhs(i)`, each `m × n`, in one fresh `[batch, m, n]`
+/// buffer. The batch is spread over the threads, one product to a thread: at attention's
+/// sizes (a head's `T × D` by `D × T`) a product is too small to split well, and candle's
+/// batched `matmul` splits each one in turn.
+pub(crate) fn gemm_batched<'a>(
+    batch: usize,
+    lhs: impl Fn(usize) -> Mat<'a> + Sync,
+    rhs: impl Fn(usize) -> Mat<'a> + Sync,
+    beta: f32,
+) -> Vec<f32> {
+    if batch == 0 {
+        return Vec::new();
+    }
+    let (m, n) = (lhs(0).rows, rhs(0).cols);
+    let mut dst = Vec::<f32>::with_capacity(batch * m * n);
+    dst.spare_capacity_mut()[..batch * m * n]
+        .par_chunks_mut((m * n).max(1))
+        .enumerate()
+        .for_each(|(i, out)| {
+            let (l, r) = (lhs(i), rhs(i));
+            assert!(
+                l.cols == r.rows && l.rows == m && r.cols == n,
+                "batched shapes"
+            );
+            // SAFETY: `out` holds exactly the m × n elements gemm writes (without reading).
+            unsafe { gemm_with(out.as_mut_ptr().cast(), l, r, beta, false, false) }
+        });
+    // SAFETY: every chunk was written above.
+    unsafe { dst.set_len(batch * m * n) };
+    dst
+}
+
 unsafe fn gemm_raw(dst: *mut f32, lhs: Mat, rhs: Mat, beta: f32, accumulate: bool) {
+    gemm_with(dst, lhs, rhs, beta, accumulate, true)
+}
+
+/// The gemm call; `threaded`: split the product over the compute threads.
+unsafe fn gemm_with(
+    dst: *mut f32,
+    lhs: Mat,
+    rhs: Mat,
+    beta: f32,
+    accumulate: bool,
+    threaded: bool,
+) {
     let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
+    let parallelism = if threads > 1 && threaded {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
@@ -196,5 +241,24 @@ mod tests {
             let d = crate::model::max_abs_diff(&got, &(&want + &c0).unwrap());
             assert!(d < 1e-5, "case {i} accumulated: {d}");
         }
+    }
+
+    #[test]
+    fn batched_products_match_candle() {
+        let (b, m, k, n) = (5, 9, 7, 11);
+        let lhs = Tensor::randn(0f32, 1.0, (b, m, k), &Device::Cpu).unwrap();
+        let rhs_t = Tensor::randn(0f32, 1.0, (b, n, k), &Device::Cpu).unwrap();
+        let vec = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (l, r) = (vec(&lhs), vec(&rhs_t));
+        let got = gemm_batched(
+            b,
+            |i| Mat::new(&l[i * m * k..(i + 1) * m * k], m, k),
+            |i| Mat::new(&r[i * n * k..(i + 1) * n * k], n, k).t(),
+            2.0,
+        );
+        let got = Tensor::from_vec(got, (b, m, n), &Device::Cpu).unwrap();
+        let want = (lhs.matmul(&rhs_t.t().unwrap()).unwrap() * 2.0).unwrap();
+        let d = crate::model::max_abs_diff(&got, &want);
+        assert!(d < 1e-5, "{d}");
     }
 }

@@ -6,6 +6,7 @@
 //! inputs and attaches its own backward through [`with_grad`], so gradients flow only where
 //! they are needed.
 
+use super::cpu_gemm::{self, gemm_batched, Mat};
 use super::kernels::{self, Kernels};
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
@@ -399,32 +400,85 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, a: &Attention) -> Result<Te
         return attention_composed(q, k, v, a);
     }
     let RopeTables { cos, sin, neg_sin } = rope_tables;
-    let g = nh / nkv;
+    let (bk, gt) = (b * nkv, nh / nkv * t);
     let rot = |x: &Tensor, s: &Tensor| candle_nn::rotary_emb::rope(x, cos, s);
-    let qg = rot(&split(&q.detach(), nh)?, sin)?.reshape((b, nkv, g * t, d))?;
+    let qg = rot(&split(&q.detach(), nh)?, sin)?.reshape((b, nkv, gt, d))?;
     let kh = rot(&split(&k.detach(), nkv)?, sin)?;
     let vh = split(&v.detach(), nkv)?;
-    let s = (qg.matmul(&kh.t()?)? * scale)?;
+    // The products per (batch, key head), straight through gemm with the score scale folded
+    // in (see `cpu_gemm`): `[bk]` blocks of `gt × d` queries against `t × d` keys.
+    let cpu = q.device().clone();
+    let tensor =
+        move |v: Vec<f32>, dims: (usize, usize, usize, usize)| Tensor::from_vec(v, dims, &cpu);
+    let s = {
+        let (qs, ks) = (cpu_gemm::data(&qg)?, cpu_gemm::data(&kh)?);
+        let (qs, ks) = (qs.slice(), ks.slice());
+        let sv = gemm_batched(
+            bk,
+            |i| block(qs, i, gt, d),
+            |i| block(ks, i, t, d).t(),
+            scale as f32,
+        );
+        tensor(sv, (b, nkv, gt, t))?
+    };
     let p = kernels::capped_softmax_forward(&s, cap, bias)?
         .ok_or_else(|| candle_core::Error::Msg("attention: bias layout".into()))?;
-    let out = merge(&p.matmul(&vh)?, nh)?;
+    let o = {
+        let (ps, vs) = (cpu_gemm::data(&p)?, cpu_gemm::data(&vh)?);
+        let (ps, vs) = (ps.slice(), vs.slice());
+        let ov = gemm_batched(bk, |i| block(ps, i, gt, t), |i| block(vs, i, t, d), 1.0);
+        tensor(ov, (b, nkv, gt, d))?
+    };
+    let out = merge(&o, nh)?;
     let (cos, neg_sin) = ((*cos).clone(), (*neg_sin).clone());
     with_grad3(out, [q, k, v], move |dout| {
-        let d_o = split(dout, nh)?.reshape((b, nkv, g * t, d))?;
-        let dv = p.t()?.matmul(&d_o)?;
-        let dp = d_o.matmul(&vh.t()?)?;
-        let ds = (kernels::capped_softmax_backward(&s, &p, &dp, cap)?
-            .ok_or_else(|| candle_core::Error::Msg("attention backward: not CPU f32".into()))?
-            * scale)?;
-        let unrot = |x: &Tensor| candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &neg_sin);
-        let dq = unrot(&ds.matmul(&kh)?.reshape((b, nh, t, d))?)?;
-        let dk = unrot(&ds.t()?.matmul(&qg)?)?;
+        let d_o = split(dout, nh)?;
+        let (os, ps, vs) = (
+            cpu_gemm::data(&d_o)?,
+            cpu_gemm::data(&p)?,
+            cpu_gemm::data(&vh)?,
+        );
+        let (os, ps, vs) = (os.slice(), ps.slice(), vs.slice());
+        let dv = gemm_batched(
+            bk,
+            |i| block(ps, i, gt, t).t(),
+            |i| block(os, i, gt, d),
+            1.0,
+        );
+        let dp = gemm_batched(bk, |i| block(os, i, gt, d), |i| block(vs, i, t, d).t(), 1.0);
+        let dp = tensor(dp, (b, nkv, gt, t))?;
+        let ds = kernels::capped_softmax_backward(&s, &p, &dp, cap)?
+            .ok_or_else(|| candle_core::Error::Msg("attention backward: not CPU f32".into()))?;
+        drop(dp);
+        let (dss, ks, qs) = (
+            cpu_gemm::data(&ds)?,
+            cpu_gemm::data(&kh)?,
+            cpu_gemm::data(&qg)?,
+        );
+        let (dss, ks, qs) = (dss.slice(), ks.slice(), qs.slice());
+        let sc = scale as f32;
+        let dq = gemm_batched(bk, |i| block(dss, i, gt, t), |i| block(ks, i, t, d), sc);
+        let dk = gemm_batched(
+            bk,
+            |i| block(dss, i, gt, t).t(),
+            |i| block(qs, i, gt, d),
+            sc,
+        );
+        let unrot = |x: &Tensor| candle_nn::rotary_emb::rope(x, &cos, &neg_sin);
+        let dq = unrot(&tensor(dq, (b, nh, t, d))?)?;
+        let dk = unrot(&tensor(dk, (b, nkv, t, d))?)?;
+        let dv = tensor(dv, (b, nkv, t, d))?;
         Ok((
             Some(merge(&dq, nh)?),
             Some(merge(&dk, nkv)?),
             Some(merge(&dv, nkv)?),
         ))
     })
+}
+
+/// Block `i` (`rows × cols`, row-major) of a buffer of such blocks.
+fn block(data: &[f32], i: usize, rows: usize, cols: usize) -> Mat<'_> {
+    Mat::new(&data[i * rows * cols..(i + 1) * rows * cols], rows, cols)
 }
 
 /// [`attention`] as a composition of candle ops and the ops above (the reference path; the
