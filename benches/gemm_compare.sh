@@ -22,20 +22,5 @@ if [ -n "${GEMM_STEP:-}" ]; then
 else
   cargo bench --quiet --bench gemm_step -- --preset "$preset" --json >"${TMPDIR:-/tmp}/gemm_step.$$.jsonl"
 fi
-"$py" benches/gemm_torch.py <"${TMPDIR:-/tmp}/gemm_step.$$.jsonl" | "$py" -c '
-import json, sys
-rows = [json.loads(l) for l in sys.stdin]
-print(f"{\"product\":<16} {\"×step\":>5} {\"batch×m×k×n\":>20} {\"candle\":>8} {\"contig.\":>8} {\"torch\":>8}   GFLOP/s  (candle as laid out / contiguous / torch)")
-tot = [0.0, 0.0, 0.0]; flops = 0.0
-for g in rows:
-    f = 2.0 * g["batch"] * g["m"] * g["k"] * g["n"]
-    t = (g["s"], g["s_contiguous"], g["torch_s"])
-    for i in range(3): tot[i] += t[i] * g["count"]
-    flops += f * g["count"]
-    shape = f"{g[\"batch\"]}×{g[\"m\"]}×{g[\"k\"]}×{g[\"n\"]}"
-    print(f"{g[\"name\"]:<16} {g[\"count\"]:>5} {shape:>20} " + " ".join(f"{f / x / 1e9:>8.0f}" for x in t))
-print(f"step: {flops / 1e9:.1f} GFLOP; candle {tot[0] * 1e3:.0f} ms ({flops / tot[0] / 1e9:.0f} GFLOP/s), "
-      f"contiguous {tot[1] * 1e3:.0f} ms, torch {tot[2] * 1e3:.0f} ms ({flops / tot[2] / 1e9:.0f} GFLOP/s); "
-      f"torch / candle time {tot[2] / tot[0]:.2f}x, threads {rows[0][\"torch_threads\"]}")
-'
+"$py" benches/gemm_torch.py <"${TMPDIR:-/tmp}/gemm_step.$$.jsonl"
 rm -f "${TMPDIR:-/tmp}/gemm_step.$$.jsonl"
