@@ -124,6 +124,13 @@ unsafe fn gemm_with(
     if m == 0 || n == 0 {
         return;
     }
+    if k == 0 {
+        // An empty product is zero: leave an accumulated output as it is, zero a fresh one.
+        if !accumulate {
+            std::ptr::write_bytes(dst, 0, m * n);
+        }
+        return;
+    }
     gemm::gemm(
         m,
         n,
