@@ -60,73 +60,36 @@ fn step_gemms(cfg: &ModelConfig, b: usize, t: usize, supervised: usize) -> Vec<G
         ("down", i, h, 1),
     ];
     for (p, fan_in, out, times) in projections {
-        let c = layers * times;
-        v.push(gemm(
-            &format!("{p} x·Wᵀ"),
-            c,
-            1,
-            [n, fan_in, out],
-            false,
-            true,
-        ));
-        v.push(gemm(
-            &format!("{p} x·Aᵀ"),
-            c,
-            1,
-            [n, fan_in, r],
-            false,
-            true,
-        ));
-        v.push(gemm(&format!("{p} u·Bᵀ"), c, 1, [n, r, out], false, true));
-        v.push(gemm(
-            &format!("{p} dx=g·W"),
-            c,
-            1,
-            [n, out, fan_in],
-            false,
-            false,
-        ));
-        v.push(gemm(
-            &format!("{p} dB=gᵀ·u"),
-            c,
-            1,
-            [out, n, r],
-            true,
-            false,
-        ));
-        v.push(gemm(
-            &format!("{p} du=g·B"),
-            c,
-            1,
-            [n, out, r],
-            false,
-            false,
-        ));
-        v.push(gemm(
-            &format!("{p} dA=duᵀ·x"),
-            c,
-            1,
-            [r, n, fan_in],
-            true,
-            false,
-        ));
-        v.push(gemm(
-            &format!("{p} du·A"),
-            c,
-            1,
-            [n, r, fan_in],
-            false,
-            false,
-        ));
+        // (product, m × k × n, lhs transposed, rhs transposed), as src/model/lora.rs forms them.
+        let products = [
+            ("x·Wᵀ", [n, fan_in, out], false, true),
+            ("x·Aᵀ", [n, fan_in, r], false, true),
+            ("u·Bᵀ", [n, r, out], false, true),
+            ("dx=g·W", [n, out, fan_in], false, false),
+            ("dB=gᵀ·u", [out, n, r], true, false),
+            ("du=g·B", [n, out, r], false, false),
+            ("dA=duᵀ·x", [r, n, fan_in], true, false),
+            ("du·A", [n, r, fan_in], false, false),
+        ];
+        for (what, mkn, lt, rt) in products {
+            let name = format!("{p} {what}");
+            v.push(gemm(&name, layers * times, 1, mkn, lt, rt));
+        }
     }
-    // Attention: the nh / nkv query heads of a key head stacked along time (g·T rows).
+    // Attention: the nh / nkv query heads of a key head stacked along time (g·T rows), as
+    // src/model/ops.rs `attention` forms them.
     let (bh, gt) = (b * nkv, nh / nkv * t);
-    v.push(gemm("attn S=Q·Kᵀ", layers, bh, [gt, d, t], false, true));
-    v.push(gemm("attn O=P·V", layers, bh, [gt, t, d], false, false));
-    v.push(gemm("attn dV=Pᵀ·dO", layers, bh, [t, gt, d], true, false));
-    v.push(gemm("attn dP=dO·Vᵀ", layers, bh, [gt, d, t], false, true));
-    v.push(gemm("attn dQ=dS·K", layers, bh, [gt, t, d], false, false));
-    v.push(gemm("attn dK=dSᵀ·Q", layers, bh, [t, gt, d], true, false));
+    let products = [
+        ("S=Q·Kᵀ", [gt, d, t], false, true),
+        ("O=P·V", [gt, t, d], false, false),
+        ("dV=Pᵀ·dO", [t, gt, d], true, false),
+        ("dP=dO·Vᵀ", [gt, d, t], false, true),
+        ("dQ=dS·K", [gt, t, d], false, false),
+        ("dK=dSᵀ·Q", [t, gt, d], true, false),
+    ];
+    for (what, mkn, lt, rt) in products {
+        v.push(gemm(&format!("attn {what}"), layers, bh, mkn, lt, rt));
+    }
     let vocab = cfg.vocab_size;
     v.push(gemm(
         "head z=h·Wᵀ",

@@ -260,15 +260,7 @@ impl Saved {
                     Tensor::from_vec(da, (r, in_dim), dev)?,
                     Tensor::from_vec(db, (out_dim, r), dev)?,
                 );
-                let mut acc = s.grads.lock().expect("LoRA gradients");
-                acc.0 = Some(match acc.0.take() {
-                    Some(t) => (t + da)?,
-                    None => da,
-                });
-                acc.1 = Some(match acc.1.take() {
-                    Some(t) => (t + db)?,
-                    None => db,
-                });
+                accumulate(&s.grads, da, db)?;
                 Some((s, du, r))
             }
             None => None,
@@ -422,17 +414,7 @@ impl LoraLinear {
             let db = (g32.t()?.matmul(&u)? * scale)?;
             let du = (g32.matmul(&b)? * scale)?;
             let da = du.t()?.matmul(&adapter_input(&x2, mask.as_ref())?)?;
-            {
-                let mut acc = grads.lock().expect("LoRA gradients");
-                acc.0 = Some(match acc.0.take() {
-                    Some(s) => (s + da)?,
-                    None => da,
-                });
-                acc.1 = Some(match acc.1.take() {
-                    Some(s) => (s + db)?,
-                    None => db,
-                });
-            }
+            accumulate(&grads, da, db)?;
             if !x_tracks {
                 return Ok((None, None));
             }
@@ -541,6 +523,24 @@ impl LoraLinear {
         }
         Ok(())
     }
+}
+
+/// Adds one backward pass's `dA` and `dB` to a layer's accumulators.
+fn accumulate(
+    grads: &Mutex<(Option<Tensor>, Option<Tensor>)>,
+    da: Tensor,
+    db: Tensor,
+) -> candle_core::Result<()> {
+    let mut acc = grads.lock().expect("LoRA gradients");
+    acc.0 = Some(match acc.0.take() {
+        Some(s) => (s + da)?,
+        None => da,
+    });
+    acc.1 = Some(match acc.1.take() {
+        Some(s) => (s + db)?,
+        None => db,
+    });
+    Ok(())
 }
 
 /// The adapters' input: `x` in f32, dropped out. Not kept for the backward but rebuilt there
