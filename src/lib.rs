@@ -17,4 +17,5 @@ pub mod model;
 pub mod report;
 pub mod rundir;
 pub mod synth;
+pub mod threads;
 pub mod train;

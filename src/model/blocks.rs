@@ -5,6 +5,7 @@
 
 use super::cache::{Keys, LayerCache};
 use super::config::{Activation, NormWeight, RopeSpec};
+use super::cpu_gemm;
 use super::kernels::Kernels;
 use super::lora::{LoraLinear, Mode};
 use super::ops;
@@ -378,9 +379,23 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, d) = (c.b, c.t, s.d);
         let (nh, nkv) = (s.nh, s.nkv);
-        let q = head_norm(self.q.forward(x, mode)?, nh, d, self.q_norm.as_ref(), s, c)?;
-        let k = head_norm(self.k.forward(x, mode)?, nkv, d, self.k_norm.as_ref(), s, c)?;
-        let v = self.v.forward(x, mode)?;
+        let q = head_norm(
+            self.q.forward(x, c.kern, mode)?,
+            nh,
+            d,
+            self.q_norm.as_ref(),
+            s,
+            c,
+        )?;
+        let k = head_norm(
+            self.k.forward(x, c.kern, mode)?,
+            nkv,
+            d,
+            self.k_norm.as_ref(),
+            s,
+            c,
+        )?;
+        let v = self.v.forward(x, c.kern, mode)?;
         let Some(cache) = cache else {
             // The whole sequence at once (training, evaluation): one fused op where allowed.
             let o = match c.gather {
@@ -392,7 +407,7 @@ impl Attention {
                     ops::attention(&q, &k, &v, &call((b, t, &tables, &bias), s, c.kern))?
                 }
             };
-            return self.o.forward(&o, mode);
+            return self.o.forward(&o, c.kern, mode);
         };
         let [cos, sin, neg_sin] = c.rope;
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
@@ -405,7 +420,7 @@ impl Attention {
         let bias = (c.bias)(start, k.dim(2)?)?;
         let o = ops::attend(&q, &k, &v, &bias, s.scale, s.cap, c.kern)?;
         let o = o.transpose(1, 2)?.reshape((b * t, nh * d))?;
-        self.o.forward(&o, mode)
+        self.o.forward(&o, c.kern, mode)
     }
 }
 
@@ -437,14 +452,86 @@ pub(super) struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor, kern: Kernels, mode: &mut Mode) -> Result<Tensor> {
-        let gate = self.gate.forward(x, mode)?;
-        let up = self.up.forward(x, mode)?;
+        let linears = [&self.gate, &self.up, &self.down];
+        // A decoding step's few rows go through the layers' matrix-vector kernel instead
+        // (gemm runs a one-row product on one thread).
+        if self.activation == Activation::GeluTanh
+            && !mode.matvec
+            && kern.fuse(x)
+            && linears
+                .iter()
+                .all(|l| kern.fuse(&l.weight) && !l.weight.track_op())
+        {
+            return self.forward_fused(x, mode);
+        }
+        let gate = self.gate.forward(x, kern, mode)?;
+        let up = self.up.forward(x, kern, mode)?;
         let act = match self.activation {
             Activation::GeluTanh => ops::geglu(&gate, &up, false, kern)?,
             Activation::GeluErf => ops::geglu(&gate, &up, true, kern)?,
             Activation::Silu => ops::swiglu(&gate, &up)?,
         };
-        self.down.forward(&act, mode)
+        self.down.forward(&act, kern, mode)
+    }
+}
+
+impl Mlp {
+    /// The GeGLU block as one graph node (f32 on the CPU), its backward written out: the
+    /// three projections through gemm ([`LoraLinear::fused_forward`]), the fused GeGLU
+    /// kernels between them, and `dx = dgate·W_gate + dup·W_up` accumulated by gemm. As
+    /// separate nodes, every edge costs candle's gradient store a zero-filled buffer and an add
+    /// (for the `[tokens, intermediate]` activations, 8 MB each at the `small` shape), and
+    /// every node's output a copy.
+    fn forward_fused(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (hidden, inter) = (self.gate.in_dim(), self.gate.out_dim());
+        let n = x.elem_count() / hidden;
+        let dev = x.device().clone();
+        let x2 = x.detach().reshape((n, hidden))?.contiguous()?;
+        // Dropout masks are drawn in the order of the separate layers: gate, up, down.
+        let (g, gate) = self.gate.fused_forward(&x2, mode)?;
+        let (u, up) = self.up.fused_forward(&x2, mode)?;
+        let g = Tensor::from_vec(g, (n, inter), &dev)?;
+        let u = Tensor::from_vec(u, (n, inter), &dev)?;
+        let not_f32 = || candle_core::Error::Msg("GeGLU: not CPU f32".into());
+        let act = super::kernels::geglu_forward(&g, &u)?.ok_or_else(not_f32)?;
+        let (y, down) = self.down.fused_forward(&act, mode)?;
+        let y = Tensor::from_vec(y, dims.as_slice(), &dev)?;
+        if !mode.grad {
+            return Ok(y);
+        }
+        // The adapters' `A` are inputs too, so that the backward runs even where `x` has no
+        // graph (the first layer); their gradients stay in the layers' accumulators.
+        let mut anchors = [&self.gate, &self.up, &self.down]
+            .into_iter()
+            .filter_map(|l| l.lora.as_ref().map(|l| l.a.as_tensor()))
+            .chain(std::iter::repeat(x));
+        let (a1, a2) = (anchors.next().unwrap_or(x), anchors.next().unwrap_or(x));
+        let x_tracks = x.track_op();
+        Ok(ops::with_grad3(y, [x, a1, a2], move |dy| {
+            let dy = dy.contiguous()?;
+            let mut dact = None;
+            down.backward(&act, cpu_gemm::data(&dy)?.slice(), Some(&mut dact))?;
+            let dact = dact.ok_or_else(|| candle_core::Error::Msg("MLP: no dact".into()))?;
+            let dact = Tensor::from_vec(dact, (n, inter), &dev)?;
+            let (dg, du) = super::kernels::geglu_backward(&g, &u, &dact)?.ok_or_else(not_f32)?;
+            drop(dact);
+            let mut dx = None;
+            gate.backward(
+                &x2,
+                cpu_gemm::data(&dg)?.slice(),
+                x_tracks.then_some(&mut dx),
+            )?;
+            up.backward(
+                &x2,
+                cpu_gemm::data(&du)?.slice(),
+                x_tracks.then_some(&mut dx),
+            )?;
+            let dx = dx
+                .map(|d| Tensor::from_vec(d, dims.as_slice(), &dev))
+                .transpose()?;
+            Ok((dx, None, None))
+        })?)
     }
 }
 
@@ -560,6 +647,68 @@ mod tests {
         // Long examples alone, short ones together.
         assert_eq!(length_groups(&[500, 20, 480, 30], GROUP_COST).len(), 3);
         assert_eq!(length_groups(&[60, 61, 59], GROUP_COST).len(), 1);
+    }
+
+    /// The GeGLU block as one fused node against the separate nodes with candle's ops: value,
+    /// `dx` and every adapter gradient, with and without dropout.
+    #[test]
+    fn fused_mlp_matches_the_reference() {
+        use crate::model::lora::LoraConfig;
+        use rand::{Rng, SeedableRng};
+        let dev = Device::Cpu;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut rand = |shape: &[usize], scale: f32| {
+            let n = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..scale)).collect();
+            Tensor::from_vec(v, shape, &dev).unwrap()
+        };
+        let (n, hidden, inter) = (7, 12, 20);
+        let weights = [
+            rand(&[inter, hidden], 0.5),
+            rand(&[inter, hidden], 0.5),
+            rand(&[hidden, inter], 0.5),
+        ];
+        let (x0, gy) = (rand(&[n, hidden], 2.0), rand(&[n, hidden], 1.0));
+        for dropout in [0.0, 0.2] {
+            let run = |kern: Kernels| {
+                let lin = |w: &Tensor, seed| {
+                    let mut l = LoraLinear::new(w.clone());
+                    let cfg = LoraConfig {
+                        dropout,
+                        ..Default::default()
+                    };
+                    l.attach(&cfg, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed))
+                        .unwrap();
+                    // A non-zero B, so that the adapters change the value and dx.
+                    let lora = l.lora.as_ref().unwrap();
+                    let b = (Tensor::ones(lora.b.dims(), DType::F32, &dev).unwrap() * 0.1).unwrap();
+                    lora.b.set(&b).unwrap();
+                    l
+                };
+                let mlp = Mlp {
+                    gate: lin(&weights[0], 1),
+                    up: lin(&weights[1], 2),
+                    down: lin(&weights[2], 3),
+                    activation: Activation::GeluTanh,
+                };
+                let x = candle_core::Var::from_tensor(&x0).unwrap();
+                let y = mlp
+                    .forward(x.as_tensor(), kern, &mut Mode::train(11))
+                    .unwrap();
+                let grads = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut out = vec![y, grads.get(&x).unwrap().clone()];
+                for l in [&mlp.gate, &mlp.up, &mlp.down] {
+                    let (da, db) = l.take_grads().unwrap();
+                    out.extend([da.unwrap(), db.unwrap()]);
+                }
+                out
+            };
+            let (fused, reference) = (run(Kernels::Fused), run(Kernels::Reference));
+            for (i, (f, r)) in fused.iter().zip(&reference).enumerate() {
+                let d = crate::model::max_abs_diff(f, r);
+                assert!(d < 1e-4, "dropout {dropout}, output {i}: differs by {d}");
+            }
+        }
     }
 
     #[test]

@@ -79,35 +79,49 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
-/// Maximum of a slice, in eight independent lanes so that it vectorises (a plain fold cannot:
-/// float `max` and `+` are not associative for the compiler).
+/// Maximum of `f` over a slice, in eight independent lanes so that it vectorises (a plain
+/// fold cannot: float `max` and `+` are not associative for the compiler).
 #[inline(always)]
-fn max_of(xs: &[f32]) -> f32 {
+fn max_map(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let chunks = xs.chunks_exact(8);
     let rest = chunks.remainder();
     for c in chunks {
         for i in 0..8 {
-            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+            let v = f(c[i]);
+            lanes[i] = if v > lanes[i] { v } else { lanes[i] };
         }
     }
     rest.iter()
-        .chain(lanes.iter())
-        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+        .map(|&x| f(x))
+        .chain(lanes)
+        .fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
 }
 
-/// Sum of a slice, in eight lanes (see [`max_of`]).
+/// Sum of `f` over a slice, in eight lanes (see [`max_map`]).
 #[inline(always)]
-fn sum_of(xs: &[f32]) -> f32 {
+fn sum_map(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0f32; 8];
     let chunks = xs.chunks_exact(8);
     let rest = chunks.remainder();
     for c in chunks {
         for i in 0..8 {
-            lanes[i] += c[i];
+            lanes[i] += f(c[i]);
         }
     }
-    rest.iter().sum::<f32>() + lanes.iter().sum::<f32>()
+    rest.iter().map(|&x| f(x)).sum::<f32>() + lanes.iter().sum::<f32>()
+}
+
+/// Maximum of a slice (see [`max_map`]).
+#[inline(always)]
+fn max_of(xs: &[f32]) -> f32 {
+    max_map(xs, |x| x)
+}
+
+/// Sum of a slice (see [`max_map`]).
+#[inline(always)]
+fn sum_of(xs: &[f32]) -> f32 {
+    sum_map(xs, |x| x)
 }
 
 /// `buf = cap · tanh(xs / cap)` (or a copy without a cap).
@@ -427,78 +441,102 @@ pub fn rms_norm_backward(
     out.map(|d| from_vec(d, &x)).transpose()
 }
 
-/// Cross-entropy rows of logits `z` `[n, V]` (soft-capped by `cap` first): the summed loss,
-/// and with `need_grad` the gradient w.r.t. the raw logits, written in one buffer.
+/// Cross-entropy of one row of raw logits `zr` with target `t`, soft-capped by `cap` first:
+/// `logsumexp(z) − z[t]`. Reads only.
+#[inline(always)]
+fn ce_row_loss(zr: &[f32], t: usize, cap: Option<f32>) -> f64 {
+    let (max, sum, picked) = match cap {
+        Some(c) => {
+            let ic = 1.0 / c;
+            let max = max_map(zr, |x| c * tanh(x * ic));
+            let sum = sum_map(zr, |x| exp(c * tanh(x * ic) - max));
+            (max, sum, c * tanh(zr[t] * ic))
+        }
+        None => {
+            let max = max_of(zr);
+            (max, sum_map(zr, |x| exp(x - max)), zr[t])
+        }
+    };
+    (max as f64 + (sum as f64).ln()) - picked as f64
+}
+
+/// [`ce_row_loss`], turning the row into the loss's gradient w.r.t. the raw logits:
+/// `(softmax − onehot) · (1 − tanh²(z / cap))`. In place, so the logits' buffer is the
+/// gradient's (no second `[n × V]` buffer).
+#[inline(always)]
+fn ce_row_grad(zr: &mut [f32], t: usize, cap: Option<f32>) -> f64 {
+    match cap {
+        Some(c) => {
+            let ic = 1.0 / c;
+            // The row holds tanh(z / cap) from here on: the capped logit and its derivative
+            // both come from it.
+            for x in zr.iter_mut() {
+                *x = tanh(*x * ic);
+            }
+            let max = c * max_of(zr);
+            let sum = sum_map(zr, |th| exp(c * th - max));
+            let th_t = zr[t];
+            let loss = (max as f64 + (sum as f64).ln()) - (c * th_t) as f64;
+            let inv = 1.0 / sum;
+            for th in zr.iter_mut() {
+                *th = flush(exp(c * *th - max) * inv * (1.0 - *th * *th));
+            }
+            zr[t] = flush(zr[t] - (1.0 - th_t * th_t));
+            loss
+        }
+        None => {
+            let max = max_of(zr);
+            let sum = sum_map(zr, |x| exp(x - max));
+            let loss = (max as f64 + (sum as f64).ln()) - zr[t] as f64;
+            let inv = 1.0 / sum;
+            for x in zr.iter_mut() {
+                *x = flush(exp(*x - max) * inv);
+            }
+            zr[t] = flush(zr[t] - 1.0);
+            loss
+        }
+    }
+}
+
+/// The summed cross-entropy of rows of raw logits `z` (`[n, V]` row-major, one target a
+/// row, soft-capped by `cap` first).
+pub fn cross_entropy_loss(z: &[f32], v: usize, targets: &[u32], cap: Option<f64>) -> f64 {
+    let capf = cap.map(|c| c as f32);
+    z.par_chunks(v)
+        .zip(targets.par_iter())
+        .map(|(zr, &t)| ce_row_loss(zr, t as usize, capf))
+        .sum()
+}
+
+/// [`cross_entropy_loss`], overwriting `z` with the gradient w.r.t. the raw logits.
+pub fn cross_entropy_in_place(z: &mut [f32], v: usize, targets: &[u32], cap: Option<f64>) -> f64 {
+    let capf = cap.map(|c| c as f32);
+    z.par_chunks_mut(v)
+        .zip(targets.par_iter())
+        .map(|(zr, &t)| ce_row_grad(zr, t as usize, capf))
+        .sum()
+}
+
+/// The cross-entropy rows of a tensor `z` `[n, V]`: the summed loss, and with `need_grad` the
+/// gradient w.r.t. the raw logits (in a copy of `z`).
 pub fn cross_entropy_rows(
     z: &Tensor,
     targets: &[u32],
     cap: Option<f64>,
     need_grad: bool,
 ) -> candle_core::Result<Option<(f64, Option<Tensor>)>> {
-    let (n, v) = z.dims2()?;
+    let (_, v) = z.dims2()?;
     let z = z.contiguous()?;
-    let capf = cap.map(|c| c as f32);
-    // One row: softmax statistics in `buf` (which ends holding the gradient); returns the loss.
-    let row = |zr: &[f32], t: usize, buf: &mut [f32]| -> f64 {
-        cap_into(buf, zr, capf);
-        let picked = buf[t];
-        let max = max_of(buf);
-        exp_shifted(buf, max);
-        let sum = sum_of(buf);
-        let loss = (max as f64 + (sum as f64).ln()) - picked as f64;
-        if need_grad {
-            // d/dz = (softmax − onehot) · (1 − tanh²(z / cap)).
-            let inv = 1.0 / sum;
-            match capf {
-                Some(c) => {
-                    let ic = 1.0 / c;
-                    for (b, &x) in buf.iter_mut().zip(zr) {
-                        let th = tanh(x * ic);
-                        *b = flush(*b * inv * (1.0 - th * th));
-                    }
-                }
-                None => {
-                    for b in buf.iter_mut() {
-                        *b = flush(*b * inv);
-                    }
-                }
-            }
-            buf[t] = flush(
-                buf[t]
-                    - match capf {
-                        Some(c) => {
-                            let th = tanh(zr[t] / c);
-                            1.0 - th * th
-                        }
-                        None => 1.0,
-                    },
-            );
-        }
-        loss
-    };
-    let out = with_f32(&z, |zs| {
-        if need_grad {
-            let mut dz = vec![0f32; n * v];
-            let total: f64 = dz
-                .par_chunks_mut(v)
-                .zip(zs.par_chunks(v))
-                .zip(targets.par_iter())
-                .map(|((d, zr), &t)| row(zr, t as usize, d))
-                .sum();
-            (total, Some(dz))
-        } else {
-            let total: f64 = zs
-                .par_chunks(v)
-                .zip(targets.par_iter())
-                .map_init(|| vec![0f32; v], |buf, (zr, &t)| row(zr, t as usize, buf))
-                .sum();
-            (total, None)
-        }
-    });
-    match out {
-        Some((total, grad)) => Ok(Some((total, grad.map(|g| from_vec(g, &z)).transpose()?))),
-        None => Ok(None),
+    if !need_grad {
+        return Ok(with_f32(&z, |zs| {
+            (cross_entropy_loss(zs, v, targets, cap), None)
+        }));
     }
+    let Some(mut dz) = with_f32(&z, <[f32]>::to_vec) else {
+        return Ok(None);
+    };
+    let total = cross_entropy_in_place(&mut dz, v, targets, cap);
+    Ok(Some((total, Some(from_vec(dz, &z)?))))
 }
 
 #[cfg(test)]

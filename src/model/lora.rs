@@ -1,10 +1,13 @@
 //! LoRA: low-rank adapters on frozen linear layers, initialised and scaled as PEFT does.
 
+use super::cpu_gemm::{self, gemm_into, gemm_new, Mat};
+use super::kernels::Kernels;
 use super::ops;
 use super::{ModelError, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
@@ -220,6 +223,98 @@ impl Mode {
     }
 }
 
+/// What the fused backward of a [`LoraLinear`] keeps from its forward.
+pub(crate) struct Saved {
+    weight: Tensor,
+    adapter: Option<SavedAdapter>,
+}
+
+struct SavedAdapter {
+    /// `A` and `B` as the forward used them.
+    a: Tensor,
+    b: Tensor,
+    /// `x̃·Aᵀ` `[n, r]`.
+    u: Vec<f32>,
+    mask: Option<Tensor>,
+    scale: f32,
+    grads: Arc<Mutex<(Option<Tensor>, Option<Tensor>)>>,
+}
+
+impl Saved {
+    /// The backward of [`LoraLinear::fused_forward`] for the output gradient `g` `[n, out]`:
+    /// adds the gradients of `A` and `B` to the layer's accumulators and, when `dx` is given,
+    /// `g·W` plus the adapter's share to it (a fresh buffer when it is `None`; accumulated
+    /// into by gemm otherwise, so two layers reading the same input need no add pass). The
+    /// scale is folded into `du` and `dB`.
+    pub(crate) fn backward(
+        &self,
+        x2: &Tensor,
+        g: &[f32],
+        dx: Option<&mut Option<Vec<f32>>>,
+    ) -> candle_core::Result<()> {
+        let (out_dim, in_dim) = self.weight.dims2()?;
+        let n = x2.dim(0)?;
+        let gm = Mat::new(g, n, out_dim);
+        let lora = match &self.adapter {
+            Some(s) => {
+                let r = s.a.dim(0)?;
+                let du = gemm_new(
+                    gm,
+                    Mat::new(cpu_gemm::data(&s.b)?.slice(), out_dim, r),
+                    s.scale,
+                );
+                let db = gemm_new(gm.t(), Mat::new(&s.u, n, r), s.scale);
+                let xin = adapter_input(x2, s.mask.as_ref())?.contiguous()?;
+                let da = gemm_new(
+                    Mat::new(&du, n, r).t(),
+                    Mat::new(cpu_gemm::data(&xin)?.slice(), n, in_dim),
+                    1.0,
+                );
+                let dev = x2.device();
+                let (da, db) = (
+                    Tensor::from_vec(da, (r, in_dim), dev)?,
+                    Tensor::from_vec(db, (out_dim, r), dev)?,
+                );
+                accumulate(&s.grads, da, db)?;
+                Some((s, du, r))
+            }
+            None => None,
+        };
+        let Some(dx) = dx else {
+            return Ok(());
+        };
+        let wd = cpu_gemm::data(&self.weight)?;
+        let wm = Mat::new(wd.slice(), out_dim, in_dim);
+        let dx = match dx {
+            Some(d) => {
+                gemm_into(d, gm, wm, 1.0, true);
+                d
+            }
+            None => dx.insert(gemm_new(gm, wm, 1.0)),
+        };
+        let Some((s, du, r)) = lora else {
+            return Ok(());
+        };
+        let (dum, ad) = (Mat::new(&du, n, r), cpu_gemm::data(&s.a)?);
+        let am = Mat::new(ad.slice(), r, in_dim);
+        match &s.mask {
+            None => gemm_into(dx, dum, am, 1.0, true),
+            Some(m) => {
+                let dl = gemm_new(dum, am, 1.0);
+                let ms = cpu_gemm::data(m)?;
+                dx.par_chunks_mut(1 << 14)
+                    .zip(dl.par_chunks(1 << 14).zip(ms.slice().par_chunks(1 << 14)))
+                    .for_each(|(d, (l, k))| {
+                        for ((d, l), k) in d.iter_mut().zip(l).zip(k) {
+                            *d += l * k;
+                        }
+                    });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A frozen linear layer `y = x Wᵀ`, optionally with a LoRA adapter `+ scale · x Aᵀ Bᵀ`.
 pub(crate) struct LoraLinear {
     pub weight: Tensor,
@@ -290,7 +385,7 @@ impl LoraLinear {
     /// its backward, written out below, gives `x` its gradient and adds those of `A` and `B` to
     /// the layer's own accumulators ([`LoraLinear::take_grads`]). candle's autograd would
     /// instead make a dozen nodes of it, each zero-filling and adding a full-size gradient.
-    pub fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, kern: Kernels, mode: &mut Mode) -> Result<Tensor> {
         let (out_dim, in_dim) = (self.out_dim(), self.in_dim());
         let dims = x.dims().to_vec();
         let n = x.elem_count() / in_dim;
@@ -306,6 +401,11 @@ impl LoraLinear {
                 None => Ok(ops::linear_frozen(x, &self.weight)?),
             };
         };
+        // The fused layer gives the frozen weight no gradient (full-parameter training has
+        // no adapter anyway).
+        if few.is_none() && kern.fuse(x) && kern.fuse(&self.weight) && !self.weight.track_op() {
+            return self.forward_fused(x, l, mode);
+        }
         let dtype = x.dtype();
         let x2 = x.detach().reshape((n, in_dim))?;
         let base = match few {
@@ -339,17 +439,7 @@ impl LoraLinear {
             let db = (g32.t()?.matmul(&u)? * scale)?;
             let du = (g32.matmul(&b)? * scale)?;
             let da = du.t()?.matmul(&adapter_input(&x2, mask.as_ref())?)?;
-            {
-                let mut acc = grads.lock().expect("LoRA gradients");
-                acc.0 = Some(match acc.0.take() {
-                    Some(s) => (s + da)?,
-                    None => da,
-                });
-                acc.1 = Some(match acc.1.take() {
-                    Some(s) => (s + db)?,
-                    None => db,
-                });
-            }
+            accumulate(&grads, da, db)?;
             if !x_tracks {
                 return Ok((None, None));
             }
@@ -360,6 +450,85 @@ impl LoraLinear {
             let dx = (g2.matmul(&w)? + dl.to_dtype(dtype)?)?;
             Ok((Some(dx.reshape(dims.as_slice())?), None))
         })?)
+    }
+
+    /// [`LoraLinear::forward`] with the products written straight by `gemm` (f32 on the CPU,
+    /// see [`LoraLinear::fused_forward`]), one graph node.
+    fn forward_fused(&self, x: &Tensor, l: &Lora, mode: &mut Mode) -> Result<Tensor> {
+        let (out_dim, in_dim) = (self.out_dim(), self.in_dim());
+        let dims = x.dims().to_vec();
+        let n = x.elem_count() / in_dim;
+        let x2 = x.detach().reshape((n, in_dim))?.contiguous()?;
+        let (y, saved) = self.fused_forward(&x2, mode)?;
+        let mut out_dims = dims.clone();
+        *out_dims.last_mut().expect("x has a last dim") = out_dim;
+        let y = Tensor::from_vec(y, out_dims, x.device())?;
+        if !mode.grad {
+            return Ok(y);
+        }
+        let x_tracks = x.track_op();
+        Ok(ops::with_grad2(y, x, l.a.as_tensor(), move |g| {
+            let g = g.contiguous()?;
+            let mut dx = None;
+            let gs = cpu_gemm::data(&g)?;
+            saved.backward(&x2, gs.slice(), x_tracks.then_some(&mut dx))?;
+            Ok((
+                dx.map(|d| Tensor::from_vec(d, dims.as_slice(), g.device()))
+                    .transpose()?,
+                None,
+            ))
+        })?)
+    }
+
+    /// The layer on rows `x2` `[n, in]` (contiguous f32 on the CPU), products straight through
+    /// `gemm`: `y = x·Wᵀ`, then `scale · (x̃·Aᵀ)·Bᵀ` added into `y` by the call that forms it
+    /// (x̃: `x` dropped out). Returns `y` `[n, out]` and what the backward needs.
+    pub(crate) fn fused_forward(&self, x2: &Tensor, mode: &mut Mode) -> Result<(Vec<f32>, Saved)> {
+        let (out_dim, in_dim) = (self.out_dim(), self.in_dim());
+        let n = x2.dim(0)?;
+        let w = self.weight.contiguous()?;
+        let mut y = gemm_new(
+            Mat::new(cpu_gemm::data(x2)?.slice(), n, in_dim),
+            Mat::new(cpu_gemm::data(&w)?.slice(), out_dim, in_dim).t(),
+            1.0,
+        );
+        let Some(l) = &self.lora else {
+            return Ok((
+                y,
+                Saved {
+                    weight: w,
+                    adapter: None,
+                },
+            ));
+        };
+        let mask = match (mode.dropout.as_mut(), l.dropout > 0.0 && mode.grad) {
+            (Some(rng), true) => Some(rng.mask(&[n, in_dim], l.dropout, x2.device())?),
+            _ => None,
+        };
+        let (a, b) = (l.a.as_tensor().detach(), l.b.as_tensor().detach());
+        let r = a.dim(0)?;
+        let xin = adapter_input(x2, mask.as_ref())?.contiguous()?;
+        let u = gemm_new(
+            Mat::new(cpu_gemm::data(&xin)?.slice(), n, in_dim),
+            Mat::new(cpu_gemm::data(&a)?.slice(), r, in_dim).t(),
+            1.0,
+        );
+        gemm_into(
+            &mut y,
+            Mat::new(&u, n, r),
+            Mat::new(cpu_gemm::data(&b)?.slice(), out_dim, r).t(),
+            l.scale as f32,
+            true,
+        );
+        let adapter = Some(SavedAdapter {
+            a,
+            b,
+            u,
+            mask,
+            scale: l.scale as f32,
+            grads: l.grads.clone(),
+        });
+        Ok((y, Saved { weight: w, adapter }))
     }
 
     /// The gradients of `A` and `B` accumulated since the last call (None where no backward
@@ -379,6 +548,24 @@ impl LoraLinear {
         }
         Ok(())
     }
+}
+
+/// Adds one backward pass's `dA` and `dB` to a layer's accumulators.
+fn accumulate(
+    grads: &Mutex<(Option<Tensor>, Option<Tensor>)>,
+    da: Tensor,
+    db: Tensor,
+) -> candle_core::Result<()> {
+    let mut acc = grads.lock().expect("LoRA gradients");
+    acc.0 = Some(match acc.0.take() {
+        Some(s) => (s + da)?,
+        None => da,
+    });
+    acc.1 = Some(match acc.1.take() {
+        Some(s) => (s + db)?,
+        None => db,
+    });
+    Ok(())
 }
 
 /// The adapters' input: `x` in f32, dropped out. Not kept for the backward but rebuilt there
@@ -457,12 +644,52 @@ mod tests {
             .set(&Tensor::new(&[[1f32, 2.0], [0.5, -1.0], [3.0, 0.0]], &dev).unwrap())
             .unwrap();
         let x = Tensor::new(&[[1f32, -2.0, 0.5, 3.0]], &dev).unwrap();
-        let with_adapter = l.forward(&x, &mut Mode::eval()).unwrap();
+        let with_adapter = l.forward(&x, Kernels::Fused, &mut Mode::eval()).unwrap();
         l.merge().unwrap();
         assert!(l.lora.is_none());
-        let merged = l.forward(&x, &mut Mode::eval()).unwrap();
+        let merged = l.forward(&x, Kernels::Fused, &mut Mode::eval()).unwrap();
         let d = crate::model::max_abs_diff(&with_adapter, &merged);
         assert!(d < 1e-5, "{d}");
+    }
+
+    /// The fused layer (gemm straight, CPU f32) against candle's ops: value, `dx`, `dA` and
+    /// `dB`, with and without dropout (the same seeded masks in both).
+    #[test]
+    fn fused_layer_matches_the_reference_ops() {
+        let dev = Device::Cpu;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut rand = |shape: (usize, usize)| {
+            let v: Vec<f32> = (0..shape.0 * shape.1)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            Tensor::from_vec(v, shape, &dev).unwrap()
+        };
+        let (n, fan_in, out, r) = (13, 24, 17, 4);
+        let (w, x0, a, b, gy) = (
+            rand((out, fan_in)),
+            rand((n, fan_in)),
+            rand((r, fan_in)),
+            rand((out, r)),
+            rand((n, out)),
+        );
+        for dropout in [0.0, 0.3] {
+            let run = |kern: Kernels| {
+                let mut l = LoraLinear::new(w.clone());
+                l.set_lora(a.clone(), b.clone(), 1.5, dropout).unwrap();
+                let x = Var::from_tensor(&x0).unwrap();
+                let mut mode = Mode::train(9);
+                let y = l.forward(x.as_tensor(), kern, &mut mode).unwrap();
+                let grads = (&y * &gy).unwrap().sum_all().unwrap().backward().unwrap();
+                let dx = grads.get(&x).unwrap().clone();
+                let (da, db) = l.take_grads().unwrap();
+                [y, dx, da.unwrap(), db.unwrap()]
+            };
+            let (fused, reference) = (run(Kernels::Fused), run(Kernels::Reference));
+            for (i, (f, r)) in fused.iter().zip(&reference).enumerate() {
+                let d = crate::model::max_abs_diff(f, r);
+                assert!(d < 1e-5, "dropout {dropout}, output {i}: differs by {d}");
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! same pass, so no logits are kept for the backward.
 
 use super::causal_lm::CausalLm;
+use super::cpu_gemm::{self, gemm_new, Mat};
 use super::kernels::{self, Kernels};
 use super::lora::Mode;
 use super::ops::{self, with_grad};
@@ -190,7 +191,7 @@ pub fn cross_entropy_sum(
     need_grad: bool,
     kern: Kernels,
 ) -> Result<Tensor> {
-    let (n, _hidden) = h.dims2()?;
+    let (n, hidden) = h.dims2()?;
     let vocab = w.dim(0)?;
     let dev = h.device();
     let rows = (CHUNK_ELEMENTS / vocab).max(1);
@@ -213,9 +214,35 @@ pub fn cross_entropy_sum(
         }
         Ok(())
     };
+    let fused_head = kern.fuse(&hd) && kern.fuse(w) && !w_grad;
+    let wc = if fused_head {
+        w.contiguous()?
+    } else {
+        w.clone()
+    };
     let mut start = 0;
     while start < n {
         let len = rows.min(n - start);
+        if fused_head {
+            // The logits written once by gemm, turned into their gradient in place, and
+            // `dh = dz·W` formed from that same buffer.
+            let hc = hd.narrow(0, start, len)?.contiguous()?;
+            let (hs, ws) = (cpu_gemm::data(&hc)?, cpu_gemm::data(&wc)?);
+            let wm = Mat::new(ws.slice(), vocab, hidden);
+            let mut z = gemm_new(Mat::new(hs.slice(), len, hidden), wm.t(), 1.0);
+            let tg = &targets[start..start + len];
+            if need_grad {
+                let sum = kernels::cross_entropy_in_place(&mut z, vocab, tg, cap);
+                sums.push(Tensor::new(sum as f32, dev)?);
+                let dh = gemm_new(Mat::new(&z, len, vocab), wm, 1.0);
+                grads.push(Tensor::from_vec(dh, (len, hidden), dev)?);
+            } else {
+                let sum = kernels::cross_entropy_loss(&z, vocab, tg, cap);
+                sums.push(Tensor::new(sum as f32, dev)?);
+            }
+            start += len;
+            continue;
+        }
         let z = hd
             .narrow(0, start, len)?
             .matmul(&wt)?

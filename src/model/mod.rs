@@ -11,6 +11,7 @@ mod blocks;
 mod cache;
 mod causal_lm;
 pub(crate) mod config;
+pub(crate) mod cpu_gemm;
 pub mod device;
 pub mod export;
 mod gemma2;

@@ -6,6 +6,7 @@
 //! inputs and attaches its own backward through [`with_grad`], so gradients flow only where
 //! they are needed.
 
+use super::cpu_gemm::{self, gemm_batched, Mat};
 use super::kernels::{self, Kernels};
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
@@ -424,10 +425,29 @@ impl Fused {
         let qg = rot(&shape.split(q, nh)?)?.reshape((b, nkv, nh / nkv * t, d))?;
         let kh = rot(&shape.split(k, nkv)?)?;
         let vh = shape.split(v, nkv)?;
-        let s = (qg.matmul(&kh.t()?)? * a.scale)?;
+        // The products per (batch, key head), straight through gemm with the score scale
+        // folded in (see `cpu_gemm`): `[bk]` blocks of `gt × d` queries against `t × d` keys.
+        let (bk, gt) = (b * nkv, nh / nkv * t);
+        let s = {
+            let (qs, ks) = (cpu_gemm::data(&qg)?, cpu_gemm::data(&kh)?);
+            let (qs, ks) = (qs.slice(), ks.slice());
+            let sv = gemm_batched(
+                bk,
+                |i| block(qs, i, gt, d),
+                |i| block(ks, i, t, d).t(),
+                a.scale as f32,
+            );
+            Tensor::from_vec(sv, (b, nkv, gt, t), q.device())?
+        };
         let p = kernels::capped_softmax_forward(&s, a.cap, a.bias)?
             .ok_or_else(|| candle_core::Error::Msg("attention: bias layout".into()))?;
-        let out = shape.merge(&p.matmul(&vh)?, nh)?;
+        let o = {
+            let (ps, vs) = (cpu_gemm::data(&p)?, cpu_gemm::data(&vh)?);
+            let (ps, vs) = (ps.slice(), vs.slice());
+            let ov = gemm_batched(bk, |i| block(ps, i, gt, t), |i| block(vs, i, t, d), 1.0);
+            Tensor::from_vec(ov, (b, nkv, gt, d), q.device())?
+        };
+        let out = shape.merge(&o, nh)?;
         let f = Self {
             shape,
             qg,
@@ -450,15 +470,43 @@ impl Fused {
             .shape
             .split(dout, nh)?
             .reshape((b, nkv, nh / nkv * t, d))?;
-        let dv = self.p.t()?.matmul(&d_o)?;
-        let dp = d_o.matmul(&self.vh.t()?)?;
-        let ds = (kernels::capped_softmax_backward(&self.s, &self.p, &dp, self.cap)?
-            .ok_or_else(|| candle_core::Error::Msg("attention backward: not CPU f32".into()))?
-            * self.scale)?;
-        let unrot =
-            |x: &Tensor| candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos, &self.neg_sin);
-        let dq = unrot(&ds.matmul(&self.kh)?.reshape((b, nh, t, d))?)?;
-        let dk = unrot(&ds.t()?.matmul(&self.qg)?)?;
+        let (bk, gt) = (b * nkv, nh / nkv * t);
+        let dev = dout.device();
+        let (os, ps, vs) = (
+            cpu_gemm::data(&d_o)?,
+            cpu_gemm::data(&self.p)?,
+            cpu_gemm::data(&self.vh)?,
+        );
+        let (os, ps, vs) = (os.slice(), ps.slice(), vs.slice());
+        let dv = gemm_batched(
+            bk,
+            |i| block(ps, i, gt, t).t(),
+            |i| block(os, i, gt, d),
+            1.0,
+        );
+        let dp = gemm_batched(bk, |i| block(os, i, gt, d), |i| block(vs, i, t, d).t(), 1.0);
+        let dp = Tensor::from_vec(dp, (b, nkv, gt, t), dev)?;
+        let ds = kernels::capped_softmax_backward(&self.s, &self.p, &dp, self.cap)?
+            .ok_or_else(|| candle_core::Error::Msg("attention backward: not CPU f32".into()))?;
+        drop(dp);
+        let (dss, ks, qs) = (
+            cpu_gemm::data(&ds)?,
+            cpu_gemm::data(&self.kh)?,
+            cpu_gemm::data(&self.qg)?,
+        );
+        let (dss, ks, qs) = (dss.slice(), ks.slice(), qs.slice());
+        let sc = self.scale as f32;
+        let dq = gemm_batched(bk, |i| block(dss, i, gt, t), |i| block(ks, i, t, d), sc);
+        let dk = gemm_batched(
+            bk,
+            |i| block(dss, i, gt, t).t(),
+            |i| block(qs, i, gt, d),
+            sc,
+        );
+        let unrot = |x: &Tensor| candle_nn::rotary_emb::rope(x, &self.cos, &self.neg_sin);
+        let dq = unrot(&Tensor::from_vec(dq, (b, nh, t, d), dev)?)?;
+        let dk = unrot(&Tensor::from_vec(dk, (b, nkv, t, d), dev)?)?;
+        let dv = Tensor::from_vec(dv, (b, nkv, t, d), dev)?;
         Ok((
             self.shape.merge(&dq, nh)?,
             self.shape.merge(&dk, nkv)?,
@@ -541,6 +589,11 @@ pub fn attention_gathered(q: &Tensor, k: &Tensor, v: &Tensor, g: &Gathered) -> R
             Some(put(dv, vw)?),
         ))
     })
+}
+
+/// Block `i` (`rows × cols`, row-major) of a buffer of such blocks.
+fn block(data: &[f32], i: usize, rows: usize, cols: usize) -> Mat<'_> {
+    Mat::new(&data[i * rows * cols..(i + 1) * rows * cols], rows, cols)
 }
 
 /// [`attention`] as a composition of candle ops and the ops above (the reference path; the

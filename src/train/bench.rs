@@ -27,7 +27,7 @@ pub struct BenchOptions {
 }
 
 /// The reference's batch and sequence length per preset.
-fn preset_batch(preset: &str) -> (usize, usize) {
+pub fn preset_batch(preset: &str) -> (usize, usize) {
     match preset {
         // tiny, tiny-gemma3, tiny-qwen3, tiny-llama.
         p if p.starts_with("tiny") => (2, 64),

@@ -1,0 +1,209 @@
+//! Every matrix product of one LoRA training step, timed alone with candle's `matmul` in the
+//! layout the step uses (`x · Wᵀ` takes a strided, transposed right operand), and again with
+//! both operands contiguous: what the step's GEMMs cost at their shapes, and what a transposed
+//! layout costs.
+//!
+//! `cargo bench --bench gemm_step -- [--preset small] [--json]`; `benches/gemm_compare.sh` runs
+//! it and then torch on the same list (`benches/gemm_torch.py`), back to back, and prints the
+//! ratios. The list follows the step of `socratune bench train` (src/model/lora.rs,
+//! src/model/ops.rs `attention`, src/model/loss.rs): keep them in step.
+
+use candle_core::{Device, Tensor};
+use serde_json::json;
+use socratune::model::loss::Batch;
+use socratune::model::ModelConfig;
+use std::time::Instant;
+
+/// One product `[batch ×] (m × k) · (k × n)`, `count` times a step; `lhs_t`/`rhs_t`: the
+/// operand is the transpose of a contiguous tensor (a strided view), as the step has it.
+struct Gemm {
+    name: String,
+    count: usize,
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    lhs_t: bool,
+    rhs_t: bool,
+}
+
+fn gemm(name: &str, count: usize, batch: usize, mkn: [usize; 3], lhs_t: bool, rhs_t: bool) -> Gemm {
+    let [m, k, n] = mkn;
+    Gemm {
+        name: name.to_string(),
+        count,
+        batch,
+        m,
+        k,
+        n,
+        lhs_t,
+        rhs_t,
+    }
+}
+
+/// The products of one step of `bench train --preset <preset>` (LoRA on all seven projections,
+/// r = 16, no dropout, B × T tokens, the loss on the supervised rows only).
+fn step_gemms(cfg: &ModelConfig, b: usize, t: usize, supervised: usize) -> Vec<Gemm> {
+    let (n, h, i, r) = (b * t, cfg.hidden_size, cfg.intermediate_size, 16);
+    let (nh, nkv, d) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let layers = cfg.num_hidden_layers;
+    let mut v = Vec::new();
+    // (name, in, out) of the seven projections; q/k/v/o, gate/up and down share shapes.
+    let projections = [
+        ("q/o", h, nh * d, 2),
+        ("k/v", h, nkv * d, 2),
+        ("gate/up", h, i, 2),
+        ("down", i, h, 1),
+    ];
+    for (p, fan_in, out, times) in projections {
+        // (product, m × k × n, lhs transposed, rhs transposed), as src/model/lora.rs forms them.
+        let products = [
+            ("x·Wᵀ", [n, fan_in, out], false, true),
+            ("x·Aᵀ", [n, fan_in, r], false, true),
+            ("u·Bᵀ", [n, r, out], false, true),
+            ("dx=g·W", [n, out, fan_in], false, false),
+            ("dB=gᵀ·u", [out, n, r], true, false),
+            ("du=g·B", [n, out, r], false, false),
+            ("dA=duᵀ·x", [r, n, fan_in], true, false),
+            ("du·A", [n, r, fan_in], false, false),
+        ];
+        for (what, mkn, lt, rt) in products {
+            let name = format!("{p} {what}");
+            v.push(gemm(&name, layers * times, 1, mkn, lt, rt));
+        }
+    }
+    // Attention: the nh / nkv query heads of a key head stacked along time (g·T rows), as
+    // src/model/ops.rs `attention` forms them.
+    let (bh, gt) = (b * nkv, nh / nkv * t);
+    let products = [
+        ("S=Q·Kᵀ", [gt, d, t], false, true),
+        ("O=P·V", [gt, t, d], false, false),
+        ("dV=Pᵀ·dO", [t, gt, d], true, false),
+        ("dP=dO·Vᵀ", [gt, d, t], false, true),
+        ("dQ=dS·K", [gt, t, d], false, false),
+        ("dK=dSᵀ·Q", [t, gt, d], true, false),
+    ];
+    for (what, mkn, lt, rt) in products {
+        v.push(gemm(&format!("attn {what}"), layers, bh, mkn, lt, rt));
+    }
+    let vocab = cfg.vocab_size;
+    v.push(gemm(
+        "head z=h·Wᵀ",
+        1,
+        1,
+        [supervised, h, vocab],
+        false,
+        true,
+    ));
+    v.push(gemm(
+        "head dh=dz·W",
+        1,
+        1,
+        [supervised, vocab, h],
+        false,
+        false,
+    ));
+    v
+}
+
+/// A `[batch, rows, cols]` operand, or the transposed view of a contiguous `[batch, cols, rows]`.
+fn operand(batch: usize, rows: usize, cols: usize, transposed: bool) -> Tensor {
+    let dims = if transposed {
+        (batch, cols, rows)
+    } else {
+        (batch, rows, cols)
+    };
+    let x = Tensor::randn(0f32, 1.0, dims, &Device::Cpu).expect("randn");
+    let x = if transposed { x.t().expect("t") } else { x };
+    if batch == 1 {
+        x.squeeze(0).expect("squeeze")
+    } else {
+        x
+    }
+}
+
+/// Seconds of one product: the best of repeated runs over at least `budget` seconds.
+fn time(g: &Gemm, lhs_t: bool, rhs_t: bool, budget: f64) -> f64 {
+    let a = operand(g.batch, g.m, g.k, lhs_t);
+    let b = operand(g.batch, g.k, g.n, rhs_t);
+    a.matmul(&b).expect("matmul"); // warm-up: thread pools, page faults
+    let (mut best, mut spent, mut runs) = (f64::INFINITY, 0.0, 0);
+    while spent < budget || runs < 3 {
+        let t0 = Instant::now();
+        std::hint::black_box(a.matmul(&b).expect("matmul"));
+        let dt = t0.elapsed().as_secs_f64();
+        best = best.min(dt);
+        spent += dt;
+        runs += 1;
+    }
+    best
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let preset = value("--preset").unwrap_or_else(|| "small".into());
+    let json_out = args.iter().any(|a| a == "--json");
+    socratune::threads::pin_thread_count();
+    socratune::fpenv::flush_subnormals_everywhere();
+    let cfg = ModelConfig::preset(&preset).unwrap_or_else(|| panic!("unknown preset {preset}"));
+    let (b, t) = socratune::train::bench::preset_batch(&preset);
+    let rows: Vec<Vec<u32>> = (0..b).map(|_| vec![3; t]).collect();
+    let supervised = Batch::masked_prefix(&rows, 0.4, cfg.vocab_size, &Device::Cpu)
+        .expect("batch")
+        .supervised();
+    let (mut total, mut total_contig, mut flops) = (0.0, 0.0, 0.0);
+    if !json_out {
+        println!(
+            "{:<16} {:>5} {:>22} {:>9} {:>8} {:>9}",
+            "product", "×step", "batch×m×k×n", "ms", "GFLOP/s", "contig."
+        );
+    }
+    for g in step_gemms(&cfg, b, t, supervised) {
+        let f = 2.0 * (g.batch * g.m * g.k * g.n) as f64;
+        let s = time(&g, g.lhs_t, g.rhs_t, 0.1);
+        let s_contig = if g.lhs_t || g.rhs_t {
+            time(&g, false, false, 0.1)
+        } else {
+            s
+        };
+        total += s * g.count as f64;
+        total_contig += s_contig * g.count as f64;
+        flops += f * g.count as f64;
+        if json_out {
+            println!(
+                "{}",
+                json!({"impl": "candle", "name": g.name, "count": g.count, "batch": g.batch,
+                       "m": g.m, "k": g.k, "n": g.n, "lhs_t": g.lhs_t, "rhs_t": g.rhs_t,
+                       "s": s, "s_contiguous": s_contig})
+            );
+        } else {
+            println!(
+                "{:<16} {:>5} {:>22} {:>9.3} {:>8.0} {:>9.0}",
+                g.name,
+                g.count,
+                format!("{}×{}×{}×{}", g.batch, g.m, g.k, g.n),
+                s * 1e3,
+                f / s / 1e9,
+                f / s_contig / 1e9
+            );
+        }
+    }
+    if !json_out {
+        println!(
+            "step: {:.1} GFLOP in {:.0} ms ({:.0} GFLOP/s); with contiguous operands {:.0} ms",
+            flops / 1e9,
+            total * 1e3,
+            flops / total / 1e9,
+            total_contig * 1e3
+        );
+    }
+}
