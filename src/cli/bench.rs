@@ -200,14 +200,19 @@ fn print_layouts(r: &serde_json::Value) {
             continue;
         }
         let f = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
+        // A ratio to a layout that was not measured (`--layouts`) is shown as "-".
+        let ratio = |k: &str| match l[k].as_f64() {
+            Some(x) => format!("{x:.2}x"),
+            None => "-".into(),
+        };
         eprintln!(
-            "{name:<15}  {:>6.1}%  {:>11}  {:>13.0}  {:>7.1}  {:>8.2}x  {:>15.2}x",
+            "{name:<15}  {:>6.1}%  {:>11}  {:>13.0}  {:>7.1}  {:>9}  {:>16}",
             f("padding_share") * 100.0,
             f("steps_per_epoch"),
             f("real_tokens_per_s"),
             f("epoch_s"),
-            f("speedup_vs_padded"),
-            f("speedup_vs_budget_padded")
+            ratio("speedup_vs_padded"),
+            ratio("speedup_vs_budget_padded")
         );
     }
 }
