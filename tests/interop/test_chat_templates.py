@@ -145,6 +145,15 @@ def made(tmp_path_factory):
     return out
 
 
+def fixture_base(family, tmp_path):
+    """The family's parity fixture (config and weights, no tokenizer files) in tmp_path/base."""
+    base = tmp_path / "base"
+    base.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(FIXTURES / f"{family}-tiny" / name, base / name)
+    return base
+
+
 def ids(rendered):
     """The token ids of `apply_chat_template(tokenize=True)`, a list or an encoding by version."""
     return list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
@@ -185,10 +194,7 @@ def test_serve_prompts_with_the_generation_prompt(made, template, tmp_path):
     for a conversation with a system message and for one without."""
     _, _, _, family = FAMILIES[template]
     d = made[template]
-    base = tmp_path / "base"
-    base.mkdir()
-    for name in ("config.json", "generation_config.json", "model.safetensors"):
-        shutil.copy(FIXTURES / f"{family}-tiny" / name, base / name)
+    base = fixture_base(family, tmp_path)
     hf = AutoTokenizer.from_pretrained(d)
     proc = subprocess.Popen([str(BIN), "serve", "--model", str(base), "--tokenizer",
                              str(d / "tokenizer.json"), "--device", "cpu", "--port", "0"],
@@ -227,10 +233,7 @@ def test_gguf_fallback_template_renders_the_trained_prompt(made, template, tmp_p
     gguf = pytest.importorskip("gguf")
     _, _, _, family = FAMILIES[template]
     d = made[template]
-    base = tmp_path / "base"
-    base.mkdir()
-    for name in ("config.json", "generation_config.json", "model.safetensors"):
-        shutil.copy(FIXTURES / f"{family}-tiny" / name, base / name)
+    base = fixture_base(family, tmp_path)
     # The tokenizer only: no tokenizer_config.json, so the export falls back.
     shutil.copy(d / "tokenizer.json", base / "tokenizer.json")
     # Export takes an adapter: PEFT's default one (B = 0) leaves the base unchanged.
