@@ -166,6 +166,57 @@ fn ollama_writes_a_modelfile_beside_the_gguf() {
     );
 }
 
+/// The run's variant's system text goes into the Modelfile; `--system` replaces it ("" drops it).
+#[test]
+fn ollama_modelfile_has_the_runs_system_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_with_tokenizer(dir.path());
+    let run = dir.path().join("run");
+    let adapter_dir = run.join("best");
+    std::fs::create_dir_all(&adapter_dir).unwrap();
+    for e in std::fs::read_dir(fixture().join("adapter")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), adapter_dir.join(e.file_name())).unwrap();
+    }
+    common::write_model8_stats(&run, &base.join("tokenizer.json"));
+    let stats = run.join("data/stats.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    v["config"]["system"] = "あなたはソクラテスです。".into();
+    std::fs::write(&stats, v.to_string()).unwrap();
+    let out = dir.path().join("exports").join("socrates.gguf");
+    let modelfile = dir.path().join("exports").join("Modelfile");
+    let run_export = |extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "--format",
+            "gguf",
+            "--adapter",
+            adapter_dir.to_str().unwrap(),
+            "--model",
+            base.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--ollama",
+            "--opening",
+            "正義とは？",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = socratune(&args);
+        assert!(ok, "{err}");
+        std::fs::read_to_string(&modelfile).unwrap()
+    };
+    let m = run_export(&[]);
+    assert!(
+        m.contains("SYSTEM \"\"\"あなたはソクラテスです。\"\"\"\n"),
+        "{m}"
+    );
+    let m = run_export(&["--system", "S"]);
+    assert!(m.contains("SYSTEM \"\"\"S\"\"\"\n"), "{m}");
+    let m = run_export(&["--system", ""]);
+    assert!(!m.contains("SYSTEM"), "{m}");
+}
+
 #[test]
 fn bad_requests_are_refused_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -185,6 +236,8 @@ fn bad_requests_are_refused_in_one_line() {
         "--ollama",
     ]);
     assert!(!ok && err.contains("--ollama needs --format gguf"), "{err}");
+    let (ok, _, err) = export(&base, &out, &["--system", "S"]);
+    assert!(!ok && err.contains("--system"), "{err}");
 
     let (ok, _, err) = export(
         &base,

@@ -49,6 +49,9 @@ pub struct ExportArgs {
     /// The Modelfile's opening line (default: the chat config's `opening`).
     #[arg(long)]
     pub opening: Option<String>,
+    /// The Modelfile's system text instead of the run's variant's ("" for none).
+    #[arg(long)]
+    pub system: Option<String>,
 }
 
 impl ExportArgs {
@@ -57,6 +60,9 @@ impl ExportArgs {
         // Flags that only make sense for the other format are mistakes, not silently ignored.
         if a.format != ExportFormat::Gguf && a.ollama {
             anyhow::bail!("--ollama needs --format gguf");
+        }
+        if !a.ollama && a.system.is_some() {
+            anyhow::bail!("--system is the Modelfile's; it needs --ollama");
         }
         let quant: socratune::gguf::Quant =
             a.quant.parse().map_err(|e: String| anyhow::anyhow!(e))?;
@@ -87,7 +93,13 @@ impl ExportArgs {
             })?;
             // The Modelfile takes no seed.
             let sampling = socratune::chat::session::sampling(&cfg.sampling)?;
-            Some((opening, sampling))
+            // The system text the run was trained with (its data's stats.json), as chat uses it.
+            let system = match a.system.clone() {
+                Some(s) => Some(s),
+                None => socratune::chat::load::RunInfo::find(&a.adapter)?
+                    .and_then(|run| run.variant.layout.system),
+            };
+            Some((opening, sampling, system))
         } else {
             None
         };
@@ -123,15 +135,20 @@ impl ExportArgs {
                     w.describe_types(),
                     started.elapsed().as_secs_f64()
                 );
-                if let Some((opening, sampling)) = modelfile_inputs {
+                if let Some((opening, sampling, system)) = modelfile_inputs {
                     let file = a
                         .out
                         .file_name()
                         .map(|s| s.to_string_lossy().into_owned())
                         .unwrap_or_default();
                     let family = socratune::gguf::family::family(m.cfg.family.model_type())?;
-                    let text =
-                        socratune::gguf::ollama::modelfile(&file, family, &sampling, &opening)?;
+                    let text = socratune::gguf::ollama::modelfile(
+                        &file,
+                        family,
+                        &sampling,
+                        &opening,
+                        system.as_deref(),
+                    )?;
                     let path = a.out.parent().unwrap_or(Path::new(".")).join("Modelfile");
                     socratune::fsutil::write_atomic(&path, text.as_bytes())?;
                     println!(

@@ -76,10 +76,17 @@ const GEMMA_CHAT_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == '
 
 /// Ollama's gemma2 template (a system message is rendered as a user turn); Gemma-3 uses the
 /// same turns.
-const GEMMA_OLLAMA_TEMPLATE: &str = r#"{{- range $i, $_ := .Messages }}
+// Gemma has no system turn: as training does (dataset::chat_format), the system text goes
+// before the first user text, then a blank line. Ollama passes a Modelfile's SYSTEM as the
+// first message with the role "system".
+const GEMMA_OLLAMA_TEMPLATE: &str = r#"{{- $system := "" }}
+{{- range .Messages }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ end }}{{ end }}
+{{- range $i, $_ := .Messages }}
 {{- $last := eq (len (slice $.Messages $i)) 1 }}
-{{- if or (eq .Role "user") (eq .Role "system") }}<start_of_turn>user
-{{ .Content }}<end_of_turn>
+{{- if eq .Role "user" }}<start_of_turn>user
+{{ if $system }}{{ $system }}
+
+{{ $system = "" }}{{ end }}{{ .Content }}<end_of_turn>
 {{ if $last }}<start_of_turn>model
 {{ end }}
 {{- else if eq .Role "assistant" }}<start_of_turn>model
@@ -201,11 +208,21 @@ pub(crate) static LLAMA: Family = Family {
     // Llama-3.1/3.2's header format as training renders it (dataset::chat_format): the system
     // header always, with the knowledge cutoff and the fixed date.
     chat_template: "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set system_message = messages[0]['content'] | trim %}{% set messages = messages[1:] %}{% else %}{% set system_message = '' %}{% endif %}{{ '<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n' + system_message + '<|eot_id|>' }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
-    ollama_template: r#"{{- range $i, $_ := .Messages }}
-{{- $last := eq (len (slice $.Messages $i)) 1 -}}
-<|start_header_id|>{{ .Role }}<|end_header_id|>
+    // The system header always, the system message's text in it when there is one.
+    ollama_template: r#"{{- $system := "" }}
+{{- range .Messages }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ end }}{{ end -}}
+<|start_header_id|>system<|end_header_id|>
+
+Cutting Knowledge Date: December 2023
+Today Date: 26 Jul 2024
+
+{{ $system }}<|eot_id|>
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if ne .Role "system" }}<|start_header_id|>{{ .Role }}<|end_header_id|>
 
 {{ .Content }}<|eot_id|>
+{{- end }}
 {{- if and $last (ne .Role "assistant") }}<|start_header_id|>assistant<|end_header_id|>
 
 {{ end }}

@@ -12,8 +12,13 @@ pub fn modelfile(
     fam: &Family,
     sampling: &SamplingParams,
     opening: &str,
+    system: Option<&str>,
 ) -> Result<String> {
-    for (what, text) in [("the opening line", opening), ("the file name", gguf_file)] {
+    for (what, text) in [
+        ("the opening line", opening),
+        ("the system text", system.unwrap_or("")),
+        ("the file name", gguf_file),
+    ] {
         if text.contains("\"\"\"") {
             return Err(GgufError::Invalid(format!(
                 "{what} contains \"\"\", which a Modelfile cannot quote"
@@ -36,6 +41,10 @@ pub fn modelfile(
     m += &format!("PARAMETER repeat_penalty {}\n", sampling.repetition_penalty);
     m += &format!("PARAMETER repeat_last_n {}\n", sampling.repeat_last_n);
     m += &format!("PARAMETER num_predict {}\n", sampling.max_new_tokens);
+    // The run's system text, as training rendered it (the TEMPLATE places it per family).
+    if let Some(system) = system.map(str::trim).filter(|s| !s.is_empty()) {
+        m += &format!("SYSTEM \"\"\"{system}\"\"\"\n");
+    }
     m += &format!("MESSAGE assistant \"\"\"{}\"\"\"\n", opening.trim());
     Ok(m)
 }
@@ -43,7 +52,7 @@ pub fn modelfile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::family::GEMMA2;
+    use crate::gguf::family::{GEMMA2, LLAMA, QWEN3};
 
     #[test]
     fn modelfile_has_the_template_stop_sampling_and_opening() {
@@ -51,10 +60,20 @@ mod tests {
             top_k: None,
             ..SamplingParams::default()
         };
-        let m = modelfile("socrates.q8_0.gguf", &GEMMA2, &s, "正義とは何だろうか？\n").unwrap();
+        let m = modelfile(
+            "socrates.q8_0.gguf",
+            &GEMMA2,
+            &s,
+            "正義とは何だろうか？\n",
+            None,
+        )
+        .unwrap();
         assert!(m.contains("FROM ./socrates.q8_0.gguf\n"), "{m}");
         assert!(
-            m.contains("TEMPLATE \"\"\"{{- range $i, $_ := .Messages }}"),
+            m.contains(&format!(
+                "TEMPLATE \"\"\"{}\"\"\"\n",
+                GEMMA2.ollama_template
+            )),
             "{m}"
         );
         assert!(m.contains("PARAMETER stop \"<end_of_turn>\"\n"));
@@ -66,7 +85,60 @@ mod tests {
             m.ends_with("MESSAGE assistant \"\"\"正義とは何だろうか？\"\"\"\n"),
             "{m}"
         );
-        let e = modelfile("x.gguf", &GEMMA2, &s, "a \"\"\" b").unwrap_err();
+        assert!(!m.contains("SYSTEM"), "{m}");
+        let e = modelfile("x.gguf", &GEMMA2, &s, "a \"\"\" b", None).unwrap_err();
         assert!(e.to_string().contains("opening line"), "{e}");
+    }
+
+    #[test]
+    fn modelfile_has_the_system_text_when_there_is_one() {
+        let s = SamplingParams::default();
+        let m = modelfile(
+            "x.gguf",
+            &GEMMA2,
+            &s,
+            "Q",
+            Some(" あなたはソクラテスです。\n"),
+        )
+        .unwrap();
+        assert!(
+            m.contains("SYSTEM \"\"\"あなたはソクラテスです。\"\"\"\nMESSAGE assistant"),
+            "{m}"
+        );
+        // Empty (an override that means none) writes no SYSTEM line.
+        let m = modelfile("x.gguf", &GEMMA2, &s, "Q", Some("  ")).unwrap();
+        assert!(!m.contains("SYSTEM"), "{m}");
+        let e = modelfile("x.gguf", &GEMMA2, &s, "Q", Some("a \"\"\" b")).unwrap_err();
+        assert!(e.to_string().contains("system text"), "{e}");
+    }
+
+    // The templates render as training does (checked with Go's text/template, which Ollama
+    // uses); these pin the parts that place the system text.
+    #[test]
+    fn templates_place_the_system_text_as_training_does() {
+        // Gemma: folded before the first user text, then a blank line.
+        let g = GEMMA2.ollama_template;
+        assert!(
+            g.contains("<start_of_turn>user\n{{ if $system }}{{ $system }}\n\n{{ $system = \"\" }}{{ end }}{{ .Content }}"),
+            "{g}"
+        );
+        assert!(
+            !g.contains("(eq .Role \"system\") }}<start_of_turn>"),
+            "{g}"
+        );
+        // Llama: the dated system header always, the system text inside it.
+        let l = LLAMA.ollama_template;
+        assert!(
+            l.contains("<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n{{ $system }}<|eot_id|>"),
+            "{l}"
+        );
+        assert!(l.contains("{{- if ne .Role \"system\" }}"), "{l}");
+        // Qwen3: a system turn of its own; the think block only in the generation prompt.
+        let q = QWEN3.ollama_template;
+        assert_eq!(q.matches("<think>").count(), 1, "{q}");
+        assert!(
+            q.contains("<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>"),
+            "{q}"
+        );
     }
 }
