@@ -166,9 +166,10 @@ fn ollama_writes_a_modelfile_beside_the_gguf() {
     );
 }
 
-/// The run's variant's system text goes into the Modelfile; `--system` replaces it ("" drops it).
+/// The run's variant's system text and prefix go into the Modelfile; `--system` and `--prefix`
+/// replace them ("" drops them).
 #[test]
-fn ollama_modelfile_has_the_runs_system_text() {
+fn ollama_modelfile_has_the_runs_system_text_and_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let base = base_with_tokenizer(dir.path());
     let run = dir.path().join("run");
@@ -211,10 +212,16 @@ fn ollama_modelfile_has_the_runs_system_text() {
         m.contains("SYSTEM \"\"\"あなたはソクラテスです。\"\"\"\n"),
         "{m}"
     );
-    let m = run_export(&["--system", "S"]);
+    assert!(
+        m.contains("{{- $prefix := \"ソクラテスさん。\" }}\n"),
+        "{m}"
+    );
+    let m = run_export(&["--system", "S", "--prefix", "P"]);
     assert!(m.contains("SYSTEM \"\"\"S\"\"\"\n"), "{m}");
-    let m = run_export(&["--system", ""]);
+    assert!(m.contains("{{- $prefix := \"P\" }}\n"), "{m}");
+    let m = run_export(&["--system", "", "--prefix", ""]);
     assert!(!m.contains("SYSTEM"), "{m}");
+    assert!(m.contains("{{- $prefix := \"\" }}\n"), "{m}");
 }
 
 #[test]
@@ -236,8 +243,8 @@ fn bad_requests_are_refused_in_one_line() {
         "--ollama",
     ]);
     assert!(!ok && err.contains("--ollama needs --format gguf"), "{err}");
-    let (ok, _, err) = export(&base, &out, &["--system", "S"]);
-    assert!(!ok && err.contains("--system"), "{err}");
+    let (ok, _, err) = export(&base, &out, &["--prefix", "P"]);
+    assert!(!ok && err.contains("need --ollama"), "{err}");
 
     let (ok, _, err) = export(
         &base,

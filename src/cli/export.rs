@@ -52,6 +52,9 @@ pub struct ExportArgs {
     /// The Modelfile's system text instead of the run's variant's ("" for none).
     #[arg(long)]
     pub system: Option<String>,
+    /// The Modelfile's prefix (before the first user text) instead of the variant's ("" for none).
+    #[arg(long)]
+    pub prefix: Option<String>,
 }
 
 impl ExportArgs {
@@ -61,8 +64,8 @@ impl ExportArgs {
         if a.format != ExportFormat::Gguf && a.ollama {
             anyhow::bail!("--ollama needs --format gguf");
         }
-        if !a.ollama && a.system.is_some() {
-            anyhow::bail!("--system is the Modelfile's; it needs --ollama");
+        if !a.ollama && (a.system.is_some() || a.prefix.is_some()) {
+            anyhow::bail!("--system and --prefix are the Modelfile's; they need --ollama");
         }
         let quant: socratune::gguf::Quant =
             a.quant.parse().map_err(|e: String| anyhow::anyhow!(e))?;
@@ -93,13 +96,19 @@ impl ExportArgs {
             })?;
             // The Modelfile takes no seed.
             let sampling = socratune::chat::session::sampling(&cfg.sampling)?;
-            // The system text the run was trained with (its data's stats.json), as chat uses it.
+            // The system text and prefix the run was trained with (its data's stats.json), as
+            // chat uses them.
+            let variant = socratune::chat::load::RunInfo::find(&a.adapter)?.map(|r| r.variant);
             let system = match a.system.clone() {
                 Some(s) => Some(s),
-                None => socratune::chat::load::RunInfo::find(&a.adapter)?
-                    .and_then(|run| run.variant.layout.system),
+                None => variant.as_ref().and_then(|v| v.layout.system.clone()),
             };
-            Some((opening, sampling, system))
+            let prefix = a
+                .prefix
+                .clone()
+                .or(variant.map(|v| v.prefix))
+                .unwrap_or_default();
+            Some((opening, sampling, system, prefix))
         } else {
             None
         };
@@ -135,7 +144,7 @@ impl ExportArgs {
                     w.describe_types(),
                     started.elapsed().as_secs_f64()
                 );
-                if let Some((opening, sampling, system)) = modelfile_inputs {
+                if let Some((opening, sampling, system, prefix)) = modelfile_inputs {
                     let file = a
                         .out
                         .file_name()
@@ -148,6 +157,7 @@ impl ExportArgs {
                         &sampling,
                         &opening,
                         system.as_deref(),
+                        &prefix,
                     )?;
                     let path = a.out.parent().unwrap_or(Path::new(".")).join("Modelfile");
                     socratune::fsutil::write_atomic(&path, text.as_bytes())?;

@@ -30,7 +30,8 @@ pub struct Family {
     pub extra_tensors: fn(&ModelConfig) -> Result<NamedTensors>,
     /// The chat template (Jinja), used when the tokenizer config has none.
     pub chat_template: &'static str,
-    /// The same format in Ollama's Go-template language.
+    /// The same format in Ollama's Go-template language. It reads `$prefix` (the variant's
+    /// prefix, put before the first user text), which `ollama::modelfile` defines before it.
     pub ollama_template: &'static str,
     /// The token that ends a turn.
     pub end_of_turn: &'static str,
@@ -86,7 +87,7 @@ const GEMMA_OLLAMA_TEMPLATE: &str = r#"{{- $system := "" }}
 {{- if eq .Role "user" }}<start_of_turn>user
 {{ if $system }}{{ $system }}
 
-{{ $system = "" }}{{ end }}{{ .Content }}<end_of_turn>
+{{ $system = "" }}{{ end }}{{ $prefix }}{{ $prefix = "" }}{{ .Content }}<end_of_turn>
 {{ if $last }}<start_of_turn>model
 {{ end }}
 {{- else if eq .Role "assistant" }}<start_of_turn>model
@@ -187,7 +188,7 @@ pub(crate) static QWEN3: Family = Family {
     ollama_template: r#"{{- range $i, $_ := .Messages }}
 {{- $last := eq (len (slice $.Messages $i)) 1 -}}
 <|im_start|>{{ .Role }}
-{{ .Content }}<|im_end|>
+{{ if eq .Role "user" }}{{ $prefix }}{{ $prefix = "" }}{{ end }}{{ .Content }}<|im_end|>
 {{ if and $last (ne .Role "assistant") }}<|im_start|>assistant
 <think>
 
@@ -221,7 +222,7 @@ Today Date: 26 Jul 2024
 {{- $last := eq (len (slice $.Messages $i)) 1 }}
 {{- if ne .Role "system" }}<|start_header_id|>{{ .Role }}<|end_header_id|>
 
-{{ .Content }}<|eot_id|>
+{{ if eq .Role "user" }}{{ $prefix }}{{ $prefix = "" }}{{ end }}{{ .Content }}<|eot_id|>
 {{- end }}
 {{- if and $last (ne .Role "assistant") }}<|start_header_id|>assistant<|end_header_id|>
 

@@ -13,10 +13,12 @@ pub fn modelfile(
     sampling: &SamplingParams,
     opening: &str,
     system: Option<&str>,
+    prefix: &str,
 ) -> Result<String> {
     for (what, text) in [
         ("the opening line", opening),
         ("the system text", system.unwrap_or("")),
+        ("the prefix", prefix),
         ("the file name", gguf_file),
     ] {
         if text.contains("\"\"\"") {
@@ -29,9 +31,12 @@ pub fn modelfile(
         "# Made by `socratune export --format gguf --ollama`.\n\
          # ollama create socrates -f Modelfile && ollama run socrates\n\
          FROM ./{gguf_file}\n\
-         TEMPLATE \"\"\"{}\"\"\"\n\
+         TEMPLATE \"\"\"{{{{- $prefix := {} }}}}\n{}\"\"\"\n\
          PARAMETER stop \"{}\"\n",
-        fam.ollama_template, fam.end_of_turn
+        // A JSON string is a Go string literal too (the escapes are Go's).
+        serde_json::to_string(prefix).expect("a string serializes"),
+        fam.ollama_template,
+        fam.end_of_turn
     );
     // `socratune chat`'s sampling; Ollama has no "off" for top-p/top-k, so off is their
     // neutral value.
@@ -66,12 +71,13 @@ mod tests {
             &s,
             "正義とは何だろうか？\n",
             None,
+            "",
         )
         .unwrap();
         assert!(m.contains("FROM ./socrates.q8_0.gguf\n"), "{m}");
         assert!(
             m.contains(&format!(
-                "TEMPLATE \"\"\"{}\"\"\"\n",
+                "TEMPLATE \"\"\"{{{{- $prefix := \"\" }}}}\n{}\"\"\"\n",
                 GEMMA2.ollama_template
             )),
             "{m}"
@@ -86,7 +92,7 @@ mod tests {
             "{m}"
         );
         assert!(!m.contains("SYSTEM"), "{m}");
-        let e = modelfile("x.gguf", &GEMMA2, &s, "a \"\"\" b", None).unwrap_err();
+        let e = modelfile("x.gguf", &GEMMA2, &s, "a \"\"\" b", None, "").unwrap_err();
         assert!(e.to_string().contains("opening line"), "{e}");
     }
 
@@ -99,6 +105,7 @@ mod tests {
             &s,
             "Q",
             Some(" あなたはソクラテスです。\n"),
+            "",
         )
         .unwrap();
         assert!(
@@ -106,20 +113,34 @@ mod tests {
             "{m}"
         );
         // Empty (an override that means none) writes no SYSTEM line.
-        let m = modelfile("x.gguf", &GEMMA2, &s, "Q", Some("  ")).unwrap();
+        let m = modelfile("x.gguf", &GEMMA2, &s, "Q", Some("  "), "").unwrap();
         assert!(!m.contains("SYSTEM"), "{m}");
-        let e = modelfile("x.gguf", &GEMMA2, &s, "Q", Some("a \"\"\" b")).unwrap_err();
+        let e = modelfile("x.gguf", &GEMMA2, &s, "Q", Some("a \"\"\" b"), "").unwrap_err();
         assert!(e.to_string().contains("system text"), "{e}");
     }
 
+    #[test]
+    fn modelfile_defines_the_prefix_as_a_go_string() {
+        let s = SamplingParams::default();
+        let m = modelfile("x.gguf", &GEMMA2, &s, "Q", None, "ソクラテスさん。\"\\").unwrap();
+        assert!(
+            m.contains(
+                "TEMPLATE \"\"\"{{- $prefix := \"ソクラテスさん。\\\"\\\\\" }}\n{{- $system"
+            ),
+            "{m}"
+        );
+        let e = modelfile("x.gguf", &GEMMA2, &s, "Q", None, "\"\"\"").unwrap_err();
+        assert!(e.to_string().contains("prefix"), "{e}");
+    }
+
     // The templates render as training does (checked with Go's text/template, which Ollama
-    // uses); these pin the parts that place the system text.
+    // uses); these pin the parts that place the system text and the prefix.
     #[test]
     fn templates_place_the_system_text_as_training_does() {
         // Gemma: folded before the first user text, then a blank line.
         let g = GEMMA2.ollama_template;
         assert!(
-            g.contains("<start_of_turn>user\n{{ if $system }}{{ $system }}\n\n{{ $system = \"\" }}{{ end }}{{ .Content }}"),
+            g.contains("<start_of_turn>user\n{{ if $system }}{{ $system }}\n\n{{ $system = \"\" }}{{ end }}{{ $prefix }}{{ $prefix = \"\" }}{{ .Content }}"),
             "{g}"
         );
         assert!(
@@ -136,9 +157,12 @@ mod tests {
         // Qwen3: a system turn of its own; the think block only in the generation prompt.
         let q = QWEN3.ollama_template;
         assert_eq!(q.matches("<think>").count(), 1, "{q}");
+        let user =
+            "{{ if eq .Role \"user\" }}{{ $prefix }}{{ $prefix = \"\" }}{{ end }}{{ .Content }}";
         assert!(
-            q.contains("<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>"),
+            q.contains(&format!("<|im_start|>{{{{ .Role }}}}\n{user}<|im_end|>")),
             "{q}"
         );
+        assert!(l.contains(&format!("{user}<|eot_id|>")), "{l}");
     }
 }
