@@ -455,8 +455,10 @@ impl Mlp {
         let linears = [&self.gate, &self.up, &self.down];
         // A decoding step's few rows go through the layers' matrix-vector kernel instead
         // (gemm runs a one-row product on one thread).
+        let rows = x.elem_count() / self.gate.in_dim();
+        let matvec = mode.matvec && rows <= super::matvec::MAX_ROWS;
         if self.activation == Activation::GeluTanh
-            && !mode.matvec
+            && !matvec
             && kern.fuse(x)
             && linears
                 .iter()
