@@ -13,6 +13,69 @@
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
+/// Defines `fn $name` over one body compiled three times, chosen at run time by what the CPU
+/// has: AVX-512, AVX2 with FMA, or baseline x86-64 (SSE2, four lanes). The element-wise loops
+/// here are written to auto-vectorise, and the binary targets baseline x86-64, so without this
+/// they ran four floats at a time on CPUs with sixteen. The three versions run the same IEEE
+/// operations in the same order (Rust never contracts `a * b + c` into an FMA), so they give
+/// identical bits: tested below.
+macro_rules! wide {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi1,bmi2")]
+                fn v4($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                #[target_feature(enable = "avx2,fma,bmi1,bmi2")]
+                fn v3($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                match simd::level() {
+                    // SAFETY: the CPU has the features the version is compiled for.
+                    simd::Level::V4 => return unsafe { v4($($arg),*) },
+                    simd::Level::V3 => return unsafe { v3($($arg),*) },
+                    simd::Level::Baseline => {}
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+/// Which version of a [`wide`] kernel the CPU runs.
+mod simd {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Level {
+        V4,
+        V3,
+        Baseline,
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub fn level() -> Level {
+        #[cfg(test)]
+        if let Some(l) = FORCED.with(|f| f.get()) {
+            return l;
+        }
+        // std caches the detection: each call is a load.
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
+            Level::V4
+        } else if has!("avx2") && has!("fma") && has!("bmi1") && has!("bmi2") {
+            Level::V3
+        } else {
+            Level::Baseline
+        }
+    }
+
+    #[cfg(test)]
+    thread_local! {
+        /// A level the tests force on their own thread (the kernels' row functions run on it).
+        pub static FORCED: std::cell::Cell<Option<Level>> = const { std::cell::Cell::new(None) };
+    }
+}
+
 /// tanh as a rational function (the minimax approximation Eigen and XLA use), accurate to a
 /// few float ulps; it auto-vectorises where `f32::tanh` cannot.
 #[inline(always)]
@@ -60,8 +123,10 @@ pub fn exp(x: f32) -> f32 {
     let underflows = x < EXP_UNDERFLOW;
     let x = x.clamp(EXP_UNDERFLOW, 88.376_26);
     // Round to nearest with the 1.5·2^23 trick: `floor` is a library call on baseline x86-64.
+    // The sum's low bits hold n itself (its bits are MAGIC's + n).
     const MAGIC: f32 = 12_582_912.0;
-    let n = (x * LOG2E + MAGIC) - MAGIC;
+    let shifted = x * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
     let r = x - n * C1 - n * C2;
     let r2 = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -69,8 +134,14 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let y = p * r2 + r + 1.0;
-    // 2^n through the exponent bits; n ≥ −126 and y ≥ 1 there, so the result is normal.
-    let e = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n through the exponent bits, n + 127 taken from `shifted`'s bits with integer
+    // arithmetic (`n as i32` is a saturating conversion the compiler leaves scalar); n ≥ −126
+    // and y ≥ 1 there, so the result is normal.
+    let biased = shifted
+        .to_bits()
+        .wrapping_sub(MAGIC.to_bits())
+        .wrapping_add(127);
+    let e = y * f32::from_bits(biased << 23);
     // The polynomial can land a hair under 2^-126 at the boundary: that is flushed too.
     if underflows || e < f32::MIN_POSITIVE {
         0.0
@@ -79,15 +150,18 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
-/// Maximum of `f` over a slice, in eight independent lanes so that it vectorises (a plain
+/// Lanes of the reductions below: one AVX-512 register of f32.
+const LANES: usize = 16;
+
+/// Maximum of `f` over a slice, in [`LANES`] independent lanes so that it vectorises (a plain
 /// fold cannot: float `max` and `+` are not associative for the compiler).
 #[inline(always)]
 fn max_map(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let chunks = xs.chunks_exact(8);
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
     let rest = chunks.remainder();
     for c in chunks {
-        for i in 0..8 {
+        for i in 0..LANES {
             let v = f(c[i]);
             lanes[i] = if v > lanes[i] { v } else { lanes[i] };
         }
@@ -98,14 +172,14 @@ fn max_map(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         .fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
 }
 
-/// Sum of `f` over a slice, in eight lanes (see [`max_map`]).
+/// Sum of `f` over a slice, in [`LANES`] lanes (see [`max_map`]).
 #[inline(always)]
 fn sum_map(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [0f32; 8];
-    let chunks = xs.chunks_exact(8);
+    let mut lanes = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
     let rest = chunks.remainder();
     for c in chunks {
-        for i in 0..8 {
+        for i in 0..LANES {
             lanes[i] += f(c[i]);
         }
     }
@@ -230,6 +304,32 @@ fn chunk_rows(row: usize) -> usize {
     (16384 / row.max(1)).max(1)
 }
 
+wide! {
+    /// `ys = gelu_tanh(gs) · us`.
+    fn geglu_chunk(gs: &[f32], us: &[f32], ys: &mut [f32]) {
+        for ((y, &x), &u) in ys.iter_mut().zip(gs).zip(us) {
+            let t = tanh(GELU_K0 * (x + GELU_K1 * x * x * x));
+            *y = flush(0.5 * x * (1.0 + t) * u);
+        }
+    }
+}
+
+wide! {
+    /// The gradients of [`geglu_chunk`] for the output gradients `ds`, into `dgs` and `dus`.
+    fn geglu_grad_chunk(gs: &[f32], us: &[f32], ds: &[f32], dgs: &mut [f32], dus: &mut [f32]) {
+        for i in 0..dgs.len() {
+            let x = gs[i];
+            let t = tanh(GELU_K0 * (x + GELU_K1 * x * x * x));
+            let gelu = 0.5 * x * (1.0 + t);
+            let dgelu = 0.5 * (1.0 + t)
+                + 0.5 * x * (1.0 - t * t) * GELU_K0 * (1.0 + 3.0 * GELU_K1 * x * x);
+            let d = ds[i];
+            dgs[i] = flush(d * us[i] * dgelu);
+            dus[i] = flush(d * gelu);
+        }
+    }
+}
+
 /// `gelu_tanh(g) · u`.
 pub fn geglu_forward(g: &Tensor, u: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let (g, u) = (g.contiguous()?, u.contiguous()?);
@@ -237,12 +337,8 @@ pub fn geglu_forward(g: &Tensor, u: &Tensor) -> candle_core::Result<Option<Tenso
         with_f32(&u, |us| {
             let mut y = vec![0f32; gs.len()];
             y.par_chunks_mut(16384).enumerate().for_each(|(c, ys)| {
-                let o = c * 16384;
-                for (i, yv) in ys.iter_mut().enumerate() {
-                    let x = gs[o + i];
-                    let t = tanh(GELU_K0 * (x + GELU_K1 * x * x * x));
-                    *yv = flush(0.5 * x * (1.0 + t) * us[o + i]);
-                }
+                let o = c * 16384..c * 16384 + ys.len();
+                geglu_chunk(&gs[o.clone()], &us[o], ys);
             });
             y
         })
@@ -267,17 +363,8 @@ pub fn geglu_backward(
                     .zip(du.par_chunks_mut(16384))
                     .enumerate()
                     .for_each(|(c, (dgs, dus))| {
-                        let o = c * 16384;
-                        for i in 0..dgs.len() {
-                            let x = gs[o + i];
-                            let t = tanh(GELU_K0 * (x + GELU_K1 * x * x * x));
-                            let gelu = 0.5 * x * (1.0 + t);
-                            let dgelu = 0.5 * (1.0 + t)
-                                + 0.5 * x * (1.0 - t * t) * GELU_K0 * (1.0 + 3.0 * GELU_K1 * x * x);
-                            let d = ds[o + i];
-                            dgs[i] = flush(d * us[o + i] * dgelu);
-                            dus[i] = flush(d * gelu);
-                        }
+                        let o = c * 16384..c * 16384 + dgs.len();
+                        geglu_grad_chunk(&gs[o.clone()], &us[o.clone()], &ds[o], dgs, dus);
                     });
                 (dg, du)
             })
@@ -301,6 +388,48 @@ fn bias_row(r: usize, heads: usize, rows: usize, bias_batches: usize, bias_rows:
     };
     let within = if bias_rows == 1 { 0 } else { r % rows };
     b * bias_rows + within
+}
+
+wide! {
+    /// `yr = softmax(cap · tanh(sr / cap) + brow)`.
+    pub(crate) fn softmax_row(yr: &mut [f32], sr: &[f32], brow: &[f32], capf: Option<f32>) {
+        cap_into(yr, sr, capf);
+        for (v, &b) in yr.iter_mut().zip(brow) {
+            *v += b;
+        }
+        let max = max_of(yr);
+        exp_shifted(yr, max);
+        let inv = 1.0 / sum_of(yr);
+        for v in yr.iter_mut() {
+            *v = flush(*v * inv);
+        }
+    }
+}
+
+wide! {
+    /// The gradient of [`softmax_row`] w.r.t. `sr` into `dr`, from its output `yr` and the
+    /// output gradient `gr`.
+    pub(crate) fn softmax_grad_row(dr: &mut [f32], yr: &[f32], gr: &[f32], sr: &[f32], capf: Option<f32>) {
+        let n = dr.len();
+        for j in 0..n {
+            dr[j] = yr[j] * gr[j];
+        }
+        let dot = sum_of(dr);
+        match capf {
+            Some(c) => {
+                let inv = 1.0 / c;
+                for j in 0..n {
+                    let t = tanh(sr[j] * inv);
+                    dr[j] = flush(yr[j] * (gr[j] - dot) * (1.0 - t * t));
+                }
+            }
+            None => {
+                for j in 0..n {
+                    dr[j] = flush(yr[j] * (gr[j] - dot));
+                }
+            }
+        }
+    }
 }
 
 /// `softmax(cap · tanh(s / cap) + bias)` over the last dim of `s` `[B, H, R, S]`.
@@ -327,16 +456,7 @@ pub fn capped_softmax_forward(
                         let row = c * rows_per + k;
                         let sr = &ss[row * n..(row + 1) * n];
                         let brow = &bs[bias_row(row, h, r, bb, br) * n..][..n];
-                        cap_into(yr, sr, capf);
-                        for (v, &b) in yr.iter_mut().zip(brow) {
-                            *v += b;
-                        }
-                        let max = max_of(yr);
-                        exp_shifted(yr, max);
-                        let inv = 1.0 / sum_of(yr);
-                        for v in yr.iter_mut() {
-                            *v = flush(*v * inv);
-                        }
+                        softmax_row(yr, sr, brow, capf);
                     }
                 });
             y
@@ -367,25 +487,7 @@ pub fn capped_softmax_backward(
                     .for_each(|(c, dsc)| {
                         for (k, dr) in dsc.chunks_mut(n).enumerate() {
                             let o = (c * rows_per + k) * n;
-                            let (yr, gr, sr) = (&ys[o..o + n], &gs[o..o + n], &ss[o..o + n]);
-                            for j in 0..n {
-                                dr[j] = yr[j] * gr[j];
-                            }
-                            let dot = sum_of(dr);
-                            match capf {
-                                Some(c) => {
-                                    let inv = 1.0 / c;
-                                    for j in 0..n {
-                                        let t = tanh(sr[j] * inv);
-                                        dr[j] = flush(yr[j] * (gr[j] - dot) * (1.0 - t * t));
-                                    }
-                                }
-                                None => {
-                                    for j in 0..n {
-                                        dr[j] = flush(yr[j] * (gr[j] - dot));
-                                    }
-                                }
-                            }
+                            softmax_grad_row(dr, &ys[o..o + n], &gs[o..o + n], &ss[o..o + n], capf);
                         }
                     });
                 ds
@@ -395,6 +497,24 @@ pub fn capped_softmax_backward(
     .flatten()
     .flatten();
     out.map(|d| from_vec(d, &s)).transpose()
+}
+
+wide! {
+    /// One row of [`rms_norm_backward`], into `dr`.
+    fn rms_norm_grad_row(dr: &mut [f32], xr: &[f32], gr: &[f32], ws: &[f32], eps: f32) {
+        let h = dr.len();
+        for j in 0..h {
+            dr[j] = xr[j] * xr[j];
+        }
+        let rstd = 1.0 / (sum_of(dr) / h as f32 + eps).sqrt();
+        for j in 0..h {
+            dr[j] = gr[j] * ws[j] * xr[j];
+        }
+        let dot = sum_of(dr) * rstd / h as f32;
+        for j in 0..h {
+            dr[j] = flush((gr[j] * ws[j] - xr[j] * rstd * dot) * rstd);
+        }
+    }
 }
 
 /// The gradient of Gemma's RMSNorm `y = x · rstd · w1` (rows of `x` `[n, H]`, f32) w.r.t. `x`
@@ -418,18 +538,7 @@ pub fn rms_norm_backward(
                     .for_each(|(c, dxc)| {
                         for (k, dr) in dxc.chunks_mut(h).enumerate() {
                             let o = (c * rows_per + k) * h;
-                            let (xr, gr) = (&xs[o..o + h], &gs[o..o + h]);
-                            for j in 0..h {
-                                dr[j] = xr[j] * xr[j];
-                            }
-                            let rstd = 1.0 / (sum_of(dr) / h as f32 + eps as f32).sqrt();
-                            for j in 0..h {
-                                dr[j] = gr[j] * ws[j] * xr[j];
-                            }
-                            let dot = sum_of(dr) * rstd / h as f32;
-                            for j in 0..h {
-                                dr[j] = flush((gr[j] * ws[j] - xr[j] * rstd * dot) * rstd);
-                            }
+                            rms_norm_grad_row(dr, &xs[o..o + h], &gs[o..o + h], ws, eps as f32);
                         }
                     });
                 dx
@@ -441,59 +550,61 @@ pub fn rms_norm_backward(
     out.map(|d| from_vec(d, &x)).transpose()
 }
 
-/// Cross-entropy of one row of raw logits `zr` with target `t`, soft-capped by `cap` first:
-/// `logsumexp(z) − z[t]`. Reads only.
-#[inline(always)]
-fn ce_row_loss(zr: &[f32], t: usize, cap: Option<f32>) -> f64 {
-    let (max, sum, picked) = match cap {
-        Some(c) => {
-            let ic = 1.0 / c;
-            let max = max_map(zr, |x| c * tanh(x * ic));
-            let sum = sum_map(zr, |x| exp(c * tanh(x * ic) - max));
-            (max, sum, c * tanh(zr[t] * ic))
-        }
-        None => {
-            let max = max_of(zr);
-            (max, sum_map(zr, |x| exp(x - max)), zr[t])
-        }
-    };
-    (max as f64 + (sum as f64).ln()) - picked as f64
+wide! {
+    /// Cross-entropy of one row of raw logits `zr` with target `t`, soft-capped by `cap` first:
+    /// `logsumexp(z) − z[t]`. Reads only.
+    fn ce_row_loss(zr: &[f32], t: usize, cap: Option<f32>) -> f64 {
+        let (max, sum, picked) = match cap {
+            Some(c) => {
+                let ic = 1.0 / c;
+                let max = max_map(zr, |x| c * tanh(x * ic));
+                let sum = sum_map(zr, |x| exp(c * tanh(x * ic) - max));
+                (max, sum, c * tanh(zr[t] * ic))
+            }
+            None => {
+                let max = max_of(zr);
+                (max, sum_map(zr, |x| exp(x - max)), zr[t])
+            }
+        };
+        (max as f64 + (sum as f64).ln()) - picked as f64
+    }
 }
 
-/// [`ce_row_loss`], turning the row into the loss's gradient w.r.t. the raw logits:
-/// `(softmax − onehot) · (1 − tanh²(z / cap))`. In place, so the logits' buffer is the
-/// gradient's (no second `[n × V]` buffer).
-#[inline(always)]
-fn ce_row_grad(zr: &mut [f32], t: usize, cap: Option<f32>) -> f64 {
-    match cap {
-        Some(c) => {
-            let ic = 1.0 / c;
-            // The row holds tanh(z / cap) from here on: the capped logit and its derivative
-            // both come from it.
-            for x in zr.iter_mut() {
-                *x = tanh(*x * ic);
+wide! {
+    /// [`ce_row_loss`], turning the row into the loss's gradient w.r.t. the raw logits:
+    /// `(softmax − onehot) · (1 − tanh²(z / cap))`. In place, so the logits' buffer is the
+    /// gradient's (no second `[n × V]` buffer).
+    fn ce_row_grad(zr: &mut [f32], t: usize, cap: Option<f32>) -> f64 {
+        match cap {
+            Some(c) => {
+                let ic = 1.0 / c;
+                // The row holds tanh(z / cap) from here on: the capped logit and its derivative
+                // both come from it.
+                for x in zr.iter_mut() {
+                    *x = tanh(*x * ic);
+                }
+                let max = c * max_of(zr);
+                let sum = sum_map(zr, |th| exp(c * th - max));
+                let th_t = zr[t];
+                let loss = (max as f64 + (sum as f64).ln()) - (c * th_t) as f64;
+                let inv = 1.0 / sum;
+                for th in zr.iter_mut() {
+                    *th = flush(exp(c * *th - max) * inv * (1.0 - *th * *th));
+                }
+                zr[t] = flush(zr[t] - (1.0 - th_t * th_t));
+                loss
             }
-            let max = c * max_of(zr);
-            let sum = sum_map(zr, |th| exp(c * th - max));
-            let th_t = zr[t];
-            let loss = (max as f64 + (sum as f64).ln()) - (c * th_t) as f64;
-            let inv = 1.0 / sum;
-            for th in zr.iter_mut() {
-                *th = flush(exp(c * *th - max) * inv * (1.0 - *th * *th));
+            None => {
+                let max = max_of(zr);
+                let sum = sum_map(zr, |x| exp(x - max));
+                let loss = (max as f64 + (sum as f64).ln()) - zr[t] as f64;
+                let inv = 1.0 / sum;
+                for x in zr.iter_mut() {
+                    *x = flush(exp(*x - max) * inv);
+                }
+                zr[t] = flush(zr[t] - 1.0);
+                loss
             }
-            zr[t] = flush(zr[t] - (1.0 - th_t * th_t));
-            loss
-        }
-        None => {
-            let max = max_of(zr);
-            let sum = sum_map(zr, |x| exp(x - max));
-            let loss = (max as f64 + (sum as f64).ln()) - zr[t] as f64;
-            let inv = 1.0 / sum;
-            for x in zr.iter_mut() {
-                *x = flush(exp(*x - max) * inv);
-            }
-            zr[t] = flush(zr[t] - 1.0);
-            loss
         }
     }
 }
@@ -542,6 +653,77 @@ pub fn cross_entropy_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `f` with every kernel version this CPU has, on this thread.
+    fn at_each_level<R>(f: impl Fn() -> R) -> Vec<(simd::Level, R)> {
+        let mut out = vec![];
+        for l in [simd::Level::Baseline, simd::Level::V3, simd::Level::V4] {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let has = match l {
+                    simd::Level::V4 => std::arch::is_x86_feature_detected!("avx512vl"),
+                    simd::Level::V3 => std::arch::is_x86_feature_detected!("fma"),
+                    simd::Level::Baseline => true,
+                };
+                if !has {
+                    continue;
+                }
+                simd::FORCED.with(|c| c.set(Some(l)));
+            }
+            out.push((l, f()));
+        }
+        #[cfg(target_arch = "x86_64")]
+        simd::FORCED.with(|c| c.set(None));
+        out
+    }
+
+    #[test]
+    fn every_simd_level_gives_the_same_bits() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        // Lengths that are not multiples of the lanes, values that saturate tanh and
+        // underflow exp, and masked (-inf) entries.
+        let n = 1000 + 37;
+        let mut v = |scale: f32| -> Vec<f32> {
+            (0..n)
+                .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+                .collect()
+        };
+        let (a, b, c) = (v(12.0), v(3.0), v(1.0));
+        let mut bias = v(1.0);
+        for x in bias.iter_mut().skip(700) {
+            *x = f32::NEG_INFINITY;
+        }
+        let bits = |xs: &[f32]| xs.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let runs = at_each_level(|| {
+            let mut y = vec![0f32; n];
+            let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
+            geglu_chunk(&a, &b, &mut y);
+            geglu_grad_chunk(&a, &b, &c, &mut dg, &mut du);
+            let mut p = vec![0f32; n];
+            let mut dp = vec![0f32; n];
+            let mut q = vec![0f32; n];
+            softmax_row(&mut p, &a, &bias, Some(50.0));
+            softmax_grad_row(&mut dp, &p, &c, &a, Some(50.0));
+            softmax_row(&mut q, &b, &bias, None);
+            let mut dn = vec![0f32; n];
+            rms_norm_grad_row(&mut dn, &a, &c, &b, 1e-6);
+            let mut z = a.clone();
+            let loss = ce_row_loss(&a, 5, Some(30.0)) + ce_row_loss(&b, 900, None);
+            let l2 = ce_row_grad(&mut z, 5, Some(30.0));
+            let mut z2 = b.clone();
+            let l3 = ce_row_grad(&mut z2, 900, None);
+            let all = [y, dg, du, p, dp, q, dn, z, z2].concat();
+            (bits(&all), [loss, l2, l3].map(f64::to_bits))
+        });
+        assert!(!runs.is_empty());
+        for (level, r) in &runs[1..] {
+            assert!(
+                r == &runs[0].1,
+                "{level:?} differs from the baseline kernels"
+            );
+        }
+    }
 
     #[test]
     fn exp_is_within_a_few_ulps() {
