@@ -13,68 +13,7 @@
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 
-/// Defines `fn $name` over one body compiled three times, chosen at run time by what the CPU
-/// has: AVX-512, AVX2 with FMA, or baseline x86-64 (SSE2, four lanes). The element-wise loops
-/// here are written to auto-vectorise, and the binary targets baseline x86-64, so without this
-/// they ran four floats at a time on CPUs with sixteen. The three versions run the same IEEE
-/// operations in the same order (Rust never contracts `a * b + c` into an FMA), so they give
-/// identical bits: tested below.
-macro_rules! wide {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
-        $(#[$m])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi1,bmi2")]
-                fn v4($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
-                #[target_feature(enable = "avx2,fma,bmi1,bmi2")]
-                fn v3($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
-                match simd::level() {
-                    // SAFETY: the CPU has the features the version is compiled for.
-                    simd::Level::V4 => return unsafe { v4($($arg),*) },
-                    simd::Level::V3 => return unsafe { v3($($arg),*) },
-                    simd::Level::Baseline => {}
-                }
-            }
-            body($($arg),*)
-        }
-    };
-}
-
-/// Which version of a [`wide`] kernel the CPU runs.
-mod simd {
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Level {
-        V4,
-        V3,
-        Baseline,
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    pub fn level() -> Level {
-        #[cfg(test)]
-        if let Some(l) = FORCED.with(|f| f.get()) {
-            return l;
-        }
-        // std caches the detection: each call is a load.
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
-            Level::V4
-        } else if has!("avx2") && has!("fma") && has!("bmi1") && has!("bmi2") {
-            Level::V3
-        } else {
-            Level::Baseline
-        }
-    }
-
-    #[cfg(test)]
-    thread_local! {
-        /// A level the tests force on their own thread (the kernels' row functions run on it).
-        pub static FORCED: std::cell::Cell<Option<Level>> = const { std::cell::Cell::new(None) };
-    }
-}
+use super::simd::wide;
 
 /// tanh as a rational function (the minimax approximation Eigen and XLA use), accurate to a
 /// few float ulps; it auto-vectorises where `f32::tanh` cannot.
@@ -262,8 +201,10 @@ impl Kernels {
         }
     }
 
-    /// `SOCRATUNE_KERNELS` when set, else [`Kernels::for_device`]; checked against the device.
+    /// `SOCRATUNE_KERNELS` when set, else [`Kernels::for_device`]; checked against the device
+    /// (and `SOCRATUNE_SIMD`, which the fused kernels read, checked too).
     pub fn from_env(device: &Device) -> Result<Self, String> {
+        super::simd::check_env()?;
         let k = match std::env::var(KERNELS_ENV) {
             Ok(v) => Self::parse(&v).map_err(|e| format!("{KERNELS_ENV}: {e}"))?,
             Err(_) => Self::for_device(device),
@@ -654,29 +595,6 @@ pub fn cross_entropy_rows(
 mod tests {
     use super::*;
 
-    /// Runs `f` with every kernel version this CPU has, on this thread.
-    fn at_each_level<R>(f: impl Fn() -> R) -> Vec<(simd::Level, R)> {
-        let mut out = vec![];
-        for l in [simd::Level::Baseline, simd::Level::V3, simd::Level::V4] {
-            #[cfg(target_arch = "x86_64")]
-            {
-                let has = match l {
-                    simd::Level::V4 => std::arch::is_x86_feature_detected!("avx512vl"),
-                    simd::Level::V3 => std::arch::is_x86_feature_detected!("fma"),
-                    simd::Level::Baseline => true,
-                };
-                if !has {
-                    continue;
-                }
-                simd::FORCED.with(|c| c.set(Some(l)));
-            }
-            out.push((l, f()));
-        }
-        #[cfg(target_arch = "x86_64")]
-        simd::FORCED.with(|c| c.set(None));
-        out
-    }
-
     #[test]
     fn every_simd_level_gives_the_same_bits() {
         use rand::{Rng, SeedableRng};
@@ -695,7 +613,7 @@ mod tests {
             *x = f32::NEG_INFINITY;
         }
         let bits = |xs: &[f32]| xs.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let runs = at_each_level(|| {
+        let runs = crate::model::simd::at_each_level(|| {
             let mut y = vec![0f32; n];
             let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
             geglu_chunk(&a, &b, &mut y);

@@ -101,16 +101,13 @@ fn transpose(a: &[f32], r: usize, c: usize) -> Vec<f32> {
 /// (`[n, k]`), with the widest vector unit the CPU has.
 fn rows(w: &[f32], x: &[f32], n: usize, k: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the feature the function is compiled for.
-            return unsafe { x86::rows_avx512(w, x, n, k, out) };
+    match super::simd::level() {
+        // SAFETY: the CPU has the features the functions are compiled for.
+        super::simd::Level::Avx512 => return unsafe { x86::rows_avx512(w, x, n, k, out) },
+        super::simd::Level::Avx2 => {
+            return unsafe { rows_with(w, x, n, k, out, |a, b| x86::dot_avx2(a, b)) }
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { rows_with(w, x, n, k, out, |a, b| x86::dot_avx2(a, b)) };
-        }
+        super::simd::Level::Baseline => {}
     }
     rows_with(w, x, n, k, out, dot_plain)
 }

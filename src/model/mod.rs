@@ -25,6 +25,7 @@ pub mod loss;
 mod matvec;
 pub(crate) mod ops;
 mod qwen3;
+pub(crate) mod simd;
 pub(crate) mod weights;
 
 pub use causal_lm::{BatchCache, CausalLm, KvCache};
