@@ -303,6 +303,53 @@ fn bias_row(r: usize, heads: usize, rows: usize, bias_batches: usize, bias_rows:
     b * bias_rows + within
 }
 
+/// `yr = softmax(cap · tanh(sr / cap) + brow)` (one row of [`capped_softmax_forward`]; the
+/// fused attention calls it on its tiles' rows).
+#[inline(always)]
+pub(crate) fn softmax_row(yr: &mut [f32], sr: &[f32], brow: &[f32], capf: Option<f32>) {
+    cap_into(yr, sr, capf);
+    for (v, &b) in yr.iter_mut().zip(brow) {
+        *v += b;
+    }
+    let max = max_of(yr);
+    exp_shifted(yr, max);
+    let inv = 1.0 / sum_of(yr);
+    for v in yr.iter_mut() {
+        *v = flush(*v * inv);
+    }
+}
+
+/// The gradient of [`softmax_row`] w.r.t. `sr` into `dr`, from its output `yr` and the
+/// output gradient `gr` (`sr` is read only with a cap).
+#[inline(always)]
+pub(crate) fn softmax_grad_row(
+    dr: &mut [f32],
+    yr: &[f32],
+    gr: &[f32],
+    sr: &[f32],
+    capf: Option<f32>,
+) {
+    let n = dr.len();
+    for j in 0..n {
+        dr[j] = yr[j] * gr[j];
+    }
+    let dot = sum_of(dr);
+    match capf {
+        Some(c) => {
+            let inv = 1.0 / c;
+            for j in 0..n {
+                let t = tanh(sr[j] * inv);
+                dr[j] = flush(yr[j] * (gr[j] - dot) * (1.0 - t * t));
+            }
+        }
+        None => {
+            for j in 0..n {
+                dr[j] = flush(yr[j] * (gr[j] - dot));
+            }
+        }
+    }
+}
+
 /// `softmax(cap · tanh(s / cap) + bias)` over the last dim of `s` `[B, H, R, S]`.
 pub fn capped_softmax_forward(
     s: &Tensor,
@@ -327,16 +374,7 @@ pub fn capped_softmax_forward(
                         let row = c * rows_per + k;
                         let sr = &ss[row * n..(row + 1) * n];
                         let brow = &bs[bias_row(row, h, r, bb, br) * n..][..n];
-                        cap_into(yr, sr, capf);
-                        for (v, &b) in yr.iter_mut().zip(brow) {
-                            *v += b;
-                        }
-                        let max = max_of(yr);
-                        exp_shifted(yr, max);
-                        let inv = 1.0 / sum_of(yr);
-                        for v in yr.iter_mut() {
-                            *v = flush(*v * inv);
-                        }
+                        softmax_row(yr, sr, brow, capf);
                     }
                 });
             y
@@ -367,25 +405,7 @@ pub fn capped_softmax_backward(
                     .for_each(|(c, dsc)| {
                         for (k, dr) in dsc.chunks_mut(n).enumerate() {
                             let o = (c * rows_per + k) * n;
-                            let (yr, gr, sr) = (&ys[o..o + n], &gs[o..o + n], &ss[o..o + n]);
-                            for j in 0..n {
-                                dr[j] = yr[j] * gr[j];
-                            }
-                            let dot = sum_of(dr);
-                            match capf {
-                                Some(c) => {
-                                    let inv = 1.0 / c;
-                                    for j in 0..n {
-                                        let t = tanh(sr[j] * inv);
-                                        dr[j] = flush(yr[j] * (gr[j] - dot) * (1.0 - t * t));
-                                    }
-                                }
-                                None => {
-                                    for j in 0..n {
-                                        dr[j] = flush(yr[j] * (gr[j] - dot));
-                                    }
-                                }
-                            }
+                            softmax_grad_row(dr, &ys[o..o + n], &gs[o..o + n], &ss[o..o + n], capf);
                         }
                     });
                 ds
