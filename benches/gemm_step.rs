@@ -6,7 +6,7 @@
 //! `cargo bench --bench gemm_step -- [--preset small] [--json]`; `benches/gemm_compare.sh` runs
 //! it and then torch on the same list (`benches/gemm_torch.py`), back to back, and prints the
 //! ratios. The list follows the step of `socratune bench train` (src/model/lora.rs,
-//! src/model/ops.rs `attention`, src/model/loss.rs): keep them in step.
+//! src/model/fused_attn.rs, src/model/loss.rs): keep them in step.
 
 use candle_core::{Device, Tensor};
 use serde_json::json;
@@ -76,19 +76,22 @@ fn step_gemms(cfg: &ModelConfig, b: usize, t: usize, supervised: usize) -> Vec<G
             v.push(gemm(&name, layers * times, 1, mkn, lt, rt));
         }
     }
-    // Attention: the nh / nkv query heads of a key head stacked along time (g·T rows), as
-    // src/model/ops.rs `attention` forms them.
-    let (bh, gt) = (b * nkv, nh / nkv * t);
-    let products = [
-        ("S=Q·Kᵀ", [gt, d, t], false, true),
-        ("O=P·V", [gt, t, d], false, false),
-        ("dV=Pᵀ·dO", [t, gt, d], true, false),
-        ("dP=dO·Vᵀ", [gt, d, t], false, true),
-        ("dQ=dS·K", [gt, t, d], false, false),
-        ("dK=dSᵀ·Q", [t, gt, d], true, false),
-    ];
-    for (what, mkn, lt, rt) in products {
-        v.push(gemm(&format!("attn {what}"), layers, bh, mkn, lt, rt));
+    // Attention, causal: each query head's positions in tiles, each tile against the keys up to
+    // its last position only, one product a tile and head, as src/model/fused_attn.rs forms
+    // them (the presets' windows are longer than their sequences: nothing more is skipped).
+    for (rows, keys) in socratune::model::causal_tile_shapes(t) {
+        let products = [
+            ("S=Q·Kᵀ", [rows, d, keys], false, true),
+            ("O=P·V", [rows, keys, d], false, false),
+            ("dV=Pᵀ·dO", [keys, rows, d], true, false),
+            ("dP=dO·Vᵀ", [rows, d, keys], false, true),
+            ("dQ=dS·K", [rows, keys, d], false, false),
+            ("dK=dSᵀ·Q", [keys, rows, d], true, false),
+        ];
+        for (what, mkn, lt, rt) in products {
+            let name = format!("attn {what} {rows}×{keys}");
+            v.push(gemm(&name, layers, b * nh, mkn, lt, rt));
+        }
     }
     let vocab = cfg.vocab_size;
     v.push(gemm(

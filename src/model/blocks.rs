@@ -353,6 +353,8 @@ fn call<'a>(
         bias,
         scale: s.scale,
         cap: s.cap,
+        // A whole sequence's own keys, masked causally by `CausalLm::attention_bias`.
+        causal: Some(ops::Causal { window: s.window }),
         kern,
     }
 }

@@ -7,7 +7,7 @@
 //! product accumulates into the first (`read_dst`).
 
 use candle_core::{CpuStorage, Result, Storage, Tensor};
-use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::ops::Deref;
 
 /// A row-major f32 matrix, or the transpose of one (a strided view, no copy).
@@ -69,36 +69,31 @@ pub(crate) fn gemm_new(lhs: Mat, rhs: Mat, beta: f32) -> Vec<f32> {
     dst
 }
 
-/// `batch` products `beta · lhs(i) · rhs(i)`, each `m × n`, in one fresh `[batch, m, n]`
-/// buffer. The batch is spread over the threads, one product to a thread: at attention's
-/// sizes (a head's `T × D` by `D × T`) a product is too small to split well, and candle's
-/// batched `matmul` splits each one in turn.
-pub(crate) fn gemm_batched<'a>(
-    batch: usize,
-    lhs: impl Fn(usize) -> Mat<'a> + Sync,
-    rhs: impl Fn(usize) -> Mat<'a> + Sync,
+/// `dst = [dst +] beta · lhs · rhs` on the calling thread only, for callers that spread
+/// independent products over the threads themselves.
+pub(crate) fn gemm_serial_into(dst: &mut [f32], lhs: Mat, rhs: Mat, beta: f32, accumulate: bool) {
+    assert_eq!(lhs.cols, rhs.rows, "inner dimensions");
+    assert_eq!(dst.len(), lhs.rows * rhs.cols, "output shape");
+    // SAFETY: the shapes and strides above keep every access inside the three slices.
+    unsafe { gemm_with(dst.as_mut_ptr(), lhs, rhs, beta, accumulate, false) }
+}
+
+/// `beta · lhs · rhs` written into the uninitialised `dst` on the calling thread (no zero-fill):
+/// `dst`, now initialised.
+pub(crate) fn gemm_serial_uninit<'d>(
+    dst: &'d mut [MaybeUninit<f32>],
+    lhs: Mat,
+    rhs: Mat,
     beta: f32,
-) -> Vec<f32> {
-    if batch == 0 {
-        return Vec::new();
+) -> &'d mut [f32] {
+    assert_eq!(lhs.cols, rhs.rows, "inner dimensions");
+    assert_eq!(dst.len(), lhs.rows * rhs.cols, "output shape");
+    // SAFETY: gemm writes every element of `dst` without reading it (`read_dst` false; an
+    // empty product is zero-filled), so all of it is initialised after the call.
+    unsafe {
+        gemm_with(dst.as_mut_ptr().cast(), lhs, rhs, beta, false, false);
+        &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32])
     }
-    let (m, n) = (lhs(0).rows, rhs(0).cols);
-    let mut dst = Vec::<f32>::with_capacity(batch * m * n);
-    dst.spare_capacity_mut()[..batch * m * n]
-        .par_chunks_mut((m * n).max(1))
-        .enumerate()
-        .for_each(|(i, out)| {
-            let (l, r) = (lhs(i), rhs(i));
-            assert!(
-                l.cols == r.rows && l.rows == m && r.cols == n,
-                "batched shapes"
-            );
-            // SAFETY: `out` holds exactly the m × n elements gemm writes (without reading).
-            unsafe { gemm_with(out.as_mut_ptr().cast(), l, r, beta, false, false) }
-        });
-    // SAFETY: every chunk was written above.
-    unsafe { dst.set_len(batch * m * n) };
-    dst
 }
 
 unsafe fn gemm_raw(dst: *mut f32, lhs: Mat, rhs: Mat, beta: f32, accumulate: bool) {
@@ -247,25 +242,17 @@ mod tests {
             let got = Tensor::from_vec(acc, (m, n), &Device::Cpu).unwrap();
             let d = crate::model::max_abs_diff(&got, &(&want + &c0).unwrap());
             assert!(d < 1e-5, "case {i} accumulated: {d}");
+            // The one-thread versions compute the same.
+            let mut fresh = vec![std::mem::MaybeUninit::uninit(); m * n];
+            let got = gemm_serial_uninit(&mut fresh, l, r, 0.5).to_vec();
+            let got = Tensor::from_vec(got, (m, n), &Device::Cpu).unwrap();
+            let d = crate::model::max_abs_diff(&got, &want);
+            assert!(d < 1e-5, "case {i} serial: {d}");
+            let mut acc = vec(&c0);
+            gemm_serial_into(&mut acc, l, r, 0.5, true);
+            let got = Tensor::from_vec(acc, (m, n), &Device::Cpu).unwrap();
+            let d = crate::model::max_abs_diff(&got, &(&want + &c0).unwrap());
+            assert!(d < 1e-5, "case {i} serial accumulated: {d}");
         }
-    }
-
-    #[test]
-    fn batched_products_match_candle() {
-        let (b, m, k, n) = (5, 9, 7, 11);
-        let lhs = Tensor::randn(0f32, 1.0, (b, m, k), &Device::Cpu).unwrap();
-        let rhs_t = Tensor::randn(0f32, 1.0, (b, n, k), &Device::Cpu).unwrap();
-        let vec = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let (l, r) = (vec(&lhs), vec(&rhs_t));
-        let got = gemm_batched(
-            b,
-            |i| Mat::new(&l[i * m * k..(i + 1) * m * k], m, k),
-            |i| Mat::new(&r[i * n * k..(i + 1) * n * k], n, k).t(),
-            2.0,
-        );
-        let got = Tensor::from_vec(got, (b, m, n), &Device::Cpu).unwrap();
-        let want = (lhs.matmul(&rhs_t.t().unwrap()).unwrap() * 2.0).unwrap();
-        let d = crate::model::max_abs_diff(&got, &want);
-        assert!(d < 1e-5, "{d}");
     }
 }

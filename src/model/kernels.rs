@@ -332,7 +332,8 @@ fn bias_row(r: usize, heads: usize, rows: usize, bias_batches: usize, bias_rows:
 }
 
 wide! {
-    /// `yr = softmax(cap · tanh(sr / cap) + brow)`.
+    /// `yr = softmax(cap · tanh(sr / cap) + brow)` (one row of [`capped_softmax_forward`]; the
+    /// fused attention calls it on its tiles' rows).
     pub(crate) fn softmax_row(yr: &mut [f32], sr: &[f32], brow: &[f32], capf: Option<f32>) {
         cap_into(yr, sr, capf);
         for (v, &b) in yr.iter_mut().zip(brow) {

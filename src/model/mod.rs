@@ -14,6 +14,7 @@ pub(crate) mod config;
 pub(crate) mod cpu_gemm;
 pub mod device;
 pub mod export;
+mod fused_attn;
 mod gemma2;
 mod gemma3;
 pub mod generate;
@@ -30,6 +31,7 @@ pub(crate) mod weights;
 
 pub use causal_lm::{BatchCache, CausalLm, KvCache};
 pub use config::{Activation, Family, ModelConfig, NormWeight, RopeScaling, RopeSpec};
+pub use fused_attn::causal_tile_shapes;
 pub use hub::Source;
 pub use kernels::Kernels;
 pub use lora::{LoraConfig, Target};

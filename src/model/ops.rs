@@ -6,7 +6,7 @@
 //! inputs and attaches its own backward through [`with_grad`], so gradients flow only where
 //! they are needed.
 
-use super::cpu_gemm::{self, gemm_batched, Mat};
+use super::fused_attn::Fused;
 use super::kernels::{self, Kernels};
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
@@ -324,14 +324,14 @@ pub struct Heads {
 
 impl Heads {
     /// `[B·T, n·D]` → `[B, n, T, D]`, contiguous.
-    fn split(self, y: &Tensor, n: usize) -> Result<Tensor> {
+    pub(super) fn split(self, y: &Tensor, n: usize) -> Result<Tensor> {
         y.reshape((self.b, self.t, n, self.d))?
             .transpose(1, 2)?
             .contiguous()
     }
 
     /// `[B, n, T, D]` → `[B·T, n·D]`.
-    fn merge(self, y: &Tensor, n: usize) -> Result<Tensor> {
+    pub(super) fn merge(self, y: &Tensor, n: usize) -> Result<Tensor> {
         y.reshape((self.b, n, self.t, self.d))?
             .transpose(1, 2)?
             .reshape((self.b * self.t, n * self.d))
@@ -375,7 +375,18 @@ pub struct Attention<'a> {
     pub bias: &'a Tensor,
     pub scale: f64,
     pub cap: Option<f64>,
+    /// The caller's promise that query `i` never sees a key past position `i` (the bias masks
+    /// them): the fused kernels then skip those keys instead of computing and masking them.
+    /// None: the bias alone says what is masked.
+    pub causal: Option<Causal>,
     pub kern: Kernels,
+}
+
+/// Causal attention: query `i` sees keys `j ≤ i` at most, and with a sliding window only those
+/// with `j + window > i` (positions within the call; the bias masks the same keys and more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Causal {
+    pub window: Option<usize>,
 }
 
 /// Self-attention of a whole sequence from the projections `q` `[B·T, nh·D]`, `k` and `v`
@@ -397,122 +408,6 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, a: &Attention) -> Result<Te
 
 fn fusable(q: &Tensor, a: &Attention) -> bool {
     a.kern.fuse(q) && a.bias.rank() == 4 && a.kern.fuse(a.bias)
-}
-
-/// The fused attention of one call: its forward, and what its backward needs.
-struct Fused {
-    shape: Heads,
-    /// Queries (rotated, grouped per key/value head), keys (rotated), values: `[B, nkv, ·, D]`.
-    qg: Tensor,
-    kh: Tensor,
-    vh: Tensor,
-    /// Scaled scores and probabilities, `[B, nkv, g·T, T]`.
-    s: Tensor,
-    p: Tensor,
-    scale: f64,
-    cap: Option<f64>,
-    cos: Tensor,
-    neg_sin: Tensor,
-}
-
-impl Fused {
-    /// `q`, `k`, `v` detached: the output `[B·T, nh·D]` and the state of the backward.
-    fn forward(q: &Tensor, k: &Tensor, v: &Tensor, a: &Attention) -> Result<(Tensor, Self)> {
-        let shape = a.shape;
-        let Heads { b, t, nh, nkv, d } = shape;
-        let RopeTables { cos, sin, neg_sin } = a.rope_tables;
-        let rot = |x: &Tensor| candle_nn::rotary_emb::rope(x, cos, sin);
-        let qg = rot(&shape.split(q, nh)?)?.reshape((b, nkv, nh / nkv * t, d))?;
-        let kh = rot(&shape.split(k, nkv)?)?;
-        let vh = shape.split(v, nkv)?;
-        // The products per (batch, key head), straight through gemm with the score scale
-        // folded in (see `cpu_gemm`): `[bk]` blocks of `gt × d` queries against `t × d` keys.
-        let (bk, gt) = (b * nkv, nh / nkv * t);
-        let s = {
-            let (qs, ks) = (cpu_gemm::data(&qg)?, cpu_gemm::data(&kh)?);
-            let (qs, ks) = (qs.slice(), ks.slice());
-            let sv = gemm_batched(
-                bk,
-                |i| block(qs, i, gt, d),
-                |i| block(ks, i, t, d).t(),
-                a.scale as f32,
-            );
-            Tensor::from_vec(sv, (b, nkv, gt, t), q.device())?
-        };
-        let p = kernels::capped_softmax_forward(&s, a.cap, a.bias)?
-            .ok_or_else(|| candle_core::Error::Msg("attention: bias layout".into()))?;
-        let o = {
-            let (ps, vs) = (cpu_gemm::data(&p)?, cpu_gemm::data(&vh)?);
-            let (ps, vs) = (ps.slice(), vs.slice());
-            let ov = gemm_batched(bk, |i| block(ps, i, gt, t), |i| block(vs, i, t, d), 1.0);
-            Tensor::from_vec(ov, (b, nkv, gt, d), q.device())?
-        };
-        let out = shape.merge(&o, nh)?;
-        let f = Self {
-            shape,
-            qg,
-            kh,
-            vh,
-            s,
-            p,
-            scale: a.scale,
-            cap: a.cap,
-            cos: (*cos).clone(),
-            neg_sin: (*neg_sin).clone(),
-        };
-        Ok((out, f))
-    }
-
-    /// The gradients of `q`, `k`, `v` from the output's, `dout` `[B·T, nh·D]`.
-    fn backward(&self, dout: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let Heads { b, t, nh, nkv, d } = self.shape;
-        let d_o = self
-            .shape
-            .split(dout, nh)?
-            .reshape((b, nkv, nh / nkv * t, d))?;
-        let (bk, gt) = (b * nkv, nh / nkv * t);
-        let dev = dout.device();
-        let (os, ps, vs) = (
-            cpu_gemm::data(&d_o)?,
-            cpu_gemm::data(&self.p)?,
-            cpu_gemm::data(&self.vh)?,
-        );
-        let (os, ps, vs) = (os.slice(), ps.slice(), vs.slice());
-        let dv = gemm_batched(
-            bk,
-            |i| block(ps, i, gt, t).t(),
-            |i| block(os, i, gt, d),
-            1.0,
-        );
-        let dp = gemm_batched(bk, |i| block(os, i, gt, d), |i| block(vs, i, t, d).t(), 1.0);
-        let dp = Tensor::from_vec(dp, (b, nkv, gt, t), dev)?;
-        let ds = kernels::capped_softmax_backward(&self.s, &self.p, &dp, self.cap)?
-            .ok_or_else(|| candle_core::Error::Msg("attention backward: not CPU f32".into()))?;
-        drop(dp);
-        let (dss, ks, qs) = (
-            cpu_gemm::data(&ds)?,
-            cpu_gemm::data(&self.kh)?,
-            cpu_gemm::data(&self.qg)?,
-        );
-        let (dss, ks, qs) = (dss.slice(), ks.slice(), qs.slice());
-        let sc = self.scale as f32;
-        let dq = gemm_batched(bk, |i| block(dss, i, gt, t), |i| block(ks, i, t, d), sc);
-        let dk = gemm_batched(
-            bk,
-            |i| block(dss, i, gt, t).t(),
-            |i| block(qs, i, gt, d),
-            sc,
-        );
-        let unrot = |x: &Tensor| candle_nn::rotary_emb::rope(x, &self.cos, &self.neg_sin);
-        let dq = unrot(&Tensor::from_vec(dq, (b, nh, t, d), dev)?)?;
-        let dk = unrot(&Tensor::from_vec(dk, (b, nkv, t, d), dev)?)?;
-        let dv = Tensor::from_vec(dv, (b, nkv, t, d), dev)?;
-        Ok((
-            self.shape.merge(&dq, nh)?,
-            self.shape.merge(&dk, nkv)?,
-            self.shape.merge(&dv, nkv)?,
-        ))
-    }
 }
 
 /// Attention of sequences gathered out of packed rows (several examples a row), in groups:
@@ -589,11 +484,6 @@ pub fn attention_gathered(q: &Tensor, k: &Tensor, v: &Tensor, g: &Gathered) -> R
             Some(put(dv, vw)?),
         ))
     })
-}
-
-/// Block `i` (`rows × cols`, row-major) of a buffer of such blocks.
-fn block(data: &[f32], i: usize, rows: usize, cols: usize) -> Mat<'_> {
-    Mat::new(&data[i * rows * cols..(i + 1) * rows * cols], rows, cols)
 }
 
 /// [`attention`] as a composition of candle ops and the ops above (the reference path; the
@@ -880,6 +770,30 @@ mod tests {
         );
     }
 
+    /// The RoPE tables (cos, sin, −sin) and the causal bias `[b, 1, 2·t, t]` of a test
+    /// attention with 2 query heads a key head: batch 1's key 3 and keys from `pad` on are
+    /// padding, and keys out of the `window` are masked.
+    fn case_inputs(
+        (b, t, d): (usize, usize, usize),
+        pad: usize,
+        window: Option<usize>,
+    ) -> Result<([Tensor; 3], Tensor)> {
+        let ang = (Tensor::arange(0f32, (t * d / 2) as f32, &Device::Cpu)? * 0.37)?
+            .reshape((t, d / 2))?;
+        let (cos, sin) = (ang.cos()?, ang.sin()?);
+        let neg_sin = sin.neg()?;
+        let mut bias = vec![0f32; b * 2 * t * t];
+        for (i, x) in bias.iter_mut().enumerate() {
+            let (row, key) = ((i / t) % t, i % t);
+            let padding = i / (2 * t * t) == 1 && (key == 3 || key >= pad);
+            if key > row || window.is_some_and(|w| key + w <= row) || padding {
+                *x = -1e30;
+            }
+        }
+        let bias = Tensor::from_vec(bias, (b, 1, 2 * t, t), &Device::Cpu)?;
+        Ok(([cos, sin, neg_sin], bias))
+    }
+
     /// Attention of `q` `[B·T, nh·D]`, `k`, `v` `[B·T, nkv·D]` with GQA (4 query heads, 2
     /// key/value heads), a soft-cap and a causal bias with one padded key; fused or composed.
     fn attention_case(q: &Tensor, k: &Tensor, v: &Tensor, fused: bool) -> Result<Tensor> {
@@ -891,18 +805,7 @@ mod tests {
             nkv: 2,
             d,
         };
-        let ang = (Tensor::arange(0f32, (t * d / 2) as f32, &Device::Cpu)? * 0.37)?
-            .reshape((t, d / 2))?;
-        let (cos, sin) = (ang.cos()?, ang.sin()?);
-        let neg_sin = sin.neg()?;
-        let mut bias = vec![0f32; b * 2 * t * t];
-        for (i, x) in bias.iter_mut().enumerate() {
-            let (row, key) = ((i / t) % t, i % t);
-            if key > row || (i / (2 * t * t) == 1 && key == 3) {
-                *x = -1e30;
-            }
-        }
-        let bias = Tensor::from_vec(bias, (b, 1, 2 * t, t), &Device::Cpu)?;
+        let ([cos, sin, neg_sin], bias) = case_inputs((b, t, d), t, None)?;
         let tables = RopeTables {
             cos: &cos,
             sin: &sin,
@@ -914,6 +817,7 @@ mod tests {
             bias: &bias,
             scale: 0.5,
             cap: Some(3.0),
+            causal: Some(Causal { window: None }),
             kern: Kernels::Reference,
         };
         if fused {
@@ -928,6 +832,67 @@ mod tests {
             )
         } else {
             attention_composed(q, k, v, &a)
+        }
+    }
+
+    /// The fused attention computed in causal tiles (16 positions, so 37 makes a short last
+    /// tile; with a window of 10 the last tile starts past the first keys) equals the one
+    /// computed over the whole score square, value and the three gradients, and the composed
+    /// ops' value; with and without a soft-cap, with padded keys.
+    #[test]
+    fn causal_tiles_equal_the_whole_square() {
+        let (b, t, d) = (2, 37, 8);
+        let shape = Heads {
+            b,
+            t,
+            nh: 4,
+            nkv: 2,
+            d,
+        };
+        let q = (randn(&[b * t, 4 * d], 60) * 2.0).unwrap();
+        let k = (randn(&[b * t, 2 * d], 61) * 2.0).unwrap();
+        let v = randn(&[b * t, 2 * d], 62);
+        let dout = randn(&[b * t, 4 * d], 63);
+        for window in [None, Some(10)] {
+            let ([cos, sin, neg_sin], bias) = case_inputs((b, t, d), 30, window).unwrap();
+            let tables = RopeTables {
+                cos: &cos,
+                sin: &sin,
+                neg_sin: &neg_sin,
+            };
+            for cap in [Some(2.0), None] {
+                let whole = Attention {
+                    shape,
+                    rope_tables: &tables,
+                    bias: &bias,
+                    scale: 0.35,
+                    cap,
+                    causal: None,
+                    kern: Kernels::Fused,
+                };
+                let tiled = Attention {
+                    causal: Some(Causal { window }),
+                    ..whole
+                };
+                let (o0, f0) = Fused::forward(&q, &k, &v, &whole).unwrap();
+                let (o1, f1) = Fused::forward_tiled(&q, &k, &v, &tiled, 16).unwrap();
+                let (g0, g1) = (f0.backward(&dout).unwrap(), f1.backward(&dout).unwrap());
+                let composed = attention_composed(&q, &k, &v, &whole).unwrap();
+                let pairs = [
+                    ("value", &o0, &o1),
+                    ("value (composed)", &composed, &o1),
+                    ("dq", &g0.0, &g1.0),
+                    ("dk", &g0.1, &g1.1),
+                    ("dv", &g0.2, &g1.2),
+                ];
+                for (what, x, y) in pairs {
+                    let diff = crate::model::max_abs_diff(x, y);
+                    assert!(
+                        diff < 2e-5,
+                        "window {window:?}, cap {cap:?}: {what} by {diff}"
+                    );
+                }
+            }
         }
     }
 
