@@ -134,25 +134,41 @@ fn rank_m_on(
     assert!(mask.is_none_or(|k| k.len() == m * n), "rank_m mask shape");
     #[cfg(target_arch = "x86_64")]
     if simd {
-        let blocks = n.div_ceil(x86::COLS);
-        let fmas = m * r * n;
-        let tasks = match fmas < PARALLEL_FMAS {
+        // The m rows are split over the threads, each summing its share into its own
+        // `[r, n]` (small), added up at the end: the threads' work is even and each reads
+        // its rows of `q` in order.
+        let tasks = match m * r * n < PARALLEL_FMAS {
             true => 1,
-            false => blocks.min(2 * rayon::current_num_threads()),
+            false => rayon::current_num_threads()
+                .min(m.div_ceil(x86::CHUNK))
+                .max(1),
         };
-        let per = blocks.div_ceil(tasks.max(1)) * x86::COLS;
-        let out = SharedOut(dst.as_mut_ptr());
-        let run = |t: usize| {
-            let cols = (t * per).min(n)..((t + 1) * per).min(n);
-            // SAFETY: the CPU has AVX-512; the shapes were checked above, and each task
-            // writes only its own columns of `dst`.
-            unsafe { x86::rank_m(out.get(), p, q, mask, [m, r, n], cols, alpha) }
+        let per = m.div_ceil(tasks);
+        let run = |t: usize, out: &mut [f32]| {
+            let rows = (t * per).min(m)..((t + 1) * per).min(m);
+            // SAFETY: the CPU has AVX-512; the shapes were checked above.
+            unsafe { x86::rank_m(out, p, q, mask, [r, n], rows) }
         };
-        if tasks <= 1 {
-            run(0);
-        } else {
-            (0..n.div_ceil(per)).into_par_iter().for_each(run);
+        let mut partial = vec![Vec::new(); tasks - 1];
+        match tasks {
+            1 => run(0, dst),
+            _ => {
+                rayon::join(
+                    || run(0, dst),
+                    || {
+                        partial.par_iter_mut().enumerate().for_each(|(t, out)| {
+                            *out = vec![0f32; r * n];
+                            run(t + 1, out)
+                        })
+                    },
+                )
+                .1
+            }
         }
+        for part in &partial {
+            dst.iter_mut().zip(part).for_each(|(d, s)| *d += s);
+        }
+        dst.iter_mut().for_each(|d| *d *= alpha);
         return;
     }
     let masked;
@@ -214,22 +230,6 @@ fn for_chunks(
         dst.chunks_mut(chunk).enumerate().for_each(run);
     } else {
         dst.par_chunks_mut(chunk).enumerate().for_each(run);
-    }
-}
-
-/// The output of [`rank_m`], written by several threads at disjoint columns.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: the tasks that share it write disjoint elements (see `rank_m`).
-#[cfg(target_arch = "x86_64")]
-unsafe impl Send for SharedOut {}
-#[cfg(target_arch = "x86_64")]
-unsafe impl Sync for SharedOut {}
-#[cfg(target_arch = "x86_64")]
-impl SharedOut {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 
@@ -424,75 +424,130 @@ mod x86 {
         }
     }
 
-    /// Rows of `q` a [`rank_m`] tile sums before moving to the next tile: its slice of `q`
-    /// (128 rows of a block's 192 bytes) stays in the core's caches for the tiles of the other
-    /// rows of `dst`, where a long stride through all m rows of `q` would not.
-    const CHUNK: usize = 128;
+    /// Rows of `q` a [`rank_m`] task packs and sums at a time.
+    pub(super) const CHUNK: usize = 128;
+    /// Columns of `q` packed at a time: a packed chunk (256 KiB) stays in the core's cache
+    /// while every tile of `dst` reads it.
+    const GROUP: usize = 11 * COLS;
 
-    /// Columns `cols` (whole blocks of [`COLS`], but for the last) of [`super::rank_m`]'s
-    /// `dst` (`[r, n]`): chunks of [`CHUNK`] rows of `p` and `q` in turn, and in each, tiles of
-    /// 8 rows of `dst` by a block's three vectors.
+    /// `dst` (`[r, n]`) = the sum over the rows `rows` of [`super::rank_m`]'s product (alpha
+    /// not applied), chunk by chunk of [`CHUNK`] rows and group by group of [`GROUP`]
+    /// columns: the slice of `q` (times the mask) is first copied block by block into a
+    /// contiguous buffer, then tiles of 8 rows of `dst` by a block's three vectors add its
+    /// share. Read in place, `q`'s rows are a stride of n floats apart (2–8 KiB here), which
+    /// defeats the caches and prefetchers.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn rank_m(
+        dst: &mut [f32],
+        p: &[f32],
+        q: &[f32],
+        mask: Option<&[f32]>,
+        [r, n]: [usize; 2],
+        rows: std::ops::Range<usize>,
+    ) {
+        PACKED.with_borrow_mut(|packed| {
+            packed.resize(packed.len().max(CHUNK * GROUP), 0.0);
+            if rows.is_empty() {
+                dst.fill(0.0);
+            }
+            let mut i = rows.start;
+            while i < rows.end {
+                let chunk = i..(i + CHUNK).min(rows.end);
+                for c in (0..n).step_by(GROUP) {
+                    let cols = c..(c + GROUP).min(n);
+                    let first = i == rows.start;
+                    rank_m_chunk(
+                        dst.as_mut_ptr(),
+                        p,
+                        q,
+                        mask,
+                        [r, n],
+                        &chunk,
+                        cols,
+                        first,
+                        packed,
+                    )
+                }
+                i = chunk.end;
+            }
+        })
+    }
+
+    thread_local! {
+        /// [`rank_m`]'s packing buffer, kept by each thread: a fresh one each call costs
+        /// page faults (it is hundreds of KiB) that took longer than the product.
+        static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Adds the rows `chunk` of the product to the columns `cols` of `dst` (overwrites them
+    /// when `first`).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rank_m_chunk(
         dst: *mut f32,
         p: &[f32],
         q: &[f32],
         mask: Option<&[f32]>,
-        [m, r, n]: [usize; 3],
+        [r, n]: [usize; 2],
+        chunk: &std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
-        alpha: f32,
+        first: bool,
+        packed: &mut [f32],
     ) {
         let (p, q, mask) = (p.as_ptr(), q.as_ptr(), mask.map(|k| k.as_ptr()));
-        let mut i = 0;
-        loop {
-            let rows = i..(i + CHUNK).min(m);
-            let last = rows.end == m;
-            for c in cols.clone().step_by(COLS) {
-                let block = Block {
-                    q: q.add(c),
-                    mask: mask.map(|k| k.add(c)),
-                    dst: dst.add(c),
-                    rows: rows.clone(),
-                    r,
-                    n,
-                    lanes: masks::<3>(c, cols.end),
-                    first: i == 0,
-                    alpha: if last { alpha } else { 1.0 },
-                };
-                let mut j = 0;
-                while j + 8 <= r {
-                    tile_m::<8>(&block, p.add(j), j);
-                    j += 8;
-                }
-                for j in j..r {
-                    tile_m::<1>(&block, p.add(j), j);
+        let (i, rows) = (chunk.start, chunk.len());
+        // Row by row, so that `q` is read in order.
+        for ii in 0..rows {
+            for (b, c) in cols.clone().step_by(COLS).enumerate() {
+                let lanes = masks::<3>(c, cols.end);
+                let from = (i + ii) * n + c;
+                let to = packed.as_mut_ptr().add((b * CHUNK + ii) * COLS);
+                for (v, l) in lanes.iter().enumerate() {
+                    let mut x = _mm512_maskz_loadu_ps(*l, q.add(from + 16 * v));
+                    if let Some(k) = mask {
+                        x = _mm512_mul_ps(x, _mm512_maskz_loadu_ps(*l, k.add(from + 16 * v)));
+                    }
+                    _mm512_storeu_ps(to.add(16 * v), x);
                 }
             }
-            if last {
-                break;
+        }
+        for (b, c) in cols.clone().step_by(COLS).enumerate() {
+            let block = Block {
+                q: packed.as_ptr().add(b * CHUNK * COLS),
+                dst: dst.add(c),
+                rows,
+                r,
+                n,
+                lanes: masks::<3>(c, cols.end),
+                first,
+            };
+            let mut j = 0;
+            while j + 8 <= r {
+                tile_m::<8>(&block, p.add(i * r + j), j);
+                j += 8;
             }
-            i = rows.end;
+            for j in j..r {
+                tile_m::<1>(&block, p.add(i * r + j), j);
+            }
         }
     }
 
-    /// A column block of [`rank_m`] and a chunk of its rows: the block's first column of `q`,
-    /// the mask and `dst`.
+    /// A column block of [`rank_m`] and a chunk of its rows: the block's packed rows of `q`
+    /// (`rows × COLS`) and its first column of `dst`.
     struct Block {
         q: *const f32,
-        mask: Option<*const f32>,
         dst: *mut f32,
-        rows: std::ops::Range<usize>,
+        rows: usize,
         r: usize,
+        /// Columns of `dst`.
         n: usize,
         lanes: [__mmask16; 3],
         /// The first chunk: `dst` holds nothing yet.
         first: bool,
-        /// Applied as the sums are stored (the last chunk's; 1 before).
-        alpha: f32,
     }
 
     /// Adds the chunk's share to rows `j..j + J` of the block's `dst`; `p` points at column
-    /// j of `p`'s first row.
+    /// j of the chunk's first row of `p`.
     #[inline(always)]
     unsafe fn tile_m<const J: usize>(b: &Block, p: *const f32, j: usize) {
         let out = |jj: usize, v: usize| b.dst.add((j + jj) * b.n + 16 * v);
@@ -502,16 +557,9 @@ mod x86 {
                 false => _mm512_maskz_loadu_ps(b.lanes[v], out(jj, v)),
             })
         });
-        for i in b.rows.clone() {
-            let qrow = b.q.add(i * b.n);
-            let mut qv: [__m512; 3] =
-                std::array::from_fn(|v| _mm512_maskz_loadu_ps(b.lanes[v], qrow.add(16 * v)));
-            if let Some(k) = b.mask {
-                let krow = k.add(i * b.n);
-                for (v, q) in qv.iter_mut().enumerate() {
-                    *q = _mm512_mul_ps(*q, _mm512_maskz_loadu_ps(b.lanes[v], krow.add(16 * v)));
-                }
-            }
+        for i in 0..b.rows {
+            let qrow = b.q.add(i * COLS);
+            let qv: [__m512; 3] = std::array::from_fn(|v| _mm512_loadu_ps(qrow.add(16 * v)));
             let prow = p.add(i * b.r);
             for (jj, acc) in acc.iter_mut().enumerate() {
                 let s = _mm512_set1_ps(*prow.add(jj));
@@ -520,10 +568,9 @@ mod x86 {
                 }
             }
         }
-        let alpha = _mm512_set1_ps(b.alpha);
         for (jj, acc) in acc.iter().enumerate() {
             for (v, a) in acc.iter().enumerate() {
-                _mm512_mask_storeu_ps(out(jj, v), b.lanes[v], _mm512_mul_ps(*a, alpha));
+                _mm512_mask_storeu_ps(out(jj, v), b.lanes[v], *a);
             }
         }
     }
