@@ -1,8 +1,9 @@
 //! Every matrix product of one LoRA training step, timed alone as the step computes it: the
 //! base and attention products with candle's `matmul` (gemm) in the layout the step uses
 //! (`x · Wᵀ` takes a strided, transposed right operand), the LoRA products with the rank-r
-//! kernels of `socratune::model::lowrank`; and again with candle's `matmul` on contiguous
-//! operands: what the step's GEMMs cost at their shapes, and what a layout or kernel costs.
+//! kernels of `socratune::model::lowrank` (column "gemm": those through candle's `matmul`
+//! instead, in the step's layout); and again with candle's `matmul` on contiguous operands:
+//! what the step's GEMMs cost at their shapes, and what a layout or kernel costs.
 //!
 //! `cargo bench --bench gemm_step -- [--preset small] [--json]`; `benches/gemm_compare.sh` runs
 //! it and then torch on the same list (`benches/gemm_torch.py`), back to back, and prints the
