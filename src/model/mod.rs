@@ -23,6 +23,7 @@ pub(crate) mod kernels;
 mod llama;
 pub mod lora;
 pub mod loss;
+pub mod lowrank;
 mod matvec;
 pub(crate) mod ops;
 mod qwen3;
