@@ -194,14 +194,10 @@ pub fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-#[cfg(target_arch = "x86_64")]
+/// Whether the kernels run their AVX-512 code ([`super::simd`]: the CPU has it and
+/// `SOCRATUNE_SIMD` does not cap it), else gemm.
 fn avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn avx512() -> bool {
-    false
+    super::simd::level() == super::simd::Level::Avx512
 }
 
 /// Rows a task takes: a multiple of the kernel's `tile` rows, about four tasks a thread.

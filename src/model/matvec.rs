@@ -79,22 +79,15 @@ pub fn matvec(x: &Tensor, ws: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
     outs.into_iter()
         .map(|o| {
             let out = o.len() / n;
-            let o = if n == 1 { o } else { transpose(&o, out, n) };
+            let o = if n == 1 {
+                o
+            } else {
+                super::lowrank::transpose(&o, out, n)
+            };
             Tensor::from_vec(o, (n, out), &Device::Cpu)
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)
-}
-
-/// `[r, c]` → `[c, r]`.
-fn transpose(a: &[f32], r: usize, c: usize) -> Vec<f32> {
-    let mut t = vec![0f32; a.len()];
-    for i in 0..r {
-        for j in 0..c {
-            t[j * r + i] = a[i * c + j];
-        }
-    }
-    t
 }
 
 /// `out[j, i] = x[i] · w[j]` for the weight rows `w` (`[rows, k]`) and the rows of `x`
