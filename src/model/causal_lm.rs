@@ -1004,15 +1004,7 @@ mod tests {
         let dev = Device::Cpu;
         let mut cfg = ModelConfig::preset("tiny").unwrap();
         cfg.sliding_window = Some(24);
-        let rows: Vec<Vec<u32>> = [150usize, 97]
-            .iter()
-            .enumerate()
-            .map(|(r, &len)| {
-                (0..len)
-                    .map(|i| 3 + ((i * 37 + r * 101) % (cfg.vocab_size - 3)) as u32)
-                    .collect()
-            })
-            .collect();
+        let rows = crate::model::test_rows(&[150usize, 97], cfg.vocab_size);
         let batch = Batch::masked_prefix(&rows, 0.25, cfg.vocab_size, &dev).unwrap();
         let run = |k: Kernels| {
             let mut m =
@@ -1031,13 +1023,7 @@ mod tests {
         let (l2, g2) = run(Kernels::Reference);
         assert!((l1 - l2).abs() <= 1e-5 * l2.abs(), "loss {l1} vs {l2}");
         for ((name, a), (_, b)) in g1.iter().zip(&g2) {
-            let scale = b
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = crate::model::max_abs(b);
             let d = crate::model::max_abs_diff(a, b);
             assert!(
                 d <= 1e-4 * scale,

@@ -576,11 +576,7 @@ mod x86 {
 mod tests {
     use super::*;
 
-    fn seq(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
-            .collect()
-    }
+    use crate::model::test_values as seq;
 
     /// `a[m, k] · b[k, n]` by the textbook loop, in f64.
     fn plain(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {

@@ -259,11 +259,7 @@ mod x86 {
 mod tests {
     use super::*;
 
-    fn seq(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
-            .collect()
-    }
+    use crate::model::test_values as seq;
 
     /// Against candle's matmul, for one and several rows, weights of several heights (one
     /// that splits into uneven tasks), an inner size that is no multiple of the lanes, and

@@ -72,9 +72,13 @@ impl From<crate::fsutil::FileError> for ModelError {
 /// max |a − b| over all elements (unit tests).
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
+    max_abs(&(a - b).unwrap())
+}
+
+/// max |a| over all elements (unit tests).
+#[cfg(test)]
+pub(crate) fn max_abs(a: &candle_core::Tensor) -> f32 {
+    a.abs()
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -82,6 +86,28 @@ pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> 
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Token rows of the given lengths, deterministic, ids ≥ 3 (clear of the special tokens) and
+/// below `vocab` (unit tests).
+#[cfg(test)]
+pub(crate) fn test_rows(lens: &[usize], vocab: usize) -> Vec<Vec<u32>> {
+    lens.iter()
+        .enumerate()
+        .map(|(r, &len)| {
+            (0..len)
+                .map(|i| 3 + ((i * 37 + r * 101) % (vocab - 3)) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// `n` deterministic values in [−1, 1] (unit tests of the CPU kernels).
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -48,15 +48,7 @@ fn check_preset(preset: &str) {
     };
     model.attach_lora(&lora, 12).unwrap();
     // Three sequences of different lengths: two are padded.
-    let rows: Vec<Vec<u32>> = [64usize, 41, 17]
-        .iter()
-        .enumerate()
-        .map(|(r, &len)| {
-            (0..len)
-                .map(|i| 3 + ((i * 37 + r * 101) % (cfg.vocab_size - 3)) as u32)
-                .collect()
-        })
-        .collect();
+    let rows = crate::model::test_rows(&[64usize, 41, 17], cfg.vocab_size);
     let batch = Batch::masked_prefix(&rows, 1.0 / 3.0, cfg.vocab_size, &dev).unwrap();
     let hp = AdamWParams {
         beta1: 0.9,
