@@ -73,6 +73,10 @@ pub struct TrainBenchArgs {
     /// With --data: the seed of the layouts and of the profile corpus.
     #[arg(long, default_value_t = 42, requires = "data")]
     pub seed: u64,
+    /// LoRA dropout of the adapters (the reference runs none; training's default is 0.05,
+    /// which costs a mask a projection).
+    #[arg(long, default_value_t = 0.0)]
+    pub lora_dropout: f32,
     /// Print only the JSON line (the default prints it too, after a one-line summary on stderr).
     #[arg(long)]
     pub json: bool,
@@ -124,6 +128,7 @@ impl TrainBenchArgs {
                 device: self.device,
                 batch: self.batch,
                 seq: self.seq,
+                lora_dropout: self.lora_dropout,
             })?;
             let line = format!(
                 "{} tokens/s, {} s/step, peak {:.1} MiB",
@@ -147,6 +152,7 @@ impl TrainBenchArgs {
             layouts: self.layouts,
             length_profile: self.length_profile,
             seed: self.seed,
+            lora_dropout: self.lora_dropout,
         })?;
         if !self.json {
             print_layouts(&r);

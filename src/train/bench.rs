@@ -24,6 +24,8 @@ pub struct BenchOptions {
     pub device: String,
     pub batch: Option<usize>,
     pub seq: Option<usize>,
+    /// LoRA dropout (the reference runs none; training's default is 0.05).
+    pub lora_dropout: f32,
 }
 
 /// The reference's batch and sequence length per preset.
@@ -37,7 +39,7 @@ pub fn preset_batch(preset: &str) -> (usize, usize) {
 }
 
 /// The benchmarks' model: a random model of a preset shape with the reference's LoRA
-/// (r=16, alpha=32, all seven projections, no dropout) and AdamW; f32 on the CPU, bf16 base
+/// (r=16, alpha=32, all seven projections; no dropout unless asked) and AdamW; f32 on the CPU, bf16 base
 /// and f32 LoRA elsewhere.
 pub(crate) struct BenchModel {
     pub cfg: ModelConfig,
@@ -53,7 +55,11 @@ impl BenchModel {
         ModelConfig::preset_or_list(preset).map_err(TrainError::Config)
     }
 
-    pub(crate) fn new(cfg: ModelConfig, device: &str) -> Result<Self, TrainError> {
+    pub(crate) fn new(
+        cfg: ModelConfig,
+        device: &str,
+        lora_dropout: f32,
+    ) -> Result<Self, TrainError> {
         let device = parse_device(device)?;
         let dtype = if device.is_cpu() {
             DType::F32
@@ -64,10 +70,12 @@ impl BenchModel {
         let lora = LoraConfig {
             r: 16,
             alpha: 32.0,
-            dropout: 0.0,
+            dropout: lora_dropout,
             targets: Target::ALL.to_vec(),
             use_rslora: false,
         };
+        lora.validate()
+            .map_err(|e| TrainError::Config(format!("--lora-dropout: {e}")))?;
         model.attach_lora(&lora, 0)?;
         let hp = AdamWParams {
             beta1: 0.9,
@@ -97,7 +105,7 @@ pub fn bench_train(o: &BenchOptions) -> Result<Value, TrainError> {
         mut opt,
         device,
         dtype,
-    } = BenchModel::new(cfg, &o.device)?;
+    } = BenchModel::new(cfg, &o.device, o.lora_dropout)?;
     let (b0, t0) = preset_batch(&o.preset);
     let (b, t) = (o.batch.unwrap_or(b0), o.seq.unwrap_or(t0));
 
@@ -134,6 +142,7 @@ pub fn bench_train(o: &BenchOptions) -> Result<Value, TrainError> {
         "batch": b,
         "seq": t,
         "steps": o.steps,
+        "lora_dropout": o.lora_dropout,
         "tokens_per_s": ((b * t * o.steps) as f64 / dt * 10.0).round() / 10.0,
         "s_per_step": (dt / o.steps as f64 * 1e4).round() / 1e4,
         "peak_mem_bytes": peak,

@@ -44,6 +44,8 @@ pub struct DataBenchOptions {
     /// Rebuild the corpus with these lengths before measuring (see [`profile_corpus`]).
     pub length_profile: Option<LengthProfile>,
     pub seed: u64,
+    /// LoRA dropout (the reference runs none; training's default is 0.05).
+    pub lora_dropout: f32,
 }
 
 /// A triangular length distribution (min, mode, max); its mean is (min + mode + max) / 3.
@@ -222,7 +224,7 @@ pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
         mut opt,
         device,
         dtype,
-    } = BenchModel::new(cfg, &o.device)?;
+    } = BenchModel::new(cfg, &o.device, o.lora_dropout)?;
     let pad = cfg.pad_token_id.unwrap_or(0);
 
     // Every layout's plan and the micro-batches it times, evenly spaced across the epoch so
@@ -350,6 +352,7 @@ pub fn bench_data(o: &DataBenchOptions) -> Result<Value, TrainError> {
         "max_tokens": longest,
         "min_tokens": lengths.iter().min(),
         "grad_accum": o.grad_accum,
+        "lora_dropout": o.lora_dropout,
         "threads": rayon::current_num_threads(),
         "layouts": layouts,
     }))
