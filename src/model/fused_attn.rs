@@ -204,10 +204,12 @@ impl Fused {
         );
         let (qs, ks, vs) = (qd.slice(), kd.slice(), vd.slice());
         let (scale, capf) = (a.scale as f32, a.cap.map(|c| c as f32));
-        let (mut s, mut p, mut o) = (uninit(bk * per), uninit(bk * per), uninit(bk * gt * d));
+        // The softmax writes into initialised memory: `p` starts zeroed (the allocator's zero
+        // pages where it can), the others are written by gemm without being read.
+        let (mut s, mut p, mut o) = (uninit(bk * per), vec![0f32; bk * per], uninit(bk * gt * d));
         s.spare_capacity_mut()[..bk * per]
             .par_chunks_mut(per.max(1))
-            .zip(p.spare_capacity_mut()[..bk * per].par_chunks_mut(per.max(1)))
+            .zip(p.par_chunks_mut(per.max(1)))
             .zip(o.spare_capacity_mut()[..bk * gt * d].par_chunks_mut((gt * d).max(1)))
             .enumerate()
             .for_each(|(i, ((sb, pb), ob))| {
@@ -220,9 +222,7 @@ impl Fused {
                         rows(kb, tl.lo, tl.keys(), d).t(),
                         scale,
                     );
-                    // The softmax writes every element of its row first (see `softmax_row`),
-                    // but takes initialised memory: copy the scores in.
-                    let pt = init_from(&mut pb[span], st);
+                    let pt = &mut pb[span];
                     for (r, (pr, sr)) in pt
                         .chunks_mut(tl.keys())
                         .zip(st.chunks(tl.keys()))
@@ -243,7 +243,6 @@ impl Fused {
         // their sizes) and all of its `g·T` output rows, each written above.
         unsafe {
             s.set_len(bk * per);
-            p.set_len(bk * per);
             o.set_len(bk * gt * d);
         }
         drop((qd, kd, vd, bias_data));
@@ -351,16 +350,6 @@ impl Fused {
             self.shape.merge(&dv, nkv)?,
         ))
     }
-}
-
-/// `dst` (uninitialised) set to a copy of `src`: `dst`, initialised.
-fn init_from<'d>(dst: &'d mut [std::mem::MaybeUninit<f32>], src: &[f32]) -> &'d mut [f32] {
-    assert_eq!(dst.len(), src.len(), "copy lengths");
-    for (d, &s) in dst.iter_mut().zip(src) {
-        d.write(s);
-    }
-    // SAFETY: every element was written just above.
-    unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
 
 #[cfg(test)]

@@ -269,11 +269,15 @@ impl Saved {
         let (out_dim, in_dim) = self.weight.dims2()?;
         let n = x2.dim(0)?;
         let gm = Mat::new(g, n, out_dim);
+        // The dropout mask on the adapter's input: dA and dx read it.
+        let mask_data = (self.adapter.as_ref())
+            .and_then(|s| s.mask.as_ref())
+            .map(cpu_gemm::data)
+            .transpose()?;
+        let mask = mask_data.as_ref().map(|m| m.slice());
         let lora = match &self.adapter {
             Some(s) => {
                 let r = s.a.dim(0)?;
-                let mask = s.mask.as_ref().map(cpu_gemm::data).transpose()?;
-                let mask = mask.as_ref().map(|m| m.slice());
                 let mut du = vec![0f32; n * r];
                 let b = cpu_gemm::data(&s.b)?;
                 lowrank::rank_n(&mut du, g, b.slice(), [n, out_dim, r], s.scale);
@@ -309,8 +313,6 @@ impl Saved {
             return Ok(());
         };
         let a = cpu_gemm::data(&s.a)?;
-        let mask = s.mask.as_ref().map(cpu_gemm::data).transpose()?;
-        let mask = mask.as_ref().map(|m| m.slice());
         lowrank::rank_k(dx, &du, a.slice(), [n, r, in_dim], 1.0, true, mask);
         Ok(())
     }

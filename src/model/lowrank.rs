@@ -1,9 +1,9 @@
 //! The LoRA products on the CPU in f32: every one has a side of the adapter's rank r (16 by
-//! default), which no general GEMM blocks well. gemm's AVX-512 microkernel computes 48 × 8
-//! tiles of the output's contiguous dimension; an `[n, 16]` output fills a third of it, and a
-//! product over k = 16 spends as long packing its operands as multiplying them. So each of the
-//! three shapes gets its own register tile here, vectorised along the dimension that is
-//! contiguous in memory, with the other operand broadcast from memory:
+//! default), which no general GEMM blocks well. gemm's AVX-512 f32 microkernel computes 64 × 6
+//! tiles (`x4x6`: 64 along the output's contiguous dimension); an `[n, 16]` output fills a
+//! quarter of one, and a product over k = 16 spends as long packing its operands as multiplying
+//! them. So each of the three shapes gets its own register tile here, vectorised along the
+//! dimension that is contiguous in memory, with the other operand broadcast from memory:
 //!
 //! * [`rank_n`]: `[m, k] · [k, r]` (the adapter's down-projection `u = x·Aᵀ`, `du = g·B`);
 //! * [`rank_k`]: `[m, r] · [r, n]`, added to the output (`y += s·u·Bᵀ`, `dx += du·A`), with
